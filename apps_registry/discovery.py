@@ -1,0 +1,138 @@
+"""Discovery: keep the App table in step with NORN_APPS_DIR/*/infraspec.yaml.
+
+`sync()` adds new apps, re-validates changed specs and marks vanished ones
+missing (never deleting them: their deployments are history). `ensure_fresh()`
+is the cheap call views make so a new directory shows up without a restart.
+"""
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from apps_registry import infraspec
+from apps_registry.models import App
+
+# Any constant works; it names Norn's "one sync at a time" advisory lock.
+_SYNC_LOCK_ID = 0x4E6F726E
+
+
+@dataclass
+class SyncReport:
+    added: list = field(default_factory=list)
+    updated: list = field(default_factory=list)
+    unchanged: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    invalid: list = field(default_factory=list)
+
+
+def spec_files(apps_dir):
+    """The infraspec files one level below `apps_dir`, sorted by directory."""
+    apps_dir = Path(apps_dir)
+    if not apps_dir.is_dir():
+        return []
+    return sorted(
+        p
+        for p in apps_dir.glob(f"*/{infraspec.FILENAME}")
+        if p.is_file() and not p.parent.name.startswith(".")
+    )
+
+
+def sync(apps_dir=None):
+    apps_dir = Path(apps_dir or settings.NORN_APPS_DIR)
+    report = SyncReport()
+    found = {}
+    for path in spec_files(apps_dir):
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            continue  # removed while we looked: the next sync marks it missing
+        result = infraspec.load(path, directory_name=path.parent.name)
+        found[path.parent.name] = (path, hashlib.sha256(raw).hexdigest(), result)
+
+    with transaction.atomic():
+        # Two processes syncing at once would race to insert the same new app;
+        # the transaction-scoped advisory lock makes them take turns.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SYNC_LOCK_ID])
+        existing = {app.name: app for app in App.objects.select_for_update()}
+        for name, (path, digest, result) in found.items():
+            app = existing.get(name)
+            if app is None:
+                app = App(name=name)
+                report.added.append(name)
+            elif app.spec_digest == digest and app.status != App.Status.MISSING:
+                report.unchanged.append(name)
+                continue
+            else:
+                report.updated.append(name)
+            _apply(app, path, digest, result)
+            app.save()
+            if not result.ok:
+                report.invalid.append(name)
+        for name, app in existing.items():
+            if name not in found and app.status != App.Status.MISSING:
+                app.status = App.Status.MISSING
+                app.missing_since = timezone.now()
+                app.save(update_fields=["status", "missing_since", "updated_at"])
+                report.missing.append(name)
+    return report
+
+
+def _apply(app, path, digest, result):
+    app.directory = str(path.parent)
+    app.spec_digest = digest
+    app.missing_since = None
+    app.errors = [str(e) for e in result.errors]
+    if result.ok:
+        spec = result.spec
+        app.status = App.Status.VALID
+        app.spec = spec
+        app.role = spec["role"]
+        app.repo_url = (spec["repo"] or {}).get("url", "")
+        app.branch = (spec["repo"] or {}).get("branch", "")
+    else:
+        app.status = App.Status.INVALID
+
+
+_fresh_lock = threading.Lock()
+_last_fingerprint = None
+
+
+def fingerprint(apps_dir):
+    """What changes whenever an infraspec is added, removed or edited."""
+    entries = []
+    for path in spec_files(apps_dir):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        entries.append((path.parent.name, st.st_mtime_ns, st.st_size, st.st_ino))
+    return (str(apps_dir), tuple(entries))
+
+
+def ensure_fresh(apps_dir=None):
+    """Sync when the apps directory changed since this process last looked.
+
+    A stat() per app: cheap enough to call on every dashboard and admin page.
+    """
+    global _last_fingerprint
+    apps_dir = Path(apps_dir or settings.NORN_APPS_DIR)
+    current = fingerprint(apps_dir)
+    with _fresh_lock:
+        if current == _last_fingerprint:
+            return None
+        report = sync(apps_dir)
+        _last_fingerprint = current
+        return report
+
+
+def forget_fingerprint():
+    """Make the next ensure_fresh() sync (tests, and after a manual sync)."""
+    global _last_fingerprint
+    with _fresh_lock:
+        _last_fingerprint = None

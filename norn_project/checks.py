@@ -1,0 +1,75 @@
+"""System checks: a missing or unreachable service is an error with a hint.
+
+They run before every management command and at server start, so a user sees
+"start PostgreSQL with scripts/services" instead of a traceback from deep
+inside the first query.
+"""
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+
+from norn_project import services
+
+START_HINT = "Run scripts/services to install and start what Norn needs."
+
+
+@register("norn")
+def check_database(app_configs=None, **kwargs):
+    problem = services.database_problem()
+    if problem is None:
+        return []
+    target = services.safe_database_target()
+    if "does not exist" in problem:
+        hint = (
+            f"Create it with: createdb -h {settings.DATABASES['default'].get('HOST') or 'localhost'} "
+            f"-U postgres {settings.DATABASES['default']['NAME']} (scripts/services does this "
+            "for the default database), or point DATABASE_URL at an existing one."
+        )
+    else:
+        hint = f"Is PostgreSQL running at {target}? {START_HINT} Or set DATABASE_URL."
+    return [Error(f"PostgreSQL at {target} is unreachable: {problem}", hint=hint, id="norn.E001")]
+
+
+@register("norn")
+def check_redis(app_configs=None, **kwargs):
+    problem = services.redis_problem()
+    if problem is None:
+        return []
+    target = services.safe_redis_target()
+    return [
+        Error(
+            f"Redis at {target} is unreachable: {problem}",
+            hint=f"Live progress needs Redis. {START_HINT} Or set REDIS_URL.",
+            id="norn.E002",
+        )
+    ]
+
+
+@register("norn")
+def check_apps_dir(app_configs=None, **kwargs):
+    path = settings.NORN_APPS_DIR
+    if path.is_dir():
+        return []
+    return [
+        Warning(
+            f"NORN_APPS_DIR {path} does not exist, so no apps can be discovered.",
+            hint="Create it and put one directory per app (with an infraspec.yaml) "
+            "in it, or set NORN_APPS_DIR, e.g. to this project's examples/ folder.",
+            id="norn.W001",
+        )
+    ]
+
+
+@register("norn")
+def check_docker(app_configs=None, **kwargs):
+    problem = services.docker_problem()
+    if problem is None:
+        return []
+    return [
+        Warning(
+            f"The Docker engine is unreachable: {problem}. Builds and the docker "
+            "runtime will fail until it is running.",
+            hint=START_HINT,
+            id="norn.W002",
+        )
+    ]

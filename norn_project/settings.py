@@ -1,0 +1,292 @@
+"""Norn's settings: one module, every value read from the environment.
+
+The defaults are for development on one machine (PostgreSQL and Redis on
+127.0.0.1). A bad value stops Norn at start with the variable's name, the value
+and what would be valid; see docs/configuration in the README.
+"""
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name, default=None):
+    return os.environ.get(name, default)
+
+
+def envbool(name, default):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(
+        f"{name}={raw!r} is not a boolean; use one of 1/0, true/false, yes/no, on/off"
+    )
+
+
+def envint(name, default, minimum=None, maximum=None):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number") from None
+    if (minimum is not None and value < minimum) or (
+        maximum is not None and value > maximum
+    ):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is out of range; use a number from {minimum} to {maximum}"
+        )
+    return value
+
+
+def envchoice(name, default, choices):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw not in choices:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not valid; use one of: {', '.join(choices)}"
+        )
+    return raw
+
+
+def envpath(name, default):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return Path(default).expanduser()
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        # Relative paths would silently depend on the directory Norn was
+        # started from; the worker and the web server may differ.
+        path = (Path.cwd() / path).resolve()
+    if path.exists() and not path.is_dir():
+        raise ImproperlyConfigured(f"{name}={raw!r} exists but is not a directory")
+    return path
+
+
+def database_from_env(name, default):
+    raw = os.environ.get(name) or default
+    try:
+        config = dj_database_url.parse(raw, conn_max_age=60, conn_health_checks=True)
+    except Exception as exc:  # dj-database-url raises plain ValueError/KeyError
+        raise ImproperlyConfigured(
+            f"{name} is not a valid database URL ({exc}); "
+            "use postgres://USER:PASSWORD@HOST:PORT/NAME"
+        ) from None
+    if config.get("ENGINE") != "django.db.backends.postgresql":
+        raise ImproperlyConfigured(
+            f"{name} must point at PostgreSQL (postgres://USER@HOST:PORT/NAME); "
+            "Norn relies on its row locks and constraints"
+        )
+    if not config.get("NAME"):
+        raise ImproperlyConfigured(
+            f"{name} has no database name; use postgres://USER@HOST:PORT/NAME"
+        )
+    return config
+
+
+def redis_url_from_env(name, default):
+    raw = os.environ.get(name) or default
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (
+        parts.hostname or parts.path
+    ):
+        raise ImproperlyConfigured(
+            f"{name} is not a Redis URL; use redis://HOST:PORT/DB, rediss://… or unix://PATH"
+        )
+    return raw
+
+
+def registry_from_env(name):
+    """A registry is `host[:port][/namespace]`, the prefix docker tags with."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return ""
+    value = re.sub(r"^[a-z]+://", "", raw).rstrip("/")
+    if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?", value):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a registry; use HOST[:PORT][/NAMESPACE], "
+            "e.g. 127.0.0.1:5000"
+        )
+    return value
+
+
+def ssh_key_from_env(name):
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    # Only the path is named in the error: the variable holds a path to the
+    # key, never the key itself, so nothing secret is printed.
+    if not path.is_file():
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a readable file; set it to the path of an SSH "
+            "private key (for example ~/.ssh/id_ed25519)"
+        )
+    return path
+
+
+DEBUG = envbool("DEBUG", True)
+
+SECRET_KEY = env("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off; use a long random string "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
+    SECRET_KEY = "norn-development-only-not-secret"
+
+ALLOWED_HOSTS = [
+    h.strip()
+    for h in env("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+    if h.strip()
+]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_q",
+    "apps_registry",
+    "deployments",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Everything needs a login except views marked @login_not_required
+    # (the health endpoint and the login page itself).
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "norn_project.urls"
+LOGIN_URL = "/admin/login/"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "norn_project.asgi.application"
+
+DATABASES = {
+    "default": database_from_env(
+        "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/norn"
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = redis_url_from_env("REDIS_URL", "redis://127.0.0.1:6379/0")
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+# --- Norn -------------------------------------------------------------------
+
+# Where app directories (each with an infraspec.yaml) are discovered.
+NORN_APPS_DIR = envpath("NORN_APPS_DIR", "~/projects")
+# Pre-migration pg_dump files.
+NORN_SNAPSHOT_DIR = envpath("NORN_SNAPSHOT_DIR", BASE_DIR / "var" / "snapshots")
+# Per-deployment work directories (clones); crash recovery removes leftovers.
+NORN_WORK_DIR = envpath("NORN_WORK_DIR", BASE_DIR / "var" / "work")
+# Where images are pushed; empty means images stay on the local engine.
+NORN_REGISTRY_URL = registry_from_env("NORN_REGISTRY_URL")
+# Where the deploy step puts the app: a Kubernetes cluster or the local Docker
+# engine (single host).
+NORN_RUNTIME = envchoice("NORN_RUNTIME", "docker", ("docker", "kubernetes"))
+# Git credentials. They are handed to git through GIT_ASKPASS/GIT_SSH_COMMAND
+# at clone time and never stored, logged or put on a command line.
+NORN_GIT_TOKEN = env("NORN_GIT_TOKEN") or None
+NORN_GIT_SSH_KEY = ssh_key_from_env("NORN_GIT_SSH_KEY")
+
+# --- django-q2 ----------------------------------------------------------------
+
+# Deploys are few, long and must not be lost, so the broker is PostgreSQL (the
+# ORM broker): a queued deploy survives a Redis outage or restart. Tasks take
+# primary keys only, and re-read everything from the database when they run.
+Q_CLUSTER = {
+    "name": "norn",
+    "orm": "default",
+    "workers": envint("NORN_WORKERS", 2, minimum=1, maximum=64),
+    # A worker is killed after `timeout` seconds. Each pipeline step has its own
+    # shorter timeout, so this is only the backstop for a wedged worker.
+    "timeout": envint("NORN_TASK_TIMEOUT", 3600, minimum=60),
+    # The ORM broker hands an unacknowledged task out again after `retry`
+    # seconds. It must exceed `timeout`, or a deploy that is still running
+    # would be delivered to a second worker while the first works on it.
+    "retry": envint("NORN_TASK_TIMEOUT", 3600, minimum=60) + 300,
+    # Redelivery is bounded: a deploy whose worker died is failed by crash
+    # recovery, and re-running it forever would only repeat that.
+    "max_attempts": 3,
+    # One deploy at a time per worker process; do not prefetch others behind it.
+    "queue_limit": envint("NORN_WORKERS", 2, minimum=1, maximum=64),
+    "save_limit": 1000,
+    "ack_failures": True,
+    "catch_up": False,
+    "label": "Task queue",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {
+        "handlers": ["console"],
+        "level": envchoice(
+            "NORN_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
+        ),
+    },
+    "loggers": {"django": {"level": "INFO"}},
+}
