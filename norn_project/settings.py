@@ -250,6 +250,38 @@ NORN_RUNTIME = envchoice("NORN_RUNTIME", "docker", ("docker", "kubernetes"))
 NORN_GIT_TOKEN = env("NORN_GIT_TOKEN") or None
 NORN_GIT_SSH_KEY = ssh_key_from_env("NORN_GIT_SSH_KEY")
 
+# The PostgreSQL server holding the apps' own databases (infraspec
+# services.postgres.database names one on it). Only host, port, user and
+# password are used; the password reaches pg_dump and migrations through
+# their environment, never their arguments. Default: Norn's own server.
+NORN_APP_DATABASES = database_from_env(
+    "NORN_APP_DATABASES_URL",
+    os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres",
+)
+
+# Per-step timeouts in seconds: NORN_TIMEOUT_<STEP> (a hung docker build must
+# not hang Norn). Cleanup is short: it only removes a directory.
+NORN_STEP_TIMEOUTS = {
+    step: envint(f"NORN_TIMEOUT_{step.upper()}", default, minimum=1, maximum=86400)
+    for step, default in {
+        "clone": 300,
+        "build": 1800,
+        "test": 1800,
+        "snapshot": 1800,
+        "migrate": 1800,
+        "deploy": 600,
+        "cleanup": 120,
+    }.items()
+}
+# A running deployment's worker refreshes its heartbeat every few seconds;
+# one silent for this long is considered dead and recovered.
+NORN_HEARTBEAT_TIMEOUT = envint("NORN_HEARTBEAT_TIMEOUT", 60, minimum=5, maximum=3600)
+NORN_CRON_TIMEOUT = envint("NORN_CRON_TIMEOUT", 3600, minimum=1, maximum=86400)
+# Known-hosts file for SSH clones; new hosts are accepted once, then pinned.
+NORN_GIT_KNOWN_HOSTS = Path(
+    env("NORN_GIT_KNOWN_HOSTS") or BASE_DIR / "var" / "ssh" / "known_hosts"
+).expanduser()
+
 # --- django-q2 ----------------------------------------------------------------
 
 # Deploys are few, long and must not be lost, so the broker is PostgreSQL (the

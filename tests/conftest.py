@@ -33,3 +33,74 @@ def write_spec(apps_dir):
         return path
 
     return write
+
+
+@pytest.fixture
+def norn_dirs(tmp_path, settings):
+    """Private work and snapshot directories for pipeline tests."""
+    settings.NORN_WORK_DIR = tmp_path / "work"
+    settings.NORN_SNAPSHOT_DIR = tmp_path / "snapshots"
+    return settings
+
+
+@pytest.fixture
+def make_app(apps_dir, write_spec):
+    """make_app("name", spec_yaml, files={...}) -> the app's directory, synced."""
+    from apps_registry import discovery
+
+    def make(name, spec, files=None):
+        write_spec(name, spec)
+        for rel, content in (files or {}).items():
+            path = apps_dir / name / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content) if isinstance(content, str) else path.write_bytes(content)
+        discovery.sync()
+        discovery.forget_fingerprint()
+        return apps_dir / name
+
+    return make
+
+
+@pytest.fixture
+def deploy_now(norn_dirs):
+    """Request a deployment and run its pipeline here, synchronously."""
+    from deployments import pipeline
+    from deployments.requests import request_deployment
+
+    def deploy(app, ref="HEAD", **kwargs):
+        deployment = request_deployment(app, ref, **kwargs)
+        pipeline.execute(deployment.pk)
+        deployment.refresh_from_db()
+        return deployment
+
+    return deploy
+
+
+@pytest.fixture(scope="session")
+def busybox_image():
+    """The locally built base image that test Dockerfiles start FROM."""
+    from tests.support.docker_images import docker_available, ensure_busybox_base_image
+
+    if not docker_available():
+        pytest.fail("no Docker engine: run scripts/services")
+    return ensure_busybox_base_image()
+
+
+@pytest.fixture
+def app_database():
+    """A fresh PostgreSQL database for an app; dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    names = []
+
+    def make(prefix="app"):
+        name = f"norn_test_{prefix}_{uuid.uuid4().hex[:8]}"
+        names.append(name)
+        return name
+
+    yield make
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,152 @@
+"""Deployments in the admin: history with steps, output and snapshots, and the
+operator actions (deploy an app, cancel a deployment), permission-checked."""
+
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from apps_registry.admin import AppAdmin
+from apps_registry.models import App
+from deployments import transitions
+from deployments.models import TERMINAL_STATUSES, CronJob, CronRun, Deployment, Event, Snapshot, Step
+from deployments.requests import DeployRequestError, request_deployment
+
+
+class StepInline(admin.TabularInline):
+    model = Step
+    fields = ("name", "status", "started_at", "duration", "skip_reason", "error", "output_tail")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ("position",)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Output (last 40 lines)")
+    def output_tail(self, obj):
+        lines = obj.output.rstrip("\n").splitlines()[-40:]
+        return format_html('<pre style="white-space: pre-wrap; max-width: 60em">{}</pre>', "\n".join(lines)) if lines else "—"
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    list_display = ("short_id", "app", "ref", "short_commit", "status", "requested_by_label", "queued_at", "took")
+    list_filter = ("status", "runtime", "app")
+    search_fields = ("public_id", "app__name", "ref", "commit_sha", "image")
+    list_select_related = ("app", "requested_by")
+    readonly_fields = (
+        "public_id", "app", "ref", "commit_sha", "image", "status", "error", "requested_by",
+        "requested_via", "runtime", "queued_at", "started_at", "finished_at", "owner",
+        "heartbeat_at", "cancel_requested_at", "cancel_requested_by",
+    )
+    exclude = ("step_pgid", "workdir", "last_event_seq")
+    inlines = [StepInline]
+    actions = ["cancel_deployments"]
+    date_hierarchy = "queued_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Commit")
+    def short_commit(self, obj):
+        return obj.commit_sha[:12] or "—"
+
+    @admin.display(description="Took")
+    def took(self, obj):
+        if obj.started_at and obj.finished_at:
+            return f"{(obj.finished_at - obj.started_at).total_seconds():.1f} s"
+        return "—"
+
+    @admin.action(description="Cancel selected deployments", permissions=["cancel"])
+    def cancel_deployments(self, request, queryset):
+        who = f"{request.user.get_username()} (admin)"
+        count = 0
+        for deployment in queryset.select_related("app"):
+            if deployment.status not in TERMINAL_STATUSES:
+                transitions.request_cancel(deployment, who)
+                count += 1
+        self.message_user(request, f"Cancel requested for {count} deployment(s).", messages.SUCCESS)
+
+    def has_cancel_permission(self, request):
+        return request.user.has_perm("deployments.cancel_deployment")
+
+
+@admin.register(Snapshot)
+class SnapshotAdmin(admin.ModelAdmin):
+    list_display = ("database", "app", "deployment", "path", "size", "short_sha256", "created_at")
+    list_filter = ("app",)
+    search_fields = ("database", "path", "app__name")
+    list_select_related = ("app", "deployment")
+    readonly_fields = ("deployment", "app", "database", "path", "size", "sha256", "created_at")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="sha256")
+    def short_sha256(self, obj):
+        return obj.sha256[:12]
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ("deployment", "seq", "kind", "created_at")
+    list_filter = ("kind",)
+    list_select_related = ("deployment__app",)
+    readonly_fields = ("deployment", "seq", "kind", "payload", "created_at")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class CronRunInline(admin.TabularInline):
+    model = CronRun
+    fields = ("started_at", "finished_at", "exit_code", "image", "output")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
+    ordering = ("-started_at",)
+
+
+@admin.register(CronJob)
+class CronJobAdmin(admin.ModelAdmin):
+    list_display = ("app", "schedule", "image", "updated_at")
+    readonly_fields = ("app", "deployment", "image", "schedule", "command", "env", "updated_at")
+    inlines = [CronRunInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+# The deploy action belongs on the app list, which apps_registry owns; it is
+# added here so the registry does not depend on the deployments app.
+@admin.action(description="Deploy HEAD of the selected apps", permissions=["deploy"])
+def deploy_apps(modeladmin, request, queryset):
+    for app in queryset:
+        try:
+            deployment = request_deployment(app.name, "HEAD", user=request.user, via="admin")
+        except DeployRequestError as exc:
+            modeladmin.message_user(request, str(exc), messages.ERROR)
+        else:
+            modeladmin.message_user(
+                request,
+                format_html('Queued <a href="{}">deployment {}</a> of {}.', deployment.get_absolute_url(), deployment.short_id, app.name),
+                messages.SUCCESS,
+            )
+
+
+AppAdmin.actions = [*AppAdmin.actions, deploy_apps]
+AppAdmin.has_deploy_permission = lambda self, request: request.user.has_perm("deployments.start_deployment")
+assert admin.site.is_registered(App)

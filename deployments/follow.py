@@ -1,0 +1,34 @@
+"""Follow a deployment's events from the database, in order, without gaps.
+
+The event table is the source of truth; the CLI reads it directly (and, with
+the live stream, only to catch up after a reconnect).
+"""
+
+import time
+
+from deployments.models import Deployment, Event
+
+
+def events_after(deployment_id, seq):
+    return list(
+        Event.objects.filter(deployment_id=deployment_id, seq__gt=seq).order_by("seq")
+    )
+
+
+def follow(deployment_id, after=0, poll=0.2, idle_callback=None):
+    """Yield events after `after` until the deployment is terminal."""
+    last = after
+    idle_since = time.monotonic()
+    while True:
+        batch = events_after(deployment_id, last)
+        for event in batch:
+            last = event.seq
+            yield event
+        if batch:
+            idle_since = time.monotonic()
+        deployment = Deployment.objects.only("status", "last_event_seq").get(pk=deployment_id)
+        if deployment.is_terminal and deployment.last_event_seq <= last:
+            return
+        if idle_callback:
+            idle_callback(deployment, time.monotonic() - idle_since)
+        time.sleep(poll)

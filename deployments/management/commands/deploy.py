@@ -1,0 +1,92 @@
+"""`manage.py deploy <app> [<sha>|<branch>|HEAD]`: deploy and watch it happen."""
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from deployments.follow import follow
+from deployments.models import Deployment, DeploymentStatus
+from deployments.requests import DeployRequestError, request_deployment
+
+SYMBOLS = {"running": "…", "succeeded": "✓", "failed": "✗", "skipped": "–"}
+
+
+class Command(BaseCommand):
+    help = "Deploy an app at a commit SHA, a branch or HEAD (the default), and follow its steps."
+
+    def add_arguments(self, parser):
+        parser.add_argument("app")
+        parser.add_argument("ref", nargs="?", default="HEAD", help="Commit SHA (full or abbreviated), branch, or HEAD.")
+        parser.add_argument("--no-wait", action="store_true", help="Queue it, print its id and return.")
+        parser.add_argument("--json", action="store_true", help="Print one JSON event per line.")
+
+    def handle(self, *args, app, ref, no_wait=False, json=False, **options):
+        try:
+            deployment = request_deployment(app, ref, via="cli")
+        except DeployRequestError as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        if no_wait:
+            self.stdout.write(str(deployment.public_id))
+            return
+        if not json:
+            self.stdout.write(f"Deploying {app} at {ref} (deployment {deployment.public_id})")
+        status = FollowPrinter(self, as_json=json).run(deployment)
+        if status != DeploymentStatus.DEPLOYED:
+            raise SystemExit(1)
+
+
+class FollowPrinter:
+    """Prints a deployment's events as they arrive; returns its final status."""
+
+    def __init__(self, command, as_json=False):
+        self.out = command.stdout
+        self.style = command.style
+        self.as_json = as_json
+        self.warned_idle = False
+
+    def run(self, deployment, after=0):
+        try:
+            for event in follow(deployment.pk, after=after, idle_callback=self.idle):
+                self.show(event)
+        except KeyboardInterrupt:
+            self.out.write(
+                f"\nStopped following; the deployment goes on. Cancel it with: manage.py cancel {deployment.public_id}"
+            )
+            raise SystemExit(130) from None
+        deployment.refresh_from_db()
+        return deployment.status
+
+    def idle(self, deployment, idle_for):
+        if deployment.status == DeploymentStatus.QUEUED and idle_for > 5 and not self.warned_idle and not self.as_json:
+            self.warned_idle = True
+            ahead = Deployment.objects.filter(app_id=deployment.app_id, pk__lt=deployment.pk).exclude(
+                status__in=["deployed", "failed", "rolled_back"]
+            ).count()
+            reason = f"{ahead} earlier deployment(s) of this app first" if ahead else "a worker: is manage.py qcluster running?"
+            self.out.write(self.style.WARNING(f"Still queued, waiting for {reason}"))
+
+    def show(self, event):
+        if self.as_json:
+            self.out.write(json.dumps({"seq": event.seq, "event": event.kind, "payload": event.payload}))
+            return
+        payload = event.payload
+        if event.kind == "deploy.step":
+            status = payload["status"]
+            line = f"  {payload['step']:<9} {SYMBOLS.get(status, ' ')} {status}"
+            if "duration" in payload:
+                line += f" in {payload['duration']:.1f}s"
+            if payload.get("reason"):
+                line += f": {payload['reason']}"
+            style = {"failed": self.style.ERROR, "succeeded": self.style.SUCCESS}.get(status, str)
+            self.out.write(style(line))
+            if status == "failed" and payload.get("error"):
+                for text in payload["error"].splitlines():
+                    self.out.write(f"            {text}")
+        elif event.kind == "deploy.completed":
+            self.out.write(self.style.SUCCESS(
+                f"Deployed {payload['app']} {payload['commit_sha'][:12]} as {payload['image']}"
+            ))
+        elif event.kind == "deploy.failed":
+            self.out.write(self.style.ERROR(f"Deployment {payload['id']} failed: {payload['error']}"))
+        elif event.kind == "deploy.cancelled":
+            self.out.write(self.style.WARNING(f"Cancel requested by {payload['by']}"))

@@ -1,0 +1,227 @@
+"""What happened: deployments, their steps and events, snapshots, cron runs.
+
+The state machine itself (which status follows which) lives in
+deployments/states.py; these are the rows it writes.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+from apps_registry.models import App
+
+
+class DeploymentStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    CLONING = "cloning", "Cloning"
+    BUILDING = "building", "Building"
+    TESTING = "testing", "Testing"
+    SNAPSHOTTING = "snapshotting", "Snapshotting"
+    MIGRATING = "migrating", "Migrating"
+    DEPLOYING = "deploying", "Deploying"
+    CLEANING_UP = "cleaning_up", "Cleaning up"
+    DEPLOYED = "deployed", "Deployed"
+    FAILED = "failed", "Failed"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+
+
+# The one place terminal states are named. The seed's crash-recovery SQL
+# ("WHERE status NOT IN ('deployed', 'failed', 'rolled_back')") and the
+# one-in-flight constraint below both depend on exactly these three.
+TERMINAL_STATUSES = (
+    DeploymentStatus.DEPLOYED,
+    DeploymentStatus.FAILED,
+    DeploymentStatus.ROLLED_BACK,
+)
+# Claimed by a worker and not finished: at most one per app.
+NOT_IN_FLIGHT = (DeploymentStatus.QUEUED, *TERMINAL_STATUSES)
+
+
+class Deployment(models.Model):
+    Status = DeploymentStatus
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="deployments")
+    # What the user asked for: HEAD, a branch or a (possibly abbreviated) SHA.
+    ref = models.CharField(max_length=255, default="HEAD")
+    commit_sha = models.CharField(max_length=40, blank=True)
+    image = models.CharField(max_length=512, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # Where the request came from: "cli", "admin", "dashboard", "autodeploy".
+    requested_via = models.CharField(max_length=32, default="cli")
+    runtime = models.CharField(max_length=16, blank=True)
+    queued_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # Execution bookkeeping. `owner` is the worker that claimed the deployment
+    # ("host:pid:nonce"); it refreshes `heartbeat_at` while it runs, and crash
+    # recovery fails deployments whose owner stopped doing so.
+    owner = models.CharField(max_length=255, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Process group of the step's running subprocess, so recovery can kill a
+    # tree that outlived its SIGKILLed worker.
+    step_pgid = models.IntegerField(null=True, blank=True)
+    workdir = models.CharField(max_length=4096, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_by = models.CharField(max_length=255, blank=True)
+    # Last event sequence number handed out (events are numbered per deployment).
+    last_event_seq = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-queued_at", "-id"]
+        permissions = [
+            ("start_deployment", "Can start deployments and rollbacks"),
+            ("cancel_deployment", "Can cancel deployments"),
+        ]
+        constraints = [
+            # One deployment in flight per app, enforced by PostgreSQL: a
+            # worker's claim (queued -> cloning) fails with an integrity error
+            # while another deployment of the same app is past queued.
+            models.UniqueConstraint(
+                fields=["app"],
+                condition=~Q(status__in=NOT_IN_FLIGHT),
+                name="one_in_flight_deployment_per_app",
+            ),
+        ]
+        indexes = [
+            # The app page's history and "next queued deployment for this app".
+            models.Index(fields=["app", "status", "id"], name="deploy_app_status_id"),
+            # Crash recovery and the dispatcher: in-flight/queued deployments.
+            models.Index(
+                fields=["status"],
+                condition=~Q(status__in=TERMINAL_STATUSES),
+                name="deploy_unfinished",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.app.name} {self.ref} ({self.short_id})"
+
+    def get_absolute_url(self):
+        return reverse("admin:deployments_deployment_change", args=[self.pk])
+
+    @property
+    def short_id(self):
+        return str(self.public_id)[:8]
+
+    @property
+    def is_terminal(self):
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def requested_by_label(self):
+        who = self.requested_by.get_username() if self.requested_by else "system"
+        return f"{who} via {self.requested_via}"
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+
+
+class Step(models.Model):
+    Status = StepStatus
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=16)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration = models.DurationField(null=True, blank=True)
+    output = models.TextField(blank=True)
+    skip_reason = models.CharField(max_length=255, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["deployment", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "name"], name="one_row_per_step"),
+        ]
+
+    def __str__(self):
+        return f"{self.name}: {self.status}"
+
+
+class Event(models.Model):
+    """Append-only: one row per state change, numbered per deployment.
+
+    Clients that reconnect ask for everything after the last number they saw.
+    """
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=32)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["deployment", "seq"]
+        constraints = [
+            # Also the index for "events of deployment D after seq N".
+            models.UniqueConstraint(fields=["deployment", "seq"], name="event_seq_per_deployment"),
+        ]
+
+    def __str__(self):
+        return f"{self.kind} #{self.seq}"
+
+
+class Snapshot(models.Model):
+    deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="snapshots")
+    app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="snapshots")
+    database = models.CharField(max_length=63)
+    path = models.CharField(max_length=4096)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The app page's snapshot list.
+            models.Index(fields=["app", "-created_at"], name="snapshot_app_recent"),
+        ]
+
+    def __str__(self):
+        return self.path
+
+
+class CronJob(models.Model):
+    """The image and command a cron app's django-q2 schedule runs."""
+
+    app = models.OneToOneField(App, on_delete=models.CASCADE, related_name="cron_job")
+    deployment = models.ForeignKey(Deployment, on_delete=models.SET_NULL, null=True)
+    image = models.CharField(max_length=512)
+    schedule = models.CharField(max_length=255)
+    command = models.JSONField()
+    env = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.app.name}: {self.schedule} {self.image}"
+
+
+class CronRun(models.Model):
+    job = models.ForeignKey(CronJob, on_delete=models.CASCADE, related_name="runs")
+    image = models.CharField(max_length=512)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    output = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        return f"{self.job.app.name} run at {self.started_at:%Y-%m-%d %H:%M}"

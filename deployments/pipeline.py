@@ -1,0 +1,186 @@
+"""The pipeline: run one deployment's seven steps on this worker.
+
+`execute(deployment_id)` claims the deployment (a second delivery of the same
+task finds it claimed and does nothing), runs the steps the transition rules
+in deployments/states.py call for, keeps a heartbeat so crash recovery can
+tell a live owner from a dead one, and hands the app to its next queued
+deployment when done.
+"""
+
+import importlib
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from apps_registry import infraspec
+from deployments import appdb, runner, states, transitions
+from deployments.models import Deployment, StepStatus
+from deployments.steps import Context, Skip, StepFailed
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 2.0
+CANCEL_POLL_INTERVAL = 0.5
+
+
+def step_module(name):
+    # "test" would shadow nothing, but a real module per step keeps "what does
+    # the Build step do" findable by file name (deployments/steps/build.py).
+    return importlib.import_module(f"deployments.steps.{name}")
+
+
+class Heartbeat(threading.Thread):
+    """Refreshes heartbeat_at and watches for a cancel request."""
+
+    def __init__(self, deployment_id, owner):
+        super().__init__(daemon=True, name=f"heartbeat-{deployment_id}")
+        self.deployment_id = deployment_id
+        self.owner = owner
+        self.cancel_by = None
+        self._stopping = threading.Event()
+
+    def run(self):
+        try:
+            beat_due = 0.0
+            waited = 0.0
+            while not self._stopping.is_set():
+                if waited >= beat_due:
+                    by = transitions.heartbeat(self.deployment_id, self.owner)
+                    beat_due = waited + HEARTBEAT_INTERVAL
+                else:
+                    by = Deployment.objects.filter(pk=self.deployment_id).values_list(
+                        "cancel_requested_by", flat=True
+                    ).first()
+                if by:
+                    self.cancel_by = by
+                self._stopping.wait(CANCEL_POLL_INTERVAL)
+                waited += CANCEL_POLL_INTERVAL
+        except Exception:
+            log.exception("heartbeat for deployment %s stopped", self.deployment_id)
+        finally:
+            connection.close()  # this thread's own connection
+
+    def stop(self):
+        self._stopping.set()
+        self.join(timeout=5)
+
+
+def execute(deployment_id):
+    owner = transitions.owner_id()
+    if not transitions.claim(deployment_id, owner):
+        log.info("deployment %s not claimed (already claimed, cancelled, or not its turn)", deployment_id)
+        return False
+    deployment = Deployment.objects.select_related("app").get(pk=deployment_id)
+    heartbeat = Heartbeat(deployment_id, owner)
+    heartbeat.start()
+    try:
+        _run_steps(deployment, owner, heartbeat)
+    finally:
+        heartbeat.stop()
+        dispatch_next(deployment.app_id)
+    return True
+
+
+def _context(deployment, heartbeat):
+    app = deployment.app
+    result = infraspec.load(Path(app.directory) / infraspec.FILENAME, directory_name=app.name)
+    workdir = Path(settings.NORN_WORK_DIR) / str(deployment.public_id)
+    secrets = [settings.NORN_GIT_TOKEN, *appdb.secrets()]
+    ctx = Context(
+        deployment_id=deployment.pk,
+        public_id=str(deployment.public_id),
+        app_name=app.name,
+        spec=result.spec or app.spec or {},
+        ref=deployment.ref,
+        workdir=workdir,
+        app_dir=Path(app.directory),
+        redact=runner.Redactor(secrets),
+    )
+    ctx.cancel_reason = lambda: f"cancelled by {heartbeat.cancel_by}" if heartbeat.cancel_by else None
+    ctx.record_pgid = lambda pgid: transitions.set_fields(deployment.pk, step_pgid=pgid)
+    return ctx, result
+
+
+def _run_steps(deployment, owner, heartbeat):
+    ctx, spec_result = _context(deployment, heartbeat)
+    steps = states.initial()
+    error = ""
+    # The spec is re-read at run time: it may have changed since queueing.
+    if not spec_result.ok:
+        error = "infraspec.yaml is invalid:\n" + "\n".join(str(e) for e in spec_result.errors)
+
+    while (name := states.next_step(steps)) is not None:
+        if not transitions.start_step(deployment.pk, owner, name):
+            log.warning("deployment %s was taken over (recovered?); stopping", deployment.pk)
+            return
+        ctx.timeout = settings.NORN_STEP_TIMEOUTS[name]
+        ctx.output = lambda text, name=name: transitions.append_output(deployment.pk, name, text)
+        status, step_error, reason = _run_one(ctx, name, heartbeat, error if name == "clone" else "")
+        if name == "clone":
+            ctx.workdir.mkdir(parents=True, exist_ok=True)  # cleanup's target exists either way
+        transitions.finish_step(deployment.pk, name, status, error=step_error, skip_reason=reason)
+        steps[name] = status
+        _record_progress(deployment.pk, ctx)
+        if status == StepStatus.FAILED and name not in states.BEST_EFFORT:
+            error = step_error if step_error.startswith("cancelled by") else f"{name} failed: {step_error}"
+            transitions.skip_cut_short(deployment.pk, states.steps_cut_short(steps), name)
+            for cut in states.steps_cut_short(steps):
+                steps[cut] = StepStatus.SKIPPED
+    transitions.finish(deployment.pk, states.final_status(steps), error)
+
+
+def _run_one(ctx, name, heartbeat, preset_error):
+    """Run a step; returns (status, error, skip reason)."""
+    if preset_error:
+        return StepStatus.FAILED, preset_error, ""
+    if name not in states.ALWAYS_RUNS and heartbeat.cancel_by:
+        return StepStatus.FAILED, f"cancelled by {heartbeat.cancel_by}", ""
+    if name == "clone":
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        transitions.set_fields(ctx.deployment_id, workdir=str(ctx.workdir))
+    try:
+        step_module(name).run(ctx)
+    except Skip as skip:
+        return StepStatus.SKIPPED, "", str(skip)
+    except runner.Cancelled as exc:
+        return StepStatus.FAILED, str(exc), ""
+    except (StepFailed, runner.CommandError) as exc:
+        return StepStatus.FAILED, ctx.redact(str(exc)), ""
+    except Exception as exc:
+        log.exception("step %s of deployment %s crashed", name, ctx.deployment_id)
+        return StepStatus.FAILED, ctx.redact(f"internal error: {exc.__class__.__name__}: {exc}"), ""
+    finally:
+        transitions.set_fields(ctx.deployment_id, step_pgid=None)
+    return StepStatus.SUCCEEDED, "", ""
+
+
+def _record_progress(deployment_id, ctx):
+    fields = {}
+    if ctx.commit_sha:
+        fields["commit_sha"] = ctx.commit_sha
+    if ctx.image:
+        fields["image"] = ctx.image
+    if fields:
+        transitions.set_fields(deployment_id, **fields)
+
+
+def dispatch_next(app_id):
+    """Start the app's oldest queued deployment, if any (FIFO)."""
+    from deployments import tasks
+
+    next_id = transitions.next_queued(app_id)
+    if next_id is not None:
+        tasks.enqueue_deployment(next_id)
+
+
+def remove_workdir(path):
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def close_connections():
+    close_old_connections()

@@ -1,0 +1,69 @@
+"""Asking for a deployment: validate everything, then queue it.
+
+Every check happens here, before any command runs: an unknown app, an
+invalid infraspec, or a ref that is neither HEAD, a valid branch name nor a
+hex SHA is refused with a message that says why, and nothing is created.
+"""
+
+import re
+
+from django.conf import settings
+
+from apps_registry import discovery
+from apps_registry.infraspec import branch_name_problem
+from apps_registry.models import App
+from deployments import tasks, transitions
+
+HEX_RE = re.compile(r"^[0-9a-f]{4,40}$")
+
+
+class DeployRequestError(Exception):
+    pass
+
+
+def validate_ref(ref):
+    if ref == "HEAD" or HEX_RE.match(ref):
+        return ref
+    if len(ref) > 255:
+        raise DeployRequestError(f"ref is {len(ref)} characters long; at most 255")
+    problem = branch_name_problem(ref)
+    if problem:
+        raise DeployRequestError(
+            f"{ref!r} is not a valid git ref: it {problem}. Use HEAD, a branch name "
+            "or a commit SHA (4 to 40 hex digits)"
+        )
+    return ref
+
+
+def find_app(name):
+    discovery.ensure_fresh()
+    try:
+        app = App.objects.get(name=name)
+    except App.DoesNotExist:
+        known = ", ".join(App.objects.exclude(status=App.Status.MISSING).values_list("name", flat=True))
+        raise DeployRequestError(
+            f"unknown app {name!r}; known apps: {known or 'none'} (apps are directories "
+            f"with an infraspec.yaml in NORN_APPS_DIR={settings.NORN_APPS_DIR})"
+        ) from None
+    if app.status == App.Status.MISSING:
+        raise DeployRequestError(f"app {name!r} is missing: {app.directory}/infraspec.yaml is gone")
+    if app.status == App.Status.INVALID:
+        raise DeployRequestError(
+            f"app {name!r} has an invalid infraspec.yaml; fix it first:\n  " + "\n  ".join(app.errors)
+        )
+    return app
+
+
+def request_deployment(app_name, ref="HEAD", *, user=None, via="cli"):
+    """Validate and queue a deployment; returns it. Raises DeployRequestError."""
+    ref = validate_ref((ref or "HEAD").strip())
+    app = find_app(app_name)
+    if not app.spec.get("repo") and ref != "HEAD" and not HEX_RE.match(ref):
+        raise DeployRequestError(
+            f"app {app.name!r} has no repo in infraspec.yaml, so there is no branch {ref!r}; "
+            "deploy HEAD (its directory as it is)"
+        )
+    runtime = "cron" if app.spec["role"] == "cron" else settings.NORN_RUNTIME
+    deployment = transitions.create(app, ref, user=user, via=via, runtime=runtime)
+    tasks.enqueue_deployment(deployment.pk)
+    return deployment

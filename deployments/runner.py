@@ -1,0 +1,165 @@
+"""Run one pipeline command: argv list, incremental output, timeout, cancel.
+
+Each command gets its own session (process group), so a timeout, a cancel or
+crash recovery can kill the whole tree it started (docker build's children,
+a test suite's servers), not just the direct child.
+"""
+
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+# How often output is flushed to the database while a command runs.
+FLUSH_INTERVAL = 0.25
+KILL_GRACE = 3.0
+
+
+class CommandError(Exception):
+    """A command could not run to success; `message` is for the step's error."""
+
+
+class Cancelled(CommandError):
+    pass
+
+
+class TimedOut(CommandError):
+    pass
+
+
+@dataclass
+class Result:
+    returncode: int
+    tail: str  # the last lines of output, for error messages
+
+
+class Redactor:
+    """Replaces secret values in text before it is stored or shown."""
+
+    def __init__(self, secrets=()):
+        # Longest first, so a secret containing another is fully masked.
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text):
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def kill_tree(pgid, sig=signal.SIGKILL):
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run(argv, *, cwd=None, env=None, timeout=None, on_output=None, should_cancel=None,
+        on_start=None, redact=None, stdin_data=None):
+    """Run `argv` (a list, never a shell string) and return a Result.
+
+    on_output(text) receives redacted output in batches while it runs;
+    should_cancel() is polled and returns a reason to stop, or None;
+    on_start(pgid) learns the process group to kill if this worker dies.
+    Raises TimedOut or Cancelled after killing the process group.
+    """
+    assert isinstance(argv, (list, tuple)), "commands are argv lists"
+    redact = redact or Redactor()
+    proc = subprocess.Popen(
+        [str(a) for a in argv],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    if on_start:
+        on_start(proc.pid)
+    if stdin_data is not None:
+        proc.stdin.write(stdin_data)
+        proc.stdin.close()
+
+    chunks = queue.Queue()
+
+    def reader():
+        # read1 returns what is there (up to 64 KiB) without waiting for more.
+        while True:
+            data = proc.stdout.read1(65536)
+            if not data:
+                break
+            chunks.put(data)
+        chunks.put(None)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+
+    deadline = time.monotonic() + timeout if timeout else None
+    tail = []
+    pending = []
+    last_flush = time.monotonic()
+    eof = False
+    stop_error = None
+
+    def flush():
+        nonlocal pending, last_flush
+        if pending:
+            text = redact(b"".join(pending).decode("utf-8", "replace"))
+            pending = []
+            tail.append(text)
+            del tail[:-20]
+            if on_output:
+                on_output(text)
+        last_flush = time.monotonic()
+
+    exited_at = None
+    while True:
+        try:
+            data = chunks.get(timeout=0.1)
+            if data is None:
+                eof = True
+            else:
+                pending.append(data)
+        except queue.Empty:
+            pass
+        if time.monotonic() - last_flush >= FLUSH_INTERVAL:
+            flush()
+        if proc.poll() is None and stop_error is None:
+            reason = should_cancel() if should_cancel else None
+            if reason:
+                stop_error = Cancelled(reason)
+            elif deadline and time.monotonic() > deadline:
+                stop_error = TimedOut(f"timed out after {timeout:g} s")
+            if stop_error:
+                _terminate(proc)
+        if proc.poll() is not None:
+            if eof and chunks.empty():
+                break
+            # A grandchild may hold the pipe open after the command exited;
+            # give it a moment to finish writing, then stop reading.
+            exited_at = exited_at or time.monotonic()
+            if time.monotonic() - exited_at > 2:
+                break
+    flush()
+    # Children that outlived the leader (daemonized helpers) go too.
+    kill_tree(proc.pid)
+    thread.join(timeout=1)
+    if stop_error:
+        raise stop_error
+    return Result(proc.returncode, "".join(tail))
+
+
+def _terminate(proc):
+    kill_tree(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+    kill_tree(proc.pid, signal.SIGKILL)
+
+
+def tail_lines(text, count=20):
+    lines = text.rstrip("\n").splitlines()
+    return "\n".join(lines[-count:])

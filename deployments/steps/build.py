@@ -1,0 +1,60 @@
+"""Build: `docker build` the checked-out tree into <app>:<sha>, then ship it.
+
+With NORN_REGISTRY_URL the image is tagged and pushed there; otherwise, when
+deploying to a minikube cluster, it is loaded into minikube. Skipped when the
+infraspec has no build section (the image must then exist already).
+"""
+
+import shutil
+
+from django.conf import settings
+
+from deployments.steps import Skip, StepFailed
+
+
+def run(ctx):
+    build = ctx.spec.get("build")
+    source = ctx.workdir / "src"
+    if build is None:
+        ctx.image = registry_image(ctx) if ctx.registry else ctx.local_image
+        raise Skip("no build section in infraspec.yaml")
+    dockerfile = source / build["dockerfile"]
+    if not dockerfile.is_file():
+        raise StepFailed(f"{build['dockerfile']} (build.dockerfile) does not exist in the repository at {ctx.commit_sha[:12]}")
+    env = ctx.base_env(DOCKER_BUILDKIT="0")
+    ctx.run(
+        [
+            "docker", "build",
+            "-f", dockerfile,
+            "-t", ctx.local_image,
+            "--label", f"norn.app={ctx.app_name}",
+            "--label", f"norn.commit={ctx.commit_sha}",
+            source,
+        ],
+        env=env,
+    )
+    ctx.image = ctx.local_image
+    if ctx.registry:
+        remote = registry_image(ctx)
+        ctx.run(["docker", "tag", ctx.local_image, remote], env=env)
+        ctx.run(["docker", "push", remote], env=env)
+        ctx.image = remote
+    elif settings.NORN_RUNTIME == "kubernetes" and is_minikube():
+        if not shutil.which("minikube"):
+            raise StepFailed("the Kubernetes context is minikube, but the minikube command is not installed")
+        ctx.run(["minikube", "image", "load", ctx.local_image], env=env)
+
+
+def registry_image(ctx):
+    return f"{ctx.registry}/{ctx.app_name}:{ctx.commit_sha}"
+
+
+def is_minikube():
+    """Whether kubeconfig's current context is a minikube cluster."""
+    from kubernetes import config
+
+    try:
+        _, current = config.list_kube_config_contexts()
+    except Exception:
+        return False
+    return bool(current) and current.get("name") == "minikube"

@@ -1,0 +1,180 @@
+"""Clone: get the requested commit's source into the deployment's work directory.
+
+`git clone --depth 1 --branch <branch>`, then the requested SHA if one was
+asked for. Credentials reach git only through its environment: an HTTPS
+token via GIT_ASKPASS, an SSH key via GIT_SSH_COMMAND. If the clone itself
+fails and the app has a local directory, that is copied instead (the output
+says so). Apps without a repo are always copied.
+"""
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import stat
+from pathlib import Path
+
+from django.conf import settings
+
+from apps_registry.infraspec import redact_url
+from deployments.steps import Skip, StepFailed  # noqa: F401 (Skip: part of the step API)
+
+HEX_RE = re.compile(r"^[0-9a-f]{4,40}$")
+FULL_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+# Transports git may use for Norn's clones: no ext::, fd:: or other helpers
+# that run commands, even if a bad URL got this far.
+ALLOWED_PROTOCOLS = "https:http:ssh:git:file"
+
+ASKPASS_SCRIPT = """#!/bin/sh
+# Answers git's credential prompts from the environment; holds no secret.
+case "$1" in
+  Username*) printf '%s\\n' "${NORN_GIT_USERNAME:-x-access-token}" ;;
+  *) printf '%s\\n' "$NORN_GIT_PASSWORD" ;;
+esac
+"""
+
+
+def is_sha(ref):
+    return bool(HEX_RE.match(ref))
+
+
+def run(ctx):
+    spec_repo = ctx.spec.get("repo")
+    source = ctx.workdir / "src"
+    if not spec_repo:
+        ctx.log(f"No repo in infraspec.yaml: copying {ctx.app_dir}")
+        copy_local(ctx, source)
+        return
+    try:
+        clone(ctx, spec_repo, source)
+    except CloneFailed as exc:
+        if not ctx.app_dir.is_dir():
+            raise StepFailed(str(exc)) from None
+        ctx.log(f"Clone failed ({exc}); falling back to copying the local directory {ctx.app_dir}")
+        shutil.rmtree(source, ignore_errors=True)
+        copy_local(ctx, source)
+
+
+class CloneFailed(Exception):
+    """The clone itself failed: the only case where the local copy is used."""
+
+
+def git_env(ctx, workdir):
+    env = ctx.base_env(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
+        GIT_CONFIG_NOSYSTEM="1",
+    )
+    if settings.NORN_GIT_TOKEN:
+        askpass = workdir / "askpass.sh"
+        askpass.write_text(ASKPASS_SCRIPT)
+        askpass.chmod(stat.S_IRWXU)
+        env["GIT_ASKPASS"] = str(askpass)
+        env["NORN_GIT_PASSWORD"] = settings.NORN_GIT_TOKEN
+    if settings.NORN_GIT_SSH_KEY:
+        known_hosts = Path(settings.NORN_GIT_KNOWN_HOSTS)
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        # GIT_SSH_COMMAND is read by a shell: quote the (operator-set) paths.
+        env["GIT_SSH_COMMAND"] = " ".join(
+            [
+                "ssh",
+                "-i", shlex.quote(str(settings.NORN_GIT_SSH_KEY)),
+                "-o", "IdentitiesOnly=yes",
+                "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=accept-new",
+                "-o", "UserKnownHostsFile=" + shlex.quote(str(known_hosts)),
+            ]
+        )
+    return env
+
+
+def clone(ctx, spec_repo, source):
+    url = spec_repo["url"]
+    branch = spec_repo["branch"]
+    ref = ctx.ref
+    if ref != "HEAD" and not is_sha(ref):
+        branch = ref
+    env = git_env(ctx, ctx.workdir)
+    shown = redact_url(url)
+    ctx.log(f"Cloning {shown} (branch {branch})")
+    result = ctx.run(
+        ["git", "clone", "--depth", "1", "--branch", branch, "--", url, source],
+        env=env, check=False,
+    )
+    if result.returncode != 0:
+        raise CloneFailed(f"git clone of {shown} branch {branch} exited with status {result.returncode}")
+    if is_sha(ref):
+        checkout_sha(ctx, ref, source, env, shown)
+    ctx.commit_sha = git_head(ctx, source, env)
+    ctx.log(f"Checked out {ctx.commit_sha}")
+
+
+def checkout_sha(ctx, ref, source, env, shown):
+    """Fetch and check out exactly the requested commit, never the branch tip."""
+    if FULL_SHA_RE.match(ref):
+        fetched = ctx.run(["git", "-C", source, "fetch", "--depth", "1", "origin", ref], env=env, check=False)
+        target = ref
+    else:
+        # An abbreviated SHA cannot be fetched by name: fetch all branches'
+        # history and let git resolve it (and refuse if it is ambiguous).
+        fetched = ctx.run(
+            ["git", "-C", source, "fetch", "--unshallow", "origin", "+refs/heads/*:refs/remotes/origin/*"],
+            env=env, check=False,
+        )
+        target = None
+        if fetched.returncode == 0:
+            resolved = ctx.run(
+                ["git", "-C", source, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+                env=env, check=False, echo=False,
+            )
+            target = resolved.tail.strip() if resolved.returncode == 0 else None
+    if fetched.returncode != 0 or not target:
+        raise StepFailed(f"commit {ref} does not exist in {shown} (or is ambiguous)")
+    ctx.run(["git", "-C", source, "checkout", "--quiet", "--detach", target], env=env)
+
+
+def git_head(ctx, source, env):
+    result = ctx.run(["git", "-C", source, "rev-parse", "HEAD"], env=env, echo=False)
+    sha = result.tail.strip().splitlines()[-1]
+    if not FULL_SHA_RE.match(sha):
+        raise StepFailed(f"could not resolve HEAD in {source}: {sha!r}")
+    return sha
+
+
+def copy_local(ctx, source):
+    if not ctx.app_dir.is_dir():
+        raise StepFailed(f"the app directory {ctx.app_dir} does not exist")
+    shutil.copytree(ctx.app_dir, source, symlinks=True)
+    if (source / ".git").exists():
+        env = ctx.base_env(GIT_CONFIG_NOSYSTEM="1")
+        # The copied checkout may be owned by another user: git's
+        # safe.directory check would refuse to read it.
+        env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="safe.directory", GIT_CONFIG_VALUE_0="*")
+        sha = git_head(ctx, source, env)
+        if is_sha(ctx.ref) and not sha.startswith(ctx.ref):
+            raise StepFailed(
+                f"commit {ctx.ref} was requested, but the local copy in {ctx.app_dir} is at {sha}"
+            )
+        ctx.commit_sha = sha
+    else:
+        if ctx.ref != "HEAD":
+            raise StepFailed(f"{ctx.ref} was requested, but the local copy in {ctx.app_dir} is not a git checkout")
+        ctx.commit_sha = tree_digest(source)
+        ctx.log(f"{ctx.app_dir} is not a git checkout; its content digest {ctx.commit_sha} tags the image")
+    ctx.log(f"Copied {ctx.app_dir} at {ctx.commit_sha}")
+
+
+def tree_digest(root):
+    """A 40-hex digest of a directory's files: same content, same tag."""
+    digest = hashlib.sha1()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            if path.is_symlink():
+                digest.update(os.readlink(path).encode())
+            else:
+                digest.update(path.read_bytes())
+    return digest.hexdigest()

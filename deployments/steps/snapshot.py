@@ -1,0 +1,51 @@
+"""Snapshot: `pg_dump -Fc` of the app's database before migrations touch it.
+
+Only for apps with services.postgres. The dump is recorded as a Snapshot row
+(path, size, sha256) so it can be found and verified before a restore.
+"""
+
+import hashlib
+
+from django.conf import settings
+from django.utils import timezone
+
+from deployments import appdb
+from deployments.models import Deployment, Snapshot
+from deployments.steps import Skip, StepFailed
+
+
+def run(ctx):
+    postgres = (ctx.spec.get("services") or {}).get("postgres")
+    if not postgres:
+        raise Skip("no services.postgres in infraspec.yaml")
+    database = postgres["database"]
+    try:
+        created = appdb.ensure_database(database)
+    except Exception as exc:
+        raise StepFailed(f"cannot reach the app database {database}: {ctx.redact(str(exc))}") from None
+    if created:
+        ctx.log(f"Database {database} did not exist; created it empty")
+    directory = settings.NORN_SNAPSHOT_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+    path = directory / f"{database}_{ctx.commit_sha[:12]}_{stamp}.dump"
+    env = ctx.base_env(**appdb.pg_env(database))
+    try:
+        ctx.run(["pg_dump", "-Fc", "-d", database, "-f", path], env=env)
+    except BaseException:
+        path.unlink(missing_ok=True)  # a partial dump must never look restorable
+        raise
+    digest = hashlib.sha256()
+    with path.open("rb") as dump:
+        for block in iter(lambda: dump.read(1 << 20), b""):
+            digest.update(block)
+    deployment = Deployment.objects.select_related("app").get(pk=ctx.deployment_id)
+    ctx.snapshot = Snapshot.objects.create(
+        deployment=deployment,
+        app=deployment.app,
+        database=database,
+        path=str(path),
+        size=path.stat().st_size,
+        sha256=digest.hexdigest(),
+    )
+    ctx.log(f"Snapshot {path} ({ctx.snapshot.size} bytes, sha256 {ctx.snapshot.sha256[:12]}…)")

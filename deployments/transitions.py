@@ -1,0 +1,205 @@
+"""Every write that changes a deployment's state, each with its event row.
+
+Narrow, conditional updates: a transition names the state it expects to move
+from, and checks the row count, so a second worker, a cancel and crash
+recovery can never both win. No function here holds a transaction across a
+subprocess or network call.
+"""
+
+import os
+import socket
+import uuid
+
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, OuterRef, Value
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from deployments import events, states
+from deployments.models import (
+    NOT_IN_FLIGHT,
+    TERMINAL_STATUSES,
+    Deployment,
+    DeploymentStatus,
+    Step,
+    StepStatus,
+)
+
+# Identifies this worker process: host, pid, and a nonce so a reused pid on a
+# restarted host is a different owner.
+_NONCE = uuid.uuid4().hex[:8]
+
+
+def owner_id():
+    return f"{socket.gethostname()}:{os.getpid()}:{_NONCE}"
+
+
+def parse_owner(owner):
+    host, pid, nonce = owner.rsplit(":", 2)
+    return host, int(pid), nonce
+
+
+def create(app, ref, *, user=None, via="cli", runtime=""):
+    """Queue a deployment of `app` at `ref`; the caller has validated both."""
+    with transaction.atomic():
+        deployment = Deployment.objects.create(
+            app=app, ref=ref, requested_by=user, requested_via=via, runtime=runtime
+        )
+        Step.objects.bulk_create(
+            Step(deployment=deployment, position=i, name=name)
+            for i, name in enumerate(states.STEPS)
+        )
+        events.record(deployment.pk, events.QUEUED, events.deployment_payload(deployment))
+    return deployment
+
+
+def claim(deployment_id, owner):
+    """queued -> cloning for this worker, if it is this app's turn.
+
+    Returns True when this call claimed the deployment. False when another
+    delivery already did, it was cancelled, an earlier deployment of the same
+    app is still queued (FIFO), or one is in flight (the partial unique index
+    one_in_flight_deployment_per_app rejects the update).
+    """
+    now = timezone.now()
+    earlier_queued = Deployment.objects.filter(
+        app_id=OuterRef("app_id"), status=DeploymentStatus.QUEUED, pk__lt=OuterRef("pk")
+    )
+    try:
+        with transaction.atomic():
+            claimed = (
+                Deployment.objects.filter(pk=deployment_id, status=DeploymentStatus.QUEUED)
+                .exclude(Exists(earlier_queued))
+                .update(
+                    status=states.IN_FLIGHT_STATUS["clone"],
+                    owner=owner,
+                    heartbeat_at=now,
+                    started_at=now,
+                )
+            )
+    except IntegrityError:
+        return False
+    return bool(claimed)
+
+
+def heartbeat(deployment_id, owner):
+    """Refresh the owner's heartbeat; returns the cancel request, if any."""
+    Deployment.objects.filter(pk=deployment_id, owner=owner).exclude(
+        status__in=NOT_IN_FLIGHT
+    ).update(heartbeat_at=timezone.now())
+    return (
+        Deployment.objects.filter(pk=deployment_id)
+        .values_list("cancel_requested_by", flat=True)
+        .first()
+    )
+
+
+def set_fields(deployment_id, **fields):
+    Deployment.objects.filter(pk=deployment_id).update(**fields)
+
+
+def start_step(deployment_id, owner, name):
+    now = timezone.now()
+    with transaction.atomic():
+        moved = Deployment.objects.filter(pk=deployment_id, owner=owner).exclude(
+            status__in=NOT_IN_FLIGHT
+        ).update(status=states.IN_FLIGHT_STATUS[name], heartbeat_at=now)
+        if not moved:
+            return False  # recovered or finished by someone else meanwhile
+        Step.objects.filter(deployment_id=deployment_id, name=name).update(
+            status=StepStatus.RUNNING, started_at=now
+        )
+        events.record(deployment_id, events.STEP, {"step": name, "status": StepStatus.RUNNING})
+    return True
+
+
+def finish_step(deployment_id, name, status, *, error="", skip_reason=""):
+    now = timezone.now()
+    with transaction.atomic():
+        step = Step.objects.select_for_update().get(deployment_id=deployment_id, name=name)
+        if step.status in states.DONE:
+            return step  # recovery already closed it
+        step.status = status
+        step.finished_at = now
+        step.duration = now - step.started_at if step.started_at else None
+        step.error = error
+        step.skip_reason = skip_reason
+        step.save(update_fields=["status", "finished_at", "duration", "error", "skip_reason"])
+        payload = {"step": name, "status": status}
+        if step.duration is not None:
+            payload["duration"] = round(step.duration.total_seconds(), 3)
+        if skip_reason:
+            payload["reason"] = skip_reason
+        if error:
+            payload["error"] = error
+        events.record(deployment_id, events.STEP, payload)
+    return step
+
+
+def skip_cut_short(deployment_id, names, failed):
+    """Mark steps that will not run because `failed` failed."""
+    for name in names:
+        finish_step(deployment_id, name, StepStatus.SKIPPED, skip_reason=f"{failed} failed")
+
+
+def append_output(deployment_id, name, text):
+    """Append captured output to a step (already redacted by the caller)."""
+    if not text:
+        return
+    with transaction.atomic():
+        Step.objects.filter(deployment_id=deployment_id, name=name).update(
+            output=Concat(F("output"), Value(text))
+        )
+        events.record(deployment_id, events.LOG, {"step": name, "text": text})
+
+
+def finish(deployment_id, status, error=""):
+    """Move an unfinished deployment to a terminal status. False if already terminal."""
+    assert status in TERMINAL_STATUSES
+    with transaction.atomic():
+        done = Deployment.objects.filter(pk=deployment_id).exclude(
+            status__in=TERMINAL_STATUSES
+        ).update(status=status, error=error, finished_at=timezone.now(), step_pgid=None)
+        if not done:
+            return False
+        deployment = Deployment.objects.select_related("app", "requested_by").get(pk=deployment_id)
+        kind = events.COMPLETED if status == DeploymentStatus.DEPLOYED else events.FAILED
+        events.record(deployment_id, kind, events.deployment_payload(deployment))
+    return True
+
+
+def request_cancel(deployment, by):
+    """Ask for a deployment to stop. A queued one ends at once; a running one
+    is stopped by its worker (which kills the step's process tree and still
+    runs cleanup). Returns the deployment's status afterwards."""
+    error = f"cancelled by {by}"
+    with transaction.atomic():
+        if Deployment.objects.filter(pk=deployment.pk, status=DeploymentStatus.QUEUED).update(
+            status=DeploymentStatus.FAILED, error=error, finished_at=timezone.now(),
+            cancel_requested_at=timezone.now(), cancel_requested_by=by,
+        ):
+            for name in states.STEPS:
+                Step.objects.filter(deployment_id=deployment.pk, name=name).update(
+                    status=StepStatus.SKIPPED, skip_reason="cancelled before it started"
+                )
+            fresh = Deployment.objects.select_related("app", "requested_by").get(pk=deployment.pk)
+            events.record(deployment.pk, events.CANCELLED, {"by": by})
+            events.record(deployment.pk, events.FAILED, events.deployment_payload(fresh))
+            return fresh.status
+        Deployment.objects.filter(pk=deployment.pk, cancel_requested_at__isnull=True).exclude(
+            status__in=TERMINAL_STATUSES
+        ).update(cancel_requested_at=timezone.now(), cancel_requested_by=by)
+        status = Deployment.objects.values_list("status", flat=True).get(pk=deployment.pk)
+        if status not in TERMINAL_STATUSES:
+            events.record(deployment.pk, events.CANCELLED, {"by": by})
+        return status
+
+
+def next_queued(app_id):
+    """The oldest queued deployment of an app (FIFO), or None."""
+    return (
+        Deployment.objects.filter(app_id=app_id, status=DeploymentStatus.QUEUED)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+        .first()
+    )

@@ -1,0 +1,269 @@
+"""The pipeline end to end on this worker: steps, their rows and events, the
+seed's "on failure" column, timeouts, cancel, and secrets kept out."""
+
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+from django.db import connection
+
+from deployments import pipeline, recovery, states, transitions
+from deployments.models import Deployment, Event, Snapshot, Step
+from deployments.requests import DeployRequestError, request_deployment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DOCKERFILE = "FROM norn-busybox:1\nCOPY . /app\nCMD [\"sh\", \"-c\", \"sleep 3600\"]\n"
+
+
+def spec(name, test=None, migrations=None, database=None, extra=""):
+    text = f"app: {name}\nrole: worker\nbuild:\n  dockerfile: Dockerfile\n"
+    if test:
+        text += f"  test: {test!r}\n"
+    if database:
+        text += f"services:\n  postgres:\n    database: {database}\n"
+    if migrations:
+        text += f"migrations:\n  command: {migrations!r}\n"
+    return text + extra
+
+
+def step_table(deployment):
+    return {s.name: (s.status, s.skip_reason) for s in deployment.steps.all()}
+
+
+def event_kinds(deployment):
+    return [
+        (e.kind, e.payload.get("step"), e.payload.get("status") if e.kind == "deploy.step" else None)
+        for e in deployment.events.exclude(kind="deploy.log")
+    ]
+
+
+def test_failing_test_stops_the_pipeline_and_cleanup_still_runs(make_app, deploy_now, busybox_image):
+    make_app("tfail", spec("tfail", test="echo testing; exit 3"), {"Dockerfile": DOCKERFILE})
+    deployment = deploy_now("tfail")
+    assert deployment.status == "failed"
+    assert deployment.error.startswith("test failed: sh exited with status 3")
+    assert "testing" in deployment.error  # the tail of the failing output
+    assert step_table(deployment) == {
+        "clone": ("succeeded", ""),
+        "build": ("succeeded", ""),
+        "test": ("failed", ""),
+        "snapshot": ("skipped", "test failed"),
+        "migrate": ("skipped", "test failed"),
+        "deploy": ("skipped", "test failed"),
+        "cleanup": ("succeeded", ""),
+    }
+    assert not (pipeline.Path(deployment.workdir)).exists()
+    assert len(deployment.commit_sha) == 40
+    assert deployment.image == f"tfail:{deployment.commit_sha}"
+    assert deployment.started_at and deployment.finished_at
+
+
+def test_every_transition_has_an_event_in_order(make_app, deploy_now, busybox_image):
+    make_app("evts", spec("evts", test="exit 1"), {"Dockerfile": DOCKERFILE})
+    deployment = deploy_now("evts")
+    seqs = list(deployment.events.values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert deployment.last_event_seq == seqs[-1]
+    assert event_kinds(deployment) == [
+        ("deploy.queued", None, None),
+        ("deploy.step", "clone", "running"),
+        ("deploy.step", "clone", "succeeded"),
+        ("deploy.step", "build", "running"),
+        ("deploy.step", "build", "succeeded"),
+        ("deploy.step", "test", "running"),
+        ("deploy.step", "test", "failed"),
+        ("deploy.step", "snapshot", "skipped"),
+        ("deploy.step", "migrate", "skipped"),
+        ("deploy.step", "deploy", "skipped"),
+        ("deploy.step", "cleanup", "running"),
+        ("deploy.step", "cleanup", "succeeded"),
+        ("deploy.failed", None, None),
+    ]
+    failed = deployment.events.get(kind="deploy.failed").payload
+    assert failed["status"] == "failed" and failed["error"] == deployment.error
+    ended = deployment.events.get(kind="deploy.step", payload__step="test", payload__status="failed").payload
+    assert ended["duration"] >= 0
+    # Output was captured as it was produced, as log events too.
+    assert deployment.events.filter(kind="deploy.log", payload__step="build").exists()
+
+
+def test_build_failure_stops_the_pipeline(make_app, deploy_now, busybox_image):
+    make_app("bfail", spec("bfail"), {"Dockerfile": "FROM norn-busybox:1\nRUN exit 7\n"})
+    deployment = deploy_now("bfail")
+    assert deployment.status == "failed"
+    assert deployment.error.startswith("build failed: docker exited with status 7")
+    assert "returned a non-zero code: 7" in deployment.error
+    assert step_table(deployment)["test"] == ("skipped", "build failed")
+
+
+def test_missing_dockerfile_is_a_clear_build_error(make_app, deploy_now):
+    make_app("nodf", spec("nodf"))
+    deployment = deploy_now("nodf")
+    assert "Dockerfile (build.dockerfile) does not exist in the repository" in deployment.error
+
+
+def test_snapshot_then_failed_migration_names_the_restore(make_app, deploy_now, busybox_image, app_database):
+    db = app_database("mig")
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db}"')
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int primary key, name text)")
+        conn.execute("INSERT INTO items VALUES (1, 'kept'), (2, 'also kept')")
+    migrate = 'psql -v ON_ERROR_STOP=1 -c "DELETE FROM items WHERE id = 2" -c "SELECT no_such_function()"'
+    make_app("migfail", spec("migfail", migrations=migrate, database=db), {"Dockerfile": DOCKERFILE})
+    deployment = deploy_now("migfail")
+    assert deployment.status == "failed"
+    snapshot = Snapshot.objects.get(deployment=deployment)
+    assert snapshot.database == db and snapshot.size > 0 and len(snapshot.sha256) == 64
+    assert pipeline.Path(snapshot.path).name.startswith(f"{db}_{deployment.commit_sha[:12]}_")
+    assert f"Restore snapshot {snapshot.pk} ({snapshot.path}" in deployment.error
+    assert f"pg_restore --clean --if-exists --single-transaction --no-owner -h 127.0.0.1 -p 5432 -U postgres -d {db} {snapshot.path}" in deployment.error
+    assert step_table(deployment)["deploy"] == ("skipped", "migrate failed")
+    # The snapshot really restores the pre-migration state.
+    def count():
+        with psycopg.connect(host="127.0.0.1", user="postgres", dbname=db, autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM items").fetchone()[0]
+
+    assert count() == 1  # the migration's first statement ran before it failed
+    subprocess.run(
+        ["pg_restore", "--clean", "--if-exists", "--single-transaction", "-h", "127.0.0.1", "-U", "postgres", "-d", db, snapshot.path],
+        check=True, capture_output=True,
+    )
+    assert count() == 2
+
+
+def test_snapshot_creates_a_missing_database(make_app, deploy_now, busybox_image, app_database):
+    db = app_database("new")
+    make_app("newdb", spec("newdb", test="exit 0", migrations="exit 1", database=db), {"Dockerfile": DOCKERFILE})
+    deployment = deploy_now("newdb")
+    snapshot_step = deployment.steps.get(name="snapshot")
+    assert snapshot_step.status == "succeeded"
+    assert f"Database {db} did not exist; created it empty" in snapshot_step.output
+
+
+def test_unreachable_app_database_fails_the_snapshot(make_app, deploy_now, busybox_image, settings):
+    settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "PORT": 1, "PASSWORD": "db-secret-pw"}
+    make_app("nodb", spec("nodb", database="whatever"), {"Dockerfile": DOCKERFILE})
+    deployment = deploy_now("nodb")
+    assert deployment.error.startswith("snapshot failed: cannot reach the app database whatever")
+    assert step_table(deployment)["migrate"] == ("skipped", "snapshot failed")
+    assert "db-secret-pw" not in deployment.error
+
+
+def test_step_timeout_kills_the_command(make_app, deploy_now, busybox_image, settings):
+    settings.NORN_STEP_TIMEOUTS = {**settings.NORN_STEP_TIMEOUTS, "test": 1}
+    make_app("slow", spec("slow", test="sleep 30"), {"Dockerfile": DOCKERFILE})
+    started = time.monotonic()
+    deployment = deploy_now("slow")
+    assert time.monotonic() - started < 25
+    assert deployment.error == "test failed: timed out after 1 s"
+    assert step_table(deployment)["cleanup"] == ("succeeded", "")
+
+
+def test_cancel_a_running_deployment(make_app, norn_dirs, busybox_image, tmp_path):
+    marker = tmp_path / "child.pid"
+    make_app("cancelme", spec("cancelme", test=f"sleep 300 & echo $! > {marker}; wait"), {"Dockerfile": DOCKERFILE})
+    deployment = request_deployment("cancelme")
+    def work():
+        try:
+            pipeline.execute(deployment.pk)
+        finally:
+            connection.close()  # this thread's own connection
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not marker.exists() or not marker.read_text().strip():
+        assert time.monotonic() < deadline, "test step never started"
+        time.sleep(0.1)
+    child = int(marker.read_text())
+    cancelled_at = time.monotonic()
+    transitions.request_cancel(deployment, "alice (cli)")
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert time.monotonic() - cancelled_at < 10
+    deployment.refresh_from_db()
+    assert deployment.status == "failed"
+    assert deployment.error == "cancelled by alice (cli)"
+    assert step_table(deployment)["cleanup"] == ("succeeded", "")
+    # The whole process tree is gone, not just the shell.
+    assert not recovery.pid_alive(child)
+    assert deployment.events.filter(kind="deploy.cancelled", payload__by="alice (cli)").exists()
+
+
+def test_cancel_a_queued_deployment(make_app):
+    make_app("queued", "app: queued\nrole: worker\n")
+    deployment = request_deployment("queued")
+    assert transitions.request_cancel(deployment, "bob (admin)") == "failed"
+    deployment.refresh_from_db()
+    assert deployment.error == "cancelled by bob (admin)"
+    assert set(deployment.steps.values_list("status", flat=True)) == {"skipped"}
+    # Its task, delivered later, finds nothing to do.
+    assert pipeline.execute(deployment.pk) is False
+
+
+def test_second_delivery_is_harmless(make_app, deploy_now, busybox_image):
+    make_app("twice", spec("twice", test="exit 1"), {"Dockerfile": DOCKERFILE})
+    deployment = deploy_now("twice")
+    events_before = deployment.events.count()
+    assert pipeline.execute(deployment.pk) is False
+    assert deployment.events.count() == events_before
+
+
+def test_one_deployment_in_flight_per_app_fifo(make_app):
+    make_app("busy", "app: busy\nrole: worker\n")
+    make_app("other", "app: other\nrole: worker\n")
+    first, second, third = (request_deployment("busy") for _ in range(3))
+    # FIFO: the third cannot jump the second.
+    assert transitions.claim(third.pk, "host:1:a") is False
+    assert transitions.claim(first.pk, "host:1:a") is True
+    # The database refuses a second in-flight deployment of the same app...
+    assert transitions.claim(second.pk, "host:2:b") is False
+    # ...but another app deploys in parallel.
+    assert transitions.claim(request_deployment("other").pk, "host:2:b") is True
+    assert Deployment.objects.get(pk=second.pk).status == "queued"
+    transitions.finish(first.pk, "failed", "test")
+    assert transitions.claim(second.pk, "host:2:b") is True
+    assert transitions.next_queued(first.app_id) == third.pk
+
+
+@pytest.mark.parametrize(
+    "app, ref, message",
+    [
+        ("ghost", "HEAD", "unknown app 'ghost'; known apps: bad, good"),
+        ("bad", "HEAD", "app 'bad' has an invalid infraspec.yaml; fix it first"),
+        ("good", "-x", "'-x' is not a valid git ref: it starts with '-'"),
+        ("good", "a..b", "'a..b' is not a valid git ref"),
+        ("good", "ext::sh -c id", "'ext::sh -c id' is not a valid git ref"),
+        ("good", "main", "app 'good' has no repo in infraspec.yaml, so there is no branch 'main'"),
+    ],
+)
+def test_bad_requests_are_refused_before_anything_runs(make_app, app, ref, message):
+    make_app("good", "app: good\nrole: worker\n")
+    make_app("bad", "app: bad\nrole: nope\n")
+    with pytest.raises(DeployRequestError) as excinfo:
+        request_deployment(app, ref)
+    assert message in str(excinfo.value)
+    assert Deployment.objects.count() == 0
+    assert Event.objects.count() == 0
+
+
+def test_transition_rules():
+    steps = states.initial()
+    assert states.next_step(steps) == "clone"
+    for name in ("clone", "build", "test", "snapshot"):
+        steps[name] = "succeeded"
+    steps["migrate"] = "failed"
+    assert states.steps_cut_short(steps) == ["deploy"]
+    assert states.next_step(steps) == "cleanup"
+    assert states.recovery_options(steps, has_snapshot=True) == {"restore_snapshot": True, "rollback": False, "retry": True}
+    steps["deploy"] = "skipped"
+    steps["cleanup"] = "failed"  # best-effort: does not change the outcome
+    assert states.final_status(steps) == "failed"
+    ok = {name: "succeeded" for name in states.STEPS}
+    ok["cleanup"] = "failed"
+    assert states.final_status(ok) == "deployed"
+    assert states.recovery_options({**ok, "deploy": "failed"}, False)["rollback"] is True
