@@ -28,7 +28,7 @@ def run_cron_job(job_id):
     from deployments import scheduler
 
     run = scheduler.run_job(job_id)
-    return run.exit_code
+    return run.exit_code if run else None  # None: the job was deleted meanwhile
 
 
 def recover_and_dispatch():

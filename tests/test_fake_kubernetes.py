@@ -1,0 +1,537 @@
+"""Tests for tests/support/fake_kubernetes.py, driven by the real clients Norn uses.
+
+Every check goes through the official ``kubernetes`` Python client or the real ``kubectl``
+binary, so the fake is held to the wire contract those clients expect.  No Django here.
+"""
+import http.client
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from tests.support.fake_kubernetes import FakeKubernetes
+
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+
+
+def deployment(name="web", images=(("app", "app:v1"), ("sidecar", "proxy:1.0")), replicas=2, labels=None):
+    labels = labels or {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": n, "image": i} for n, i in images]}}}}
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def status_of(exc):
+    return json.loads(exc.body)
+
+
+@pytest.fixture
+def kube():
+    with FakeKubernetes(progress_deadline_scale=0.002) as fake:
+        yield fake
+        assert not fake.internal_errors, fake.internal_errors
+
+
+@pytest.fixture
+def kubeconfig(kube, tmp_path):
+    return kube.write_kubeconfig(str(tmp_path / "kubeconfig"))
+
+
+def api_client_for(kubeconfig_path):
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig_path, client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+@pytest.fixture
+def api(kubeconfig):
+    with api_client_for(kubeconfig) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+def apps(api):
+    return client.AppsV1Api(api)
+
+
+@pytest.fixture
+def core(api):
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture
+def kubectl(kubeconfig, tmp_path):
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+    def run(*args, timeout=60):
+        return subprocess.run([KUBECTL, f"--kubeconfig={kubeconfig}", f"--cache-dir={tmp_path / 'kube-cache'}",
+                               *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+    return run
+
+
+# --------------------------------------------------------------------------- kubectl
+@needs_kubectl
+def test_set_image_keeps_other_container_and_bumps_generation(kube, apps, kubectl):
+    created = apps.create_namespaced_deployment("default", deployment())
+    assert created.metadata.generation == 1
+
+    result = kubectl("set", "image", "deployment/web", "app=app:v2")
+
+    assert result.returncode == 0, result.stderr
+    current = apps.read_namespaced_deployment("web", "default")
+    assert [(c.name, c.image) for c in current.spec.template.spec.containers] == [
+        ("app", "app:v2"), ("sidecar", "proxy:1.0")]
+    assert current.metadata.generation == 2
+    patch = [r for r in kube.requests if r.method == "PATCH"][-1]
+    assert patch.content_type == "application/strategic-merge-patch+json"
+    assert patch.body["spec"]["template"]["spec"]["$setElementOrder/containers"] == [
+        {"name": "app"}, {"name": "sidecar"}]
+
+
+@needs_kubectl
+def test_rollout_status_succeeds_when_rollout_completes(kube, apps, kubectl):
+    apps.create_namespaced_deployment("default", deployment(replicas=3))
+    assert kubectl("set", "image", "deployment/web", "app=app:v2").returncode == 0
+
+    result = kubectl("rollout", "status", "deployment/web", "--timeout=30s")
+
+    assert result.returncode == 0, result.stderr
+    assert 'deployment "web" successfully rolled out' in result.stdout
+    assert any(r.query.get("watch") == "true" for r in kube.requests), "rollout status is expected to watch"
+    status = apps.read_namespaced_deployment_status("web", "default").status
+    assert (status.observed_generation, status.replicas, status.updated_replicas, status.ready_replicas,
+            status.available_replicas, status.unavailable_replicas) == (2, 3, 3, 3, 3, None)
+    progressing = next(c for c in status.conditions if c.type == "Progressing")
+    assert (progressing.status, progressing.reason) == ("True", "NewReplicaSetAvailable")
+
+
+@needs_kubectl
+def test_rollout_status_fails_when_image_never_becomes_ready(kube, apps, kubectl):
+    kube.failing_images.add("broken")
+    apps.create_namespaced_deployment("default", deployment())
+    assert kubectl("rollout", "status", "deployment/web", "--timeout=30s").returncode == 0
+
+    assert kubectl("set", "image", "deployment/web", "app=app:broken").returncode == 0
+    result = kubectl("rollout", "status", "deployment/web", "--timeout=30s")
+
+    assert result.returncode != 0
+    assert 'deployment "web" exceeded its progress deadline' in result.stderr
+    status = apps.read_namespaced_deployment("web", "default").status
+    progressing = next(c for c in status.conditions if c.type == "Progressing")
+    assert (progressing.status, progressing.reason) == ("False", "ProgressDeadlineExceeded")
+    # The old pods keep serving while the new one is stuck, as with a real RollingUpdate.
+    assert (status.updated_replicas, status.available_replicas, status.replicas) == (1, 2, 3)
+
+
+@needs_kubectl
+def test_stuck_rollout_mode_applies_per_deployment(kube, apps, kubectl):
+    apps.create_namespaced_deployment("default", deployment("stuck"))
+    apps.create_namespaced_deployment("default", deployment("fine"))
+    kube.set_rollout_mode("stuck", "stuck")
+
+    assert kubectl("rollout", "status", "deployment/fine", "--timeout=30s").returncode == 0
+    result = kubectl("rollout", "status", "deployment/stuck", "--timeout=30s")
+    assert "exceeded its progress deadline" in result.stderr
+
+
+@needs_kubectl
+def test_kubectl_get_json_matches_the_stored_object(kube, apps, kubectl):
+    apps.create_namespaced_deployment("default", deployment())
+    wait_for(lambda: kube.get_object("deployments", "web")["status"].get("availableReplicas") == 2)
+
+    result = kubectl("get", "deployment", "web", "-o", "json")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == kube.get_object("deployments", "web")
+    table = kubectl("get", "deployments")
+    assert table.returncode == 0 and "web" in table.stdout
+
+
+@needs_kubectl
+def test_kubectl_create_generators_send_protobuf_that_the_fake_decodes(kube, apps, core, kubectl):
+    assert kubectl("create", "namespace", "team-a").returncode == 0
+    result = kubectl("create", "deployment", "api", "--image=registry.local/api:1.2", "--replicas=0",
+                     "--port=8080", "-n", "team-a")
+    assert result.returncode == 0, result.stderr
+    assert kubectl("create", "service", "clusterip", "api", "--tcp=80:8080", "-n", "team-a").returncode == 0
+
+    posts = [r for r in kube.requests if r.method == "POST"]
+    assert {r.content_type for r in posts} == {"application/vnd.kubernetes.protobuf"}
+    created = apps.read_namespaced_deployment("api", "team-a")
+    assert created.spec.replicas == 0  # an explicit zero survives decoding
+    container = created.spec.template.spec.containers[0]
+    assert (container.image, container.ports[0].container_port, container.image_pull_policy) == (
+        "registry.local/api:1.2", 8080, "IfNotPresent")
+    service = core.read_namespaced_service("api", "team-a")
+    assert (service.spec.ports[0].port, service.spec.ports[0].target_port, service.spec.type) == (80, 8080,
+                                                                                                   "ClusterIP")
+
+
+@needs_kubectl
+def test_kubectl_apply_creates_then_patches(kube, apps, kubectl, tmp_path):
+    manifest = tmp_path / "web.json"
+    manifest.write_text(json.dumps(deployment()))
+    first = kubectl("apply", "-f", str(manifest))
+    assert first.returncode == 0, first.stderr
+    assert "created" in first.stdout
+
+    manifest.write_text(json.dumps(deployment(images=(("app", "app:v3"), ("sidecar", "proxy:1.0")))))
+    second = kubectl("apply", "-f", str(manifest))
+
+    assert second.returncode == 0, second.stderr
+    current = apps.read_namespaced_deployment("web", "default")
+    assert [c.image for c in current.spec.template.spec.containers] == ["app:v3", "proxy:1.0"]
+    assert current.metadata.generation == 2
+    assert "kubectl.kubernetes.io/last-applied-configuration" in current.metadata.annotations
+
+
+@needs_kubectl
+def test_kubectl_scale_uses_the_scale_subresource(kube, apps, kubectl):
+    apps.create_namespaced_deployment("default", deployment())
+
+    result = kubectl("scale", "deployment/web", "--replicas=4")
+
+    assert result.returncode == 0, result.stderr
+    assert any(r.method == "PATCH" and r.path.endswith("/deployments/web/scale") for r in kube.requests)
+    assert kubectl("rollout", "status", "deployment/web", "--timeout=30s").returncode == 0
+    scale = apps.read_namespaced_deployment_scale("web", "default")
+    assert (scale.spec.replicas, scale.status.replicas, scale.status.selector) == (4, 4, "app=web")
+    assert apps.read_namespaced_deployment("web", "default").metadata.generation == 2
+
+
+@needs_kubectl
+def test_kubectl_with_wrong_token_is_unauthorized(kube, kubectl):
+    kube.token = "rotated"
+    result = kubectl("get", "deployments")
+    assert result.returncode != 0
+    assert "Unauthorized" in result.stderr or "provide credentials" in result.stderr
+
+
+# --------------------------------------------------------------------------- python client
+def test_strategic_merge_patch_merges_containers_by_name(kube, apps):
+    apps.create_namespaced_deployment("default", deployment())
+
+    patched = apps.patch_namespaced_deployment("web", "default", {"spec": {"template": {"spec": {
+        "containers": [{"name": "sidecar", "image": "proxy:2.0"}, {"name": "debug", "image": "busybox"}]}}}})
+
+    assert [(c.name, c.image) for c in patched.spec.template.spec.containers] == [
+        ("app", "app:v1"), ("sidecar", "proxy:2.0"), ("debug", "busybox")]
+    assert kube.requests[-1].content_type == "application/strategic-merge-patch+json"
+    removed = apps.patch_namespaced_deployment("web", "default", {"spec": {"template": {"spec": {
+        "containers": [{"name": "debug", "$patch": "delete"}]}}}})
+    assert [c.name for c in removed.spec.template.spec.containers] == ["app", "sidecar"]
+    assert removed.metadata.generation == 3
+
+
+def test_strategic_merge_directives(kube, apps):
+    apps.create_namespaced_deployment("default", deployment())
+
+    patched = apps.patch_namespaced_deployment("web", "default", {"spec": {
+        "strategy": {"$retainKeys": ["type"], "type": "Recreate"},
+        "template": {"spec": {"$setElementOrder/containers": [{"name": "sidecar"}, {"name": "app"}],
+                              "containers": [{"name": "app", "env": [{"name": "A", "value": "1"}]}]}}}})
+
+    assert patched.spec.strategy.type == "Recreate" and patched.spec.strategy.rolling_update is None
+    assert [c.name for c in patched.spec.template.spec.containers] == ["sidecar", "app"]
+    assert patched.spec.template.spec.containers[1].env[0].value == "1"
+    with pytest.raises(ApiException) as no_merge_key:
+        apps.patch_namespaced_deployment("web", "default", {"spec": {"template": {"spec": {
+            "containers": [{"image": "nameless"}]}}}})
+    assert no_merge_key.value.status == 400
+
+
+def test_merge_patch_and_json_patch(kube, apps):
+    created = apps.create_namespaced_deployment("default", deployment())
+
+    merged = apps.patch_namespaced_deployment("web", "default", {"metadata": {"labels": {"team": "core"}}},
+                                              _content_type="application/merge-patch+json")
+    assert merged.metadata.labels == {"app": "web", "team": "core"}
+    assert merged.metadata.generation == 1  # metadata-only change
+    assert int(merged.metadata.resource_version) > int(created.metadata.resource_version)
+
+    # RFC 7386 replaces lists wholesale: the sidecar goes away.
+    replaced = apps.patch_namespaced_deployment("web", "default", {"spec": {"template": {"spec": {
+        "containers": [{"name": "app", "image": "app:v2"}]}}}}, _content_type="application/merge-patch+json")
+    assert [c.name for c in replaced.spec.template.spec.containers] == ["app"]
+
+    ops = [{"op": "test", "path": "/spec/replicas", "value": 2},
+           {"op": "replace", "path": "/spec/replicas", "value": 4},
+           {"op": "add", "path": "/metadata/annotations", "value": {"a~b/c": "1"}}]
+    json_patched = apps.patch_namespaced_deployment("web", "default", ops)
+    assert kube.requests[-1].content_type == "application/json-patch+json"
+    assert json_patched.spec.replicas == 4
+    assert json_patched.metadata.generation == 3
+
+    with pytest.raises(ApiException) as failed:
+        apps.patch_namespaced_deployment("web", "default", [{"op": "test", "path": "/spec/replicas", "value": 1}])
+    assert failed.value.status == 422 and status_of(failed.value)["reason"] == "Invalid"
+
+
+def test_error_statuses_surface_as_api_exceptions(kube, apps, core):
+    with pytest.raises(ApiException) as missing:
+        apps.read_namespaced_deployment("nope", "default")
+    assert missing.value.status == 404
+    assert status_of(missing.value) == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": 'deployments.apps "nope" not found', "reason": "NotFound",
+        "details": {"name": "nope", "group": "apps", "kind": "deployments"}, "code": 404}
+
+    apps.create_namespaced_deployment("default", deployment())
+    with pytest.raises(ApiException) as duplicate:
+        apps.create_namespaced_deployment("default", deployment())
+    assert duplicate.value.status == 409 and status_of(duplicate.value)["reason"] == "AlreadyExists"
+
+    no_containers = deployment("empty", images=())
+    with pytest.raises(ApiException) as invalid:
+        apps.create_namespaced_deployment("default", no_containers)
+    body = status_of(invalid.value)
+    assert invalid.value.status == 422 and body["reason"] == "Invalid"
+    assert body["message"] == 'Deployment.apps "empty" is invalid: spec.template.spec.containers: Required value'
+    assert body["details"]["causes"] == [{"reason": "FieldValueRequired", "message": "Required value",
+                                          "field": "spec.template.spec.containers"}]
+
+    with pytest.raises(ApiException) as bad_name:
+        apps.create_namespaced_deployment("default", deployment("Bad_Name", labels={"app": "x"}))
+    assert bad_name.value.status == 422
+    assert status_of(bad_name.value)["details"]["causes"][0]["field"] == "metadata.name"
+
+    with pytest.raises(ApiException) as unnamed:
+        apps.create_namespaced_deployment("default", {**deployment(), "metadata": {}})
+    assert "metadata.name: Required value" in status_of(unnamed.value)["message"]
+
+    with pytest.raises(ApiException) as no_namespace:
+        core.create_namespaced_service("ghost", {"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}})
+    assert no_namespace.value.status == 404
+    assert status_of(no_namespace.value)["message"] == 'namespaces "ghost" not found'
+
+    stale = apps.read_namespaced_deployment("web", "default")
+    apps.patch_namespaced_deployment("web", "default", {"spec": {"replicas": 3}})
+    with pytest.raises(ApiException) as conflict:
+        apps.replace_namespaced_deployment("web", "default", stale)
+    assert conflict.value.status == 409 and status_of(conflict.value)["reason"] == "Conflict"
+
+
+def test_deployment_defaults_and_metadata(kube, apps):
+    body = deployment(images=(("app", "app"),))
+    del body["spec"]["replicas"]
+    created = apps.create_namespaced_deployment("default", body)
+
+    meta, spec = created.metadata, created.spec
+    assert meta.uid and meta.creation_timestamp and meta.namespace == "default" and meta.generation == 1
+    assert int(meta.resource_version) > 0
+    assert spec.replicas == 1 and spec.revision_history_limit == 10 and spec.progress_deadline_seconds == 600
+    assert (spec.strategy.type, spec.strategy.rolling_update.max_surge,
+            spec.strategy.rolling_update.max_unavailable) == ("RollingUpdate", "25%", "25%")
+    assert spec.template.spec.containers[0].image_pull_policy == "Always"  # untagged means :latest
+
+
+def test_replace_and_status_subresource_only_bump_generation_for_spec(kube, apps):
+    kube.rollout_mode = "manual"
+    apps.create_namespaced_deployment("default", deployment())
+    current = apps.read_namespaced_deployment("web", "default")
+    current.metadata.annotations = {"note": "hi"}
+    assert apps.replace_namespaced_deployment("web", "default", current).metadata.generation == 1
+
+    current = apps.read_namespaced_deployment("web", "default")
+    current.spec.replicas = 5
+    current.status = client.V1DeploymentStatus(replicas=99)  # ignored by the main resource
+    replaced = apps.replace_namespaced_deployment("web", "default", current)
+    assert (replaced.metadata.generation, replaced.status.replicas) == (2, None)
+
+    status_write = apps.patch_namespaced_deployment_status("web", "default", {"status": {"replicas": 7}})
+    assert (status_write.metadata.generation, status_write.status.replicas) == (2, 7)
+
+
+def test_manual_mode_advances_step_by_step(kube, apps):
+    kube.rollout_mode = "manual"
+    apps.create_namespaced_deployment("default", deployment(replicas=3))
+    time.sleep(0.2)
+    assert apps.read_namespaced_deployment("web", "default").status.observed_generation is None
+
+    first = kube.advance("web")
+    assert first["observedGeneration"] == 1 and first["updatedReplicas"] == 1 and "availableReplicas" not in first
+    final = kube.advance("web", steps=None)
+    assert (final["updatedReplicas"], final["availableReplicas"], final["replicas"]) == (3, 3, 3)
+
+    apps.patch_namespaced_deployment("web", "default", {"spec": {"template": {"spec": {
+        "containers": [{"name": "app", "image": "app:v2"}]}}}})
+    mid = kube.advance("web", steps=2)
+    # One new pod came up and replaced an old one: surge to 4 pods then back to 3.
+    assert (mid["observedGeneration"], mid["updatedReplicas"], mid["replicas"], mid["availableReplicas"]) == (
+        2, 1, 3, 3)
+    assert kube.get_object("deployments", "web")["metadata"]["annotations"][
+        "deployment.kubernetes.io/revision"] == "2"
+
+
+def test_services_create_get_list_and_delete(kube, core):
+    core.create_namespace({"metadata": {"name": "shop"}})
+    service = {"metadata": {"name": "cart", "labels": {"tier": "web"}},
+               "spec": {"selector": {"app": "cart"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    created = core.create_namespaced_service("shop", service)
+    assert created.spec.cluster_ip and created.spec.type == "ClusterIP"
+    core.create_namespaced_service("shop", {"metadata": {"name": "db", "labels": {"tier": "data"}},
+                                            "spec": {"ports": [{"port": 5432}]}})
+
+    assert core.read_namespaced_service("cart", "shop").spec.ports[0].target_port == 8080
+    assert [s.metadata.name for s in core.list_namespaced_service("shop", label_selector="tier in (web)").items] \
+        == ["cart"]
+    assert [s.metadata.name for s in core.list_namespaced_service(
+        "shop", field_selector="metadata.name=db").items] == ["db"]
+    page = core.list_namespaced_service("shop", limit=1)
+    assert len(page.items) == 1 and page.metadata._continue
+    rest = core.list_namespaced_service("shop", limit=1, _continue=page.metadata._continue)
+    assert [s.metadata.name for s in page.items + rest.items] == ["cart", "db"]
+
+    core.delete_namespaced_service("db", "shop")
+    core.delete_namespace("shop")  # takes its contents with it
+    with pytest.raises(ApiException) as gone:
+        core.read_namespaced_service("cart", "shop")
+    assert gone.value.status == 404
+
+
+def test_selectors(kube, core):
+    for name, labels in (("a", {"tier": "web", "env": "prod"}), ("b", {"tier": "web"}), ("c", {"env": "dev"})):
+        core.create_namespaced_service("default", {"metadata": {"name": name, "labels": labels},
+                                                   "spec": {"ports": [{"port": 80}]}})
+
+    def names(**kwargs):
+        return [s.metadata.name for s in core.list_namespaced_service("default", **kwargs).items]
+
+    assert names(label_selector="tier=web,env!=prod") == ["b"]
+    assert names(label_selector="env notin (dev),!missing") == ["a", "b"]
+    assert names(label_selector="env") == ["a", "c"]
+    assert names(field_selector="metadata.name!=a") == ["b", "c"]
+    with pytest.raises(ApiException) as unsupported:
+        names(field_selector="spec.type=ClusterIP")
+    assert unsupported.value.status == 400
+    assert status_of(unsupported.value)["message"] == "field label not supported: spec.type"
+
+
+def test_concurrent_writers_get_distinct_resource_versions(kube, kubeconfig, apps):
+    apps.create_namespaced_deployment("default", deployment())
+    versions, failures = [], []
+
+    def writer(n):
+        with api_client_for(kubeconfig) as api_client:
+            own = client.AppsV1Api(api_client)
+            for i in range(10):
+                try:
+                    patched = own.patch_namespaced_deployment("web", "default",
+                                                              {"metadata": {"labels": {f"w{n}": str(i)}}})
+                    versions.append(int(patched.metadata.resource_version))
+                except ApiException as exc:  # pragma: no cover - reported below
+                    failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert not failures and len(set(versions)) == 40
+    labels = kube.get_object("deployments", "web")["metadata"]["labels"]
+    assert {labels[f"w{n}"] for n in range(4)} == {"9"}
+
+
+def test_fail_next_injects_status_errors(kube, apps):
+    apps.create_namespaced_deployment("default", deployment())
+    kube.fail_next("GET", r"/deployments/web$", status_code=500)
+
+    with pytest.raises(ApiException) as injected:
+        apps.read_namespaced_deployment("web", "default")
+    assert injected.value.status == 500 and status_of(injected.value)["reason"] == "InternalError"
+    assert apps.read_namespaced_deployment("web", "default").metadata.name == "web"
+
+    kube.fail_next("*", "deployments", status_code=503, count=2)
+    for _ in range(2):
+        with pytest.raises(ApiException) as unavailable:
+            apps.list_namespaced_deployment("default")
+        assert unavailable.value.status == 503
+    assert len(apps.list_namespaced_deployment("default").items) == 1
+
+
+def test_wrong_token_gets_401_status(kube, kubeconfig):
+    kube.token = "rotated"
+    with api_client_for(kubeconfig) as api_client:
+        with pytest.raises(ApiException) as rejected:
+            client.CoreV1Api(api_client).list_namespace()
+    assert rejected.value.status == 401 and status_of(rejected.value)["reason"] == "Unauthorized"
+
+
+def test_watch_streams_events_from_a_resource_version(kube, apps):
+    start = apps.list_namespaced_deployment("default").metadata.resource_version
+    kube.rollout_mode = "manual"
+    apps.create_namespaced_deployment("default", deployment())
+    apps.patch_namespaced_deployment("web", "default", {"metadata": {"labels": {"x": "y"}}})
+    apps.delete_namespaced_deployment("web", "default")
+
+    events = [(e["type"], e["object"].metadata.name) for e in watch.Watch().stream(
+        apps.list_namespaced_deployment, "default", resource_version=start, timeout_seconds=1)]
+
+    assert events == [("ADDED", "web"), ("MODIFIED", "web"), ("DELETED", "web")]
+
+
+def test_raw_watch_with_watch_1_replays_state_and_honours_timeout(kube, apps):
+    apps.create_namespaced_deployment("default", deployment())
+    connection = http.client.HTTPSConnection("127.0.0.1", kube.port,
+                                             context=ssl.create_default_context(cafile=kube.ca_path))
+    started = time.monotonic()
+    connection.request("GET", "/apis/apps/v1/namespaces/default/deployments?watch=1&timeoutSeconds=1",
+                       headers={"Authorization": f"Bearer {kube.token}"})
+    response = connection.getresponse()
+    lines = response.read().decode().splitlines()
+    connection.close()
+
+    assert 1 <= time.monotonic() - started < 5
+    assert response.getheader("Transfer-Encoding") == "chunked"
+    first = json.loads(lines[0])
+    assert (first["type"], first["object"]["kind"], first["object"]["metadata"]["name"]) == (
+        "ADDED", "Deployment", "web")
+
+
+def test_watch_from_an_expired_resource_version_gets_410():
+    with FakeKubernetes(history_size=3, rollout_mode="manual") as kube:
+        for n in range(3):
+            kube.create({"metadata": {"name": f"ns-{n}"}}, plural="namespaces")
+        connection = http.client.HTTPSConnection("127.0.0.1", kube.port,
+                                                 context=ssl.create_default_context(cafile=kube.ca_path))
+        connection.request("GET", "/api/v1/namespaces?watch=true&resourceVersion=1",
+                           headers={"Authorization": f"Bearer {kube.token}"})
+        event = json.loads(connection.getresponse().read().decode().splitlines()[0])
+        connection.close()
+    assert event["type"] == "ERROR" and event["object"]["code"] == 410
+    assert event["object"]["reason"] == "Expired"
+
+
+def test_stop_ends_open_watches(kubeconfig, kube):
+    finished = threading.Event()
+
+    def watch_forever():
+        with api_client_for(kubeconfig) as api_client:
+            for _ in watch.Watch().stream(client.CoreV1Api(api_client).list_namespace, timeout_seconds=300):
+                pass
+        finished.set()
+
+    threading.Thread(target=watch_forever, daemon=True).start()
+    wait_for(lambda: any(r.query.get("watch", "").lower() == "true" for r in kube.requests))
+    kube.stop()
+    assert finished.wait(5), "watch did not end when the server stopped"
