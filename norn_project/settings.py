@@ -208,6 +208,9 @@ DATABASES = {
         "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/norn"
     )
 }
+# Lets two test runs on one machine use different test databases.
+if env("NORN_TEST_DATABASE_NAME"):
+    DATABASES["default"]["TEST"] = {"NAME": env("NORN_TEST_DATABASE_NAME")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = redis_url_from_env("REDIS_URL", "redis://127.0.0.1:6379/0")
