@@ -54,6 +54,8 @@ class Deployment(models.Model):
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
+    # Who asked when there is no Norn user (the OS user running the CLI).
+    requested_by_name = models.CharField(max_length=150, blank=True)
     # Where the request came from: "cli", "admin", "dashboard", "autodeploy".
     requested_via = models.CharField(max_length=32, default="cli")
     runtime = models.CharField(max_length=16, blank=True)
@@ -118,7 +120,10 @@ class Deployment(models.Model):
 
     @property
     def requested_by_label(self):
-        who = self.requested_by.get_username() if self.requested_by else "system"
+        if self.requested_by:
+            who = self.requested_by.get_username()
+        else:
+            who = self.requested_by_name or "system"
         return f"{who} via {self.requested_via}"
 
 

@@ -54,7 +54,7 @@ def find_app(name):
     return app
 
 
-def request_deployment(app_name, ref="HEAD", *, user=None, via="cli"):
+def request_deployment(app_name, ref="HEAD", *, user=None, name="", via="cli"):
     """Validate and queue a deployment; returns it. Raises DeployRequestError."""
     ref = validate_ref((ref or "HEAD").strip())
     app = find_app(app_name)
@@ -64,6 +64,6 @@ def request_deployment(app_name, ref="HEAD", *, user=None, via="cli"):
             "deploy HEAD (its directory as it is)"
         )
     runtime = "cron" if app.spec["role"] == "cron" else settings.NORN_RUNTIME
-    deployment = transitions.create(app, ref, user=user, via=via, runtime=runtime)
+    deployment = transitions.create(app, ref, user=user, name=name, via=via, runtime=runtime)
     tasks.enqueue_deployment(deployment.pk)
     return deployment

@@ -39,11 +39,12 @@ def parse_owner(owner):
     return host, int(pid), nonce
 
 
-def create(app, ref, *, user=None, via="cli", runtime=""):
+def create(app, ref, *, user=None, name="", via="cli", runtime=""):
     """Queue a deployment of `app` at `ref`; the caller has validated both."""
     with transaction.atomic():
         deployment = Deployment.objects.create(
-            app=app, ref=ref, requested_by=user, requested_via=via, runtime=runtime
+            app=app, ref=ref, requested_by=user, requested_by_name=name,
+            requested_via=via, runtime=runtime,
         )
         Step.objects.bulk_create(
             Step(deployment=deployment, position=i, name=name)

@@ -1,6 +1,8 @@
 """`manage.py deploy <app> [<sha>|<branch>|HEAD]`: deploy and watch it happen."""
 
+import getpass
 import json
+import logging
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -21,8 +23,10 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print one JSON event per line.")
 
     def handle(self, *args, app, ref, no_wait=False, json=False, **options):
+        # The task queue logs every enqueue at INFO; the CLI has its own output.
+        logging.getLogger("django-q").setLevel(logging.WARNING)
         try:
-            deployment = request_deployment(app, ref, via="cli")
+            deployment = request_deployment(app, ref, name=getpass.getuser(), via="cli")
         except DeployRequestError as exc:
             raise CommandError(str(exc), returncode=2) from None
         if no_wait:
