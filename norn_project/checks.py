@@ -73,3 +73,39 @@ def check_docker(app_configs=None, **kwargs):
             id="norn.W002",
         )
     ]
+
+
+@register("norn")
+def check_timeouts(app_configs=None, **kwargs):
+    task_timeout = settings.Q_CLUSTER["timeout"]
+    longest = max(max(settings.NORN_STEP_TIMEOUTS.values()), settings.NORN_CRON_TIMEOUT)
+    if longest < task_timeout:
+        return []
+    return [
+        Error(
+            f"A step or cron timeout ({longest} s) is not below NORN_TASK_TIMEOUT ({task_timeout} s): "
+            "the task queue would kill the worker before Norn could record the timeout.",
+            hint="Lower NORN_TIMEOUT_<STEP>/NORN_CRON_TIMEOUT or raise NORN_TASK_TIMEOUT.",
+            id="norn.E003",
+        )
+    ]
+
+
+@register("norn")
+def check_kubernetes_config(app_configs=None, **kwargs):
+    if settings.NORN_RUNTIME != "kubernetes":
+        return []
+    import os
+    from pathlib import Path
+
+    candidates = [settings.NORN_KUBECONFIG, *(os.environ.get("KUBECONFIG") or "").split(os.pathsep), "~/.kube/config"]
+    if any(c and Path(c).expanduser().is_file() for c in candidates) or os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return []
+    return [
+        Warning(
+            "NORN_RUNTIME is kubernetes, but no kubeconfig was found (NORN_KUBECONFIG, $KUBECONFIG, "
+            "~/.kube/config) and Norn is not running in a cluster.",
+            hint="Set NORN_KUBECONFIG to a kubeconfig file, or NORN_RUNTIME=docker for a single host.",
+            id="norn.W003",
+        )
+    ]

@@ -279,7 +279,15 @@ NORN_STEP_TIMEOUTS = {
 # A running deployment's worker refreshes its heartbeat every few seconds;
 # one silent for this long is considered dead and recovered.
 NORN_HEARTBEAT_TIMEOUT = envint("NORN_HEARTBEAT_TIMEOUT", 60, minimum=5, maximum=3600)
-NORN_CRON_TIMEOUT = envint("NORN_CRON_TIMEOUT", 3600, minimum=1, maximum=86400)
+# A cron run is stopped after this long; it must end before the task queue's
+# own timeout (NORN_TASK_TIMEOUT) kills the worker, so the run is recorded.
+NORN_CRON_TIMEOUT = envint("NORN_CRON_TIMEOUT", 3000, minimum=1, maximum=86400)
+# Kubernetes runtime: a kubeconfig file and context (default: $KUBECONFIG or
+# ~/.kube/config and its current context, else the in-cluster service account).
+NORN_KUBECONFIG = env("NORN_KUBECONFIG") or None
+if NORN_KUBECONFIG and not Path(NORN_KUBECONFIG).expanduser().is_file():
+    raise ImproperlyConfigured(f"NORN_KUBECONFIG={NORN_KUBECONFIG!r} is not a file; set it to a kubeconfig path")
+NORN_KUBE_CONTEXT = env("NORN_KUBE_CONTEXT") or None
 # Known-hosts file for SSH clones; new hosts are accepted once, then pinned.
 NORN_GIT_KNOWN_HOSTS = Path(
     env("NORN_GIT_KNOWN_HOSTS") or BASE_DIR / "var" / "ssh" / "known_hosts"

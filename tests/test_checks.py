@@ -60,3 +60,24 @@ def test_unreachable_redis_stops_manage_py():
     result = run_manage("check", REDIS_URL="redis://127.0.0.1:1/0")
     assert result.returncode == 1
     assert "(norn.E002) Redis at 127.0.0.1:1/0 is unreachable" in result.stderr
+
+
+def test_step_timeout_must_be_below_the_task_timeout(settings):
+    settings.NORN_STEP_TIMEOUTS = {**settings.NORN_STEP_TIMEOUTS, "build": settings.Q_CLUSTER["timeout"]}
+    (message,) = norn_checks.check_timeouts()
+    assert message.id == "norn.E003"
+    assert "NORN_TASK_TIMEOUT" in message.msg
+
+
+def test_kubernetes_runtime_without_kubeconfig_warns(settings, monkeypatch, tmp_path):
+    settings.NORN_RUNTIME = "kubernetes"
+    settings.NORN_KUBECONFIG = None
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    (message,) = norn_checks.check_kubernetes_config()
+    assert message.id == "norn.W003"
+    config = tmp_path / ".kube" / "config"
+    config.parent.mkdir()
+    config.write_text("apiVersion: v1\n")
+    assert norn_checks.check_kubernetes_config() == []

@@ -37,6 +37,10 @@ def run_manage(*args, **env):
         ("NORN_WORKERS", "0", "NORN_WORKERS='0' is out of range; use a number from 1 to 64"),
         ("NORN_LOG_LEVEL", "LOUD", "NORN_LOG_LEVEL='LOUD' is not valid"),
         ("NORN_APPS_DIR", "/etc/hostname", "NORN_APPS_DIR='/etc/hostname' exists but is not a directory"),
+        ("NORN_TIMEOUT_BUILD", "soon", "NORN_TIMEOUT_BUILD='soon' is not a whole number"),
+        ("NORN_TIMEOUT_TEST", "0", "NORN_TIMEOUT_TEST='0' is out of range; use a number from 1 to 86400"),
+        ("NORN_APP_DATABASES_URL", "sqlite:///x.db", "NORN_APP_DATABASES_URL must point at PostgreSQL"),
+        ("NORN_KUBECONFIG", "/nonexistent/kubeconfig", "NORN_KUBECONFIG='/nonexistent/kubeconfig' is not a file"),
     ],
 )
 def test_bad_environment_values_fail_loudly(name, value, expected):

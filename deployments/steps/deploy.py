@@ -14,6 +14,9 @@ def run(ctx):
     if ctx.spec["role"] == "cron":
         scheduler.register(ctx)
         return
+    # An app that used to be cron keeps its run history, but no schedule.
+    if scheduler.unregister(ctx.app_name):
+        ctx.log(f"{ctx.app_name} is no longer a cron app: removed its schedule")
     if settings.NORN_RUNTIME == "kubernetes":
         from deployments.runtimes import kubernetes as runtime
     else:
