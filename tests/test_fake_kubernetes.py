@@ -3,6 +3,7 @@
 Every check goes through the official ``kubernetes`` Python client or the real ``kubectl``
 binary, so the fake is held to the wire contract those clients expect.  No Django here.
 """
+import base64
 import http.client
 import json
 import os
@@ -184,6 +185,38 @@ def test_kubectl_create_generators_send_protobuf_that_the_fake_decodes(kube, app
     service = core.read_namespaced_service("api", "team-a")
     assert (service.spec.ports[0].port, service.spec.ports[0].target_port, service.spec.type) == (80, 8080,
                                                                                                    "ClusterIP")
+
+
+@needs_kubectl
+def test_kubectl_create_secret_generic_round_trips(kube, core, kubectl):
+    result = kubectl("create", "secret", "generic", "x", "--from-literal=k=v", "--from-literal=empty=")
+
+    assert result.returncode == 0, result.stderr
+    post = [r for r in kube.requests if r.method == "POST"][-1]
+    assert post.content_type == "application/vnd.kubernetes.protobuf"  # raw bytes on the wire, base64 in JSON
+    got = kubectl("get", "secret", "x", "-o", "jsonpath={.data.k}")
+    assert got.returncode == 0, got.stderr
+    assert base64.b64decode(got.stdout) == b"v"
+    secret = core.read_namespaced_secret("x", "default")
+    assert (secret.type, secret.data) == ("Opaque", {"k": "dg==", "empty": ""})
+
+
+@needs_kubectl
+def test_kubectl_apply_secret_with_string_data(kube, core, kubectl, tmp_path):
+    manifest = tmp_path / "secret.json"
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "stringData": {"password": "one"}}
+    manifest.write_text(json.dumps(body))
+    first = kubectl("apply", "-f", str(manifest))
+    assert first.returncode == 0, first.stderr
+
+    body["stringData"]["password"] = "two"
+    manifest.write_text(json.dumps(body))
+    second = kubectl("apply", "-f", str(manifest))
+
+    assert second.returncode == 0, second.stderr
+    assert "configured" in second.stdout
+    assert core.read_namespaced_secret("db", "default").data == {"password": base64.b64encode(b"two").decode()}
+    assert "stringData" not in kube.get_object("secrets", "db")
 
 
 @needs_kubectl
@@ -406,6 +439,78 @@ def test_services_create_get_list_and_delete(kube, core):
     with pytest.raises(ApiException) as gone:
         core.read_namespaced_service("cart", "shop")
     assert gone.value.status == 404
+
+
+def test_secret_string_data_is_folded_into_data_and_never_returned(kube, core):
+    body = client.V1Secret(metadata=client.V1ObjectMeta(name="db"),
+                           data={"user": base64.b64encode(b"admin").decode(), "password": "b2xk"},
+                           string_data={"password": "hunter2"})  # stringData wins on shared keys
+
+    created = core.create_namespaced_secret("default", body)
+
+    expected = {"user": "YWRtaW4=", "password": base64.b64encode(b"hunter2").decode()}
+    assert (created.type, created.data, created.string_data) == ("Opaque", expected, None)
+    assert created.metadata.generation is None
+    raw = json.loads(core.read_namespaced_secret("db", "default", _preload_content=False).data)
+    assert raw["data"] == expected and "stringData" not in raw and "status" not in raw
+    assert "stringData" not in kube.get_object("secrets", "db")
+    assert [s.metadata.name for s in core.list_namespaced_secret("default").items] == ["db"]
+
+    patched = core.patch_namespaced_secret("db", "default", {"stringData": {"token": "t0k"}})
+    assert patched.data == {**expected, "token": "dDBr"} and patched.string_data is None
+
+
+def test_secret_data_must_be_base64(kube, core):
+    with pytest.raises(ApiException) as undecodable:
+        core.create_namespaced_secret("default", {"metadata": {"name": "db"}, "data": {"password": "not base64!"}})
+
+    assert undecodable.value.status == 400
+    body = status_of(undecodable.value)
+    assert body["reason"] == "BadRequest"
+    # Go's decoder reports the offending byte: the space after "not".
+    assert body["message"] == ('Secret in version "v1" cannot be handled as a Secret: '
+                               "illegal base64 data at input byte 3")
+    assert kube.get_object("secrets", "db") is None
+
+
+def test_secret_keys_must_be_config_keys(kube, core):
+    with pytest.raises(ApiException) as invalid:
+        core.create_namespaced_secret("default", {"metadata": {"name": "db"}, "stringData": {"bad key": "x"}})
+
+    assert invalid.value.status == 422
+    body = status_of(invalid.value)
+    problem = ('Invalid value: "bad key": a valid config key must consist of alphanumeric characters, \'-\', \'_\' '
+               "or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is "
+               "'[-._a-zA-Z0-9]+')")
+    assert body["reason"] == "Invalid"
+    assert body["message"] == f'Secret "db" is invalid: data[bad key]: {problem}'
+    assert body["details"] == {"name": "db", "kind": "secrets", "causes": [
+        {"reason": "FieldValueInvalid", "message": problem, "field": "data[bad key]"}]}
+
+
+def test_secret_type_is_defaulted_then_immutable(kube, core):
+    core.create_namespaced_secret("default", {"metadata": {"name": "db"}, "stringData": {"k": "v"}})
+
+    with pytest.raises(ApiException) as retyped:
+        core.patch_namespaced_secret("db", "default", {"type": "example.com/custom"})
+
+    assert retyped.value.status == 422
+    assert status_of(retyped.value)["details"]["causes"] == [{
+        "reason": "FieldValueInvalid", "field": "type",
+        "message": 'Invalid value: "example.com/custom": field is immutable'}]
+    # A replace that leaves `type` out gets Opaque again by defaulting, so it is accepted.
+    replaced = core.replace_namespaced_secret("db", "default", {"metadata": {"name": "db"}, "data": {"k": "dzI="}})
+    assert (replaced.type, replaced.data) == ("Opaque", {"k": "dzI="})
+
+
+def test_discovery_lists_secrets_without_status_or_short_names(kube, core):
+    resources = {r.name: r for r in core.get_api_resources().resources}
+
+    secrets = resources["secrets"]
+    assert (secrets.kind, secrets.namespaced, secrets.short_names, secrets.categories) == ("Secret", True, None, None)
+    assert set(secrets.verbs) == {"create", "delete", "get", "list", "patch", "update", "watch"}
+    assert "secrets/status" not in resources and "services/status" in resources
+    assert resources["services"].short_names == ["svc"] and resources["services"].categories == ["all"]
 
 
 def test_selectors(kube, core):

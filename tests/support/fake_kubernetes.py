@@ -5,9 +5,9 @@ Norn drives clusters through the official ``kubernetes`` Python client and the
 the API rather than the API, so this module serves the real HTTP contract on
 127.0.0.1 instead: discovery (plus the sliver of OpenAPI v3 kubectl insists
 on), apps/v1 Deployments with their status and scale subresources, core/v1
-Services and Namespaces, the three PATCH flavours, watches, real ``Status``
-errors, and a simulated deployment controller that rolls pods out (or gets
-stuck) over time.  Both clients therefore run their real code paths against it.
+Services, Namespaces and Secrets, the three PATCH flavours, watches, real
+``Status`` errors, and a simulated deployment controller that rolls pods out (or
+gets stuck) over time.  Both clients therefore run their real code paths against it.
 
     with FakeKubernetes() as kube:
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
@@ -66,7 +66,9 @@ class _Kind:
     group: str
     namespaced: bool
     short_names: tuple
-    has_generation: bool  # Services and Namespaces carry no metadata.generation
+    has_generation: bool  # Services, Namespaces and Secrets carry no metadata.generation
+    has_status: bool = True  # Secrets have neither a status stanza nor a /status subresource
+    categories: tuple = ()   # discovery categories: "all" is what `kubectl get all` lists
 
     @property
     def api_version(self):
@@ -78,9 +80,10 @@ class _Kind:
 
 
 _KINDS = {k.plural: k for k in (
-    _Kind("deployments", "Deployment", "apps", True, ("deploy",), True),
-    _Kind("services", "Service", "", True, ("svc",), False),
+    _Kind("deployments", "Deployment", "apps", True, ("deploy",), True, categories=("all",)),
+    _Kind("services", "Service", "", True, ("svc",), False, categories=("all",)),
     _Kind("namespaces", "Namespace", "", False, ("ns",), False),
+    _Kind("secrets", "Secret", "", True, (), False, has_status=False),  # no shortName, not in "all"
 )}
 
 # Strategic merge patch merge keys (the Go structs' patchMergeKey tags), by
@@ -106,7 +109,8 @@ _RFC1035_LABEL = (r"[a-z]([-a-z0-9]*[a-z0-9])?", 63,
                   "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
                   "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', "
                   "regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')")
-_NAME_RULES = {"deployments": _RFC1123_SUBDOMAIN, "services": _RFC1035_LABEL, "namespaces": _RFC1123_LABEL}
+_NAME_RULES = {"deployments": _RFC1123_SUBDOMAIN, "services": _RFC1035_LABEL, "namespaces": _RFC1123_LABEL,
+               "secrets": _RFC1123_SUBDOMAIN}
 
 
 class KubeApiError(Exception):
@@ -382,15 +386,17 @@ def _json_patch(doc, operations):
 
 
 # --------------------------------------------------------------------------- protobuf request bodies
-# kubectl's typed clients (`kubectl create namespace|deployment|service ...`) POST protobuf, which
-# every real apiserver accepts.  This decodes the fields those generators can send; a body using
-# anything else is refused with a 415 naming the field rather than being half understood.
+# kubectl's typed clients (`kubectl create namespace|deployment|service|secret ...`) POST protobuf,
+# which every real apiserver accepts.  This decodes the fields those generators can send; a body
+# using anything else is refused with a 415 naming the field rather than being half understood.
 # Field number -> (JSON name, type): a message name, "str", "int", "bool", "bytes", "map"
-# (string map), "intstr" or "skip"; a "*" prefix means repeated, "?" a pointer whose zero is kept.
+# (string map), "bytesmap" (string -> bytes map, which JSON spells as base64 strings), "intstr"
+# or "skip"; a "*" prefix means repeated, "?" a pointer whose zero is kept.
 _PROTO = {
     "Unknown": {1: ("typeMeta", "TypeMeta"), 2: ("raw", "bytes")},
     "TypeMeta": {1: ("apiVersion", "str"), 2: ("kind", "str")},
     "MapEntry": {1: ("key", "str"), 2: ("value", "str")},
+    "BytesMapEntry": {1: ("key", "str"), 2: ("value", "bytes")},
     "IntOrString": {1: ("type", "int"), 2: ("intVal", "int"), 3: ("strVal", "str")},
     "ObjectMeta": {1: ("name", "str"), 2: ("generateName", "str"), 3: ("namespace", "str"), 11: ("labels", "map"),
                    12: ("annotations", "map"), 14: ("finalizers", "*str")},
@@ -419,6 +425,8 @@ _PROTO = {
                     5: ("externalIPs", "*str"), 7: ("sessionAffinity", "str"), 10: ("externalName", "str")},
     "ServicePort": {1: ("name", "str"), 2: ("protocol", "str"), 3: ("port", "int"), 4: ("targetPort", "intstr"),
                     5: ("nodePort", "int")},
+    "Secret": {1: ("metadata", "ObjectMeta"), 2: ("data", "bytesmap"), 3: ("type", "str"), 4: ("stringData", "map"),
+               5: ("immutable", "?bool")},
 }
 
 
@@ -459,6 +467,10 @@ def _proto_message(data, message):
             entry = _proto_message(value, "MapEntry")
             out.setdefault(name, {})[entry.get("key", "")] = entry.get("value", "")
             continue
+        if kind == "bytesmap":  # e.g. Secret.data: raw bytes on this wire, base64 in the JSON we store
+            entry = _proto_message(value, "BytesMapEntry")
+            out.setdefault(name, {})[entry.get("key", "")] = base64.b64encode(entry.get("value", b"")).decode()
+            continue
         if kind == "int":
             value = value - (1 << 64) if value >= 1 << 63 else value  # negative int32s are 10-byte varints
         elif kind == "bool":
@@ -487,7 +499,7 @@ def _decode_body(raw, content_type):
                 raise ValueError("missing k8s protobuf envelope")
             envelope = _proto_message(raw[4:], "Unknown")
             type_meta = envelope.get("typeMeta", {})
-            if type_meta.get("kind") not in ("Deployment", "Service", "Namespace"):
+            if type_meta.get("kind") not in ("Deployment", "Service", "Namespace", "Secret"):
                 raise ValueError(f"kind {type_meta.get('kind')!r}")
             return {**type_meta, **_proto_message(envelope.get("raw", b""), type_meta["kind"])}, None
         except (ValueError, IndexError, KeyError) as exc:
@@ -616,6 +628,139 @@ def _validate_service(obj, old):
         if not isinstance(port.get("port"), int) or not 1 <= port["port"] <= 65535:
             errors.append((f"spec.ports[{n}].port", "FieldValueInvalid",
                            f'Invalid value: {json.dumps(port.get("port"))}: must be between 1 and 65535, inclusive'))
+    return errors
+
+
+# Secrets: what the v1 -> internal conversion, SetDefaults_Secret and ValidateSecret(Update) do.
+_MAX_SECRET_SIZE = 1024 * 1024  # core.MaxSecretSize, summed over the decoded data values
+_CONFIG_KEY = (r"[-._a-zA-Z0-9]+", "a valid config key must consist of alphanumeric characters, '-', '_' or '.' "
+               "(e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')")
+# Keys the built-in Secret types must carry; like the apiserver, only their presence is checked here
+# (the real one also parses the two docker configs as JSON, which this fake does not).
+_SECRET_REQUIRED_KEYS = {"kubernetes.io/tls": ("tls.crt", "tls.key"),
+                         "kubernetes.io/dockercfg": (".dockercfg",),
+                         "kubernetes.io/dockerconfigjson": (".dockerconfigjson",)}
+_BASE64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def _go_json_type(value):
+    """How encoding/json names a JSON value's type in its "cannot unmarshal" errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "string" if isinstance(value, str) else "array" if isinstance(value, list) else "object"
+
+
+def _base64_error(text):
+    """The byte offset at which Go's base64.StdEncoding (encoding/json's []byte decoder) rejects
+    ``text``, or None if it decodes.  Python's decoder either refuses the CR/LF that Go skips
+    (validate=True) or silently drops any junk (the default), and names no offset, while the
+    offset is part of the message clients see."""
+    src, si = text.encode(), 0
+    while si < len(src):
+        j = 0  # sextets of the current 4-character quantum
+        while j < 4:
+            if si == len(src):
+                return None if j == 0 else si - j
+            c = src[si]
+            si += 1
+            if c in _BASE64_ALPHABET:
+                j += 1
+            elif c not in b"\r\n":
+                if c != ord("=") or j < 2:
+                    return si - 1
+                if j == 2:  # a second "=" must follow
+                    while si < len(src) and src[si] in b"\r\n":
+                        si += 1
+                    if si == len(src):
+                        return si
+                    if src[si] != ord("="):
+                        return si - 1
+                    si += 1
+                while si < len(src) and src[si] in b"\r\n":
+                    si += 1
+                return si if si < len(src) else None  # anything after the padding is garbage
+    return None
+
+
+def _convert_secret(obj):
+    """Decode a v1 Secret as the apiserver does, before defaulting and validation.
+
+    ``data`` values must be base64 (a 400 otherwise, raised while decoding, so before any other
+    check) and are stored re-encoded canonically.  ``stringData`` is a write-only convenience:
+    the v1 -> internal conversion folds it into ``data``, winning on shared keys, and the
+    internal type has no such field, so it is never stored or returned.
+    """
+    def undecodable(detail):
+        return _bad_request(f'Secret in version "v1" cannot be handled as a Secret: {detail}')
+
+    data, string_data = obj.pop("data", None), obj.pop("stringData", None)
+    for unknown in set(obj) - {"apiVersion", "kind", "metadata", "type", "immutable"}:
+        del obj[unknown]  # v1.Secret has no spec or status: the decoder drops such fields
+    for name, value, go_type in (("data", data, "map[string][]uint8"), ("stringData", string_data,
+                                                                          "map[string]string")):
+        if value is not None and not isinstance(value, dict):
+            raise undecodable(f"json: cannot unmarshal {_go_json_type(value)} into Go struct field Secret.{name} "
+                              f"of type {go_type}")
+    decoded = {}
+    for key, value in (data or {}).items():
+        if value is None:  # null is a nil []byte: the key stays, with no bytes
+            value = ""
+        if not isinstance(value, str):
+            raise undecodable(f"json: cannot unmarshal {_go_json_type(value)} into Go struct field Secret.data of "
+                              "type []uint8")
+        if (offset := _base64_error(value)) is not None:
+            raise undecodable(f"illegal base64 data at input byte {offset}")
+        decoded[key] = base64.b64decode(value.replace("\r", "").replace("\n", ""))
+    for key, value in (string_data or {}).items():
+        if not isinstance(value, str):
+            raise undecodable(f"json: cannot unmarshal {_go_json_type(value)} into Go struct field "
+                              "Secret.stringData of type string")
+        decoded[key] = value.encode()
+    if decoded:  # an empty map is omitted from the stored (and returned) object, as omitempty does
+        obj["data"] = {key: base64.b64encode(value).decode() for key, value in decoded.items()}
+
+
+def _validate_secret(obj, old):
+    """ValidateSecretUpdate's checks (when ``old``) followed by ValidateSecret's, in their order."""
+    errors, data = [], obj.get("data") or {}
+    if old is not None:
+        if obj.get("type") != old.get("type"):
+            errors.append(("type", "FieldValueInvalid",
+                           f"Invalid value: {json.dumps(obj.get('type'))}: field is immutable"))
+        if old.get("immutable"):
+            frozen = "Forbidden: field is immutable when `immutable` is set"
+            if not obj.get("immutable"):
+                errors.append(("immutable", "FieldValueForbidden", frozen))
+            if data != (old.get("data") or {}):
+                errors.append(("data", "FieldValueForbidden", frozen))
+    size = 0
+    for key, value in data.items():  # validation.IsConfigMapKey
+        problems = ["must be no more than 253 characters"] if len(key) > 253 else []
+        if not re.fullmatch(_CONFIG_KEY[0], key):
+            problems.append(_CONFIG_KEY[1])
+        if key in (".", ".."):
+            problems.append(f"must not be '{key}'")
+        elif key.startswith(".."):
+            problems.append("must not start with '..'")
+        errors += [(f"data[{key}]", "FieldValueInvalid", f"Invalid value: {json.dumps(key)}: {problem}")
+                   for problem in problems]
+        size += len(base64.b64decode(value))
+    if size > _MAX_SECRET_SIZE:
+        errors.append(("data", "FieldValueTooLong", f"Too long: may not be more than {_MAX_SECRET_SIZE} bytes"))
+    secret_type = obj.get("type")
+    annotations = obj["metadata"].get("annotations") or {}
+    if secret_type == "kubernetes.io/service-account-token" and not annotations.get(
+            "kubernetes.io/service-account.name"):
+        errors.append(("metadata.annotations[kubernetes.io/service-account.name]", "FieldValueRequired",
+                       "Required value"))
+    elif secret_type == "kubernetes.io/basic-auth" and "username" not in data and "password" not in data:
+        errors += [(f"data[{key}]", "FieldValueRequired", "Required value") for key in ("username", "password")]
+    elif secret_type == "kubernetes.io/ssh-auth" and not data.get("ssh-privatekey"):  # present and non-empty
+        errors.append(("data[ssh-privatekey]", "FieldValueRequired", "Required value"))
+    errors += [(f"data[{key}]", "FieldValueRequired", "Required value")
+               for key in _SECRET_REQUIRED_KEYS.get(secret_type, ()) if key not in data]
     return errors
 
 
@@ -867,7 +1012,8 @@ class FakeKubernetes:
         """Create an object through the same code path as POST (raises KubeApiError)."""
         plural = plural or next((p for p, k in _KINDS.items() if k.kind == obj.get("kind")), None)
         if plural not in _KINDS:
-            raise ValueError("pass plural= or an object with a served kind (Deployment, Service, Namespace)")
+            raise ValueError("pass plural= or an object with a served kind (Deployment, Service, Namespace, "
+                             "Secret)")
         return self._create(_KINDS[plural], namespace if _KINDS[plural].namespaced else "", obj, False)
 
     # ------------------------------------------------------------------ storage core
@@ -896,6 +1042,8 @@ class FakeKubernetes:
         obj = copy.deepcopy(body)
         if not kind.namespaced:  # cluster-scoped objects never carry a namespace
             obj.get("metadata", {}).pop("namespace", None)
+        if kind.plural == "secrets":
+            _convert_secret(obj)
         return obj
 
     def _require_namespace(self, namespace):
@@ -931,6 +1079,10 @@ class FakeKubernetes:
                                     else 30000 + secrets.randbelow(2768))
             obj.setdefault("status", {"loadBalancer": {}})
             errors = _validate_service(obj, old)
+        elif kind.plural == "secrets":
+            if not obj.get("type"):  # SetDefaults_Secret; an update that omits it therefore hits immutability
+                obj["type"] = "Opaque"
+            errors = _validate_secret(obj, old)
         else:
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj.setdefault("status", {"phase": "Active"})
@@ -1269,6 +1421,7 @@ class FakeKubernetes:
 
     # ------------------------------------------------------------------ HTTP routing
     def _discovery(self, path):
+        path = path.rstrip("/")  # the Python client asks for "/api/v1/", which the apiserver serves too
         if path == "/version":
             major, minor, _ = SERVER_VERSION[1:].split(".")
             return {"major": major, "minor": minor, "gitVersion": SERVER_VERSION, "gitTreeState": "clean",
@@ -1303,14 +1456,17 @@ class FakeKubernetes:
             if path == prefix:
                 resources = []
                 for kind in (k for k in _KINDS.values() if k.group == group):
+                    # Real discovery omits empty shortNames/categories, and also lists
+                    # deletecollection, which this fake does not serve.
                     resources.append({"name": kind.plural, "singularName": kind.kind.lower(),
                                       "namespaced": kind.namespaced, "kind": kind.kind,
                                       "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-                                      "shortNames": list(kind.short_names),
-                                      **({"categories": ["all"]} if kind.namespaced else {})})
-                    resources.append({"name": f"{kind.plural}/status", "singularName": "",
-                                      "namespaced": kind.namespaced, "kind": kind.kind,
-                                      "verbs": ["get", "patch", "update"]})
+                                      **({"shortNames": list(kind.short_names)} if kind.short_names else {}),
+                                      **({"categories": list(kind.categories)} if kind.categories else {})})
+                    if kind.has_status:
+                        resources.append({"name": f"{kind.plural}/status", "singularName": "",
+                                          "namespaced": kind.namespaced, "kind": kind.kind,
+                                          "verbs": ["get", "patch", "update"]})
                     if kind.plural == "deployments":  # kubectl scale finds the Scale kind here
                         resources.append({"name": "deployments/scale", "singularName": "", "namespaced": True,
                                           "group": "autoscaling", "version": "v1", "kind": "Scale",
@@ -1332,7 +1488,8 @@ class FakeKubernetes:
                 and _KINDS[segments[2]].namespaced:
             namespace, segments = segments[1], segments[2:]
         kind = _KINDS.get(segments[0])
-        subresources = ("status", "scale") if kind and kind.plural == "deployments" else ("status",)
+        subresources = (("status",) if kind and kind.has_status else ()) + (
+            ("scale",) if kind and kind.plural == "deployments" else ())
         if kind is None or kind.group != group or len(segments) > 3 or (len(segments) == 3 and segments[2] not in
                                                                          subresources) or any(not s for s in segments):
             raise _no_route()
