@@ -1,0 +1,85 @@
+"""The whole pipeline on the Kubernetes target: real git, Docker and the
+fake API server (over HTTPS, through a real kubeconfig); minikube image load
+when there is no registry; a stuck rollout fails the deploy step."""
+
+import os
+import stat
+
+import pytest
+
+from tests.support.fake_kubernetes import FakeKubernetes
+from tests.support.git_servers import make_repo
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FILES = {"Dockerfile": "FROM norn-busybox:1\nCMD [\"sh\", \"-c\", \"sleep 3600\"]\n"}
+
+
+@pytest.fixture
+def cluster(tmp_path, settings, monkeypatch):
+    settings.NORN_RUNTIME = "kubernetes"
+    settings.NORN_REGISTRY_URL = ""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with FakeKubernetes(progress_deadline_scale=0.002) as kube:
+        # A minikube context: the build step loads the image into the cluster.
+        config = kube.write_kubeconfig(tmp_path / "kubeconfig", context="minikube")
+        monkeypatch.setenv("KUBECONFIG", str(config))
+        yield kube
+        assert not kube.internal_errors, kube.internal_errors
+
+
+@pytest.fixture
+def minikube(tmp_path, monkeypatch):
+    """A `minikube` on PATH that records its arguments (no VM can run here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "minikube.log"
+    script = bin_dir / "minikube"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {log}\necho "loaded"\n')
+    script.chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return log
+
+
+def web_app(make_app, tmp_path, name="kweb"):
+    repo = make_repo(tmp_path / "repos", name, FILES)
+    make_app(name, f"app: {name}\nrole: webserver\nrepo:\n  url: {repo.file_url}\nbuild: {{}}\nport: 8000\nreplicas: 2\nnamespace: default\n")
+    return repo
+
+
+def test_deploy_to_kubernetes_end_to_end(cluster, minikube, make_app, deploy_now, busybox_image, tmp_path):
+    repo = web_app(make_app, tmp_path)
+    deployment = deploy_now("kweb")
+    assert deployment.status == "deployed", deployment.error
+    assert deployment.runtime == "kubernetes"
+    sha = repo.head()
+    assert deployment.image == f"kweb:{sha}"
+    assert minikube.read_text().split("\n")[0] == f"image load kweb:{sha}"
+    obj = cluster.get_object("deployments", "kweb")
+    assert obj["spec"]["template"]["spec"]["containers"][0]["image"] == f"kweb:{sha}"
+    assert obj["status"]["availableReplicas"] == 2
+    assert cluster.get_object("services", "kweb")["spec"]["ports"][0]["port"] == 8000
+    output = deployment.steps.get(name="deploy").output
+    assert "successfully rolled out" in output
+
+    # A second commit is a strategic-merge patch of the image, generation 2.
+    second = repo.commit({"README": "two\n"}, "two")
+    again = deploy_now("kweb")
+    assert again.status == "deployed", again.error
+    obj = cluster.get_object("deployments", "kweb")
+    assert obj["metadata"]["generation"] == 2
+    assert obj["spec"]["template"]["spec"]["containers"][0]["image"] == f"kweb:{second}"
+
+
+def test_stuck_rollout_fails_the_deploy_step_with_rollback_available(cluster, minikube, make_app, deploy_now, busybox_image, tmp_path):
+    web_app(make_app, tmp_path)
+    cluster.rollout_mode = "stuck"
+    deployment = deploy_now("kweb")
+    assert deployment.status == "failed"
+    assert deployment.error.startswith("deploy failed:")
+    assert "exceeded its progress deadline" in deployment.error
+    from deployments import states
+
+    steps = dict(deployment.steps.values_list("name", "status"))
+    assert states.recovery_options(steps, has_snapshot=False)["rollback"] is True
+    assert steps["cleanup"] == "succeeded"
