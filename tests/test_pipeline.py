@@ -267,3 +267,51 @@ def test_transition_rules():
     ok["cleanup"] = "failed"
     assert states.final_status(ok) == "deployed"
     assert states.recovery_options({**ok, "deploy": "failed"}, False)["rollback"] is True
+
+
+CRON_APP = "app: {name}\nrole: cron\nrepo:\n  url: {url}\n{build}schedule: '0 4 * * *'\ncommand: echo hi\n"
+
+
+def test_steps_without_their_spec_are_skipped_with_the_reason(make_app, deploy_now, busybox_image, tmp_path):
+    from tests.support.git_servers import make_repo
+
+    repo = make_repo(tmp_path / "repos", "nobuild", {"README": "no Dockerfile needed\n"})
+    sha = repo.head()
+    # Without a build section the image must exist already: tag one.
+    subprocess.run(["docker", "tag", busybox_image, f"nobuild:{sha}"], check=True)
+    try:
+        make_app("nobuild", CRON_APP.format(name="nobuild", url=repo.file_url, build=""))
+        deployment = deploy_now("nobuild")
+    finally:
+        subprocess.run(["docker", "rmi", f"nobuild:{sha}"], capture_output=True)
+    assert deployment.status == "deployed", deployment.error
+    assert step_table(deployment) == {
+        "clone": ("succeeded", ""),
+        "build": ("skipped", "no build section in infraspec.yaml"),
+        "test": ("skipped", "no build.test in infraspec.yaml"),
+        "snapshot": ("skipped", "no services.postgres in infraspec.yaml"),
+        "migrate": ("skipped", "no migrations.command in infraspec.yaml"),
+        "deploy": ("succeeded", ""),
+        "cleanup": ("succeeded", ""),
+    }
+    assert deployment.image == f"nobuild:{sha}"
+
+
+def test_cleanup_failure_is_recorded_but_never_fails_the_deployment(make_app, deploy_now, busybox_image, tmp_path):
+    from tests.support.git_servers import make_repo
+
+    repo = make_repo(tmp_path / "repos", "pinned", {"Dockerfile": DOCKERFILE})
+    build = "build:\n  test: touch pinned && chattr +i pinned\n"
+    make_app("pinned", CRON_APP.format(name="pinned", url=repo.file_url, build=build))
+    deployment = deploy_now("pinned")
+    workdir = pipeline.Path(deployment.workdir)
+    try:
+        assert deployment.status == "deployed", deployment.error
+        cleanup = deployment.steps.get(name="cleanup")
+        assert cleanup.status == "failed"
+        assert "could not remove all of the work directory" in cleanup.error
+        assert "pinned" in cleanup.error
+        assert deployment.error == ""
+    finally:
+        subprocess.run(["chattr", "-i", str(workdir / "src" / "pinned")], capture_output=True)
+        subprocess.run(["rm", "-rf", str(workdir)])
