@@ -7,13 +7,14 @@ that could still roll back. Publishing is best-effort: with Redis down the
 deploy goes on, and clients catch up from the Event table.
 """
 
+import asyncio
 import logging
+import queue
+import threading
 
-from asgiref.sync import async_to_sync
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 
-from deployments.models import Deployment, Event
+from deployments.models import Event
 
 log = logging.getLogger(__name__)
 
@@ -61,42 +62,86 @@ def record(deployment_id, kind, payload):
     assert transaction.get_connection().in_atomic_block, "events are written with their state change"
     # The UPDATE takes the deployment's row lock until commit, so concurrent
     # writers (the worker and a cancel) get consecutive numbers, never equal.
-    Deployment.objects.filter(pk=deployment_id).update(last_event_seq=F("last_event_seq") + 1)
-    seq = Deployment.objects.values_list("last_event_seq", flat=True).get(pk=deployment_id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE deployments_deployment d SET last_event_seq = last_event_seq + 1"
+            " FROM apps_registry_app a WHERE d.id = %s AND a.id = d.app_id"
+            " RETURNING d.last_event_seq, d.public_id, a.name",
+            [deployment_id],
+        )
+        seq, public_id, app_name = cursor.fetchone()
     event = Event.objects.create(deployment_id=deployment_id, seq=seq, kind=kind, payload=payload)
-    transaction.on_commit(lambda: publish(event))
+    groups = group_names(public_id, app_name)
+    body = message(event, public_id)
+    transaction.on_commit(lambda: publisher.send(groups, body))
     return event
 
 
-def group_names(event):
-    deployment = Deployment.objects.select_related("app").only("public_id", "app__name").get(pk=event.deployment_id)
-    return [
-        f"deployment.{deployment.public_id.hex}",
-        f"app.{deployment.app.name}",
-        "deployments",
-    ]
+def group_names(public_id, app_name):
+    """The channel-layer groups an event goes to: its deployment, its app, all."""
+    return [f"deployment.{public_id.hex}", f"app.{app_name}", "deployments"]
 
 
-def message(event, deployment_public_id):
+def message(event, public_id):
     return {
         "type": "deploy.event",
-        "deployment": str(deployment_public_id),
+        "deployment": str(public_id),
         "seq": event.seq,
         "event": event.kind,
         "payload": event.payload,
     }
 
 
-def publish(event):
-    from channels.layers import get_channel_layer
+class Publisher:
+    """Sends committed events to the channel layer from a background thread.
 
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        groups = group_names(event)
-        public_id = groups[0].split(".", 1)[1]
+    The pipeline never waits for Redis: a slow or absent Redis cannot slow
+    or stop a deploy. Order is kept (one thread, one FIFO queue); what cannot
+    be sent is dropped with a warning, and clients recover it from the Event
+    table by sequence number.
+    """
+
+    def __init__(self):
+        self._queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def send(self, groups, body):
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="norn-events", daemon=True)
+                self._thread.start()
+        self._queue.put((groups, body))
+
+    def flush(self, timeout=5.0):
+        """Wait until everything queued so far was sent (or dropped)."""
+        done = threading.Event()
+        self._queue.put(done)
+        if self._thread is not None:
+            done.wait(timeout)
+
+    def _run(self):
+        from channels.layers import get_channel_layer
+
+        loop = asyncio.new_event_loop()
+        layer = get_channel_layer()
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            groups, body = item
+            if layer is None:
+                continue
+            try:
+                loop.run_until_complete(self._send(layer, groups, body))
+            except Exception as exc:  # Redis down or slow: the Event row is the truth.
+                log.warning("could not publish %s #%s: %s", body["event"], body["seq"], exc)
+
+    @staticmethod
+    async def _send(layer, groups, body):
         for group in groups:
-            async_to_sync(layer.group_send)(group, message(event, public_id))
-    except Exception as exc:  # Redis down or slow: the Event row is the truth.
-        log.warning("could not publish %s #%s: %s", event.kind, event.seq, exc)
+            await asyncio.wait_for(layer.group_send(group, body), timeout=2)
+
+
+publisher = Publisher()

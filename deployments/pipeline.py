@@ -9,15 +9,14 @@ deployment when done.
 
 import importlib
 import logging
-import shutil
 import threading
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 
 from apps_registry import infraspec
-from deployments import appdb, runner, states, transitions
+from deployments import appdb, events, runner, states, transitions
 from deployments.models import Deployment, StepStatus
 from deployments.steps import Context, Skip, StepFailed
 
@@ -82,6 +81,8 @@ def execute(deployment_id):
     finally:
         heartbeat.stop()
         dispatch_next(deployment.app_id)
+        # Live listeners get the last events before this worker goes idle.
+        events.publisher.flush()
     return True
 
 
@@ -176,11 +177,3 @@ def dispatch_next(app_id):
     if next_id is not None:
         tasks.enqueue_deployment(next_id)
 
-
-def remove_workdir(path):
-    if path:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def close_connections():
-    close_old_connections()

@@ -116,14 +116,23 @@ def run(argv, *, cwd=None, env=None, timeout=None, on_output=None, should_cancel
 
     exited_at = None
     while True:
-        try:
-            data = chunks.get(timeout=0.1)
-            if data is None:
-                eof = True
-            else:
-                pending.append(data)
-        except queue.Empty:
-            pass
+        if eof:
+            # Output is closed; the process is exiting. Wait for it rather
+            # than for output that will not come (a deploy runs dozens of
+            # short commands: 0.1 s each here would add up).
+            try:
+                proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            try:
+                data = chunks.get(timeout=0.1)
+                if data is None:
+                    eof = True
+                else:
+                    pending.append(data)
+            except queue.Empty:
+                pass
         if time.monotonic() - last_flush >= FLUSH_INTERVAL:
             flush()
         if proc.poll() is None and stop_error is None:
@@ -135,7 +144,7 @@ def run(argv, *, cwd=None, env=None, timeout=None, on_output=None, should_cancel
             if stop_error:
                 _terminate(proc)
         if proc.poll() is not None:
-            if eof and chunks.empty():
+            if eof:
                 break
             # A grandchild may hold the pipe open after the command exited;
             # give it a moment to finish writing, then stop reading.

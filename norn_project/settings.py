@@ -301,6 +301,9 @@ NORN_GIT_KNOWN_HOSTS = Path(
 Q_CLUSTER = {
     "name": "norn",
     "orm": "default",
+    # How often an idle cluster asks PostgreSQL for new tasks: the latency a
+    # deploy waits before it starts.
+    "poll": 0.1,
     "workers": envint("NORN_WORKERS", 2, minimum=1, maximum=64),
     # A worker is killed after `timeout` seconds. Each pipeline step has its own
     # shorter timeout, so this is only the backstop for a wedged worker.
