@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
+from django.utils import timezone
 
 from apps_registry.models import App
 
@@ -230,3 +231,53 @@ class CronRun(models.Model):
 
     def __str__(self):
         return f"{self.job.app.name} run at {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class ApiToken(models.Model):
+    """A per-user token for the CLI and scripts (WebSocket and HTTP).
+
+    Only a SHA-256 digest is stored; the token is shown once, when created
+    in the admin. `prefix` (its first characters) finds the row to compare.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What it is for, e.g. 'laptop CLI'.")
+    prefix = models.CharField(max_length=12, unique=True, editable=False)
+    digest = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["user", "name"]
+        verbose_name = "API token"
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def hash(token):
+        import hashlib
+
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name):
+        """Create a token; returns (row, the token itself, to show once)."""
+        import secrets
+
+        token = "norn_" + secrets.token_urlsafe(32)
+        row = cls.objects.create(user=user, name=name, prefix=token[:12], digest=cls.hash(token))
+        return row, token
+
+    @classmethod
+    def authenticate(cls, token):
+        """The active user the token belongs to, or None."""
+        import hmac
+
+        if not token or not token.startswith("norn_"):
+            return None
+        row = cls.objects.select_related("user").filter(prefix=token[:12]).first()
+        if row is None or not hmac.compare_digest(row.digest, cls.hash(token)) or not row.user.is_active:
+            return None
+        cls.objects.filter(pk=row.pk).update(last_used_at=timezone.now())
+        return row.user
