@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments import runner
-from deployments.steps import Context, StepFailed, clone
+from deployments.steps import StepFailed, clone
+from tests.support.contexts import step_context
 from tests.support.git_servers import GitHttpServer, SshGitServer, generate_ssh_keypair, make_repo
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -34,18 +34,12 @@ def argv_log(tmp_path, monkeypatch):
 
 
 def make_ctx(tmp_path, spec, ref="HEAD", app_dir=None):
-    output = []
     workdir = tmp_path / "work"
     workdir.mkdir(exist_ok=True)
-    ctx = Context(
-        deployment_id=0, public_id="test", app_name=spec["app"], spec=spec, ref=ref,
-        workdir=workdir, app_dir=app_dir or tmp_path / "no-local-copy",
-        redact=runner.Redactor([TOKEN]), timeout=60,
+    return step_context(
+        spec, workdir=workdir, app_dir=app_dir or tmp_path / "no-local-copy", ref=ref,
+        deployment_id=0, public_id="test", timeout=60, secrets=[TOKEN],
     )
-    ctx.output = output.append
-    ctx.cancel_reason = lambda: None
-    ctx.text = lambda: "".join(output)
-    return ctx
 
 
 def repo_spec(url, branch="main"):

@@ -8,11 +8,8 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 import urllib.request
-from pathlib import Path
 
-import psycopg
 import pytest
 from django.db import connection
 from django_q.models import Schedule
@@ -20,7 +17,6 @@ from django_q.models import Schedule
 from deployments.models import CronJob, Deployment
 from deployments.runtimes import docker as docker_runtime
 from tests.support.cluster import REPO_ROOT, Cluster, wait_for
-from tests.support.docker_images import docker
 from tests.support.git_servers import GitHttpServer, make_repo
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -228,7 +224,7 @@ def test_registry_push(tmp_path, norn_dirs, apps_dir, busybox_image, make_app):
 
 def test_no_secret_anywhere_after_a_deploy(cluster, make_app, tmp_path, containers):
     token = "tok_" + "Zq8" * 12
-    repo = make_repo(tmp_path / "repos", "secret", web_files("secret app\n"))
+    make_repo(tmp_path / "repos", "secret", web_files("secret app\n"))
     shims = tmp_path / "shims"
     shims.mkdir()
     argv_log = tmp_path / "argv.log"

@@ -8,14 +8,13 @@ import secrets
 import socket
 import stat
 import urllib.request
-import uuid
 
 import pytest
 
-from apps_registry import infraspec
 from deployments import runner
 from deployments.runtimes import docker as runtime
-from deployments.steps import Context, StepFailed
+from deployments.steps import StepFailed
+from tests.support.contexts import parse_spec, step_context
 from tests.support.docker_images import docker, docker_build
 
 # busybox sh as PID 1 ignores SIGTERM unless it traps it; without the trap
@@ -77,24 +76,7 @@ def make_ctx(tmp_path, app, image, port=None, healthcheck="/healthz", env=None, 
         text += f"port: {port}\nhealthcheck: {healthcheck}\n"
     if env:
         text += "env:\n" + "".join(f"  {k}: {v!r}\n" for k, v in env.items())
-    result = infraspec.parse(text + extra, "infraspec.yaml")
-    assert result.ok, result.errors
-    output = []
-    ctx = Context(
-        deployment_id=1,
-        public_id=str(uuid.uuid4()),
-        app_name=app,
-        spec=result.spec,
-        ref="HEAD",
-        workdir=tmp_path,
-        app_dir=tmp_path,
-        image=image,
-        output=output.append,
-        cancel_reason=lambda: None,
-        timeout=timeout,
-    )
-    ctx.lines = lambda: "".join(output).splitlines()
-    return ctx
+    return step_context(parse_spec(text + extra), workdir=tmp_path, app_dir=tmp_path, image=image, timeout=timeout)
 
 
 def fetch(port, path="/index.html"):

@@ -15,10 +15,10 @@ import uuid
 import pytest
 from kubernetes import client
 
-from apps_registry import infraspec
 from deployments import appdb, runner
 from deployments.runtimes import kubernetes as runtime
-from deployments.steps import Context, StepFailed
+from deployments.steps import StepFailed
+from tests.support.contexts import parse_spec, step_context
 from tests.support.fake_kubernetes import FakeKubernetes
 
 KUBECTL = shutil.which("kubectl")
@@ -72,25 +72,11 @@ def make_ctx(tmp_path, image="registry.local/web:v1", port=8000, healthcheck="/h
         text += f"namespace: {namespace}\n"
     if env:
         text += "env:\n" + "".join(f"  {k}: {v!r}\n" for k, v in env.items())
-    result = infraspec.parse(text + extra, "infraspec.yaml")
-    assert result.ok, result.errors
-    output = []
-    ctx = Context(
-        deployment_id=1,
-        public_id=str(uuid.uuid4()),
-        app_name=app,
-        spec=result.spec,
-        ref="HEAD",
-        workdir=tmp_path,
-        app_dir=tmp_path,
-        commit_sha="0123456789abcdef0123456789abcdef01234567",
-        image=image,
-        output=output.append,
-        cancel_reason=cancel_reason or (lambda: None),
-        timeout=timeout,
+    return step_context(
+        parse_spec(text + extra), workdir=tmp_path, app_dir=tmp_path, image=image, timeout=timeout,
+        commit_sha="0123456789abcdef0123456789abcdef01234567", cancel_reason=cancel_reason,
     )
-    ctx.lines = lambda: "".join(output).splitlines()
-    return ctx
+
 
 
 def seeded_deployment(images=((APP, "registry.local/web:v1"), ("proxy", "envoy:1.31")), replicas=2, **spec):

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 
 from deployments import pipeline, recovery, states, transitions
-from deployments.models import Deployment, Event, Snapshot, Step
+from deployments.models import Deployment, Event, Snapshot
 from deployments.requests import DeployRequestError, request_deployment
 
 pytestmark = pytest.mark.django_db(transaction=True)

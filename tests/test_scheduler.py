@@ -13,7 +13,8 @@ from apps_registry import infraspec
 from apps_registry.models import App
 from deployments import scheduler
 from deployments.models import CronJob, CronRun, Deployment
-from deployments.steps import Context, StepFailed
+from deployments.steps import StepFailed
+from tests.support.contexts import step_context
 from tests.support.docker_images import docker, docker_build
 
 pytestmark = pytest.mark.django_db
@@ -58,22 +59,9 @@ def cron_app(tmp_path):
 
 
 def make_ctx(app, deployment, image):
-    output = []
-    ctx = Context(
-        deployment_id=deployment.pk,
-        public_id=str(deployment.public_id),
-        app_name=app.name,
-        spec=app.spec,
-        ref="HEAD",
-        workdir=None,
-        app_dir=None,
-        image=image,
-        output=output.append,
-        cancel_reason=lambda: None,
-        timeout=60,
+    return step_context(
+        app.spec, deployment_id=deployment.pk, public_id=str(deployment.public_id), image=image, timeout=60
     )
-    ctx.text = lambda: "".join(output)
-    return ctx
 
 
 def register(cron_app, image, **spec):

@@ -18,7 +18,7 @@ from pathlib import Path
 from django.conf import settings
 
 from apps_registry.infraspec import redact_url
-from deployments.steps import Skip, StepFailed  # noqa: F401 (Skip: part of the step API)
+from deployments.steps import StepFailed
 
 HEX_RE = re.compile(r"^[0-9a-f]{4,40}$")
 FULL_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
