@@ -5,14 +5,22 @@ invalid infraspec, or a ref that is neither HEAD, a valid branch name nor a
 hex SHA is refused with a message that says why, and nothing is created.
 """
 
+import logging
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 from django.conf import settings
 
 from apps_registry import discovery
-from apps_registry.infraspec import branch_name_problem
+from apps_registry.infraspec import branch_name_problem, redact_url
 from apps_registry.models import App
-from deployments import tasks, transitions
+from deployments import runner, tasks, transitions
+from deployments.steps import clone
+
+log = logging.getLogger(__name__)
+VERIFY_TIMEOUT = 60
 
 HEX_RE = re.compile(r"^[0-9a-f]{4,40}$")
 
@@ -63,7 +71,50 @@ def request_deployment(app_name, ref="HEAD", *, user=None, name="", via="cli"):
             f"app {app.name!r} has no repo in infraspec.yaml, so there is no branch {ref!r}; "
             "deploy HEAD (its directory as it is)"
         )
+    if app.spec.get("repo") and ref != "HEAD":
+        verify_ref_exists(app.spec["repo"]["url"], ref)
     runtime = "cron" if app.spec["role"] == "cron" else settings.NORN_RUNTIME
     deployment = transitions.create(app, ref, user=user, name=name, via=via, runtime=runtime)
     tasks.enqueue_deployment(deployment.pk)
     return deployment
+
+
+def verify_ref_exists(url, ref):
+    """Refuse a branch or commit the repository does not have, before queueing.
+
+    Asks the remote only for what it needs: the branch list for a branch,
+    commit objects without trees or blobs (--filter=tree:0) for a SHA. When
+    the remote cannot be reached, the request goes ahead: the clone step
+    retries and can fall back to the local copy, saying so.
+    """
+    root = Path(settings.NORN_WORK_DIR)
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".verify-", dir=root))
+    redact = runner.Redactor([settings.NORN_GIT_TOKEN])
+    try:
+        env = clone.git_env(scratch)
+        shown = redact_url(url)
+
+        def git(*args):
+            return runner.run(["git", *args], env=env, timeout=VERIFY_TIMEOUT, redact=redact)
+
+        git("init", "--quiet", "--bare", scratch / "probe.git")
+        repo = str(scratch / "probe.git")
+        if HEX_RE.match(ref):
+            fetched = git("-C", repo, "fetch", "--quiet", "--no-tags", "--filter=tree:0", "--", url, "+refs/heads/*:refs/heads/*")
+            if fetched.returncode != 0:
+                log.warning("could not check %s in %s: %s", ref, shown, fetched.tail.strip()[-300:])
+                return
+            found = git("-C", repo, "rev-parse", "--quiet", "--verify", "--end-of-options", f"{ref}^{{commit}}")
+            if found.returncode != 0:
+                raise DeployRequestError(f"commit {ref} does not exist in {shown} (or the abbreviation is ambiguous)")
+        else:
+            listed = git("ls-remote", "--heads", "--exit-code", "--", url, f"refs/heads/{ref}")
+            if listed.returncode == 2:
+                raise DeployRequestError(f"branch {ref!r} does not exist in {shown}")
+            if listed.returncode != 0:
+                log.warning("could not list branches of %s: %s", shown, listed.tail.strip()[-300:])
+    except runner.CommandError as exc:
+        log.warning("could not check %s in %s: %s", ref, redact_url(url), exc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -315,3 +315,31 @@ def test_cleanup_failure_is_recorded_but_never_fails_the_deployment(make_app, de
     finally:
         subprocess.run(["chattr", "-i", str(workdir / "src" / "pinned")], capture_output=True)
         subprocess.run(["rm", "-rf", str(workdir)])
+
+
+def test_commits_and_branches_the_repository_lacks_are_refused_at_request_time(make_app, tmp_path, norn_dirs):
+    from tests.support.git_servers import make_repo
+
+    repo = make_repo(tmp_path / "repos", "gitapp", {"README": "x\n"})
+    older = repo.head()
+    repo.commit({"README": "y\n"}, "second")
+    make_app("gitapp", f"app: gitapp\nrole: worker\nrepo:\n  url: {repo.file_url}\n")
+    for ref, message in [
+        ("deadbeef", f"commit deadbeef does not exist in {repo.file_url}"),
+        ("d" * 40, f"commit {'d' * 40} does not exist in {repo.file_url}"),
+        ("no-such-branch", f"branch 'no-such-branch' does not exist in {repo.file_url}"),
+    ]:
+        with pytest.raises(DeployRequestError, match=message):
+            request_deployment("gitapp", ref)
+    assert Deployment.objects.count() == 0
+    # Nothing left behind in the work directory either.
+    assert list(norn_dirs.NORN_WORK_DIR.iterdir()) == []
+    # What exists is accepted: an abbreviated older commit, and the branch.
+    assert request_deployment("gitapp", older[:7]).ref == older[:7]
+    assert request_deployment("gitapp", "main").ref == "main"
+
+
+def test_unreachable_repository_does_not_block_the_request(make_app, norn_dirs):
+    make_app("offline", "app: offline\nrole: worker\nrepo:\n  url: http://127.0.0.1:9/offline.git\n")
+    # The clone step will retry it and may fall back to the local copy.
+    assert request_deployment("offline", "main").status == "queued"

@@ -29,6 +29,14 @@ class StepFailed(Exception):
 PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "DOCKER_HOST", "DOCKER_CONFIG", "KUBECONFIG", "MINIKUBE_HOME")
 
 
+def host_env(**extra):
+    """The environment every command starts from: PASSTHROUGH_ENV plus `extra`."""
+    env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
 @dataclass
 class Context:
     deployment_id: int
@@ -57,10 +65,7 @@ class Context:
             self.output(self.redact(text))
 
     def base_env(self, **extra):
-        env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        env.update({k: str(v) for k, v in extra.items()})
-        return env
+        return host_env(**extra)
 
     def app_env(self, **extra):
         """The app's own environment (infraspec `env`) plus Norn's NORN_* facts."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from django.conf import settings
 
 from apps_registry.infraspec import redact_url
-from deployments.steps import StepFailed
+from deployments.steps import StepFailed, host_env
 
 HEX_RE = re.compile(r"^[0-9a-f]{4,40}$")
 FULL_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -60,8 +60,9 @@ class CloneFailed(Exception):
     """The clone itself failed: the only case where the local copy is used."""
 
 
-def git_env(ctx, workdir):
-    env = ctx.base_env(
+def git_env(workdir):
+    """git's environment with Norn's credentials; helper files go in `workdir`."""
+    env = host_env(
         GIT_TERMINAL_PROMPT="0",
         GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
         GIT_CONFIG_NOSYSTEM="1",
@@ -95,7 +96,7 @@ def clone(ctx, spec_repo, source):
     ref = ctx.ref
     if ref != "HEAD" and not is_sha(ref):
         branch = ref
-    env = git_env(ctx, ctx.workdir)
+    env = git_env(ctx.workdir)
     shown = redact_url(url)
     ctx.log(f"Cloning {shown} (branch {branch})")
     result = ctx.run(
