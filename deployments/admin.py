@@ -6,6 +6,7 @@ from django.utils.html import format_html
 
 from apps_registry.admin import AppAdmin
 from apps_registry.models import App
+from deployments import admin_tokens  # noqa: F401 (registers the API token admin)
 from deployments import transitions
 from deployments.models import TERMINAL_STATUSES, CronJob, CronRun, Deployment, Event, Snapshot, Step
 from deployments.requests import DeployRequestError, request_deployment

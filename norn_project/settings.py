@@ -217,7 +217,14 @@ REDIS_URL = redis_url_from_env("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            # Keeps two Norns (or two test runs) on one Redis apart.
+            "prefix": env("NORN_CHANNEL_PREFIX", "norn"),
+            # A busy build streams many log events; a viewer's channel must
+            # hold a burst of them (clients catch up from the database anyway).
+            "capacity": 1000,
+        },
     }
 }
 

@@ -1,0 +1,350 @@
+"""WebSocket consumers streaming deployment events, as docs/live.md specifies.
+
+Three endpoints (one deployment, one app, everything) share one base: it
+authenticates (session or API token), authorizes, joins the channel-layer
+group, replays stored events on request and forwards live ones, so that each
+deployment's events reach the client in `seq` order, each exactly once.
+"""
+
+import asyncio
+import json
+import uuid
+from urllib.parse import parse_qs, urlparse
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY, get_user_model
+
+from apps_registry.models import App
+from deployments import events
+from deployments.models import ApiToken, Deployment, Event
+
+# Seconds between keepalive pings; read at every tick, so tests can shorten it.
+PING_INTERVAL = 20
+# Events read from the database per query while replaying: a long deployment
+# has thousands of log events, and one query for all of them would hold them
+# (and the connection) at once.
+REPLAY_BATCH = 500
+
+NOT_AUTHENTICATED = 4401
+FORBIDDEN = 4403
+NOT_FOUND = 4404
+BAD_REQUEST = 4400
+
+VIEW_PERMISSION = "deployments.view_deployment"
+
+
+class EventStream(AsyncJsonWebsocketConsumer):
+    """What the three endpoints share; subclasses say which group they follow.
+
+    Channels dispatches one message at a time per consumer: while a replay
+    awaits the database, live events for the same deployment wait in the
+    channel layer, and reach `deploy_event` only after the replay recorded
+    what it sent. That ordering is what makes the de-duplication below safe.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Last seq sent to this client, per deployment (public id string).
+        self.last_sent = {}
+        self.closing = False
+        self.pinger = None
+
+    # --- subclass hooks -------------------------------------------------------
+
+    def find_group(self):
+        """Runs in a worker thread. The group to join, or None for 4404."""
+        raise NotImplementedError
+
+    def covers(self, deployment):
+        """Whether a `resume` may name this deployment (a _DeploymentRef)."""
+        raise NotImplementedError
+
+    async def start(self):
+        """Called once the group is joined; the deployment endpoint replays here."""
+
+    # --- connection -----------------------------------------------------------
+
+    async def connect(self):
+        # Accept first: the protocol answers with close codes, which a
+        # rejected handshake (HTTP 403) cannot carry.
+        await self.accept()
+        code = await database_sync_to_async(self.authorize)()
+        group = None
+        if code is None:
+            group = await database_sync_to_async(self.find_group)()
+            if group is None:
+                code = NOT_FOUND
+        if code is not None:
+            await self.close_with(code)
+            return
+        # Join before anything reads the database: an event committed from
+        # here on is either in the rows read below or arrives live (or both,
+        # and is dropped as a duplicate). Joining after would lose those
+        # committed between the read and the join.
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.groups.append(group)
+        self.pinger = asyncio.create_task(self.ping_forever())
+        await self.start()
+
+    async def disconnect(self, code):
+        if self.pinger is not None:
+            self.pinger.cancel()
+
+    async def close_with(self, code):
+        self.closing = True
+        if self.pinger is not None:
+            self.pinger.cancel()
+        # Leave the groups now, not at disconnect: nothing more is sent, so
+        # live events must stop piling up in this channel.
+        for group in self.groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups = []
+        await self.close(code)
+
+    def authorize(self):
+        """Runs in a worker thread. None if the client may watch, else a close code."""
+        headers = dict(self.scope.get("headers", []))
+        authorization = headers.get(b"authorization")
+        if authorization is not None:
+            # Browsers cannot set this header on a WebSocket, so a cross-site
+            # page cannot use it: token connections need no Origin check.
+            scheme, _, token = authorization.decode("latin1").partition(" ")
+            token = token.strip()
+            if scheme.lower() != "token":
+                return NOT_AUTHENTICATED
+            user = ApiToken.authenticate(token)
+            if user is None:
+                return FORBIDDEN if _token_of_inactive_user(token) else NOT_AUTHENTICATED
+        else:
+            user = self.scope.get("user")
+            if user is None or not user.is_authenticated:
+                return FORBIDDEN if _session_of_inactive_user(self.scope.get("session")) else NOT_AUTHENTICATED
+            # The browser sends the session cookie with any page's WebSocket,
+            # including another site's: only our own pages may use it.
+            if not _origin_allowed(headers.get(b"origin")):
+                return FORBIDDEN
+        if not user.has_perm(VIEW_PERMISSION):
+            return FORBIDDEN
+        return None
+
+    async def ping_forever(self):
+        while True:
+            await asyncio.sleep(PING_INTERVAL)
+            await self.send_json({"type": "ping"})
+
+    # --- client messages ------------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if self.closing:
+            return
+        try:
+            content = json.loads(text_data) if text_data else None
+        except ValueError:
+            content = None
+        if not isinstance(content, dict):
+            await self.close_with(BAD_REQUEST)
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content, **kwargs):
+        # Unknown types are ignored, so a newer client can talk to this server.
+        if content.get("type") != "resume":
+            return
+        after = _non_negative_int(content.get("after", 0))
+        if after is None:
+            await self.close_with(BAD_REQUEST)
+            return
+        deployment = await database_sync_to_async(_find_deployment)(content.get("deployment"))
+        if deployment is None or not self.covers(deployment):
+            await self.close_with(NOT_FOUND)
+            return
+        await self.replay(deployment.public_id, after)
+
+    # --- events ---------------------------------------------------------------
+
+    async def replay(self, deployment, after):
+        """Send the stored events after `after`, then `caught_up`."""
+        last = after
+        while True:
+            batch = await database_sync_to_async(_events_after)(deployment, last, limit=REPLAY_BATCH)
+            for message in batch:
+                await self.send_event(message)
+                last = message["seq"]
+            if len(batch) < REPLAY_BATCH:
+                break
+        # What the client now holds: replayed rows, or what it said it had.
+        self.last_sent[deployment] = last
+        await self.send_json({"type": "caught_up", "deployment": deployment, "seq": last})
+
+    async def deploy_event(self, message):
+        """A live event from the channel layer (events.Publisher)."""
+        if self.closing:
+            return
+        deployment, seq = message["deployment"], message["seq"]
+        last = self.last_sent.get(deployment)
+        if last is not None:
+            if seq <= last:
+                return  # Already sent by a replay (or delivered twice).
+            if seq > last + 1:
+                # Something between was not delivered: a publish dropped
+                # while Redis was down or this channel was full, or another
+                # process's publisher was slower. Seq numbers are handed out
+                # under the deployment's row lock, so every lower one is
+                # committed by now: fetch them.
+                for missed in await database_sync_to_async(_events_after)(deployment, last, before=seq):
+                    await self.send_event(missed)
+        await self.send_event(message)
+
+    async def send_event(self, message):
+        self.last_sent[message["deployment"]] = message["seq"]
+        await self.send_json({
+            "type": "event",
+            "deployment": message["deployment"],
+            "seq": message["seq"],
+            "event": message["event"],
+            "payload": message["payload"],
+        })
+
+
+class DeploymentConsumer(EventStream):
+    """/ws/deployments/<uuid>/?after=<seq>: stored events, `caught_up`, then live ones."""
+
+    def find_group(self):
+        self.deployment = _find_deployment(self.scope["url_route"]["kwargs"]["deployment_id"])
+        if self.deployment is None:
+            return None
+        return self.deployment.groups[0]
+
+    def covers(self, deployment):
+        return deployment.public_id == self.deployment.public_id
+
+    async def start(self):
+        values = parse_qs(self.scope.get("query_string", b"").decode("latin1")).get("after", ["0"])
+        after = _non_negative_int(values[-1])
+        if after is None:
+            await self.close_with(BAD_REQUEST)
+            return
+        await self.replay(self.deployment.public_id, after)
+
+
+class AppConsumer(EventStream):
+    """/ws/apps/<name>/: live events of every deployment of one app."""
+
+    def find_group(self):
+        self.app_name = self.scope["url_route"]["kwargs"]["name"]
+        if not App.objects.filter(name=self.app_name).exists():
+            return None
+        # The name events.group_names publishes the app's events under.
+        group = f"app.{self.app_name}"
+        try:
+            self.channel_layer.require_valid_group_name(group)
+        except TypeError:
+            # An app whose directory name is no valid app name (an invalid
+            # infraspec) cannot have been deployed, so it has no events.
+            return None
+        return group
+
+    def covers(self, deployment):
+        return deployment.app_name == self.app_name
+
+
+class AllDeploymentsConsumer(EventStream):
+    """/ws/deployments/: live events of every deployment."""
+
+    def find_group(self):
+        # The group events.group_names sends every event to.
+        return "deployments"
+
+    def covers(self, deployment):
+        return True
+
+
+class _DeploymentRef:
+    """What a consumer needs to know about a deployment, read once."""
+
+    def __init__(self, public_id, app_name):
+        self.public_id = str(public_id)
+        self.app_name = app_name
+        # The same names events.record publishes to: deployment, app, all.
+        self.groups = events.group_names(public_id, app_name)
+
+
+def _find_deployment(public_id):
+    try:
+        public_id = uuid.UUID(str(public_id))
+    except ValueError:
+        return None
+    row = Deployment.objects.filter(public_id=public_id).values_list("public_id", "app__name").first()
+    return _DeploymentRef(*row) if row else None
+
+
+def _events_after(public_id, after, before=None, limit=None):
+    """Stored events of a deployment with after < seq (< before), as channel-layer messages."""
+    rows = Event.objects.filter(deployment__public_id=public_id, seq__gt=after)
+    if before is not None:
+        rows = rows.filter(seq__lt=before)
+    rows = rows.order_by("seq").values_list("seq", "kind", "payload")
+    if limit is not None:
+        rows = rows[:limit]
+    public_id = str(public_id)
+    return [
+        {"type": "deploy.event", "deployment": public_id, "seq": seq, "event": kind, "payload": payload}
+        for seq, kind, payload in rows
+    ]
+
+
+def _origin_allowed(raw_origin):
+    """The Origin check of channels' AllowedHostsOriginValidator, for one header value."""
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = ["localhost", "127.0.0.1", "[::1]"]
+    try:
+        parsed = urlparse(raw_origin.decode("latin1")) if raw_origin else None
+    except ValueError:
+        parsed = None
+    return OriginValidator(None, allowed).valid_origin(parsed)
+
+
+def _token_of_inactive_user(token):
+    """A correct token whose user was deactivated: forbidden, not unknown.
+
+    ApiToken.authenticate answers None for both; the client deserves to
+    know that logging in again will not help.
+    """
+    if not token.startswith("norn_"):
+        return False
+    return ApiToken.objects.filter(
+        prefix=token[:12], digest=ApiToken.hash(token), user__is_active=False
+    ).exists()
+
+
+def _session_of_inactive_user(session):
+    """A session of a user deactivated since logging in.
+
+    Django's auth backend treats it as anonymous; it is still a known user
+    who is not allowed in, so the client hears 4403 rather than 4401.
+    """
+    if session is None:
+        return False
+    user_id = session.get(SESSION_KEY)
+    if user_id is None:
+        return False
+    User = get_user_model()
+    try:
+        user_id = User._meta.pk.to_python(user_id)
+    except Exception:  # A tampered or stale session value: plain anonymous.
+        return False
+    return User._default_manager.filter(pk=user_id, is_active=False).exists()
+
+
+def _non_negative_int(value):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and value >= 0:
+        return value
+    return None
