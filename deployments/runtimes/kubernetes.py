@@ -68,6 +68,24 @@ def secret_name(app_name):
 # --- configuration -----------------------------------------------------------------
 
 
+def kubeconfig_path():
+    """NORN_KUBECONFIG, else $KUBECONFIG as it is now, else ~/.kube/config."""
+    explicit = getattr(settings, "NORN_KUBECONFIG", None)
+    return os.fspath(explicit or os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG)
+
+
+def current_context_name():
+    """The kubeconfig context Norn deploys to, or None without a kubeconfig."""
+    explicit = getattr(settings, "NORN_KUBE_CONTEXT", None)
+    if explicit:
+        return explicit
+    try:
+        _, current = config.list_kube_config_contexts(config_file=kubeconfig_path())
+    except (config.ConfigException, OSError, ValueError, yaml.YAMLError):
+        return None
+    return (current or {}).get("name")
+
+
 def _configuration():
     """A private client Configuration and a description of where it came from.
 
@@ -77,7 +95,7 @@ def _configuration():
     default, so concurrent deploys and tests cannot leak settings into each other.
     """
     explicit = getattr(settings, "NORN_KUBECONFIG", None)
-    path = os.fspath(explicit or os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG)
+    path = kubeconfig_path()
     context = getattr(settings, "NORN_KUBE_CONTEXT", None) or None
     configuration = client.Configuration()
     tried = []

@@ -50,11 +50,7 @@ def registry_image(ctx):
 
 
 def is_minikube():
-    """Whether kubeconfig's current context is a minikube cluster."""
-    from kubernetes import config
+    """Whether the Kubernetes context Norn deploys to is a minikube cluster."""
+    from deployments.runtimes.kubernetes import current_context_name
 
-    try:
-        _, current = config.list_kube_config_contexts()
-    except Exception:
-        return False
-    return bool(current) and current.get("name") == "minikube"
+    return current_context_name() == "minikube"
