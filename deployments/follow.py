@@ -1,7 +1,8 @@
 """Follow a deployment's events from the database, in order, without gaps.
 
-The event table is the source of truth; the CLI reads it directly (and, with
-the live stream, only to catch up after a reconnect).
+The event table is the source of truth. The CLI follows the live stream
+(deployments/client.py) and comes here when no Norn server can serve it,
+or when asked to with --db.
 """
 
 import time
@@ -16,7 +17,10 @@ def events_after(deployment_id, seq):
 
 
 def follow(deployment_id, after=0, poll=0.2, idle_callback=None):
-    """Yield events after `after` until the deployment is terminal."""
+    """Yield events after `after` until the deployment is terminal.
+
+    `idle_callback(seconds)` gets, after every poll, how long nothing new came.
+    """
     last = after
     idle_since = time.monotonic()
     while True:
@@ -30,5 +34,5 @@ def follow(deployment_id, after=0, poll=0.2, idle_callback=None):
         if deployment.is_terminal and deployment.last_event_seq <= last:
             return
         if idle_callback:
-            idle_callback(deployment, time.monotonic() - idle_since)
+            idle_callback(time.monotonic() - idle_since)
         time.sleep(poll)

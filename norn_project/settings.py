@@ -300,6 +300,16 @@ NORN_GIT_KNOWN_HOSTS = Path(
     env("NORN_GIT_KNOWN_HOSTS") or BASE_DIR / "var" / "ssh" / "known_hosts"
 ).expanduser()
 
+# Where the CLI finds Norn's server to follow deployments live, and the API
+# token it authenticates with (create one in the admin: Deployments > API
+# tokens). Without them `manage.py deploy/follow` read the database.
+NORN_URL = env("NORN_URL", "")
+if NORN_URL and urlsplit(NORN_URL).scheme not in ("http", "https", "ws", "wss"):
+    raise ImproperlyConfigured(
+        f"NORN_URL={NORN_URL!r} is not a server URL; use http(s)://HOST:PORT, e.g. http://127.0.0.1:8000"
+    )
+NORN_API_TOKEN = env("NORN_API_TOKEN") or None
+
 # --- django-q2 ----------------------------------------------------------------
 
 # Deploys are few, long and must not be lost, so the broker is PostgreSQL (the

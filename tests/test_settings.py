@@ -73,3 +73,9 @@ def test_values_are_read(monkeypatch):
     assert result.stdout.split("\n")[-2] == (
         f"False kubernetes 127.0.0.1:5000 ['norn.example.com', 'localhost'] {REPO_ROOT / 'examples'} norn"
     )
+
+
+def test_norn_url_must_be_a_server_url():
+    result = run_manage("check", NORN_URL="127.0.0.1:8000")
+    assert result.returncode == 2
+    assert "NORN_URL='127.0.0.1:8000' is not a server URL" in result.stderr

@@ -49,12 +49,20 @@ class Cluster:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            # SIGTERM to the cluster's parent only: it stops its workers in
+            # order. Signalling the whole group at once makes the sentinel
+            # wait out its timeouts on workers that are already gone.
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
+                pass
+        if self.proc:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # anything left behind
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=5)
         self.log.close()
 
     def output(self):

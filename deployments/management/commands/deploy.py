@@ -6,23 +6,27 @@ import logging
 
 from django.core.management.base import BaseCommand, CommandError
 
-from deployments.follow import follow
-from deployments.models import Deployment, DeploymentStatus
+from deployments.client import follow_deployment
+from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentStatus
 from deployments.requests import DeployRequestError, request_deployment
 
 SYMBOLS = {"running": "…", "succeeded": "✓", "failed": "✗", "skipped": "–"}
 
 
 class Command(BaseCommand):
-    help = "Deploy an app at a commit SHA, a branch or HEAD (the default), and follow its steps."
+    help = (
+        "Deploy an app at a commit SHA, a branch or HEAD (the default), and follow its steps "
+        "live from the Norn server at NORN_URL (with NORN_API_TOKEN), else from the database. "
+        "Exits 0 when deployed, 1 when not, 2 for a bad request."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("app")
         parser.add_argument("ref", nargs="?", default="HEAD", help="Commit SHA (full or abbreviated), branch, or HEAD.")
         parser.add_argument("--no-wait", action="store_true", help="Queue it, print its id and return.")
-        parser.add_argument("--json", action="store_true", help="Print one JSON event per line.")
+        add_follow_arguments(parser)
 
-    def handle(self, *args, app, ref, no_wait=False, json=False, **options):
+    def handle(self, *args, app, ref, no_wait=False, json=False, db=False, verbosity=1, **options):
         # The task queue logs every enqueue at INFO; the CLI has its own output.
         logging.getLogger("django-q").setLevel(logging.WARNING)
         try:
@@ -34,23 +38,48 @@ class Command(BaseCommand):
             return
         if not json:
             self.stdout.write(f"Deploying {app} at {ref} (deployment {deployment.public_id})")
-        status = FollowPrinter(self, as_json=json).run(deployment)
+        status = FollowPrinter(self, as_json=json, use_db=db, verbosity=verbosity).run(deployment)
         if status != DeploymentStatus.DEPLOYED:
             raise SystemExit(1)
 
 
-class FollowPrinter:
-    """Prints a deployment's events as they arrive; returns its final status."""
+def add_follow_arguments(parser):
+    """The options of every command that follows a deployment."""
+    parser.add_argument("--json", action="store_true", help="Print one JSON event per line.")
+    parser.add_argument(
+        "--db", action="store_true",
+        help="Follow by reading the database instead of the Norn server's live stream.",
+    )
 
-    def __init__(self, command, as_json=False):
+
+class FollowPrinter:
+    """Prints a deployment's events as they arrive; returns its final status.
+
+    Events come from deployments.client.follow_deployment: the live stream,
+    or the database when that is unavailable (said on stderr).
+    """
+
+    def __init__(self, command, as_json=False, use_db=False, verbosity=1):
         self.out = command.stdout
+        self.err = command.stderr
         self.style = command.style
         self.as_json = as_json
+        self.use_db = use_db
+        self.verbosity = verbosity
+        self.deployment = None
+        self.last_kind = None
         self.warned_idle = False
 
     def run(self, deployment, after=0):
+        self.deployment = deployment
+        events = follow_deployment(
+            deployment, after=after, use_db=self.use_db, idle_callback=self.idle,
+            warn=lambda text: self.err.write(self.style.WARNING(text)),
+            info=self.note if self.verbosity >= 2 else None,
+        )
         try:
-            for event in follow(deployment.pk, after=after, idle_callback=self.idle):
+            for event in events:
+                self.last_kind = event.kind
                 self.show(event)
         except KeyboardInterrupt:
             self.out.write(
@@ -60,14 +89,23 @@ class FollowPrinter:
         deployment.refresh_from_db()
         return deployment.status
 
-    def idle(self, deployment, idle_for):
-        if deployment.status == DeploymentStatus.QUEUED and idle_for > 5 and not self.warned_idle and not self.as_json:
-            self.warned_idle = True
-            ahead = Deployment.objects.filter(app_id=deployment.app_id, pk__lt=deployment.pk).exclude(
-                status__in=["deployed", "failed", "rolled_back"]
-            ).count()
-            reason = f"{ahead} earlier deployment(s) of this app first" if ahead else "a worker: is manage.py qcluster running?"
-            self.out.write(self.style.WARNING(f"Still queued, waiting for {reason}"))
+    def note(self, text):
+        self.err.write(text)
+
+    def idle(self, idle_for):
+        # Only a deployment whose last news is "queued" can be waiting for a
+        # worker; checking the database just then keeps a long step query-free.
+        if self.warned_idle or self.as_json or idle_for <= 5 or self.last_kind not in (None, "deploy.queued"):
+            return
+        deployment = Deployment.objects.only("status", "app_id").get(pk=self.deployment.pk)
+        if deployment.status != DeploymentStatus.QUEUED:
+            return
+        self.warned_idle = True
+        ahead = Deployment.objects.filter(app_id=deployment.app_id, pk__lt=deployment.pk).exclude(
+            status__in=TERMINAL_STATUSES
+        ).count()
+        reason = f"{ahead} earlier deployment(s) of this app first" if ahead else "a worker: is manage.py qcluster running?"
+        self.out.write(self.style.WARNING(f"Still queued, waiting for {reason}"))
 
     def show(self, event):
         if self.as_json:

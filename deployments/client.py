@@ -1,0 +1,271 @@
+"""Follow a deployment over Norn's WebSocket stream (docs/live.md), for the CLI.
+
+`follow_deployment` yields a deployment's events in `seq` order, exactly once:
+live from `<NORN_URL>/ws/deployments/<uuid>/?after=<seq>` when a Norn server
+answers, resuming from the last `seq` after a dropped connection, and from
+the database (deployments/follow.py) when no server can serve the stream.
+"""
+
+import json
+import logging
+import time
+from typing import NamedTuple
+from urllib.parse import urlsplit, urlunsplit
+
+from django.conf import settings
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.sync.client import connect
+
+from deployments import follow as db_follow
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+# The events after which a deployment has nothing more to say (the same
+# transactions that make it terminal write them, as its last event).
+TERMINAL_EVENTS = frozenset({"deploy.completed", "deploy.failed"})
+
+# Close codes after which reconnecting cannot help (docs/live.md).
+REFUSALS = {
+    4400: "it did not understand this client (4400 bad request)",
+    4401: "NORN_API_TOKEN was not accepted (4401 not authenticated)",
+    4403: "the API token's user may not view deployments (4403 forbidden)",
+    4404: "it does not know this deployment (4404)",
+}
+
+OPEN_TIMEOUT = 5.0
+# How often the idle callback runs while nothing arrives.
+IDLE_TICK = 1.0
+# Publishing is best-effort (deployments/events.py): a live event lost on
+# the way (Redis restarted) would leave us waiting for ever, so after this
+# much silence we ask the server to replay from the database what we missed.
+RESYNC_AFTER = 30.0
+# A dropped connection is retried this many times in a row without getting
+# anything new; the waits double from 0.25 s up to 5 s (about 23 s in all).
+RECONNECTS = 8
+MAX_BACKOFF = 5.0
+
+# websockets logs every handshake header, Authorization included, at DEBUG.
+# Its logger is pinned at INFO so NORN_LOG_LEVEL=DEBUG cannot put the API
+# token into a log.
+wire_log = logging.getLogger("deployments.client.websocket")
+wire_log.setLevel(logging.INFO)
+
+
+class StreamedEvent(NamedTuple):
+    """One event as the stream sends it; reads like a deployments.models.Event."""
+
+    seq: int
+    kind: str
+    payload: dict
+
+
+class Unavailable(Exception):
+    """No Norn server can serve this stream; the message is safe to print."""
+
+    def __init__(self, where, reason):
+        super().__init__(f"Norn server not reachable at {where} ({reason})")
+
+
+class _Reconnect(Exception):
+    """This connection is no use any more; a new one resumes from `last`."""
+
+
+def server_url():
+    return settings.NORN_URL or DEFAULT_URL
+
+
+def api_token():
+    return settings.NORN_API_TOKEN
+
+
+def display_url(base_url):
+    """The server as the user named it, without any credentials in it."""
+    parts = urlsplit(base_url)
+    if not parts.hostname:
+        return base_url  # not a URL at all; stream_url says so
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+def stream_url(base_url, public_id, after):
+    """NORN_URL's http(s) becomes ws(s); a path prefix (a proxy) is kept."""
+    parts = urlsplit(base_url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.hostname:
+        raise ValueError(f"NORN_URL={display_url(base_url)!r} is not an http:// or https:// URL")
+    path = f"{parts.path.rstrip('/')}/ws/deployments/{public_id}/"
+    return urlunsplit((scheme, parts.netloc, path, f"after={after}", ""))
+
+
+def follow_deployment(deployment, *, after=0, use_db=False, idle_callback=None, warn=None, info=None,
+                      reconnects=RECONNECTS):
+    """Yield the deployment's events after `after` until it ends.
+
+    Over the WebSocket stream unless `use_db`; whenever the stream cannot be
+    used, `warn` says so and the rest comes from the database, continuing
+    after the last event already yielded. `info` gets progress notes for
+    verbose output (which transport, reconnects). `idle_callback(seconds)`
+    runs while nothing happens.
+    """
+    warn = warn or (lambda text: None)
+    last = after
+    if not use_db:
+        live = LiveStream(
+            deployment.public_id, base_url=server_url(), token=api_token(),
+            after=after, idle_callback=idle_callback, info=info, reconnects=reconnects,
+        )
+        try:
+            for event in live:
+                last = event.seq
+                yield event
+            return
+        except Unavailable as exc:
+            warn(f"{exc}: following from the database")
+    yield from db_follow.follow(deployment.pk, after=last, idle_callback=idle_callback)
+
+
+class LiveStream:
+    """Iterates over one deployment's events from its WebSocket stream.
+
+    Raises Unavailable when there is no usable server: at once if the first
+    connection fails or the server refuses us, after RECONNECTS failed
+    attempts if a working connection drops. Events arrive in order without
+    duplicates by contract; we still check `seq`, because reconnects and
+    resumes replay what we may already have.
+    """
+
+    def __init__(self, public_id, *, base_url, token, after=0, idle_callback=None, info=None,
+                 resync_after=RESYNC_AFTER, reconnects=RECONNECTS):
+        self.public_id = str(public_id)
+        self.base_url = base_url
+        self.where = display_url(base_url)
+        self.token = token
+        self.last = after
+        self.idle_callback = idle_callback
+        self.info = info or (lambda text: None)
+        self.resync_after = resync_after
+        self.reconnects = reconnects
+
+    def __iter__(self):
+        if not self.token:
+            raise Unavailable(self.where, "NORN_API_TOKEN is not set")
+        try:
+            stream_url(self.base_url, self.public_id, 0)
+        except ValueError as exc:
+            raise Unavailable(self.where, str(exc)) from None
+        failures = 0
+        ever_connected = False
+        while True:
+            url = stream_url(self.base_url, self.public_id, self.last)
+            try:
+                websocket = connect(
+                    url,
+                    additional_headers={"Authorization": f"Token {self.token}"},
+                    open_timeout=OPEN_TIMEOUT,
+                    logger=wire_log,
+                )
+            except InvalidStatus as exc:
+                # The server answered but would not upgrade (a server without
+                # the WebSocket routes, or a proxy in front): at first contact
+                # that is no Norn stream; later, a restarting server's proxy.
+                reason = f"it refused the WebSocket: HTTP {exc.response.status_code}"
+                if not ever_connected:
+                    raise Unavailable(self.where, reason) from None
+                failures += 1
+                self._wait_before_retry(failures, reason)
+                continue
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                if not ever_connected:
+                    raise Unavailable(self.where, _describe(exc)) from None
+                failures += 1
+                self._wait_before_retry(failures, _describe(exc))
+                continue
+            if not ever_connected:
+                shown = stream_url(self.where, self.public_id, self.last).split("?")[0]
+                self.info(f"Following over WebSocket: {shown}")
+            elif failures:
+                self.info(f"Reconnected; resuming after event #{self.last}")
+            ever_connected = True
+            before = self.last
+            try:
+                with websocket:
+                    yield from self._read(websocket)
+                return
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+                if code in REFUSALS:
+                    raise Unavailable(self.where, REFUSALS[code]) from None
+                reason = f"connection closed ({code})" if code else "connection lost"
+            except _Reconnect as exc:
+                reason = str(exc)
+            # Retries are bounded per stretch without progress: a connection
+            # that brought new events resets the count, one that didn't adds to it.
+            failures = 1 if self.last > before else failures + 1
+            self._wait_before_retry(failures, reason)
+
+    def _wait_before_retry(self, failures, reason):
+        if failures > self.reconnects:
+            raise Unavailable(self.where, f"{reason}; {self.reconnects} reconnects failed")
+        delay = min(0.25 * 2 ** (failures - 1), MAX_BACKOFF)
+        self.info(f"{reason[:1].upper()}{reason[1:]}; reconnecting in {delay:.2g}s after event #{self.last} "
+                  f"(attempt {failures} of {self.reconnects})")
+        time.sleep(delay)
+
+    def _read(self, websocket):
+        """Yield this connection's events in order until the terminal one.
+
+        The server replays what it missed live before sending anything newer
+        (docs/live.md), so a gap should not happen; if one does, a fresh
+        connection replays from `self.last` rather than print out of order.
+        """
+        caught_up = False
+        last_event_at = last_resync_at = time.monotonic()
+        while True:
+            try:
+                raw = websocket.recv(timeout=IDLE_TICK)
+            except TimeoutError:
+                now = time.monotonic()
+                if self.idle_callback:
+                    self.idle_callback(now - last_event_at)
+                if caught_up and now - max(last_event_at, last_resync_at) >= self.resync_after:
+                    websocket.send(json.dumps({"type": "resume", "deployment": self.public_id, "after": self.last}))
+                    last_resync_at = now
+                continue
+            try:
+                message = json.loads(raw)
+                kind = message["type"]
+                if kind == "event" and message.get("deployment") == self.public_id:
+                    event = StreamedEvent(int(message["seq"]), str(message["event"]), message["payload"])
+                else:
+                    event = None
+            except (ValueError, TypeError, KeyError):
+                raise _Reconnect("the server sent something that is not a stream message") from None
+            if event is not None:
+                if event.seq <= self.last:
+                    continue  # replayed after a resume or reconnect: already shown
+                if event.seq > self.last + 1:
+                    raise _Reconnect(f"event #{self.last + 1} is missing from the stream")
+                self.last = event.seq
+                last_event_at = time.monotonic()
+                yield event
+                if event.kind in TERMINAL_EVENTS:
+                    return
+            elif kind == "caught_up":
+                caught_up = True
+            # "ping" keeps proxies from closing an idle connection; it needs
+            # no answer. Anything else is from a newer protocol: ignored.
+
+
+def _describe(exc):
+    """A short, secret-free reason for a failed connection."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,33 @@
+"""`manage.py follow <deployment id>`: watch a deployment, running or finished."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from deployments.management.commands.cancel import find_deployment
+from deployments.management.commands.deploy import FollowPrinter, add_follow_arguments
+from deployments.models import DeploymentStatus
+
+
+class Command(BaseCommand):
+    help = (
+        "Print a deployment's steps from the start and follow it until it ends, live from the "
+        "Norn server at NORN_URL (with NORN_API_TOKEN), else from the database. "
+        "Exits 0 when it deployed, 1 when it did not, 2 for an unknown id."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("deployment", help="Deployment id (the UUID, or its first 8+ characters).")
+        add_follow_arguments(parser)
+
+    def handle(self, *args, deployment, json=False, db=False, verbosity=1, **options):
+        try:
+            target = find_deployment(deployment)
+        except CommandError as exc:
+            # Same code as `deploy` uses for a request it cannot act on.
+            raise CommandError(str(exc), returncode=2) from None
+        if not json:
+            self.stdout.write(
+                f"Following {target.app.name} at {target.ref} (deployment {target.public_id}, {target.status})"
+            )
+        status = FollowPrinter(self, as_json=json, use_db=db, verbosity=verbosity).run(target)
+        if status != DeploymentStatus.DEPLOYED:
+            raise SystemExit(1)
