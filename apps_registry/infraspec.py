@@ -175,6 +175,12 @@ def check_replicas(value):
     return None
 
 
+def check_retain(value):
+    if not 1 <= value <= 1000:
+        return f"{value!r} is out of range; keep from 1 to 1000 snapshots"
+    return None
+
+
 def check_healthcheck(value):
     if not value.startswith("/") or re.search(r"\s", value):
         return f"{value!r} is not an HTTP path; use a path like /healthz"
@@ -256,6 +262,8 @@ SCHEMA = Mapping(
         "schedule": Field(STR, check=check_schedule),
         "command": Field((str, list), check=check_command),
         "env": Field((dict,)),
+        "autoRollback": Field(BOOL),
+        "snapshots": Mapping({"retain": Field(INT, default=5, check=check_retain)}),
     }
 )
 
@@ -402,6 +410,12 @@ def _check_cross_fields(v, data, spec, directory_name):
         v.error(("healthcheck",), "needs a port to be probed on; add port")
     if role in ("webserver", "worker") and spec["replicas"] is None:
         spec["replicas"] = 1
+    if spec["autoRollback"] is None:
+        # A web server that fails its rollout is rolled back by default: a
+        # broken site is worse than an old one.
+        spec["autoRollback"] = role == "webserver"
+    if spec["snapshots"] is None:
+        spec["snapshots"] = {"retain": 5}
     env = spec["env"]
     if env is not None:
         normalized = {}

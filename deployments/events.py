@@ -24,6 +24,7 @@ LOG = "deploy.log"
 FAILED = "deploy.failed"
 COMPLETED = "deploy.completed"
 CANCELLED = "deploy.cancelled"
+ROLLED_BACK = "deploy.rolled_back"
 
 
 def deployment_payload(deployment):
@@ -38,6 +39,10 @@ def deployment_payload(deployment):
         "error": deployment.error,
         "requested_by": deployment.requested_by_label,
         "runtime": deployment.runtime,
+        "kind": deployment.kind,
+        "rollback_to": str(deployment.rollback_to.public_id) if deployment.rollback_to_id else None,
+        "replaces": str(deployment.replaces.public_id) if deployment.replaces_id else None,
+        "snapshot": deployment.snapshot_id,
         "queued_at": _iso(deployment.queued_at),
         "started_at": _iso(deployment.started_at),
         "finished_at": _iso(deployment.finished_at),

@@ -24,6 +24,8 @@ class DeploymentStatus(models.TextChoices):
     MIGRATING = "migrating", "Migrating"
     DEPLOYING = "deploying", "Deploying"
     CLEANING_UP = "cleaning_up", "Cleaning up"
+    VERIFYING = "verifying", "Verifying"
+    RESTORING = "restoring", "Restoring"
     DEPLOYED = "deployed", "Deployed"
     FAILED = "failed", "Failed"
     ROLLED_BACK = "rolled_back", "Rolled back"
@@ -41,8 +43,18 @@ TERMINAL_STATUSES = (
 NOT_IN_FLIGHT = (DeploymentStatus.QUEUED, *TERMINAL_STATUSES)
 
 
+class DeploymentKind(models.TextChoices):
+    # The seven-step pipeline for a commit.
+    DEPLOY = "deploy", "Deploy"
+    # Put an earlier deployment's image back into service (deploy step only).
+    ROLLBACK = "rollback", "Rollback"
+    # Restore a database snapshot (verify, snapshot the current state, restore).
+    RESTORE = "restore", "Snapshot restore"
+
+
 class Deployment(models.Model):
     Status = DeploymentStatus
+    Kind = DeploymentKind
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="deployments")
@@ -52,6 +64,16 @@ class Deployment(models.Model):
     image = models.CharField(max_length=512, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.DEPLOY)
+    # Rollbacks and restores go before queued deploys of the same app (0 before
+    # 1); within a priority the queue is first in, first out.
+    priority = models.PositiveSmallIntegerField(default=1)
+    # A rollback: the earlier deployment whose image it puts back, and the
+    # deployment it replaces (which ends rolled_back when the rollback succeeds).
+    rollback_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    replaces = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # A restore: the snapshot it restores.
+    snapshot = models.ForeignKey("Snapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="restores")
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -184,12 +206,18 @@ class Event(models.Model):
 
 
 class Snapshot(models.Model):
+    class Kind(models.TextChoices):
+        PRE_MIGRATION = "pre-migration", "Before migrations"
+        PRE_RESTORE = "pre-restore", "Before a restore"
+
+    # The deployment (or restore) that took it.
     deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="snapshots")
     app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="snapshots")
     database = models.CharField(max_length=63)
     path = models.CharField(max_length=4096)
     size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PRE_MIGRATION)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

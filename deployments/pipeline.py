@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 
 from apps_registry import infraspec
-from deployments import appdb, events, runner, states, transitions
+from deployments import appdb, events, retention, rollback, runner, states, transitions
 from deployments.models import Deployment, StepStatus
 from deployments.steps import Context, Skip, StepFailed
 
@@ -73,7 +73,7 @@ def execute(deployment_id):
     if not transitions.claim(deployment_id, owner):
         log.info("deployment %s not claimed (already claimed, cancelled, or not its turn)", deployment_id)
         return False
-    deployment = Deployment.objects.select_related("app").get(pk=deployment_id)
+    deployment = Deployment.objects.select_related("app", "rollback_to", "snapshot").get(pk=deployment_id)
     heartbeat = Heartbeat(deployment_id, owner)
     heartbeat.start()
     try:
@@ -99,8 +99,14 @@ def _context(deployment, heartbeat):
         ref=deployment.ref,
         workdir=workdir,
         app_dir=Path(app.directory),
+        kind=deployment.kind,
+        restore_snapshot=deployment.snapshot,
         redact=runner.Redactor(secrets),
     )
+    if deployment.kind == Deployment.Kind.ROLLBACK:
+        # The image and commit being put back come from the earlier deployment.
+        ctx.image = deployment.rollback_to.image
+        ctx.commit_sha = deployment.rollback_to.commit_sha
     ctx.cancel_reason = lambda: f"cancelled by {heartbeat.cancel_by}" if heartbeat.cancel_by else None
     ctx.record_pgid = lambda pgid: transitions.set_fields(deployment.pk, step_pgid=pgid)
     return ctx, result
@@ -108,10 +114,13 @@ def _context(deployment, heartbeat):
 
 def _run_steps(deployment, owner, heartbeat):
     ctx, spec_result = _context(deployment, heartbeat)
-    steps = states.initial()
+    steps = states.initial(deployment.kind)
+    first = next(iter(steps))
     error = ""
-    # The spec is re-read at run time: it may have changed since queueing.
-    if not spec_result.ok:
+    # The spec is re-read at run time: it may have changed since queueing. A
+    # broken spec blocks new code, but never the way back: a rollback uses the
+    # last valid spec, and a restore needs only its snapshot.
+    if not spec_result.ok and deployment.kind == Deployment.Kind.DEPLOY:
         error = "infraspec.yaml is invalid:\n" + "\n".join(str(e) for e in spec_result.errors)
 
     while (name := states.next_step(steps)) is not None:
@@ -120,7 +129,7 @@ def _run_steps(deployment, owner, heartbeat):
             return
         ctx.timeout = settings.NORN_STEP_TIMEOUTS[name]
         ctx.output = lambda text, name=name: transitions.append_output(deployment.pk, name, text)
-        status, step_error, reason = _run_one(ctx, name, heartbeat, error if name == "clone" else "")
+        status, step_error, reason = _run_one(ctx, name, heartbeat, error if name == first else "")
         if name == "clone":
             ctx.workdir.mkdir(parents=True, exist_ok=True)  # cleanup's target exists either way
         transitions.finish_step(deployment.pk, name, status, error=step_error, skip_reason=reason)
@@ -128,10 +137,18 @@ def _run_steps(deployment, owner, heartbeat):
         _record_progress(deployment.pk, ctx)
         if status == StepStatus.FAILED and name not in states.BEST_EFFORT:
             error = step_error if step_error.startswith("cancelled by") else f"{name} failed: {step_error}"
+            if name == "deploy" and deployment.kind == Deployment.Kind.DEPLOY and not step_error.startswith("cancelled by"):
+                error += rollback.after_failed_deploy(deployment, ctx.spec)
             transitions.skip_cut_short(deployment.pk, states.steps_cut_short(steps), name)
             for cut in states.steps_cut_short(steps):
                 steps[cut] = StepStatus.SKIPPED
-    transitions.finish(deployment.pk, states.final_status(steps), error)
+    final = states.final_status(steps)
+    if not transitions.finish(deployment.pk, final, error):
+        return
+    if final == Deployment.Status.DEPLOYED:
+        rollback.after_success(deployment)
+        if deployment.kind == Deployment.Kind.DEPLOY:
+            retention.prune(deployment.app, ctx.spec)
 
 
 def _run_one(ctx, name, heartbeat, preset_error):

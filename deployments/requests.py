@@ -43,7 +43,7 @@ def validate_ref(ref):
     return ref
 
 
-def find_app(name):
+def find_app(name, allow_invalid=False):
     discovery.ensure_fresh()
     try:
         app = App.objects.get(name=name)
@@ -55,7 +55,7 @@ def find_app(name):
         ) from None
     if app.status == App.Status.MISSING:
         raise DeployRequestError(f"app {name!r} is missing: {app.directory}/infraspec.yaml is gone")
-    if app.status == App.Status.INVALID:
+    if app.status == App.Status.INVALID and not allow_invalid:
         raise DeployRequestError(
             f"app {name!r} has an invalid infraspec.yaml; fix it first:\n  " + "\n  ".join(app.errors)
         )
@@ -118,3 +118,34 @@ def verify_ref_exists(url, ref):
         log.warning("could not check %s in %s: %s", ref, redact_url(url), exc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def request_rollback(app_name, to=None, *, user=None, name="", via="cli"):
+    """Queue a rollback of the app to `to` (a Deployment) or, by default, to
+    its previous successfully deployed image. Raises DeployRequestError."""
+    from deployments import rollback
+
+    app = find_app(app_name, allow_invalid=True)
+    try:
+        target, replaces = rollback.choose(app, to)
+    except rollback.NothingToRollBackTo as exc:
+        raise DeployRequestError(f"cannot roll back {app.name}: {exc}") from None
+    deployment = rollback.queue(app, target, replaces, user=user, name=name, via=via)
+    tasks.enqueue_deployment(deployment.pk)
+    return deployment
+
+
+def request_restore(snapshot, *, user=None, name="", via="cli"):
+    """Queue a restore of `snapshot` into its app's database. Refuses at once
+    (touching nothing) when the file is missing or does not match its checksum."""
+    from deployments.steps.verify import file_problem
+
+    problem = file_problem(snapshot)
+    if problem:
+        raise DeployRequestError(f"cannot restore snapshot {snapshot.pk}: {problem}; nothing was changed")
+    deployment = transitions.create(
+        snapshot.app, "HEAD", user=user, name=name, via=via, runtime="postgres",
+        kind="restore", snapshot=snapshot,
+    )
+    tasks.enqueue_deployment(deployment.pk)
+    return deployment

@@ -34,6 +34,7 @@ class TimedOut(CommandError):
 class Result:
     returncode: int
     tail: str  # the last lines of output, for error messages
+    text: str = ""  # all of it, when run(capture=True)
 
 
 class Redactor:
@@ -57,12 +58,13 @@ def kill_tree(pgid, sig=signal.SIGKILL):
 
 
 def run(argv, *, cwd=None, env=None, timeout=None, on_output=None, should_cancel=None,
-        on_start=None, redact=None, stdin_data=None):
+        on_start=None, redact=None, stdin_data=None, capture=False):
     """Run `argv` (a list, never a shell string) and return a Result.
 
     on_output(text) receives redacted output in batches while it runs;
     should_cancel() is polled and returns a reason to stop, or None;
-    on_start(pgid) learns the process group to kill if this worker dies.
+    on_start(pgid) learns the process group to kill if this worker dies;
+    capture=True keeps all of the output in Result.text.
     Raises TimedOut or Cancelled after killing the process group.
     """
     assert isinstance(argv, (list, tuple)), "commands are argv lists"
@@ -98,6 +100,7 @@ def run(argv, *, cwd=None, env=None, timeout=None, on_output=None, should_cancel
 
     deadline = time.monotonic() + timeout if timeout else None
     tail = []
+    captured = []
     pending = []
     last_flush = time.monotonic()
     eof = False
@@ -110,6 +113,8 @@ def run(argv, *, cwd=None, env=None, timeout=None, on_output=None, should_cancel
             pending = []
             tail.append(text)
             del tail[:-20]
+            if capture:
+                captured.append(text)
             if on_output:
                 on_output(text)
         last_flush = time.monotonic()
@@ -157,7 +162,7 @@ def run(argv, *, cwd=None, env=None, timeout=None, on_output=None, should_cancel
     thread.join(timeout=1)
     if stop_error:
         raise stop_error
-    return Result(proc.returncode, "".join(tail))
+    return Result(proc.returncode, "".join(tail), "".join(captured))
 
 
 def _terminate(proc):

@@ -3,12 +3,19 @@
 The seven steps, the deployment status while each runs, and what a failure
 of each step means. The real pipeline (deployments/pipeline.py) and the
 dashboard's simulator both ask these functions what happens next, so the two
-cannot drift apart. Pure functions over {step name: step status} mappings.
+cannot drift apart. Pure functions over {step name: step status} mappings, in step order; a
+deploy has seven steps, a rollback and a restore fewer (STEPS_BY_KIND).
 """
 
 from deployments.models import DeploymentStatus, StepStatus
 
 STEPS = ("clone", "build", "test", "snapshot", "migrate", "deploy", "cleanup")
+# A rollback only puts an earlier image back (with the same rollout gate); a
+# restore verifies the snapshot file, snapshots the current state (so the
+# restore can be undone), then restores.
+ROLLBACK_STEPS = ("deploy",)
+RESTORE_STEPS = ("verify", "snapshot", "restore")
+STEPS_BY_KIND = {"deploy": STEPS, "rollback": ROLLBACK_STEPS, "restore": RESTORE_STEPS}
 
 IN_FLIGHT_STATUS = {
     "clone": DeploymentStatus.CLONING,
@@ -18,6 +25,8 @@ IN_FLIGHT_STATUS = {
     "migrate": DeploymentStatus.MIGRATING,
     "deploy": DeploymentStatus.DEPLOYING,
     "cleanup": DeploymentStatus.CLEANING_UP,
+    "verify": DeploymentStatus.VERIFYING,
+    "restore": DeploymentStatus.RESTORING,
 }
 
 # The seed's "On failure" column.
@@ -29,6 +38,8 @@ ON_FAILURE = {
     "migrate": "Pipeline stops, snapshot available for restore",
     "deploy": "Rollback available",
     "cleanup": "Best-effort",
+    "verify": "Nothing was changed",
+    "restore": "Database unchanged (one transaction); the pre-restore snapshot is kept",
 }
 
 # Cleanup runs whatever happened before it, and its failure is recorded but
@@ -39,13 +50,14 @@ BEST_EFFORT = ("cleanup",)
 DONE = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED)
 
 
-def initial():
-    return {name: StepStatus.PENDING for name in STEPS}
+def initial(kind="deploy"):
+    """Every step of a deployment of `kind`, pending, in order."""
+    return {name: StepStatus.PENDING for name in STEPS_BY_KIND[kind]}
 
 
 def failed_step(steps):
     """The step that failed the deployment, or None."""
-    for name in STEPS:
+    for name in steps:
         if steps[name] == StepStatus.FAILED and name not in BEST_EFFORT:
             return name
     return None
@@ -54,7 +66,7 @@ def failed_step(steps):
 def next_step(steps):
     """The step to run next, or None when the pipeline is over."""
     stopped = failed_step(steps) is not None
-    for name in STEPS:
+    for name in steps:
         if steps[name] != StepStatus.PENDING:
             continue
         if stopped and name not in ALWAYS_RUNS:
@@ -69,7 +81,7 @@ def steps_cut_short(steps):
     if failed is None:
         return []
     return [
-        name for name in STEPS
+        name for name in steps
         if steps[name] == StepStatus.PENDING and name not in ALWAYS_RUNS
     ]
 
@@ -87,3 +99,4 @@ def recovery_options(steps, has_snapshot):
         "rollback": failed == "deploy",
         "retry": failed is not None,
     }
+

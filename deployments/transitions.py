@@ -11,7 +11,7 @@ import socket
 import uuid
 
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, Value
+from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
@@ -39,16 +39,20 @@ def parse_owner(owner):
     return host, int(pid), nonce
 
 
-def create(app, ref, *, user=None, name="", via="cli", runtime=""):
-    """Queue a deployment of `app` at `ref`; the caller has validated both."""
+def create(app, ref, *, user=None, name="", via="cli", runtime="", kind="deploy", **links):
+    """Queue a deployment of `app`; the caller has validated everything.
+
+    `links` are a rollback's rollback_to/replaces or a restore's snapshot.
+    """
     with transaction.atomic():
         deployment = Deployment.objects.create(
             app=app, ref=ref, requested_by=user, requested_by_name=name,
-            requested_via=via, runtime=runtime,
+            requested_via=via, runtime=runtime, kind=kind,
+            priority=1 if kind == Deployment.Kind.DEPLOY else 0, **links,
         )
         Step.objects.bulk_create(
-            Step(deployment=deployment, position=i, name=name)
-            for i, name in enumerate(states.STEPS)
+            Step(deployment=deployment, position=i, name=step)
+            for i, step in enumerate(states.STEPS_BY_KIND[kind])
         )
         events.record(deployment.pk, events.QUEUED, events.deployment_payload(deployment))
     return deployment
@@ -63,8 +67,11 @@ def claim(deployment_id, owner):
     one_in_flight_deployment_per_app rejects the update).
     """
     now = timezone.now()
+    # Ahead in the app's queue: a lower priority number, or the same and older.
     earlier_queued = Deployment.objects.filter(
-        app_id=OuterRef("app_id"), status=DeploymentStatus.QUEUED, pk__lt=OuterRef("pk")
+        Q(priority__lt=OuterRef("priority")) | Q(priority=OuterRef("priority"), pk__lt=OuterRef("pk")),
+        app_id=OuterRef("app_id"),
+        status=DeploymentStatus.QUEUED,
     )
     try:
         with transaction.atomic():
@@ -179,10 +186,9 @@ def request_cancel(deployment, by):
             status=DeploymentStatus.FAILED, error=error, finished_at=timezone.now(),
             cancel_requested_at=timezone.now(), cancel_requested_by=by,
         ):
-            for name in states.STEPS:
-                Step.objects.filter(deployment_id=deployment.pk, name=name).update(
-                    status=StepStatus.SKIPPED, skip_reason="cancelled before it started"
-                )
+            Step.objects.filter(deployment_id=deployment.pk).update(
+                status=StepStatus.SKIPPED, skip_reason="cancelled before it started"
+            )
             fresh = Deployment.objects.select_related("app", "requested_by").get(pk=deployment.pk)
             events.record(deployment.pk, events.CANCELLED, {"by": by})
             events.record(deployment.pk, events.FAILED, events.deployment_payload(fresh))
@@ -197,10 +203,25 @@ def request_cancel(deployment, by):
 
 
 def next_queued(app_id):
-    """The oldest queued deployment of an app (FIFO), or None."""
+    """The app's next queued deployment: rollbacks and restores first, then FIFO."""
     return (
         Deployment.objects.filter(app_id=app_id, status=DeploymentStatus.QUEUED)
-        .order_by("pk")
+        .order_by("priority", "pk")
         .values_list("pk", flat=True)
         .first()
     )
+
+
+def mark_rolled_back(deployment_id, by):
+    """The deployment `by` (a successful rollback) replaced ends rolled_back."""
+    with transaction.atomic():
+        done = Deployment.objects.filter(
+            pk=deployment_id, status__in=[DeploymentStatus.DEPLOYED, DeploymentStatus.FAILED]
+        ).update(status=DeploymentStatus.ROLLED_BACK)
+        if not done:
+            return False
+        deployment = Deployment.objects.select_related("app", "requested_by").get(pk=deployment_id)
+        payload = events.deployment_payload(deployment)
+        payload["rolled_back_by"] = str(by.public_id)
+        events.record(deployment_id, events.ROLLED_BACK, payload)
+    return True

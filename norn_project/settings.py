@@ -281,6 +281,8 @@ NORN_STEP_TIMEOUTS = {
         "migrate": 1800,
         "deploy": 600,
         "cleanup": 120,
+        "verify": 600,
+        "restore": 1800,
     }.items()
 }
 # A running deployment's worker refreshes its heartbeat every few seconds;

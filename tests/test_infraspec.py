@@ -46,6 +46,8 @@ def test_minimal_spec_gets_defaults():
         "schedule": None,
         "command": None,
         "env": {},
+        "autoRollback": True,
+        "snapshots": {"retain": 5},
     }
 
 
@@ -408,3 +410,22 @@ def test_shipped_examples(settings):
     assert infraspec.load(examples / "nightly-report/infraspec.yaml", "nightly-report").ok
     broken = infraspec.load(examples / "broken-spec/infraspec.yaml", "broken-spec")
     assert {e.field for e in broken.errors} == {"app", "role", "repo.url", "repo.branhc", "port", "replicas"}
+
+
+def test_auto_rollback_defaults_on_for_webservers_only():
+    assert parse_dict(BASE).spec["autoRollback"] is True
+    assert parse_dict(with_field(role="worker")).spec["autoRollback"] is False
+    assert parse_dict(with_field(autoRollback=False)).spec["autoRollback"] is False
+    assert parse_dict(with_field(role="worker", autoRollback=True)).spec["autoRollback"] is True
+    error = only_error(parse_dict(with_field(autoRollback="yes please")))
+    assert error.field == "autoRollback"
+
+
+@pytest.mark.parametrize("retain, ok", [(1, True), (30, True), (0, False), (1001, False), ("all", False)])
+def test_snapshot_retention(retain, ok):
+    result = parse_dict(with_field(snapshots={"retain": retain}))
+    assert result.ok == ok
+    if ok:
+        assert result.spec["snapshots"] == {"retain": retain}
+    else:
+        assert only_error(result).field == "snapshots.retain"

@@ -46,6 +46,10 @@ class Context:
     ref: str
     workdir: Path
     app_dir: Path
+    # "deploy", "rollback" or "restore" (see states.STEPS_BY_KIND).
+    kind: str = "deploy"
+    # A restore's Snapshot row.
+    restore_snapshot: object = None
     # Set by steps as they learn them.
     commit_sha: str = ""
     image: str = ""
@@ -74,11 +78,12 @@ class Context:
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
-    def run(self, argv, *, cwd=None, env=None, check=True, timeout=None, stdin_data=None, echo=True):
+    def run(self, argv, *, cwd=None, env=None, check=True, timeout=None, stdin_data=None, echo=True, output=True):
         """Run a command for this step, streaming its output into the step.
 
         With check=True a non-zero exit raises StepFailed naming the command
-        and the tail of its output.
+        and the tail of its output. output=False keeps the output out of the
+        step and returns all of it in Result.text instead (for queries).
         """
         if echo:
             self.log("$ " + " ".join(str(a) for a in argv))
@@ -87,11 +92,12 @@ class Context:
             cwd=cwd,
             env=env if env is not None else self.base_env(),
             timeout=timeout or self.timeout,
-            on_output=self.output,
+            on_output=self.output if output else None,
             should_cancel=self.cancel_reason,
             on_start=self.record_pgid,
             redact=self.redact,
             stdin_data=stdin_data,
+            capture=not output,
         )
         if check and result.returncode != 0:
             raise StepFailed(

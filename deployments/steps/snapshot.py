@@ -15,10 +15,16 @@ from deployments.steps import Skip, StepFailed
 
 
 def run(ctx):
-    postgres = (ctx.spec.get("services") or {}).get("postgres")
-    if not postgres:
-        raise Skip("no services.postgres in infraspec.yaml")
-    database = postgres["database"]
+    if ctx.kind == "restore":
+        # Before a restore: the current state, so the restore can be undone.
+        database = ctx.restore_snapshot.database
+        kind = Snapshot.Kind.PRE_RESTORE
+    else:
+        postgres = (ctx.spec.get("services") or {}).get("postgres")
+        if not postgres:
+            raise Skip("no services.postgres in infraspec.yaml")
+        database = postgres["database"]
+        kind = Snapshot.Kind.PRE_MIGRATION
     try:
         created = appdb.ensure_database(database)
     except Exception as exc:
@@ -28,7 +34,8 @@ def run(ctx):
     directory = settings.NORN_SNAPSHOT_DIR
     directory.mkdir(parents=True, exist_ok=True)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-    path = directory / f"{database}_{ctx.commit_sha[:12]}_{stamp}.dump"
+    label = ctx.commit_sha[:12] if ctx.kind == "deploy" else "pre-restore"
+    path = directory / f"{database}_{label}_{stamp}.dump"
     env = ctx.base_env(**appdb.pg_env(database))
     try:
         ctx.run(["pg_dump", "-Fc", "-d", database, "-f", path], env=env)
@@ -47,5 +54,6 @@ def run(ctx):
         path=str(path),
         size=path.stat().st_size,
         sha256=digest.hexdigest(),
+        kind=kind,
     )
     ctx.log(f"Snapshot {path} ({ctx.snapshot.size} bytes, sha256 {ctx.snapshot.sha256[:12]}…)")

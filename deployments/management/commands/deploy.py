@@ -125,9 +125,14 @@ class FollowPrinter:
                 for text in payload["error"].splitlines():
                     self.out.write(f"            {text}")
         elif event.kind == "deploy.completed":
-            self.out.write(self.style.SUCCESS(
-                f"Deployed {payload['app']} {payload['commit_sha'][:12]} as {payload['image']}"
-            ))
+            kind = payload.get("kind", "deploy")
+            if kind == "restore":
+                text = f"Restored {payload['app']}'s database from snapshot {payload['snapshot']}"
+            elif kind == "rollback":
+                text = f"Rolled back {payload['app']} to {payload['image']}"
+            else:
+                text = f"Deployed {payload['app']} {payload['commit_sha'][:12]} as {payload['image']}"
+            self.out.write(self.style.SUCCESS(text))
         elif event.kind == "deploy.failed":
             self.out.write(self.style.ERROR(f"Deployment {payload['id']} failed: {payload['error']}"))
         elif event.kind == "deploy.cancelled":

@@ -1,0 +1,57 @@
+"""Snapshot retention: keep the last N snapshots of each app (infraspec
+snapshots.retain, default 5), pruning older files and rows after a successful
+deploy. The snapshots of the current and the previous deployment are always
+kept: they are the ones a rollback or a restore would need."""
+
+import logging
+from pathlib import Path
+
+from django.db.models import Sum
+
+from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, DeploymentStatus, Snapshot
+
+log = logging.getLogger(__name__)
+
+
+def protected_deployments(app):
+    """The current and the previous deployment that put an image in service."""
+    return list(
+        Deployment.objects.filter(
+            app=app,
+            kind__in=[DeploymentKind.DEPLOY, DeploymentKind.ROLLBACK],
+            status__in=[DeploymentStatus.DEPLOYED, DeploymentStatus.ROLLED_BACK],
+        )
+        .order_by("-finished_at", "-pk")
+        .values_list("pk", flat=True)[:2]
+    )
+
+
+def prune(app, spec):
+    """Delete the app's snapshots beyond the newest `retain`; returns their paths."""
+    retain = (spec.get("snapshots") or {}).get("retain", 5)
+    keep = set(protected_deployments(app))
+    # A snapshot a queued or running restore is about to use stays too.
+    busy = set(
+        Deployment.objects.filter(app=app, kind=DeploymentKind.RESTORE)
+        .exclude(status__in=TERMINAL_STATUSES)
+        .values_list("snapshot_id", flat=True)
+    )
+    pruned = []
+    for snapshot in Snapshot.objects.filter(app=app).order_by("-created_at", "-pk")[retain:]:
+        if snapshot.deployment_id in keep or snapshot.pk in busy:
+            continue
+        try:
+            Path(snapshot.path).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove snapshot file %s: %s", snapshot.path, exc)
+            continue
+        pruned.append(snapshot.path)
+        snapshot.delete()
+    if pruned:
+        log.info("pruned %d snapshot(s) of %s", len(pruned), app.name)
+    return pruned
+
+
+def usage(app):
+    """Bytes the app's snapshots take on disk (as recorded when written)."""
+    return Snapshot.objects.filter(app=app).aggregate(total=Sum("size"))["total"] or 0

@@ -1,0 +1,91 @@
+"""Rollbacks: putting an earlier deployment's image back into service.
+
+A rollback is a deployment of its own (kind "rollback", one deploy step with
+the same rollout gate), recorded with who asked, from which image to which;
+when it succeeds, the deployment it replaced ends rolled_back. It takes the
+app's lock like any deploy, and goes before queued deploys of the app.
+"""
+
+from django.db.models import Q
+
+from deployments import transitions
+from deployments.models import Deployment, DeploymentKind, DeploymentStatus
+
+SERVICE_KINDS = (DeploymentKind.DEPLOY, DeploymentKind.ROLLBACK)
+
+
+def live_deployment(app):
+    """The deployment whose image is in service: the latest one that succeeded."""
+    return (
+        Deployment.objects.filter(app=app, kind__in=SERVICE_KINDS, status=DeploymentStatus.DEPLOYED)
+        .exclude(image="")
+        .order_by("-finished_at", "-pk")
+        .first()
+    )
+
+
+def candidates(app, exclude_image=""):
+    """Earlier deployments whose image can be put back, newest first."""
+    return (
+        Deployment.objects.filter(
+            app=app,
+            kind__in=SERVICE_KINDS,
+            status__in=[DeploymentStatus.DEPLOYED, DeploymentStatus.ROLLED_BACK],
+        )
+        .exclude(Q(image="") | Q(image=exclude_image))
+        .order_by("-finished_at", "-pk")
+    )
+
+
+class NothingToRollBackTo(Exception):
+    pass
+
+
+def choose(app, target=None):
+    """(target, replaces) for a rollback of `app`; raises NothingToRollBackTo."""
+    live = live_deployment(app)
+    if target is not None:
+        if target.app_id != app.pk:
+            raise NothingToRollBackTo(f"deployment {target.public_id} is not a deployment of {app.name}")
+        if not target.image or target.kind not in SERVICE_KINDS or target.status not in (
+            DeploymentStatus.DEPLOYED, DeploymentStatus.ROLLED_BACK
+        ):
+            raise NothingToRollBackTo(
+                f"deployment {target.short_id} never put an image into service "
+                f"(status {target.status}); choose one that was deployed"
+            )
+        if live is not None and target.image == live.image:
+            raise NothingToRollBackTo(f"{target.image} is already in service (deployment {live.short_id})")
+        return target, live
+    target = candidates(app, exclude_image=live.image if live else "").first()
+    if target is None:
+        raise NothingToRollBackTo(
+            f"{app.name} has no earlier successful deployment with another image to roll back to"
+        )
+    return target, live
+
+
+def queue(app, target, replaces, *, user=None, name="", via="cli"):
+    return transitions.create(
+        app, target.commit_sha or "HEAD", user=user, name=name, via=via,
+        runtime=target.runtime, kind=DeploymentKind.ROLLBACK, rollback_to=target, replaces=replaces,
+    )
+
+
+def after_failed_deploy(deployment, spec):
+    """The deploy step of `deployment` failed its rollout gate: roll back by
+    itself when the infraspec says so. Returns text for the error message."""
+    if not spec.get("autoRollback"):
+        return ""
+    live = live_deployment(deployment.app)
+    if live is None or live.pk == deployment.pk:
+        return "; no earlier deployment to roll back to automatically"
+    rollback = queue(deployment.app, live, deployment, name="norn", via="auto-rollback")
+    return f"; rolling back automatically to {live.image} (rollback {rollback.short_id})"
+
+
+def after_success(deployment):
+    """A rollback succeeded: the deployment it replaced ends rolled_back."""
+    if deployment.kind == DeploymentKind.ROLLBACK and deployment.replaces_id:
+        transitions.mark_rolled_back(deployment.replaces_id, deployment)
+

@@ -1,0 +1,38 @@
+"""Verify (restores): the snapshot file is there and is what was dumped.
+
+Its size and sha256 were recorded at dump time; a missing, truncated or
+altered file stops the restore before anything touches the database.
+"""
+
+import hashlib
+from pathlib import Path
+
+from deployments.steps import StepFailed
+
+
+def file_problem(snapshot):
+    """Why the snapshot's file cannot be restored, or None."""
+    path = Path(snapshot.path)
+    if not path.is_file():
+        return f"snapshot file {path} is missing"
+    size = path.stat().st_size
+    if size != snapshot.size:
+        return f"snapshot file {path} is {size} bytes, but {snapshot.size} were written: it is corrupted"
+    digest = hashlib.sha256()
+    with path.open("rb") as dump:
+        for block in iter(lambda: dump.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != snapshot.sha256:
+        return (
+            f"snapshot file {path} is corrupted: its sha256 is {digest.hexdigest()[:16]}…, "
+            f"but {snapshot.sha256[:16]}… was recorded when it was taken"
+        )
+    return None
+
+
+def run(ctx):
+    snapshot = ctx.restore_snapshot
+    problem = file_problem(snapshot)
+    if problem:
+        raise StepFailed(problem + "; nothing was changed")
+    ctx.log(f"Snapshot {snapshot.pk}: {snapshot.path} ({snapshot.size} bytes) matches its sha256 {snapshot.sha256[:12]}…")
