@@ -2,6 +2,9 @@
 operator actions (deploy an app, cancel a deployment), permission-checked."""
 
 from django.contrib import admin, messages
+from django.db.models import Sum
+from django.shortcuts import render
+from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html
 
 from apps_registry.admin import AppAdmin
@@ -9,7 +12,7 @@ from apps_registry.models import App
 from deployments import admin_tokens  # noqa: F401 (registers the API token admin)
 from deployments import transitions
 from deployments.models import TERMINAL_STATUSES, CronJob, CronRun, Deployment, Event, Snapshot, Step
-from deployments.requests import DeployRequestError, request_deployment
+from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 
 
 class StepInline(admin.TabularInline):
@@ -42,7 +45,7 @@ class DeploymentAdmin(admin.ModelAdmin):
     )
     exclude = ("step_pgid", "workdir", "last_event_seq")
     inlines = [StepInline]
-    actions = ["cancel_deployments"]
+    actions = ["cancel_deployments", "roll_back_to"]
     date_hierarchy = "queued_at"
 
     def has_add_permission(self, request):
@@ -74,11 +77,33 @@ class DeploymentAdmin(admin.ModelAdmin):
     def has_cancel_permission(self, request):
         return request.user.has_perm("deployments.cancel_deployment")
 
+    def has_deploy_permission(self, request):
+        return request.user.has_perm("deployments.start_deployment")
+
+    @admin.action(description="Roll back to the selected deployment's image", permissions=["deploy"])
+    def roll_back_to(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one deployment to roll back to.", messages.ERROR)
+            return
+        target = queryset.select_related("app").get()
+        try:
+            rollback = request_rollback(target.app.name, target, user=request.user, via="admin")
+        except DeployRequestError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        self.message_user(
+            request,
+            format_html('Queued <a href="{}">rollback {}</a> of {} to {}.', rollback.get_absolute_url(),
+                        rollback.short_id, target.app.name, target.image),
+            messages.SUCCESS,
+        )
+
 
 @admin.register(Snapshot)
 class SnapshotAdmin(admin.ModelAdmin):
-    list_display = ("database", "app", "deployment", "path", "size", "short_sha256", "created_at")
-    list_filter = ("app",)
+    list_display = ("database", "app", "kind", "deployment", "path", "size", "short_sha256", "created_at")
+    list_filter = ("app", "kind")
+    actions = ["restore_snapshot"]
     search_fields = ("database", "path", "app__name")
     list_select_related = ("app", "deployment")
     readonly_fields = ("deployment", "app", "database", "path", "size", "sha256", "created_at")
@@ -92,6 +117,37 @@ class SnapshotAdmin(admin.ModelAdmin):
     @admin.display(description="sha256")
     def short_sha256(self, obj):
         return obj.sha256[:12]
+
+    def has_restore_permission(self, request):
+        return request.user.has_perm("deployments.start_deployment")
+
+    @admin.action(description="Restore the selected snapshot into its database…", permissions=["restore"])
+    def restore_snapshot(self, request, queryset):
+        """Asks first, on a page naming the database and the snapshot's time."""
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one snapshot to restore.", messages.ERROR)
+            return None
+        snapshot = queryset.select_related("app").get()
+        if request.POST.get("confirmed") != "yes":
+            return render(request, "admin/deployments/snapshot/restore_confirmation.html", {
+                **self.admin_site.each_context(request),
+                "title": f"Restore {snapshot.database}?",
+                "snapshot": snapshot,
+                "opts": self.model._meta,
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            })
+        try:
+            restore = request_restore(snapshot, user=request.user, via="admin")
+        except DeployRequestError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        self.message_user(
+            request,
+            format_html('Queued <a href="{}">restore {}</a> of {} to snapshot {}.', restore.get_absolute_url(),
+                        restore.short_id, snapshot.database, snapshot.pk),
+            messages.SUCCESS,
+        )
+        return None
 
 
 @admin.register(Event)
@@ -131,23 +187,47 @@ class CronJobAdmin(admin.ModelAdmin):
         return False
 
 
-# The deploy action belongs on the app list, which apps_registry owns; it is
-# added here so the registry does not depend on the deployments app.
-@admin.action(description="Deploy HEAD of the selected apps", permissions=["deploy"])
-def deploy_apps(modeladmin, request, queryset):
-    for app in queryset:
+# The registry's app list, with what the deployments app adds to it: the
+# deploy and rollback actions and the snapshots' disk usage. Registered here
+# so the registry does not depend on the deployments app.
+admin.site.unregister(App)
+
+
+@admin.register(App)
+class AppWithDeploymentsAdmin(AppAdmin):
+    list_display = (*AppAdmin.list_display, "snapshot_usage")
+    actions = [*AppAdmin.actions, "deploy_apps", "roll_back_apps"]
+
+    def get_queryset(self, request):
+        # One query for the whole list, not one per app.
+        return super().get_queryset(request).annotate(snapshot_bytes=Sum("snapshots__size"))
+
+    @admin.display(description="Snapshots on disk", ordering="snapshot_bytes")
+    def snapshot_usage(self, obj):
+        return filesizeformat(obj.snapshot_bytes or 0)
+
+    def has_deploy_permission(self, request):
+        return request.user.has_perm("deployments.start_deployment")
+
+    @admin.action(description="Deploy HEAD of the selected apps", permissions=["deploy"])
+    def deploy_apps(self, request, queryset):
+        for app in queryset:
+            self._queue(request, app, lambda: request_deployment(app.name, "HEAD", user=request.user, via="admin"))
+
+    @admin.action(description="Roll the selected apps back to their previous image", permissions=["deploy"])
+    def roll_back_apps(self, request, queryset):
+        for app in queryset:
+            self._queue(request, app, lambda: request_rollback(app.name, user=request.user, via="admin"))
+
+    def _queue(self, request, app, make):
         try:
-            deployment = request_deployment(app.name, "HEAD", user=request.user, via="admin")
+            deployment = make()
         except DeployRequestError as exc:
-            modeladmin.message_user(request, str(exc), messages.ERROR)
+            self.message_user(request, str(exc), messages.ERROR)
         else:
-            modeladmin.message_user(
+            self.message_user(
                 request,
-                format_html('Queued <a href="{}">deployment {}</a> of {}.', deployment.get_absolute_url(), deployment.short_id, app.name),
+                format_html('Queued <a href="{}">{} {}</a> of {}.', deployment.get_absolute_url(),
+                            deployment.get_kind_display().lower(), deployment.short_id, app.name),
                 messages.SUCCESS,
             )
-
-
-AppAdmin.actions = [*AppAdmin.actions, deploy_apps]
-AppAdmin.has_deploy_permission = lambda self, request: request.user.has_perm("deployments.start_deployment")
-assert admin.site.is_registered(App)

@@ -74,3 +74,68 @@ def test_deployment_page_shows_steps_output_and_errors(admin_client, make_app, n
     assert "test failed" in page and "visible-output" in page
     # Read-only: the history cannot be edited.
     assert admin_client.post(f"/admin/deployments/deployment/{deployment.pk}/change/", {"status": "deployed"}).status_code == 403
+
+
+def finished(app_name, image, status="deployed"):
+    from django.utils import timezone
+
+    from deployments import transitions
+
+    deployment = transitions.create(App.objects.get(name=app_name), "HEAD")
+    Deployment.objects.filter(pk=deployment.pk).update(
+        status=status, image=image, commit_sha=image.split(":")[1], finished_at=timezone.now()
+    )
+    return Deployment.objects.get(pk=deployment.pk)
+
+
+def test_rollback_actions_need_the_permission_and_are_recorded(client, operator, make_app):
+    make_app("web", "app: web\nrole: worker\n")
+    first = finished("web", "web:" + "1" * 40)
+    second = finished("web", "web:" + "2" * 40)
+    app = App.objects.get(name="web")
+    client.post("/admin/apps_registry/app/", {"action": "roll_back_apps", "_selected_action": [app.pk]})
+    assert not Deployment.objects.filter(kind="rollback").exists()
+    grant(operator, "start_deployment")
+    response = client.post("/admin/apps_registry/app/", {"action": "roll_back_apps", "_selected_action": [app.pk]}, follow=True)
+    rollback = Deployment.objects.get(kind="rollback")
+    assert (rollback.rollback_to, rollback.replaces, rollback.requested_by) == (first, second, operator)
+    assert f"rollback {rollback.short_id}" in response.content.decode()
+    # From the deployment list: roll back to a chosen one (one at a time).
+    several = client.post("/admin/deployments/deployment/", {"action": "roll_back_to", "_selected_action": [first.pk, second.pk]}, follow=True)
+    assert "Select exactly one deployment" in several.content.decode()
+
+
+def test_app_list_shows_snapshot_disk_usage(admin_client, make_app):
+    from deployments.models import Snapshot
+
+    make_app("web", "app: web\nrole: worker\n")
+    deployment = finished("web", "web:" + "1" * 40)
+    for size in (1024, 2048):
+        Snapshot.objects.create(deployment=deployment, app=deployment.app, database="web", path="/x", size=size, sha256="0" * 64)
+    html = admin_client.get("/admin/apps_registry/app/").content.decode()
+    assert "Snapshots on disk" in html and "3.0\xa0KB" in html
+
+
+def test_restore_action_asks_first_naming_database_and_time(client, operator, make_app, tmp_path):
+    import hashlib
+
+    from deployments.models import Snapshot
+
+    make_app("web", "app: web\nrole: worker\n")
+    deployment = finished("web", "web:" + "1" * 40)
+    dump = tmp_path / "web.dump"
+    dump.write_bytes(b"not really a dump")
+    snapshot = Snapshot.objects.create(
+        deployment=deployment, app=deployment.app, database="web_db", path=str(dump),
+        size=dump.stat().st_size, sha256=hashlib.sha256(dump.read_bytes()).hexdigest(),
+    )
+    grant(operator, "start_deployment")
+    data = {"action": "restore_snapshot", "_selected_action": [snapshot.pk]}
+    page = client.post("/admin/deployments/snapshot/", data).content.decode()
+    assert "Restore database web_db?" in page
+    assert snapshot.created_at.strftime("%Y-%m-%d %H:%M:%S") in page
+    assert "Data written since then is lost" in page
+    assert not Deployment.objects.filter(kind="restore").exists()
+    client.post("/admin/deployments/snapshot/", {**data, "confirmed": "yes"})
+    restore = Deployment.objects.get(kind="restore")
+    assert (restore.snapshot, restore.requested_by, restore.requested_via) == (snapshot, operator, "admin")
