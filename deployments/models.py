@@ -117,8 +117,10 @@ class Deployment(models.Model):
             ),
         ]
         indexes = [
-            # The app page's history and "next queued deployment for this app".
+            # "Next queued deployment for this app".
             models.Index(fields=["app", "status", "id"], name="deploy_app_status_id"),
+            # The app page's history and the overview's latest deployment per app.
+            models.Index(fields=["app", "-queued_at"], name="deploy_app_recent"),
             # Crash recovery and the dispatcher: in-flight/queued deployments.
             models.Index(
                 fields=["status"],
@@ -131,7 +133,7 @@ class Deployment(models.Model):
         return f"{self.app.name} {self.ref} ({self.short_id})"
 
     def get_absolute_url(self):
-        return reverse("admin:deployments_deployment_change", args=[self.pk])
+        return reverse("deployment-detail", args=[self.public_id])
 
     @property
     def short_id(self):

@@ -41,9 +41,25 @@ class NothingToRollBackTo(Exception):
     pass
 
 
+def failed_rollout(app):
+    """The app's latest deployment, if its deploy step failed: the cluster
+    may be half-way to its image, so the last good one must be re-applied."""
+    latest = (
+        Deployment.objects.filter(app=app, kind__in=SERVICE_KINDS, finished_at__isnull=False)
+        .order_by("-finished_at", "-pk")
+        .first()
+    )
+    if latest and latest.status == DeploymentStatus.FAILED and latest.steps.filter(
+        name="deploy", status="failed"
+    ).exists():
+        return latest
+    return None
+
+
 def choose(app, target=None):
     """(target, replaces) for a rollback of `app`; raises NothingToRollBackTo."""
     live = live_deployment(app)
+    broken = failed_rollout(app)
     if target is not None:
         if target.app_id != app.pk:
             raise NothingToRollBackTo(f"deployment {target.public_id} is not a deployment of {app.name}")
@@ -54,9 +70,11 @@ def choose(app, target=None):
                 f"deployment {target.short_id} never put an image into service "
                 f"(status {target.status}); choose one that was deployed"
             )
-        if live is not None and target.image == live.image:
+        if broken is None and live is not None and target.image == live.image:
             raise NothingToRollBackTo(f"{target.image} is already in service (deployment {live.short_id})")
-        return target, live
+        return target, broken or live
+    if broken is not None and live is not None:
+        return live, broken
     target = candidates(app, exclude_image=live.image if live else "").first()
     if target is None:
         raise NothingToRollBackTo(

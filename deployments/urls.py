@@ -1,7 +1,22 @@
+"""The dashboard's URLs. Deployments are addressed by their public UUID."""
+
 from django.urls import path
 
-from apps_registry import views as registry_views
+from deployments import views
 
 urlpatterns = [
-    path("", registry_views.app_list, name="app-list"),
+    path("", views.overview, name="overview"),
+    path("apps/<str:name>/", views.app_detail, name="app-detail"),
+    path("apps/<str:name>/deploy", views.deploy, name="deploy"),
+    path("apps/<str:name>/rollback", views.rollback_app, name="rollback"),
+    # Snapshots are known by number (the migrate step's error names it).
+    path("snapshots/<int:pk>/restore", views.restore_snapshot, name="restore"),
+    path("deployments/<uuid:public_id>/", views.deployment_detail, name="deployment-detail"),
+    path("deployments/<uuid:public_id>/cancel", views.cancel, name="deployment-cancel"),
+    # Pieces of the deployment page, rendered alone for the live script.
+    path("deployments/<uuid:public_id>/_header", views.deployment_partial, {"partial": "header"}, name="deployment-header"),
+    path("deployments/<uuid:public_id>/_steps", views.deployment_partial, {"partial": "steps"}, name="deployment-steps"),
+    path("deployments/<uuid:public_id>/_outcome", views.deployment_partial, {"partial": "outcome"}, name="deployment-outcome"),
+    path("deployments/<uuid:public_id>/_status", views.deployment_partial, {"partial": "status"}, name="deployment-status"),
+    path("simulator/", views.simulator, name="simulator"),
 ]

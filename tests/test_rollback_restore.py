@@ -275,3 +275,20 @@ def test_auto_rollback_can_be_turned_off(make_app, tmp_path, norn_dirs, busybox_
         bad = run(request_deployment("kweb"))
         assert bad.status == "failed" and "rolling back" not in bad.error
         assert not Deployment.objects.filter(kind="rollback").exists()
+
+
+def test_after_a_failed_rollout_a_manual_rollback_reapplies_the_last_good_image(make_app, tmp_path, norn_dirs, busybox_image):
+    repo, first, second = cron_history(make_app, tmp_path)
+    # The next deploy fails in its deploy step (the image is gone from the engine).
+    repo.commit({"Dockerfile": DOCKERFILE + "ENV V=3\n"}, "v3")
+    broken = request_deployment("job")
+    Deployment.objects.filter(pk=broken.pk).update(kind="deploy")
+    transitions.claim(broken.pk, "host:1:x")
+    transitions.start_step(broken.pk, "host:1:x", "deploy")
+    transitions.finish_step(broken.pk, "deploy", "failed", error="rollout stuck")
+    transitions.finish(broken.pk, "failed", "deploy failed: rollout stuck")
+    rollback = request_rollback("job")
+    assert (rollback.rollback_to, rollback.replaces) == (second, Deployment.objects.get(pk=broken.pk))
+    rollback = run(rollback)
+    assert rollback.status == "deployed", rollback.error
+    assert Deployment.objects.get(pk=broken.pk).status == "rolled_back"

@@ -33,9 +33,9 @@ def run(ctx):
         ctx.log(f"Database {database} did not exist; created it empty")
     directory = settings.NORN_SNAPSHOT_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%S.%fZ")
     label = ctx.commit_sha[:12] if ctx.kind == "deploy" else "pre-restore"
-    path = directory / f"{database}_{label}_{stamp}.dump"
+    path = unused_path(directory, f"{database}_{label}_{stamp}")
     env = ctx.base_env(**appdb.pg_env(database))
     try:
         ctx.run(["pg_dump", "-Fc", "-d", database, "-f", path], env=env)
@@ -57,3 +57,14 @@ def run(ctx):
         kind=kind,
     )
     ctx.log(f"Snapshot {path} ({ctx.snapshot.size} bytes, sha256 {ctx.snapshot.sha256[:12]}…)")
+
+
+def unused_path(directory, stem):
+    """A new file name: pg_dump -f would overwrite an existing snapshot (for
+    instance the one a restore is about to read)."""
+    path = directory / f"{stem}.dump"
+    counter = 1
+    while path.exists():
+        path = directory / f"{stem}-{counter}.dump"
+        counter += 1
+    return path

@@ -1,0 +1,554 @@
+"""The dashboard: apps, their deployment history, live deployments, the deploy
+form and the pipeline simulator. Server-rendered; htmx only swaps partials
+that are also rendered inside the full pages, so every page works without JS.
+"""
+
+import math
+import uuid
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q
+from django.http import HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from apps_registry import discovery
+from apps_registry.models import App
+from deployments import appdb, rollback, states, transitions
+from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, Snapshot, Step
+from deployments.requests import (
+    HEX_RE,
+    DeployRequestError,
+    request_deployment,
+    request_restore,
+    request_rollback,
+    validate_ref,
+)
+from deployments.simulator import Simulation, SimulationError, StaleStep
+
+VIEW = "deployments.view_deployment"
+START = "deployments.start_deployment"
+CANCEL = "deployments.cancel_deployment"
+
+HISTORY_PAGE_SIZE = 20
+CHART_DEPLOYMENTS = 30
+SNAPSHOTS_SHOWN = 25
+
+
+def _require(request, *perms):
+    if not request.user.has_perms(perms):
+        raise PermissionDenied
+
+
+def _get_app_for_user(request, name, *perms):
+    # Permission first: a user who may not look must not learn which apps exist.
+    _require(request, VIEW, *perms)
+    return get_object_or_404(App, name=name)
+
+
+def _get_deployment_for_user(request, public_id, *perms):
+    _require(request, VIEW, *perms)
+    queryset = Deployment.objects.select_related("app", "requested_by", "rollback_to", "replaces", "snapshot")
+    return get_object_or_404(queryset, public_id=public_id)
+
+
+def _get_snapshot_for_user(request, pk, *perms):
+    _require(request, VIEW, *perms)
+    return get_object_or_404(Snapshot.objects.select_related("app", "deployment"), pk=pk)
+
+
+def _is_htmx(request):
+    """A request for a partial. htmx restoring a page missing from its history
+    cache also sends HX-Request, but wants the whole page."""
+    return (
+        request.headers.get("HX-Request") == "true"
+        and request.headers.get("HX-History-Restore-Request") != "true"
+    )
+
+
+def format_seconds(seconds):
+    """12.3 -> "12 s", 185 -> "3 min 05 s": short enough for a table cell."""
+    if seconds is None:
+        return "—"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _took(deployment, now):
+    """How long a deployment took, or has been running."""
+    if deployment.started_at is None:
+        return None
+    end = deployment.finished_at or now
+    return (end - deployment.started_at).total_seconds()
+
+
+# --- apps overview ------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def overview(request):
+    _require(request, VIEW)
+    discovery.ensure_fresh()
+    apps = list(App.objects.all())
+    # DISTINCT ON: every app's newest deployment in one query, however long
+    # the history is.
+    latest = (
+        Deployment.objects.filter(app__in=apps)
+        .select_related("requested_by")
+        .order_by("app_id", "-queued_at", "-id")
+        .distinct("app_id")
+    )
+    latest_by_app = {deployment.app_id: deployment for deployment in latest}
+    for app in apps:
+        app.last_deployment = latest_by_app.get(app.pk)
+    ctx = {"apps": apps, "can_start": request.user.has_perm(START)}
+    return render(request, "deployments/overview.html", ctx)
+
+
+# --- app page -----------------------------------------------------------------
+
+
+@login_required
+@require_GET
+@vary_on_headers("HX-Request")  # the same URL answers a full page or a partial
+def app_detail(request, name):
+    app = _get_app_for_user(request, name)
+    now = timezone.now()
+    history = Deployment.objects.filter(app=app).select_related("requested_by")
+    page = Paginator(history.order_by("-queued_at", "-id"), HISTORY_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    for deployment in page:
+        deployment.took_text = format_seconds(_took(deployment, now))
+    ctx = {"app": app, "history": page}
+    if _is_htmx(request):
+        # The pagination links swap only the history table.
+        return render(request, "deployments/_history.html", ctx)
+
+    # Deploys only: rollbacks and restores are other operations. A deploy
+    # went live when its deploy step succeeded; its status alone cannot say,
+    # since a rollback turns both live and failed deploys into rolled_back.
+    deploys = history.filter(kind=DeploymentKind.DEPLOY)
+    went_live = Step.objects.filter(deployment=OuterRef("pk"), name="deploy", status=Step.Status.SUCCEEDED)
+    finished = deploys.filter(status__in=TERMINAL_STATUSES).aggregate(
+        total=Count("id"), succeeded=Count("id", filter=Q(Exists(went_live)))
+    )
+    rate = round(100 * finished["succeeded"] / finished["total"]) if finished["total"] else None
+
+    recent = list(
+        deploys.filter(started_at__isnull=False)
+        .order_by("-queued_at", "-id")
+        .prefetch_related(Prefetch("steps", queryset=Step.objects.order_by("position")))
+        [:CHART_DEPLOYMENTS]
+    )
+    recent.reverse()  # oldest on the left
+
+    snapshots = list(
+        Snapshot.objects.filter(app=app).select_related("deployment")[: SNAPSHOTS_SHOWN + 1]
+    )
+    for snapshot in snapshots:
+        snapshot.restore = appdb.restore_command(snapshot.database, snapshot.path)
+
+    ctx.update(
+        success_rate=rate,
+        finished=finished,
+        chart=duration_chart(recent),
+        snapshots=snapshots[:SNAPSHOTS_SHOWN],
+        more_snapshots=len(snapshots) > SNAPSHOTS_SHOWN,
+        can_start=request.user.has_perm(START),
+        live=rollback.live_deployment(app),
+        steps=states.STEPS,
+    )
+    return render(request, "deployments/app_detail.html", ctx)
+
+
+# Axis steps people read easily: seconds, then whole minutes, then hours.
+AXIS_STEPS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 18000, 36000)
+AXIS_TICKS = 4
+
+
+def _axis(longest):
+    """The y axis for a longest bar of `longest` seconds: (top value, ticks)."""
+    step = next((s for s in AXIS_STEPS if s * AXIS_TICKS >= longest), AXIS_STEPS[-1])
+    count = max(1, math.ceil(longest / step))
+    top = step * count
+    values = [step * i for i in range(count + 1)]
+    if top <= 120:
+        labels = [f"{v} s" for v in values]
+    elif step % 3600 == 0:
+        labels = [f"{v // 3600} h" for v in values]
+    elif step % 60 == 0:
+        labels = [f"{v // 60} min" for v in values]
+    else:
+        labels = [f"{v // 60}:{v % 60:02d}" for v in values]
+    labels[0] = "0"
+    return top, list(zip(values, labels))
+
+
+def duration_chart(deployments):
+    """Geometry of the stacked-bar chart of deployment durations, per step.
+
+    Computed here so the template only places rectangles; the same numbers
+    fill the table that stands in for the chart for screen readers and
+    narrow screens.
+    """
+    width, height = 800, 260
+    left, right, top, bottom = 76, 8, 24, 30
+    plot_w, plot_h = width - left - right, height - top - bottom
+    bars = []
+    for deployment in deployments:
+        steps = list(deployment.steps.all())
+        durations = {step.name: step.duration.total_seconds() for step in steps if step.duration is not None}
+        bars.append(
+            {
+                "deployment": deployment,
+                "durations": [durations.get(name) for name in states.STEPS],
+                "total": sum(durations.values()),
+                "went_live": any(s.name == "deploy" and s.status == Step.Status.SUCCEEDED for s in steps),
+            }
+        )
+    if not bars:
+        return None
+    scale_max, axis = _axis(max(bar["total"] for bar in bars))
+    slot = plot_w / max(len(bars), 10)  # a few deployments still get slim bars
+    bar_w = max(slot * 0.7, 2)
+    for i, bar in enumerate(bars):
+        x = left + i * slot + (slot - bar_w) / 2
+        y = top + plot_h
+        segments = []
+        for name, seconds in zip(states.STEPS, bar["durations"]):
+            if not seconds:
+                continue
+            h = seconds / scale_max * plot_h
+            y -= h
+            segments.append({
+                "step": name, "x": round(x, 2), "y": round(y, 2), "w": round(bar_w, 2),
+                # A one-second step in a one-hour bar still shows as a line.
+                "h": round(max(h, 0.5), 2), "text": format_seconds(seconds),
+            })
+        if not bar["deployment"].is_terminal:
+            mark = "▶"
+        else:
+            mark = "" if bar["went_live"] else "✗"
+        bar.update(
+            cx=round(x + bar_w / 2, 2), top=round(y, 2), segments=segments,
+            # Outcome by symbol, not by colour: the same marks as the legend.
+            mark=mark,
+            total_text=format_seconds(bar["total"]),
+            cells=[format_seconds(s) for s in bar["durations"]],
+        )
+    ticks = [
+        {"y": round(top + plot_h - value / scale_max * plot_h, 2), "label": label}
+        for value, label in axis
+    ]
+    return {
+        "width": width, "height": height, "left": left, "right": width - right,
+        "label_x": left - 6, "bars": bars, "ticks": ticks,
+        "first": bars[0]["deployment"], "last": bars[-1]["deployment"],
+    }
+
+
+# --- deployment page and its partials -------------------------------------------
+
+
+def _steps_with_seq(deployment):
+    """The deployment's steps, and the event number their output is current to.
+
+    One statement reads both, so they come from the same snapshot: a log
+    line is appended to Step.output in the same transaction as its event,
+    and the page's script appends only log events numbered above this seq,
+    never one twice or one missed.
+    """
+    steps = list(
+        Step.objects.filter(deployment=deployment)
+        .annotate(event_seq=F("deployment__last_event_seq"))
+        .order_by("position")
+    )
+    seq = steps[0].event_seq if steps else deployment.last_event_seq
+    now = timezone.now()
+    for step in steps:
+        if step.status == Step.Status.RUNNING and step.started_at:
+            step.elapsed = max((now - step.started_at).total_seconds(), 0)
+            step.elapsed_text = format_seconds(step.elapsed)
+        step.duration_text = format_seconds(step.duration.total_seconds()) if step.duration else ""
+    return steps, seq
+
+
+def _outcome_context(deployment, steps):
+    """The error and what the user can do about it, once the pipeline is over."""
+    if not deployment.is_terminal:
+        return {"recovery": None}
+    # In step order: the states functions read the mapping as the pipeline ran it.
+    statuses = {step.name: step.status for step in steps}
+    failed = states.failed_step(statuses)
+    snapshot = Snapshot.objects.filter(deployment=deployment, kind=Snapshot.Kind.PRE_MIGRATION).first()
+    recovery = states.recovery_options(statuses, has_snapshot=snapshot is not None) if failed else None
+    ctx = {
+        "recovery": recovery,
+        "failed_step": failed,
+        "on_failure": states.ON_FAILURE[failed] if failed else "",
+        "snapshot": snapshot,
+        "restore_command": appdb.restore_command(snapshot.database, snapshot.path) if snapshot else "",
+        "best_effort_failures": [
+            step for step in steps if step.name in states.BEST_EFFORT and step.status == Step.Status.FAILED
+        ],
+    }
+    if deployment.kind == DeploymentKind.RESTORE and deployment.status == Deployment.Status.DEPLOYED:
+        # What the restore overwrote, kept so the restore can be undone.
+        ctx["undo_snapshot"] = Snapshot.objects.filter(
+            deployment=deployment, kind=Snapshot.Kind.PRE_RESTORE
+        ).first()
+    return ctx
+
+
+def _header_context(request, deployment):
+    took = _took(deployment, timezone.now())
+    return {
+        "deployment": deployment,
+        "took": took,
+        "took_text": format_seconds(took),
+        "can_cancel": request.user.has_perm(CANCEL) and not deployment.is_terminal,
+    }
+
+
+def _deployment_context(request, deployment):
+    steps, seq = _steps_with_seq(deployment)
+    ctx = {
+        **_header_context(request, deployment),
+        **_outcome_context(deployment, steps),
+        "steps": steps,
+        "seq": seq,
+        "can_start": request.user.has_perm(START),
+    }
+    return ctx
+
+
+@login_required
+@require_GET
+def deployment_detail(request, public_id):
+    deployment = _get_deployment_for_user(request, public_id)
+    ctx = _deployment_context(request, deployment)
+    # The live script resumes from the deployment row's seq, read before the
+    # steps: events between the two are replayed (status refreshes are
+    # idempotent; log lines already in the output are skipped by number).
+    ctx["resume_after"] = deployment.last_event_seq
+    return render(request, "deployments/deployment_detail.html", ctx)
+
+
+PARTIAL_TEMPLATES = {
+    "header": "deployments/_deployment_header.html",
+    "steps": "deployments/_steps.html",
+    "outcome": "deployments/_outcome.html",
+    "status": "deployments/_status.html",
+}
+
+
+@login_required
+@require_GET
+def deployment_partial(request, public_id, partial):
+    """One piece of the deployment page, for the live script to swap in."""
+    deployment = _get_deployment_for_user(request, public_id)
+    if partial == "header":
+        ctx = _header_context(request, deployment)
+    elif partial == "status":
+        ctx = {"status": deployment.status, "label": deployment.get_status_display()}
+    else:
+        ctx = _deployment_context(request, deployment)
+    return render(request, PARTIAL_TEMPLATES[partial], ctx)
+
+
+@login_required
+@require_POST
+def cancel(request, public_id):
+    deployment = _get_deployment_for_user(request, public_id, CANCEL)
+    status = transitions.request_cancel(deployment, f"{request.user.get_username()} (dashboard)")
+    if _is_htmx(request):
+        # The swapped-in header shows the outcome (a message would only
+        # appear on some later page).
+        deployment.refresh_from_db()
+        return render(request, PARTIAL_TEMPLATES["header"], _header_context(request, deployment))
+    if deployment.status in TERMINAL_STATUSES:
+        messages.info(request, "This deployment had already finished; nothing to cancel.")
+    elif status in TERMINAL_STATUSES:
+        messages.success(request, "Cancelled before it started.")
+    else:
+        messages.success(request, "Cancel requested: the running step is stopped, then cleanup runs.")
+    return redirect("deployment-detail", public_id=deployment.public_id)
+
+
+# --- deploy form ------------------------------------------------------------------
+
+
+class DeployForm(forms.Form):
+    KINDS = [("head", "HEAD"), ("branch", "A branch"), ("sha", "A commit SHA")]
+
+    kind = forms.ChoiceField(choices=KINDS, required=False, widget=forms.RadioSelect, initial="head")
+    ref = forms.CharField(
+        label="Branch or commit SHA", required=False, max_length=255,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "off"}),
+    )
+
+    @staticmethod
+    def kind_of(ref):
+        if not ref or ref == "HEAD":
+            return "head"
+        return "sha" if HEX_RE.match(ref) else "branch"
+
+    def clean(self):
+        data = super().clean()
+        ref = (data.get("ref") or "").strip()
+        # Retry and rollback forms post only a ref; the kind follows from it.
+        kind = data.get("kind") or self.kind_of(ref)
+        if kind == "head":
+            ref = "HEAD"
+        elif not ref:
+            self.add_error("ref", "Enter a branch name." if kind == "branch" else "Enter a commit SHA.")
+            return data
+        elif kind == "sha":
+            ref = ref.lower()
+            if not HEX_RE.match(ref):
+                self.add_error("ref", f"{ref!r} is not a commit SHA: use 4 to 40 hexadecimal digits.")
+                return data
+        try:
+            data["ref"] = validate_ref(ref)
+        except DeployRequestError as exc:
+            self.add_error("ref", str(exc))
+        data["kind"] = kind
+        return data
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def deploy(request, name):
+    """GET: the form. POST: validate and confirm; POST with confirm=yes: deploy."""
+    app = _get_app_for_user(request, name, START)
+    if request.method == "GET":
+        ref = request.GET.get("ref", "HEAD")
+        form = DeployForm(initial={"kind": DeployForm.kind_of(ref), "ref": "" if ref == "HEAD" else ref})
+        return render(request, "deployments/deploy_form.html", {"app": app, "form": form})
+
+    form = DeployForm(request.POST)
+    # An invalid or missing app gets the form page, which says why it cannot
+    # be deployed, instead of a confirmation that would only fail.
+    if not form.is_valid() or not app.is_valid:
+        return render(request, "deployments/deploy_form.html", {"app": app, "form": form})
+    ref = form.cleaned_data["ref"]
+    if request.POST.get("confirm") != "yes":
+        ctx = {
+            "app": app,
+            "ref": ref,
+            "kind": form.cleaned_data["kind"],
+            "steps": [(name, states.ON_FAILURE[name]) for name in states.STEPS],
+            "in_flight": Deployment.objects.filter(app=app)
+            .exclude(status__in=TERMINAL_STATUSES)
+            .order_by("queued_at")
+            .first(),
+        }
+        return render(request, "deployments/deploy_confirm.html", ctx)
+    try:
+        deployment = request_deployment(app.name, ref, user=request.user, via="dashboard")
+    except DeployRequestError as exc:
+        form.add_error(None, str(exc))
+        return render(request, "deployments/deploy_form.html", {"app": app, "form": form})
+    return redirect("deployment-detail", public_id=deployment.public_id)
+
+
+# --- rollback and restore ------------------------------------------------------------
+
+ROLLBACK_CHOICES = 10
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def rollback_app(request, name):
+    """GET: what is live and which earlier images can be put back. POST: queue
+    the rollback (requests.request_rollback) and follow it live."""
+    app = _get_app_for_user(request, name, START)
+    live = rollback.live_deployment(app)
+    choices = list(
+        rollback.candidates(app, exclude_image=live.image if live else "")
+        .select_related("requested_by")[:ROLLBACK_CHOICES]
+    )
+    error = ""
+    if request.method == "POST":
+        target = None
+        if request.POST.get("to"):
+            target = Deployment.objects.filter(app=app, public_id=_uuid_or_none(request.POST["to"])).first()
+            if target is None:
+                return HttpResponseBadRequest("no such deployment of this app")
+        try:
+            queued = request_rollback(app.name, target, user=request.user, via="dashboard")
+        except DeployRequestError as exc:
+            error = str(exc)
+        else:
+            return redirect("deployment-detail", public_id=queued.public_id)
+    ctx = {"app": app, "live": live, "choices": choices, "error": error}
+    return render(request, "deployments/rollback.html", ctx)
+
+
+def _uuid_or_none(value):
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def restore_snapshot(request, pk):
+    """GET: a confirmation naming the database and the snapshot's time. POST:
+    queue the restore (requests.request_restore) and follow it live."""
+    snapshot = _get_snapshot_for_user(request, pk, START)
+    error = ""
+    if request.method == "POST":
+        try:
+            restore = request_restore(snapshot, user=request.user, via="dashboard")
+        except DeployRequestError as exc:
+            error = str(exc)
+        else:
+            return redirect("deployment-detail", public_id=restore.public_id)
+    ctx = {
+        "snapshot": snapshot,
+        "restore_command": appdb.restore_command(snapshot.database, snapshot.path),
+        "error": error,
+    }
+    return render(request, "deployments/restore.html", ctx)
+
+
+# --- pipeline simulator -----------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@vary_on_headers("HX-Request")
+def simulator(request):
+    """The seven steps, advanced by the user; the state travels in the form."""
+    _require(request, VIEW)
+    sim, stale = Simulation(), False
+    if request.method == "POST":
+        try:
+            sim = Simulation.from_form(request.POST)
+            sim.apply(request.POST.get("step"), request.POST.get("action"))
+        except StaleStep:
+            # A second click on a button that was already used (or the back
+            # button): show the state as it is rather than apply the click
+            # to whichever step runs now.
+            stale = True
+        except SimulationError as exc:
+            return HttpResponseBadRequest(str(exc))
+    ctx = {"sim": sim, "stale": stale, "focus": _is_htmx(request)}
+    template = "deployments/_simulator.html" if _is_htmx(request) else "deployments/simulator.html"
+    return render(request, template, ctx)

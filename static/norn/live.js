@@ -1,0 +1,272 @@
+/* Live updates for the deployment page (templates/deployments/deployment_detail.html).
+ *
+ * Listens on /ws/deployments/<uuid>/?after=<seq> (docs/live.md). Log events
+ * are appended to their step's output as text; step and status events make
+ * the page fetch its server-rendered partials again through htmx. The socket
+ * reconnects with backoff and resumes after the last event it saw. Without
+ * this script the page is complete and has a Refresh link.
+ */
+(function () {
+  "use strict";
+
+  var root = document.getElementById("live-deployment");
+  if (!root || !("WebSocket" in window)) return;
+
+  var PARTIALS = ["header", "steps", "outcome"];
+  var TERMINAL_EVENTS = { "deploy.completed": true, "deploy.failed": true };
+  // Close codes after which reconnecting cannot help (docs/live.md).
+  var PERMANENT = { 4400: "bad request", 4401: "not logged in", 4403: "not allowed", 4404: "deployment not found" };
+  var REFRESH_DELAY = 150; // ms: one fetch for a burst of events (a failure ends several steps at once)
+  var MAX_BACKOFF = 30000;
+  var SILENCE_LIMIT = 50000; // the server pings every 20 s; longer silence means a dead connection
+
+  var stateEl = document.getElementById("live-state");
+  var announcer = document.getElementById("step-announcer");
+  var lastSeq = Number(root.dataset.after) || 0;
+  var finished = root.dataset.terminal === "true";
+  var caughtUp = false;
+  var stopped = false;
+  var socket = null;
+  var attempt = 0;
+  var reconnectTimer = null;
+  var silenceTimer = null;
+  var refreshTimer = null;
+  var refreshing = false;
+  var refreshAgain = false;
+  // Log events newer than the output on the page. A swap of the steps partial
+  // replaces the output with the server's copy, which may be older than what
+  // arrived meanwhile; these are appended again where the new copy ends.
+  var pendingLogs = [];
+
+  function setState(kind, text) {
+    stateEl.hidden = false;
+    stateEl.className = "live-state live-" + kind;
+    stateEl.querySelector(".live-text").textContent = text;
+  }
+
+  // --- the socket -------------------------------------------------------------
+
+  function connect() {
+    var scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    caughtUp = false;
+    socket = new WebSocket(scheme + "//" + location.host + root.dataset.wsPath + "?after=" + lastSeq);
+    socket.onopen = watchSilence;
+    socket.onmessage = function (message) {
+      watchSilence();
+      var data;
+      try {
+        data = JSON.parse(message.data);
+      } catch (err) {
+        return;
+      }
+      handle(data);
+    };
+    socket.onclose = function (close) {
+      clearTimeout(silenceTimer);
+      socket = null;
+      if (stopped) return;
+      if (PERMANENT[close.code]) {
+        setState("off", "live updates off: " + PERMANENT[close.code]);
+        return;
+      }
+      // Exponential backoff with jitter, so a restarted server is not hit
+      // by every open page at the same moment.
+      var delay = Math.min(MAX_BACKOFF, 1000 * Math.pow(2, attempt)) * (0.5 + Math.random() / 2);
+      attempt += 1;
+      setState("reconnecting", "reconnecting…");
+      reconnectTimer = setTimeout(connect, delay);
+    };
+  }
+
+  function watchSilence() {
+    clearTimeout(silenceTimer);
+    silenceTimer = setTimeout(function () {
+      if (socket) socket.close(); // onclose reconnects
+    }, SILENCE_LIMIT);
+  }
+
+  function stop() {
+    stopped = true;
+    clearTimeout(reconnectTimer);
+    clearTimeout(silenceTimer);
+    if (socket) socket.close(1000);
+    setState("finished", "finished");
+  }
+
+  function handle(data) {
+    if (data.type === "caught_up") {
+      caughtUp = true;
+      attempt = 0;
+      if (finished) stop();
+      else setState("live", "live");
+      return;
+    }
+    if (data.type !== "event" || data.seq <= lastSeq) return;
+    lastSeq = data.seq;
+    if (data.event === "deploy.log") {
+      appendLog(data);
+      return;
+    }
+    if (data.event === "deploy.step") announce(data.payload || {});
+    if (TERMINAL_EVENTS[data.event]) {
+      finished = true;
+      if (caughtUp) stop();
+    }
+    scheduleRefresh();
+  }
+
+  // --- log output --------------------------------------------------------------
+
+  function renderedSeq() {
+    var steps = document.getElementById("deployment-steps");
+    return steps ? Number(steps.dataset.seq) || 0 : 0;
+  }
+
+  function appendLog(event) {
+    if (event.seq <= renderedSeq()) return; // already in the server-rendered output
+    pendingLogs.push(event);
+    writeLog(event);
+  }
+
+  function writeLog(event) {
+    var payload = event.payload || {};
+    var pre = document.getElementById("output-" + payload.step);
+    if (!pre || typeof payload.text !== "string") return;
+    var details = pre.closest("details");
+    if (details) details.hidden = false;
+    // Follow the output only when the reader is already at its end.
+    var atEnd = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 8;
+    // Event text is data, never markup.
+    pre.appendChild(document.createTextNode(payload.text));
+    if (atEnd) pre.scrollTop = pre.scrollHeight;
+  }
+
+  function replayLogs() {
+    var seq = renderedSeq();
+    pendingLogs = pendingLogs.filter(function (event) {
+      return event.seq > seq;
+    });
+    pendingLogs.forEach(writeLog);
+  }
+
+  function announce(payload) {
+    if (!announcer || !payload.step) return;
+    var text = "Step " + payload.step + ": " + (payload.status || "");
+    if (payload.reason) text += ", " + payload.reason;
+    announcer.textContent = text;
+  }
+
+  // --- partials ------------------------------------------------------------------
+
+  function scheduleRefresh() {
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(refresh, REFRESH_DELAY);
+  }
+
+  function refresh() {
+    if (!window.htmx) return; // htmx did not load: the Refresh link still works
+    if (refreshing) {
+      refreshAgain = true;
+      return;
+    }
+    refreshing = true;
+    var outputs = outputState();
+    // One after the other: htmx queues concurrent requests from one source
+    // element and keeps only the last, which would drop a partial.
+    var chain = Promise.resolve();
+    PARTIALS.forEach(function (name) {
+      chain = chain.then(function () {
+        return swap(name);
+      });
+    });
+    chain
+      .catch(function () {
+        setState("reconnecting", "could not refresh; retrying…");
+        refreshAgain = true;
+      })
+      .then(function () {
+        restoreOutputState(outputs);
+        replayLogs();
+        tick();
+        refreshing = false;
+        if (refreshAgain) {
+          refreshAgain = false;
+          scheduleRefresh();
+        }
+      });
+  }
+
+  function swap(name) {
+    var target = document.getElementById("deployment-" + name);
+    if (!target) return Promise.resolve();
+    var url = root.getAttribute("data-partial-" + name);
+    // settle:0ms: htmx otherwise keeps the old classes on same-id elements
+    // for a moment (for CSS transitions), and the fix-ups below run then.
+    return window.htmx.ajax("GET", url, { source: target, target: target, swap: "outerHTML settle:0ms" });
+  }
+
+  // An expired session turns a partial into the login page (after a
+  // redirect); never swap that into the deployment page.
+  document.body.addEventListener("htmx:beforeSwap", function (evt) {
+    var xhr = evt.detail.xhr;
+    if (!root.contains(evt.detail.target) || !xhr || !xhr.responseURL) return;
+    if (new URL(xhr.responseURL).pathname.indexOf("/deployments/") !== 0) {
+      evt.detail.shouldSwap = false;
+      finished = true;
+      stop();
+      setState("off", "live updates off: logged out; reload the page");
+    }
+  });
+
+  // A swap brings each output's default open/closed state (open while the
+  // step runs or when it failed); keep what the reader chose for steps whose
+  // status did not change.
+  function outputState() {
+    var state = {};
+    root.querySelectorAll("li.step").forEach(function (li) {
+      var details = li.querySelector("details.output");
+      if (details) state[li.dataset.step] = { status: li.dataset.status, open: details.open };
+    });
+    return state;
+  }
+
+  function restoreOutputState(state) {
+    root.querySelectorAll("li.step").forEach(function (li) {
+      var before = state[li.dataset.step];
+      var details = li.querySelector("details.output");
+      if (before && details && before.status === li.dataset.status) details.open = before.open;
+    });
+  }
+
+  // --- running clocks ---------------------------------------------------------------
+
+  function formatSeconds(seconds) {
+    // Same format as views.format_seconds.
+    if (seconds < 10) return seconds.toFixed(1) + " s";
+    seconds = Math.round(seconds);
+    if (seconds < 60) return seconds + " s";
+    var pad = function (n) {
+      return (n < 10 ? "0" : "") + n;
+    };
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min " + pad(seconds % 60) + " s";
+    return Math.floor(seconds / 3600) + " h " + pad(Math.floor((seconds % 3600) / 60)) + " min";
+  }
+
+  function tick() {
+    // data-elapsed is the server's count when it rendered the element; the
+    // browser's own clock only adds the time since, so clock skew between
+    // the two does not matter.
+    var now = Date.now();
+    root.querySelectorAll(".elapsed[data-elapsed]").forEach(function (el) {
+      if (!el.dataset.seenAt) el.dataset.seenAt = String(now);
+      var seconds = Number(el.dataset.elapsed) + (now - Number(el.dataset.seenAt)) / 1000;
+      el.textContent = formatSeconds(seconds);
+    });
+  }
+
+  if (!finished) {
+    setInterval(tick, 1000);
+    setState("connecting", "connecting…");
+    connect();
+  }
+})();
