@@ -131,3 +131,18 @@ def on_worker_spawn(sender, proc_name=None, **kwargs):
             log.warning("%s recovered deployments %s", proc_name, recovered)
     except Exception:
         log.exception("crash recovery failed at worker start")
+    restart_proxy()
+
+
+def restart_proxy():
+    """After a reboot the apps' containers restart by themselves; their proxy
+    is started by the first worker, so their public ports answer again."""
+    from deployments import proxy
+
+    try:
+        _, routes = proxy.read_routes()
+        if routes and not proxy.alive():
+            proxy.ensure_running()
+            log.warning("started the proxy for the apps' public ports")
+    except Exception:
+        log.exception("could not start the proxy for the apps' public ports")

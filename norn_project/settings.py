@@ -262,6 +262,8 @@ NORN_APPS_DIR = envpath("NORN_APPS_DIR", "~/projects")
 NORN_SNAPSHOT_DIR = envpath("NORN_SNAPSHOT_DIR", BASE_DIR / "var" / "snapshots")
 # Per-deployment work directories (clones); crash recovery removes leftovers.
 NORN_WORK_DIR = envpath("NORN_WORK_DIR", BASE_DIR / "var" / "work")
+# The single-host runtime's proxy: its routes, status and log (manage.py proxy).
+NORN_PROXY_DIR = envpath("NORN_PROXY_DIR", BASE_DIR / "var" / "proxy")
 # Where images are pushed; empty means images stay on the local engine.
 NORN_REGISTRY_URL = registry_from_env("NORN_REGISTRY_URL")
 # Where the deploy step puts the app: a Kubernetes cluster or the local Docker

@@ -8,6 +8,17 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def proxy_dir(tmp_path, settings):
+    """Each test's own proxy directory; a proxy a deploy started is stopped after."""
+    from deployments import proxy
+
+    settings.NORN_PROXY_DIR = tmp_path / "proxy"
+    yield settings.NORN_PROXY_DIR
+    if settings.NORN_PROXY_DIR.exists():
+        proxy.stop(settings.NORN_PROXY_DIR)
+
+
 @pytest.fixture
 def apps_dir(tmp_path, settings):
     """An empty NORN_APPS_DIR for this test."""

@@ -181,7 +181,10 @@ def test_different_apps_in_parallel_same_app_in_fifo_order(tmp_path, norn_dirs, 
     with Cluster(tmp_path / "qcluster.log", workers=2) as cluster:
         ids = [manage(cluster, "deploy", name, "--no-wait").stdout.strip() for name in ("alpha", "beta", "alpha")]
         a1, b1, a2 = (Deployment.objects.get(public_id=i) for i in ids)
-        wait_for(lambda: Deployment.objects.get(pk=a1.pk).status == "testing", timeout=60, message="alpha")
+        wait_for(lambda: Deployment.objects.get(pk=a1.pk).status not in ("queued", "cloning", "building"),
+                 timeout=60, message=f"alpha to reach its test step:\n{cluster.output()[-2000:]}")
+        first = Deployment.objects.get(pk=a1.pk)
+        assert first.status == "testing", first.error
         # The second alpha waits, queued, while the first is in flight.
         assert Deployment.objects.get(pk=a2.pk).status == "queued"
         wait_for(lambda: all(Deployment.objects.get(pk=d.pk).is_terminal for d in (a1, b1, a2)), timeout=120, message="all")

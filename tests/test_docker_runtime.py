@@ -1,17 +1,24 @@
-"""The single-host Docker runtime against the real engine: a deploy replaces the
-app's container, keeps the old one until the new one is up, and restores it
-when the new one crashes, is unhealthy or the deploy is cancelled."""
+"""The single-host Docker runtime against the real engine and the real proxy: an
+app with a port is served by Norn's proxy, and a deploy starts the new
+container next to the old one, switches the proxy only once it is healthy and
+never interrupts the public port, even when the new container crashes, is
+unhealthy or the deploy is cancelled. Workers are replaced in place."""
 
+import fcntl
 import json
 import os
+import re
 import secrets
+import signal
 import socket
 import stat
+import threading
+import time
 import urllib.request
 
 import pytest
 
-from deployments import runner
+from deployments import proxy, runner
 from deployments.runtimes import docker as runtime
 from deployments.steps import StepFailed
 from tests.support.contexts import parse_spec, step_context
@@ -53,30 +60,59 @@ def images(busybox_image, tmp_path_factory):
             docker(["rmi", "--force", tag], check=False)
 
 
-@pytest.fixture
-def app():
-    """A unique app name; every container labelled with it is removed afterwards."""
-    name = f"rt-{secrets.token_hex(4)}"
-    yield name
+@pytest.fixture(autouse=True)
+def proxy_dir(tmp_path, settings):
+    """A private proxy directory; the proxy a test's deploys start is stopped afterwards."""
+    directory = tmp_path / "proxy"
+    settings.NORN_PROXY_DIR = directory
+    yield directory
+    stop_proxy(directory)
+
+
+def stop_proxy(directory):
+    try:
+        proxy.stop(directory)
+    except proxy.ProxyError:
+        # Hung: do not leave it holding ports for the next test.
+        os.kill(int((directory / proxy.PID_FILE).read_text()), signal.SIGKILL)
+
+
+def remove_app_containers(name):
     ids = docker(["ps", "--all", "--quiet", "--filter", f"label=norn.app={name}"]).stdout.split()
     if ids:
         docker(["rm", "--force", *ids], check=False)
 
 
 @pytest.fixture
-def port():
+def app():
+    """A unique app name; every container labelled with it is removed afterwards."""
+    name = f"rt-{secrets.token_hex(4)}"
+    yield name
+    remove_app_containers(name)
+
+
+def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def make_ctx(tmp_path, app, image, port=None, healthcheck="/healthz", env=None, extra="", timeout=30):
+@pytest.fixture
+def port():
+    return free_port()
+
+
+def make_ctx(tmp_path, app, image, port=None, healthcheck="/healthz", env=None, extra="", timeout=30, kind="deploy"):
     text = f"app: {app}\nrole: webserver\n"
     if port:
-        text += f"port: {port}\nhealthcheck: {healthcheck}\n"
+        text += f"port: {port}\n"
+        if healthcheck:
+            text += f"healthcheck: {healthcheck}\n"
     if env:
         text += "env:\n" + "".join(f"  {k}: {v!r}\n" for k, v in env.items())
-    return step_context(parse_spec(text + extra), workdir=tmp_path, app_dir=tmp_path, image=image, timeout=timeout)
+    ctx = step_context(parse_spec(text + extra), workdir=tmp_path, app_dir=tmp_path, image=image, timeout=timeout)
+    ctx.kind = kind
+    return ctx
 
 
 def fetch(port, path="/index.html"):
@@ -99,7 +135,45 @@ def exists(container):
     return docker(["inspect", "--type", "container", container], check=False).returncode == 0
 
 
-def test_first_deploy_creates_the_container_and_serves_it(tmp_path, images, app, port):
+def refused(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+class Poller:
+    """GET http://127.0.0.1:<port>/ every 50 ms in a thread, recording each
+    answer (or the error) in order: what a user of the app would have seen."""
+
+    def __init__(self, port):
+        self.port = port
+        self.answers = []
+        self.failures = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while not self._stop.is_set():
+            try:
+                with opener.open(f"http://127.0.0.1:{self.port}/", timeout=5) as response:
+                    self.answers.append(response.read().decode())
+            except Exception as exc:  # noqa: BLE001 - every failure counts
+                self.failures.append(f"{time.strftime('%X')} {exc!r}")
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_first_deploy_serves_the_public_port_through_the_proxy(tmp_path, images, app, port):
     ctx = make_ctx(tmp_path, app, images["v1"], port=port)
     runtime.deploy(ctx)
 
@@ -113,12 +187,20 @@ def test_first_deploy_creates_the_container_and_serves_it(tmp_path, images, app,
     assert state["running"] and state["state"] == "running"
     assert state["image"] == images["v1"]
     assert state["deployment"] == ctx.public_id
-    assert f"GET http://127.0.0.1:{port}/healthz: HTTP 200" in ctx.lines()
+    backend = state["backend_port"]
+    assert state["port"] == port and backend not in (None, port)
+    # The container itself listens on its backend port; the proxy on the public one.
+    assert fetch(backend) == "v1\n"
+    assert proxy.route(app) == {"port": port, "backend": backend}
+    lines = ctx.lines()
+    assert any(line.startswith("Started the Norn proxy (pid ") for line in lines)
+    assert f"GET http://127.0.0.1:{backend}/healthz: HTTP 200" in lines
 
 
-def test_second_deploy_replaces_the_container_and_removes_the_old_one(tmp_path, images, app, port):
+def test_second_deploy_switches_before_the_old_container_stops(tmp_path, images, app, port):
     runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     old_id = container_id(f"norn-{app}")
+    old_backend = runtime.status(app)["backend_port"]
 
     ctx = make_ctx(tmp_path, app, images["v2"], port=port)
     runtime.deploy(ctx)
@@ -126,16 +208,52 @@ def test_second_deploy_replaces_the_container_and_removes_the_old_one(tmp_path, 
     assert fetch(port) == "v2\n"
     assert containers(app) == [f"norn-{app}"]
     assert not exists(old_id)
-    assert runtime.status(app)["image"] == images["v2"]
+    state = runtime.status(app)
+    assert state["image"] == images["v2"]
+    assert state["backend_port"] != old_backend
     lines = ctx.lines()
-    stop = lines.index(f"$ docker stop --time {runtime.STOP_GRACE} norn-{app}")
+    assert not any(line.startswith("Started the Norn proxy") for line in lines)  # already running
     start = lines.index(f"$ docker start norn-{app}-next")
+    switch = next(i for i, line in enumerate(lines) if line.startswith(f"Switching port {port} to norn-{app}-next"))
+    stop = lines.index(f"$ docker stop --time {runtime.STOP_GRACE} norn-{app}")
     remove = lines.index(f"$ docker rm --force norn-{app}")
-    # The old container goes only after the new one was started and checked.
-    assert stop < start < remove
+    rename = lines.index(f"$ docker rename norn-{app}-next norn-{app}")
+    # The old container stops only once the new one was checked and the proxy moved.
+    assert start < switch < stop < remove < rename
 
 
-def test_crashing_new_container_restores_the_previous_one(tmp_path, images, app, port):
+def test_failed_deploys_never_interrupt_the_public_port(tmp_path, images, app, port):
+    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+
+    with Poller(port) as unhealthy_polls:
+        with pytest.raises(StepFailed, match="did not pass its health check within 5 s") as unhealthy:
+            runtime.deploy(make_ctx(tmp_path, app, images["unhealthy"], port=port, timeout=5))
+    with Poller(port) as crash_polls:
+        with pytest.raises(StepFailed, match=f"norn-{app}-next exited with status 3") as crash:
+            runtime.deploy(make_ctx(tmp_path, app, images["crash"], port=port))
+
+    for polls in (unhealthy_polls, crash_polls):
+        assert polls.failures == []
+        assert set(polls.answers) == {"v1\n"}
+    # The unhealthy one was waited for (5 s): many polls, every one answered.
+    assert len(unhealthy_polls.answers) > 20
+    for failed in (unhealthy, crash):
+        assert f"The previous container norn-{app} kept serving port {port} throughout" in str(failed.value)
+    assert fetch(port) == "v1\n"
+    assert containers(app) == [f"norn-{app}"]
+
+    with Poller(port) as good_polls:
+        runtime.deploy(make_ctx(tmp_path, app, images["v2"], port=port))
+        time.sleep(0.3)  # a few polls after the switch
+    assert good_polls.failures == []
+    answers = good_polls.answers
+    assert answers[0] == "v1\n" and answers[-1] == "v2\n"
+    # Once switched, it stays switched: v1 ... v1 v2 ... v2.
+    switched_at = answers.index("v2\n")
+    assert set(answers[:switched_at]) == {"v1\n"} and set(answers[switched_at:]) == {"v2\n"}
+
+
+def test_crashing_new_container_is_removed_and_the_old_one_kept(tmp_path, images, app, port):
     runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     old_id = container_id(f"norn-{app}")
 
@@ -145,51 +263,105 @@ def test_crashing_new_container_restores_the_previous_one(tmp_path, images, app,
 
     message = str(failed.value)
     assert f"the new container norn-{app}-next exited with status 3" in message
-    assert f"The previous container norn-{app} was restored and is running again." in message
+    assert (
+        f"The previous container norn-{app} kept serving port {port} throughout: it was never stopped, "
+        "and the proxy's route never left it." in message
+    )
     assert "boom: DATABASE_HOST is not set" in message  # its last output
     assert "boom: DATABASE_HOST is not set" in ctx.lines()  # logged in the step too
+    assert not [line for line in ctx.lines() if line.startswith(("$ docker stop", "Switching port"))]
     assert fetch(port) == "v1\n"
     assert containers(app) == [f"norn-{app}"]
     assert container_id(f"norn-{app}") == old_id
     assert runtime.status(app)["running"]
 
 
-def test_unhealthy_new_container_restores_the_previous_one(tmp_path, images, app, port):
+def test_unhealthy_new_container_is_removed_and_the_old_one_kept(tmp_path, images, app, port):
     runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    backend = runtime.status(app)["backend_port"]
 
     ctx = make_ctx(tmp_path, app, images["unhealthy"], port=port, timeout=5)
     with pytest.raises(StepFailed) as failed:
         runtime.deploy(ctx)
 
     message = str(failed.value)
-    assert f"the new container norn-{app}-next did not pass its health check within 5 s" in message
-    assert f"GET http://127.0.0.1:{port}/healthz: HTTP 404" in message
-    assert f"The previous container norn-{app} was restored and is running again." in message
+    assert re.search(
+        rf"the new container norn-{app}-next did not pass its health check within 5 s "
+        r"\(GET http://127\.0\.0\.1:\d+/healthz: HTTP 404\)",
+        message,
+    )
+    assert f"The previous container norn-{app} kept serving port {port} throughout" in message
     assert fetch(port) == "v1\n"
     assert containers(app) == [f"norn-{app}"]
     assert runtime.status(app)["image"] == images["v1"]
+    assert proxy.route(app) == {"port": port, "backend": backend}
 
 
-def test_failed_first_deploy_leaves_no_container_behind(tmp_path, images, app, port):
-    with pytest.raises(StepFailed, match="There was no previous container to restore"):
+def test_failed_first_deploy_leaves_nothing_behind(tmp_path, images, app, port):
+    with pytest.raises(StepFailed, match="There was no previous container to fall back to"):
         runtime.deploy(make_ctx(tmp_path, app, images["crash"], port=port))
     assert containers(app) == []
     assert runtime.status(app) is None
+    assert proxy.route(app) is None
+    assert refused(port)
 
 
-def test_cancel_while_waiting_restores_the_previous_one(tmp_path, images, app, port):
+def test_public_port_held_by_another_program_fails_the_deploy(tmp_path, images, app, port):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(StepFailed) as failed:
+            runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    message = str(failed.value)
+    assert f"the proxy cannot listen on 127.0.0.1:{port}: Address already in use" in message
+    assert "There was no previous container to fall back to." in message
+    assert containers(app) == []
+    assert proxy.route(app) is None
+
+
+def test_cancel_while_waiting_keeps_the_previous_one_serving(tmp_path, images, app, port):
     runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
 
     ctx = make_ctx(tmp_path, app, images["unhealthy"], port=port, timeout=60)
     # Cancel once the new container is started and being waited for; the
-    # roll-back's own docker commands must still run.
+    # clean-up's own docker commands must still run.
     ctx.cancel_reason = lambda: "cancelled by tester" if any(l.startswith("Waiting up to") for l in ctx.lines()) else None
-    with pytest.raises(runner.Cancelled, match="cancelled by tester"):
-        runtime.deploy(ctx)
+    with Poller(port) as polls:
+        with pytest.raises(runner.Cancelled, match="cancelled by tester"):
+            runtime.deploy(ctx)
 
+    assert polls.failures == [] and set(polls.answers) == {"v1\n"}
     assert fetch(port) == "v1\n"
     assert containers(app) == [f"norn-{app}"]
     assert runtime.status(app)["image"] == images["v1"]
+
+
+def test_open_connection_to_the_old_container_is_drained_before_it_stops(tmp_path, images, app, port):
+    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    ctx = make_ctx(tmp_path, app, images["v2"], port=port)
+    answer = []
+
+    def slow_client():
+        # Half a request before the deploy: the connection is bound to v1's
+        # backend. Finish it once the deploy waits for it, after the switch.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(b"GET /index.html HTTP/1.0\r\n")
+            deadline = time.monotonic() + 60
+            while not any("open connection(s)" in line for line in ctx.lines()):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            conn.sendall(b"\r\n")
+            answer.append(b"".join(iter(lambda: conn.recv(65536), b"")).decode())
+
+    client = threading.Thread(target=slow_client)
+    client.start()
+    time.sleep(0.5)  # the proxy has accepted it and connected it to v1
+    runtime.deploy(ctx)
+    client.join(timeout=10)
+
+    assert answer and answer[0].startswith("HTTP/1.") and answer[0].endswith("\r\n\r\nv1\n")
+    assert f"Waiting up to {runtime.DRAIN_SECONDS:g} s for 1 open connection(s) to norn-{app} to finish" in ctx.lines()
+    assert fetch(port) == "v2\n"
 
 
 def test_env_values_reach_the_container_but_no_command_line(tmp_path, images, app, port, settings):
@@ -206,7 +378,8 @@ def test_env_values_reach_the_container_but_no_command_line(tmp_path, images, ap
 
     env = json.loads(docker(["inspect", "--format", "{{json .Config.Env}}", f"norn-{app}"]).stdout)
     assert f"API_TOKEN={secret}" in env
-    assert f"PORT={port}" in env
+    # The app listens on its backend port; the public one is the proxy's.
+    assert [e for e in env if e.startswith("PORT=")] == [f"PORT={runtime.status(app)['backend_port']}"]
     assert f"NORN_APP={app}" in env
     assert f"NORN_DEPLOYMENT={ctx.public_id}" in env
     assert any(e.startswith("DATABASE_URL=") and f":{password}@" in e for e in env)
@@ -227,23 +400,138 @@ def test_env_file_is_private_and_removed_afterwards():
             pass
 
 
-def test_interrupted_promotion_is_finished_not_removed(tmp_path, images, app, port):
-    # What a deploy that died between `rm norn-<app>` and `rename` leaves: the
-    # new container running under its temporary name.
+def run_next(app, image, port):
+    """What a deploy interrupted before its clean-up leaves: norn-<app>-next
+    running on a backend port of its own. Returns (its id, its backend port)."""
+    backend = free_port()
     docker([
-        "run", "--detach", "--name", f"norn-{app}-next", "--network", "host",
-        "--env", f"PORT={port}", "--label", f"norn.app={app}", images["v1"],
+        "run", "--detach", "--name", f"norn-{app}-next", "--network", "host", "--env", f"PORT={backend}",
+        "--label", f"norn.app={app}", "--label", f"norn.port={port}", "--label", f"norn.backend-port={backend}",
+        image,
     ])
-    live_id = container_id(f"norn-{app}-next")
+    deadline = time.monotonic() + 10
+    while not runtime.accepts(backend)[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return container_id(f"norn-{app}-next"), backend
+
+
+def test_interrupted_deploy_after_the_switch_is_finished_not_undone(tmp_path, images, app, port):
+    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    # The deploy died right after switching the route to its new container.
+    live_id, backend = run_next(app, images["v2"], port)
+    proxy.wait_applied(proxy.set_route(app, port, backend))
+    assert fetch(port) == "v2\n"
 
     # The next deploy fails: the live container must survive it.
     ctx = make_ctx(tmp_path, app, images["crash"], port=port)
-    with pytest.raises(StepFailed, match="was restored and is running again"):
-        runtime.deploy(ctx)
-    assert "finishing an interrupted deploy" in "\n".join(ctx.lines())
+    with Poller(port) as polls:
+        with pytest.raises(StepFailed, match="kept serving port"):
+            runtime.deploy(ctx)
+    assert f"norn-{app}-next is the one in service: finishing an interrupted deploy" in ctx.lines()
+    assert polls.failures == [] and set(polls.answers) == {"v2\n"}
     assert containers(app) == [f"norn-{app}"]
     assert container_id(f"norn-{app}") == live_id
+    assert fetch(port) == "v2\n"
+
+
+def test_interrupted_deploy_before_the_switch_is_removed(tmp_path, images, app, port):
+    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    leftover_id, _ = run_next(app, images["unhealthy"], port)  # never got the route
+
+    ctx = make_ctx(tmp_path, app, images["v2"], port=port)
+    runtime.deploy(ctx)
+    assert f"Removing norn-{app}-next, left over from an interrupted deploy" in ctx.lines()
+    assert not exists(leftover_id)
+    assert containers(app) == [f"norn-{app}"]
+    assert fetch(port) == "v2\n"
+
+
+def test_container_serving_the_public_port_itself_is_taken_over_by_the_proxy(tmp_path, images, app, port):
+    # Deployed before Norn had the proxy: it listens on the public port.
+    docker([
+        "run", "--detach", "--name", f"norn-{app}", "--network", "host", "--env", f"PORT={port}",
+        "--label", f"norn.app={app}", "--label", f"norn.image={images['v1']}", images["v1"],
+    ])
+    deadline = time.monotonic() + 10
+    while not runtime.accepts(port)[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    ctx = make_ctx(tmp_path, app, images["v2"], port=port)
+    runtime.deploy(ctx)
+
+    assert any(f"norn-{app} serves port {port} itself" in line for line in ctx.lines())
+    assert fetch(port) == "v2\n"
+    assert containers(app) == [f"norn-{app}"]
+    assert runtime.status(app)["backend_port"] not in (None, port)
+
+
+def test_a_crashed_proxy_is_restarted_by_the_next_deploy(tmp_path, images, app, port, proxy_dir):
+    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    pid = proxy.read_status(proxy_dir)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not refused(port):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not proxy.alive(proxy_dir)
+
+    ctx = make_ctx(tmp_path, app, images["v2"], port=port)
+    runtime.deploy(ctx)
+    new_pid = proxy.read_status(proxy_dir)["pid"]
+    assert new_pid != pid
+    assert f"Started the Norn proxy (pid {new_pid}); its output goes to {proxy_dir / 'proxy.log'}" in ctx.lines()
+    assert fetch(port) == "v2\n"
+
+
+def test_deploy_fails_clearly_when_the_proxy_cannot_start(tmp_path, images, app, port, proxy_dir):
+    proxy_dir.mkdir()
+    # Another proxy holds the directory's lock but never reports: the one
+    # the runtime starts refuses to run, and says why.
+    with open(proxy_dir / "proxy.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(StepFailed) as failed:
+            runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    message = str(failed.value)
+    assert "the Norn proxy, which serves the app's port, is not running and could not be started" in message
+    assert "another Norn proxy is already running" in message
+    assert containers(app) == []
+
+
+def test_two_apps_cannot_share_a_public_port(tmp_path, images, app, port):
+    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    other = f"{app}-b"
+    try:
+        with pytest.raises(StepFailed, match=f"port {port} is already the public port of the app {app}"):
+            runtime.deploy(make_ctx(tmp_path, other, images["v2"], port=port))
+        assert containers(other) == []
+    finally:
+        remove_app_containers(other)
     assert fetch(port) == "v1\n"
+
+
+def test_rollback_to_the_image_in_service_does_nothing(tmp_path, images, app, port):
+    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    live_id = container_id(f"norn-{app}")
+    with pytest.raises(StepFailed):
+        runtime.deploy(make_ctx(tmp_path, app, images["unhealthy"], port=port, timeout=4))
+
+    ctx = make_ctx(tmp_path, app, images["v1"], port=port, kind="rollback")
+    runtime.deploy(ctx)
+    assert (
+        f"norn-{app} already runs {images['v1']} and is healthy: it is in service, nothing to do. "
+        "(The failed deploy's container was already replaced back by this one.)"
+    ) in ctx.lines()
+    assert not [line for line in ctx.lines() if line.startswith("$ docker")]
+    assert container_id(f"norn-{app}") == live_id
+    assert fetch(port) == "v1\n"
+
+    # A rollback to another image is a real replacement.
+    ctx = make_ctx(tmp_path, app, images["v2"], port=port, kind="rollback")
+    runtime.deploy(ctx)
+    assert fetch(port) == "v2\n"
+    assert container_id(f"norn-{app}") != live_id
 
 
 def test_status_and_remove(tmp_path, images, app, port):
@@ -254,14 +542,32 @@ def test_status_and_remove(tmp_path, images, app, port):
     assert runtime.remove(app) == [f"norn-{app}"]
     assert runtime.status(app) is None
     assert containers(app) == []
+    assert proxy.route(app) is None
+    proxy.wait_applied(proxy.read_routes()[0])
+    assert refused(port)
     assert runtime.remove(app) == []
+
+
+def test_port_without_healthcheck_waits_until_the_backend_accepts(tmp_path, images, app, port):
+    ctx = make_ctx(tmp_path, app, images["v1"], port=port, healthcheck=None)
+    runtime.deploy(ctx)
+    backend = runtime.status(app)["backend_port"]
+    assert f"127.0.0.1:{backend} accepts connections" in ctx.lines()
+    assert fetch(port) == "v1\n"
+
+    with pytest.raises(StepFailed, match=f"norn-{app}-next exited with status 0"):
+        runtime.deploy(make_ctx(tmp_path, app, images["short"], port=port, healthcheck=None))
+    assert fetch(port) == "v1\n"
 
 
 def test_worker_without_port_is_up_once_it_stays_running(tmp_path, images, app):
     ctx = make_ctx(tmp_path, app, images["worker"])
     runtime.deploy(ctx)
-    assert runtime.status(app)["running"]
+    state = runtime.status(app)
+    assert state["running"]
+    assert state["port"] is None and state["backend_port"] is None
     assert any(line.startswith(f"norn-{app}-next has been running for") for line in ctx.lines())
+    assert not any("proxy" in line.lower() for line in ctx.lines())
 
 
 def test_container_that_exits_within_the_settle_period_fails_the_deploy(tmp_path, images, app):
@@ -274,3 +580,13 @@ def test_container_that_exits_within_the_settle_period_fails_the_deploy(tmp_path
     assert "was restored and is running again" in str(failed.value)
     state = runtime.status(app)
     assert state["running"] and state["image"] == images["worker"]
+
+
+def test_app_that_drops_its_port_loses_its_route(tmp_path, images, app, port):
+    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    ctx = make_ctx(tmp_path, app, images["worker"])
+    runtime.deploy(ctx)
+    assert proxy.route(app) is None
+    assert f"{app} no longer declares a port: the proxy stopped serving its old one" in ctx.lines()
+    proxy.wait_applied(proxy.read_routes()[0])
+    assert refused(port)

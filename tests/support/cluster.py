@@ -26,6 +26,7 @@ class Cluster:
             "NORN_APPS_DIR": str(settings.NORN_APPS_DIR),
             "NORN_WORK_DIR": str(settings.NORN_WORK_DIR),
             "NORN_SNAPSHOT_DIR": str(settings.NORN_SNAPSHOT_DIR),
+            "NORN_PROXY_DIR": str(settings.NORN_PROXY_DIR),
             "NORN_WORKERS": str(workers),
             "NORN_HEARTBEAT_TIMEOUT": "30",
             "PYTHONUNBUFFERED": "1",
