@@ -119,8 +119,19 @@ class Deployment(models.Model):
         indexes = [
             # "Next queued deployment for this app".
             models.Index(fields=["app", "status", "id"], name="deploy_app_status_id"),
-            # The app page's history and the overview's latest deployment per app.
-            models.Index(fields=["app", "-queued_at"], name="deploy_app_recent"),
+            # The app page's history (a page of ids read from the index alone)
+            # and the overview's newest deployment per app (one probe per app).
+            # With -id the index gives the views' whole ordering, ties included.
+            models.Index(fields=["app", "-queued_at", "-id"], name="deploy_app_recent"),
+            # The admin deployment list (newest first) and its date filter.
+            models.Index(fields=["-queued_at", "-id"], name="deploy_recent"),
+            # rollback.live_deployment (the app page's "In service", rollbacks):
+            # the newest deployed deployment of an app, without sorting them all.
+            models.Index(
+                fields=["app", "-finished_at", "-id"],
+                condition=Q(status=DeploymentStatus.DEPLOYED),
+                name="deploy_live",
+            ),
             # Crash recovery and the dispatcher: in-flight/queued deployments.
             models.Index(
                 fields=["status"],
@@ -178,6 +189,15 @@ class Step(models.Model):
         ordering = ["deployment", "position"]
         constraints = [
             models.UniqueConstraint(fields=["deployment", "name"], name="one_row_per_step"),
+        ]
+        indexes = [
+            # The app page's success rate: "did this deployment's deploy step
+            # succeed", one index-only probe per finished deploy.
+            models.Index(
+                fields=["deployment"],
+                condition=Q(name="deploy", status=StepStatus.SUCCEEDED),
+                name="step_went_live",
+            ),
         ]
 
     def __str__(self):

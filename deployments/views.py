@@ -11,7 +11,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, Subquery
 from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -103,14 +103,13 @@ def overview(request):
     _require(request, VIEW)
     discovery.ensure_fresh()
     apps = list(App.objects.all())
-    # DISTINCT ON: every app's newest deployment in one query, however long
-    # the history is.
-    latest = (
-        Deployment.objects.filter(app__in=apps)
-        .select_related("requested_by")
-        .order_by("app_id", "-queued_at", "-id")
-        .distinct("app_id")
-    )
+    # Every app's newest deployment in one query: one probe of
+    # deploy_app_recent per app (DISTINCT ON would read every app's whole
+    # history).
+    newest = Deployment.objects.filter(app=OuterRef("pk")).order_by("-queued_at", "-id").values("pk")[:1]
+    latest = Deployment.objects.filter(
+        pk__in=App.objects.values(newest_pk=Subquery(newest))
+    ).select_related("requested_by")
     latest_by_app = {deployment.app_id: deployment for deployment in latest}
     for app in apps:
         app.last_deployment = latest_by_app.get(app.pk)
@@ -128,9 +127,12 @@ def app_detail(request, name):
     app = _get_app_for_user(request, name)
     now = timezone.now()
     history = Deployment.objects.filter(app=app).select_related("requested_by")
-    page = Paginator(history.order_by("-queued_at", "-id"), HISTORY_PAGE_SIZE).get_page(
-        request.GET.get("page")
-    )
+    # Paginate the ids (an index-only scan of deploy_app_recent), then read
+    # the page's rows: an OFFSET over whole rows fetches every skipped row.
+    page = Paginator(
+        history.order_by("-queued_at", "-id").values_list("pk", flat=True), HISTORY_PAGE_SIZE
+    ).get_page(request.GET.get("page"))
+    page.object_list = list(history.filter(pk__in=page.object_list).order_by("-queued_at", "-id"))
     for deployment in page:
         deployment.took_text = format_seconds(_took(deployment, now))
     ctx = {"app": app, "history": page}
