@@ -188,6 +188,10 @@ def _create(ctx, next_name, env, labels=None):
         # The app reaches PostgreSQL on 127.0.0.1 and listens on $PORT,
         # exactly as it would when run on this host by hand.
         "--network", "host",
+        # A tiny init as PID 1 passes SIGTERM on: many apps (busybox httpd,
+        # a shell script) ignore it as PID 1, and every stop would wait out
+        # the whole grace period.
+        "--init",
         "--restart", "unless-stopped",
         "--label", f"norn.app={ctx.app_name}",
         "--label", f"norn.deployment={ctx.public_id}",
@@ -275,7 +279,7 @@ def _replace_behind_proxy(ctx, name, next_name, previous, env, port):
                 "this happens once per app."
             )
             stopped_previous = True
-            ctx.run(["docker", "stop", "--time", str(STOP_GRACE), name], timeout=STOP_GRACE + COMMAND_TIMEOUT)
+            ctx.run(["docker", "stop", "--timeout", str(STOP_GRACE), name], timeout=STOP_GRACE + COMMAND_TIMEOUT)
             proxy.wait_status(lambda s: proxy.listening(s, port) == backend, f"listening on port {port}")
         ctx.log(f"The proxy sends new connections on port {port} to {next_name}")
     except (_NotReady, proxy.ProxyError) as exc:
@@ -300,7 +304,7 @@ def _replace_behind_proxy(ctx, name, next_name, previous, env, port):
             if old_backend is not None:
                 _drain(finish, name, old_backend)
             finish.log(f"Stopping the previous container {name}")
-            finish.run(["docker", "stop", "--time", str(STOP_GRACE), name], timeout=STOP_GRACE + COMMAND_TIMEOUT)
+            finish.run(["docker", "stop", "--timeout", str(STOP_GRACE), name], timeout=STOP_GRACE + COMMAND_TIMEOUT)
         if previous:
             finish.run(["docker", "rm", "--force", name], timeout=COMMAND_TIMEOUT)
         finish.run(["docker", "rename", next_name, name], timeout=COMMAND_TIMEOUT)
@@ -388,7 +392,7 @@ def _replace_in_place(ctx, name, next_name, previous, env):
         if was_running:
             # Stopped, not removed: it is the way back if the new one fails.
             ctx.log(f"Stopping the previous container {name}; it is kept until {next_name} is up")
-            ctx.run(["docker", "stop", "--time", str(STOP_GRACE), name], timeout=STOP_GRACE + COMMAND_TIMEOUT)
+            ctx.run(["docker", "stop", "--timeout", str(STOP_GRACE), name], timeout=STOP_GRACE + COMMAND_TIMEOUT)
         ctx.log(f"Starting {next_name}")
         ctx.run(["docker", "start", next_name], timeout=COMMAND_TIMEOUT)
         _wait_until_ready(ctx, next_name)
