@@ -497,8 +497,25 @@ def rollback_app(request, name):
             error = str(exc)
         else:
             return redirect("deployment-detail", public_id=queued.public_id)
+    _attach_matching_snapshots(app, choices)
     ctx = {"app": app, "live": live, "choices": choices, "error": error}
     return render(request, "deployments/rollback.html", ctx)
+
+
+def _attach_matching_snapshots(app, choices):
+    """For each rollback target, the database snapshot that matches its code:
+    the first pre-migration snapshot taken after it went live (migrations of
+    later deploys changed the database since). One query for all of them."""
+    if not choices:
+        return
+    oldest = min(c.finished_at or c.queued_at for c in choices)
+    snapshots = list(
+        Snapshot.objects.filter(app=app, kind=Snapshot.Kind.PRE_MIGRATION, created_at__gt=oldest)
+        .order_by("created_at")
+    )
+    for choice in choices:
+        since = choice.finished_at or choice.queued_at
+        choice.matching_snapshot = next((s for s in snapshots if s.created_at > since), None)
 
 
 def _uuid_or_none(value):
