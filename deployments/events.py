@@ -129,13 +129,15 @@ class Publisher:
         from channels.layers import get_channel_layer
 
         loop = asyncio.new_event_loop()
-        layer = get_channel_layer()
         while True:
             item = self._queue.get()
             if isinstance(item, threading.Event):
                 item.set()
                 continue
             groups, body = item
+            # Looked up each time (a dictionary lookup): settings changes,
+            # such as a test pointing the layer elsewhere, take effect.
+            layer = get_channel_layer()
             if layer is None:
                 continue
             try:

@@ -343,3 +343,21 @@ def test_unreachable_repository_does_not_block_the_request(make_app, norn_dirs):
     make_app("offline", "app: offline\nrole: worker\nrepo:\n  url: http://127.0.0.1:9/offline.git\n")
     # The clone step will retry it and may fall back to the local copy.
     assert request_deployment("offline", "main").status == "queued"
+
+
+def test_deploys_run_while_redis_is_down_and_events_stay_in_the_database(make_app, deploy_now, busybox_image, settings, caplog):
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
+    }
+    make_app("noredis", spec("noredis", test="echo still running; exit 2"), {"Dockerfile": DOCKERFILE})
+    started = time.monotonic()
+    deployment = deploy_now("noredis")
+    assert time.monotonic() - started < 30  # publishing never blocks the pipeline
+    assert deployment.status == "failed" and deployment.error.startswith("test failed")
+    # Every event is in the database, numbered without gaps, for clients to catch up.
+    seqs = list(deployment.events.values_list("seq", flat=True))
+    assert seqs == list(range(1, deployment.last_event_seq + 1))
+    from deployments import events
+
+    events.publisher.flush()
+    assert "could not publish" in caplog.text
