@@ -2,14 +2,13 @@
 the duration chart, query counts, the pipeline simulator, and the live page in
 a real browser against a real daphne."""
 
-import os
 import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission, User
-from django.db import connection, connections
+from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -18,7 +17,7 @@ from apps_registry import discovery
 from apps_registry.models import App
 from deployments import appdb, events, states, transitions
 from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentStatus, Snapshot, Step, StepStatus
-from tests.support.servers import Daphne
+from tests.support.browser import browser, daphne, logged_in_page  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 
@@ -414,6 +413,18 @@ def test_rollback_page_puts_back_a_chosen_earlier_image(operator, web):
     assert "Rollback of web" in html and older.short_id in html and live.short_id in html
 
 
+def test_rollback_page_offers_the_snapshot_that_matches_the_older_code(operator, web):
+    older = make_deployment(web, commit="1" * 40, image="web:111", ago=60)
+    live = make_deployment(web, commit="2" * 40, image="web:222", ago=30)
+    # live ran migrations: its pre-migration snapshot is the database older's code knew.
+    snapshot = Snapshot.objects.create(deployment=live, app=web, database="web_db", path="/x", size=1, sha256="0")
+    html = page(operator, "/apps/web/rollback")
+    assert f'href="/snapshots/{snapshot.pk}/restore"' in html
+    assert "Migrations ran after this version went live" in html
+    assert "Data written since then is lost" in html
+    assert older.short_id in html
+
+
 def test_rollback_page_says_when_there_is_nothing_to_roll_back_to(operator, web):
     make_deployment(web, image="web:only")
     html = page(operator, "/apps/web/rollback")
@@ -712,63 +723,6 @@ def test_htmx_is_vendored_with_its_license():
 
 
 # --- the live page in a browser ---------------------------------------------------------
-
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    if not CHROMIUM.exists():
-        if os.environ.get("NORN_REQUIRE_BROWSER"):
-            pytest.fail("no /usr/bin/chromium: scripts/services --browser installs it")
-        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop running in this thread, and
-    # Django refuses ORM calls while one runs; the test's own ORM calls are
-    # plain synchronous code between browser steps.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-            # While Playwright's loop runs, Django keeps a separate connection
-            # for this context; close it, or the test database cannot be dropped.
-            connections.close_all()
-
-
-@pytest.fixture
-def daphne(tmp_path, apps_dir):
-    with Daphne(tmp_path / "daphne.log", tmp_path / "access.log", extra_env={"NORN_APPS_DIR": str(apps_dir)}) as server:
-        yield server
-
-
-def logged_in_page(browser, server, user):
-    client = Client()
-    client.force_login(user)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": server.url}])
-    # daphne serves no static files (runserver does); hand the browser the
-    # project's own files, found as collectstatic would find them.
-    context.route(f"{server.url}/static/**", serve_static)
-    page = context.new_page()
-    page.dialogs = []
-    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
-    return page
-
-
-def serve_static(route):
-    from django.contrib.staticfiles import finders
-
-    found = finders.find(route.request.url.split("/static/", 1)[1])
-    if found:
-        route.fulfill(path=found)
-    else:
-        route.fulfill(status=404)
 
 
 def publish(action, *args, **kwargs):
