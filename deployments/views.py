@@ -158,6 +158,7 @@ def app_detail(request, name):
     )
     recent.reverse()  # oldest on the left
 
+    live = rollback.live_deployment(app)
     snapshots = list(
         Snapshot.objects.filter(app=app).select_related("deployment")[: SNAPSHOTS_SHOWN + 1]
     )
@@ -171,7 +172,12 @@ def app_detail(request, name):
         snapshots=snapshots[:SNAPSHOTS_SHOWN],
         more_snapshots=len(snapshots) > SNAPSHOTS_SHOWN,
         can_start=request.user.has_perm(START),
-        live=rollback.live_deployment(app),
+        live=live,
+        # Offer "Roll back…" only when there is something to roll back to.
+        can_roll_back=live is not None and (
+            rollback.failed_rollout(app) is not None
+            or rollback.candidates(app, exclude_image=live.image).exists()
+        ),
         steps=states.STEPS,
     )
     return render(request, "deployments/app_detail.html", ctx)

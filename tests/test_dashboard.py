@@ -804,3 +804,10 @@ def test_live_page_reconnects_and_resumes_after_the_server_restarts(browser, dap
     page.wait_for_function("document.getElementById('output-build').textContent.includes('line 3')")
     assert page.text_content("#output-clone") == "line 1\nline 2\n"  # each line once
     assert daphne.access_log().count(f"WSCONNECT /ws/deployments/{deployment.public_id}/") >= 1
+
+
+def test_app_page_offers_a_rollback_only_when_there_is_one(operator, web):
+    make_deployment(web, commit="1" * 40, image="web:111", ago=60)
+    assert "Roll back…" not in page(operator, "/apps/web/")
+    make_deployment(web, commit="2" * 40, image="web:222", ago=30)
+    assert "Roll back…" in page(operator, "/apps/web/")
