@@ -259,3 +259,40 @@ def test_no_secret_anywhere_after_a_deploy(cluster, make_app, tmp_path, containe
     ).stdout
     assert token not in dump
     assert "Zq8Zq8" not in dump
+
+
+def test_rollback_and_restore_snapshot_commands(cluster, make_app, app_database, tmp_path):
+    db = app_database("cli")
+    repo = make_repo(tmp_path / "repos", "clijob", {"Dockerfile": "FROM norn-busybox:1\n"})
+    make_app("clijob", (
+        f"app: clijob\nrole: cron\nrepo:\n  url: {repo.file_url}\nbuild: {{}}\nschedule: '0 1 * * *'\ncommand: echo hi\n"
+        f"services:\n  postgres:\n    database: {db}\nmigrations:\n  command: psql -c 'CREATE TABLE IF NOT EXISTS t (i int)'\n"
+    ))
+    assert manage(cluster, "deploy", "clijob").returncode == 0
+    nothing = manage(cluster, "rollback", "clijob")
+    assert nothing.returncode == 2 and "no earlier successful deployment" in nothing.stderr
+    first = Deployment.objects.get()
+    repo.commit({"Dockerfile": "FROM norn-busybox:1\nENV V=2\n"}, "v2")
+    assert manage(cluster, "deploy", "clijob").returncode == 0
+
+    result = manage(cluster, "rollback", "clijob")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Rolling clijob back to {first.image}" in result.stdout
+    assert "  deploy    ✓ succeeded" in result.stdout
+    assert f"Rolled back clijob to {first.image}" in result.stdout
+
+    from deployments.models import Snapshot
+
+    snapshot = Snapshot.objects.filter(deployment=first).get()
+    declined = subprocess.run(
+        [sys.executable, "manage.py", "restore_snapshot", str(snapshot.pk)],
+        cwd=REPO_ROOT, env=cluster.env, input="n\n", capture_output=True, text=True, timeout=60,
+    )
+    assert declined.returncode == 1 and f"Restore database {db} of clijob to snapshot {snapshot.pk}, taken" in declined.stdout
+    restored = manage(cluster, "restore_snapshot", str(snapshot.pk), "--yes")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    for step in ("verify", "snapshot", "restore"):
+        assert f"  {step:<9} ✓ succeeded" in restored.stdout
+    assert f"Restored clijob's database from snapshot {snapshot.pk}" in restored.stdout
+    missing = manage(cluster, "restore_snapshot", "999999", "--yes")
+    assert missing.returncode == 2 and "no snapshot 999999" in missing.stderr

@@ -27,20 +27,32 @@ class Command(BaseCommand):
         add_follow_arguments(parser)
 
     def handle(self, *args, app, ref, no_wait=False, json=False, db=False, verbosity=1, **options):
-        # The task queue logs every enqueue at INFO; the CLI has its own output.
-        logging.getLogger("django-q").setLevel(logging.WARNING)
-        try:
-            deployment = request_deployment(app, ref, name=getpass.getuser(), via="cli")
-        except DeployRequestError as exc:
-            raise CommandError(str(exc), returncode=2) from None
-        if no_wait:
-            self.stdout.write(str(deployment.public_id))
-            return
-        if not json:
-            self.stdout.write(f"Deploying {app} at {ref} (deployment {deployment.public_id})")
-        status = FollowPrinter(self, as_json=json, use_db=db, verbosity=verbosity).run(deployment)
-        if status != DeploymentStatus.DEPLOYED:
-            raise SystemExit(1)
+        queue_and_follow(
+            self,
+            lambda: request_deployment(app, ref, name=getpass.getuser(), via="cli"),
+            lambda deployment: f"Deploying {app} at {ref} (deployment {deployment.public_id})",
+            no_wait=no_wait, json=json, db=db, verbosity=verbosity,
+        )
+
+
+def queue_and_follow(command, make_request, announce, *, no_wait, json, db, verbosity):
+    """What deploy, rollback and restore_snapshot share: queue it (a refused
+    request exits 2), then print its id (--no-wait) or follow it to the end
+    (exit 0 when it succeeded, 1 when not)."""
+    # The task queue logs every enqueue at INFO; the CLI has its own output.
+    logging.getLogger("django-q").setLevel(logging.WARNING)
+    try:
+        deployment = make_request()
+    except DeployRequestError as exc:
+        raise CommandError(str(exc), returncode=2) from None
+    if no_wait:
+        command.stdout.write(str(deployment.public_id))
+        return
+    if not json:
+        command.stdout.write(announce(deployment))
+    status = FollowPrinter(command, as_json=json, use_db=db, verbosity=verbosity).run(deployment)
+    if status != DeploymentStatus.DEPLOYED:
+        raise SystemExit(1)
 
 
 def add_follow_arguments(parser):

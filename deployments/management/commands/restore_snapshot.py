@@ -1,13 +1,12 @@
 """`manage.py restore_snapshot <snapshot>`: restore an app's database from a snapshot."""
 
 import getpass
-import logging
 
 from django.core.management.base import BaseCommand, CommandError
 
-from deployments.management.commands.deploy import FollowPrinter, add_follow_arguments
-from deployments.models import DeploymentStatus, Snapshot
-from deployments.requests import DeployRequestError, request_restore
+from deployments.management.commands.deploy import add_follow_arguments, queue_and_follow
+from deployments.models import Snapshot
+from deployments.requests import request_restore
 
 
 class Command(BaseCommand):
@@ -24,7 +23,6 @@ class Command(BaseCommand):
         add_follow_arguments(parser)
 
     def handle(self, *args, snapshot, yes=False, no_wait=False, json=False, db=False, verbosity=1, **options):
-        logging.getLogger("django-q").setLevel(logging.WARNING)
         try:
             row = Snapshot.objects.select_related("app", "deployment").get(pk=snapshot)
         except Snapshot.DoesNotExist:
@@ -36,15 +34,9 @@ class Command(BaseCommand):
         )
         if not yes and input(question).strip().lower() not in ("y", "yes"):
             raise CommandError("not restored", returncode=1)
-        try:
-            restore = request_restore(row, name=getpass.getuser(), via="cli")
-        except DeployRequestError as exc:
-            raise CommandError(str(exc), returncode=2) from None
-        if no_wait:
-            self.stdout.write(str(restore.public_id))
-            return
-        if not json:
-            self.stdout.write(f"Restoring {row.database} from {row.path} (restore {restore.public_id})")
-        status = FollowPrinter(self, as_json=json, use_db=db, verbosity=verbosity).run(restore)
-        if status != DeploymentStatus.DEPLOYED:
-            raise SystemExit(1)
+        queue_and_follow(
+            self,
+            lambda: request_restore(row, name=getpass.getuser(), via="cli"),
+            lambda restore: f"Restoring {row.database} from {row.path} (restore {restore.public_id})",
+            no_wait=no_wait, json=json, db=db, verbosity=verbosity,
+        )

@@ -1,14 +1,12 @@
 """`manage.py rollback <app> [<deployment>]`: put an earlier image back."""
 
 import getpass
-import logging
 
 from django.core.management.base import BaseCommand, CommandError
 
 from deployments.management.commands.cancel import find_deployment
-from deployments.management.commands.deploy import FollowPrinter, add_follow_arguments
-from deployments.models import DeploymentStatus
-from deployments.requests import DeployRequestError, request_rollback
+from deployments.management.commands.deploy import add_follow_arguments, queue_and_follow
+from deployments.requests import request_rollback
 
 
 class Command(BaseCommand):
@@ -24,25 +22,18 @@ class Command(BaseCommand):
         add_follow_arguments(parser)
 
     def handle(self, *args, app, deployment=None, no_wait=False, json=False, db=False, verbosity=1, **options):
-        logging.getLogger("django-q").setLevel(logging.WARNING)
         target = None
         if deployment:
             try:
                 target = find_deployment(deployment)
             except CommandError as exc:
                 raise CommandError(str(exc), returncode=2) from None
-        try:
-            rollback = request_rollback(app, target, name=getpass.getuser(), via="cli")
-        except DeployRequestError as exc:
-            raise CommandError(str(exc), returncode=2) from None
-        if no_wait:
-            self.stdout.write(str(rollback.public_id))
-            return
-        if not json:
-            self.stdout.write(
+        queue_and_follow(
+            self,
+            lambda: request_rollback(app, target, name=getpass.getuser(), via="cli"),
+            lambda rollback: (
                 f"Rolling {app} back to {rollback.rollback_to.image} "
                 f"(deployment {rollback.rollback_to.short_id}); rollback {rollback.public_id}"
-            )
-        status = FollowPrinter(self, as_json=json, use_db=db, verbosity=verbosity).run(rollback)
-        if status != DeploymentStatus.DEPLOYED:
-            raise SystemExit(1)
+            ),
+            no_wait=no_wait, json=json, db=db, verbosity=verbosity,
+        )
