@@ -11,7 +11,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, Subquery, Sum
 from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -173,6 +173,8 @@ def app_detail(request, name):
         more_snapshots=len(snapshots) > SNAPSHOTS_SHOWN,
         can_start=request.user.has_perm(START),
         live=live,
+        retain=((app.spec or {}).get("snapshots") or {}).get("retain", 5),
+        **_snapshot_usage(app),
         # Offer "Roll back…" only when there is something to roll back to.
         can_roll_back=live is not None and (
             rollback.failed_rollout(app) is not None
@@ -506,6 +508,12 @@ def rollback_app(request, name):
     _attach_matching_snapshots(app, choices)
     ctx = {"app": app, "live": live, "choices": choices, "error": error}
     return render(request, "deployments/rollback.html", ctx)
+
+
+def _snapshot_usage(app):
+    """How many snapshots the app has and the bytes they take (one query)."""
+    usage = Snapshot.objects.filter(app=app).aggregate(count=Count("id"), size=Sum("size"))
+    return {"snapshot_count": usage["count"], "snapshot_bytes": usage["size"] or 0}
 
 
 def _attach_matching_snapshots(app, choices):

@@ -279,7 +279,9 @@ def test_query_count_does_not_grow_with_history(operator, web, url):
     for deployment in first_ten:
         Snapshot.objects.create(deployment=deployment, app=web, database="d", path=f"/s/{deployment.pk}", size=1, sha256="0")
     assert count_queries() == ten
-    assert ten <= 12
+    # A fixed handful: session, user, app, history page, chart, success rate,
+    # snapshots and their usage, what is live and whether a rollback exists.
+    assert ten <= 14
 
 
 # --- deployment page -----------------------------------------------------------------
@@ -811,3 +813,11 @@ def test_app_page_offers_a_rollback_only_when_there_is_one(operator, web):
     assert "Roll back…" not in page(operator, "/apps/web/")
     make_deployment(web, commit="2" * 40, image="web:222", ago=30)
     assert "Roll back…" in page(operator, "/apps/web/")
+
+
+def test_app_page_shows_snapshot_disk_usage(operator, web):
+    deployment = make_deployment(web, image="web:1")
+    for size in (1024, 3072):
+        Snapshot.objects.create(deployment=deployment, app=web, database="web", path="/x", size=size, sha256="0")
+    html = page(operator, "/apps/web/")
+    assert "2 snapshots on disk, 4.0\xa0KB in all; the newest 5 are kept" in html
