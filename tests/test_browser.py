@@ -134,9 +134,9 @@ LABELS = {"pending": "Pending", "running": "Running", "succeeded": "Succeeded", 
 
 
 def as_html_reads_it(text):
-    """Output as the HTML parser turns it into page text: CR LF and lone CR
-    become LF. Text appended live keeps its CRs (docker build ends progress
-    lines with them), so only text compared this way is comparable."""
+    """Output as the page shows it: the HTML parser turns CR LF and a lone CR
+    into LF in the server-rendered copy, and live.js does the same to the text
+    it appends (docker build ends progress lines with CRs)."""
     return re.sub(r"\r\n?", "\n", text)
 
 
@@ -244,20 +244,15 @@ class LiveWatch:
                 # Long enough that a person watching must have seen it run.
                 assert "running" in shown, (name, shown, step.duration)
             stored = as_html_reads_it(step.output)
-            lines = set(stored.splitlines())
             for frame in frames:
                 state = frame["steps"][name]
                 assert state["label"] == LABELS[state["status"]], (name, state)
-                # At every moment the page shows only output the step really
-                # wrote (the last line may still be incomplete). Stricter, and
-                # right: every moment's output is a prefix of the final one.
-                # Today live.js sometimes shows a line twice until the next
-                # refresh (the xfail tests at the end of this file); tighten
-                # this once they pass.
-                shown, _, partial = as_html_reads_it(state["output"]).rpartition("\n")
-                assert set(shown.splitlines()) <= lines and partial in stored, (name, *divergence(shown, stored))
-        shown = {name: as_html_reads_it(text) for name, text in self.step_outputs().items()}
-        assert shown == {name: as_html_reads_it(steps[name].output) for name in STEPS}
+                # At every moment the page shows a beginning of what the step
+                # wrote: no line twice, none missing or out of order, and its
+                # CRs read as the server-rendered copy reads them.
+                shown = state["output"]
+                assert stored.startswith(shown), (name, *divergence(shown, stored))
+        assert self.step_outputs() == {name: as_html_reads_it(steps[name].output) for name in STEPS}
         assert frames[0]["header"] == "Queued" and not frames[0]["outcome"]
         assert frames[-1]["header"] == self.deployment.get_status_display() and frames[-1]["outcome"]
         assert self.announced() == self.expected_announcements()
@@ -501,8 +496,8 @@ def test_a_failed_migration_shows_the_restore_command_live(
 
     # The app page lists the snapshot with the same command.
     page.locator(".crumbs").get_by_role("link", name="ledger").click()
-    expect(page.locator("#snapshots-heading + table")).to_contain_text(snapshot.path)
-    expect(page.locator("#snapshots-heading + table pre.command")).to_have_text(command)
+    expect(page.locator("#snapshots-heading ~ table")).to_contain_text(snapshot.path)
+    expect(page.locator("#snapshots-heading ~ table pre.command")).to_have_text(command)
     screenshots(page, "13-app-with-snapshot")
 
 
@@ -592,11 +587,6 @@ def output_text(page, step):
     return page.text_content(f"#output-{step}")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "product bug, static/norn/live.js: a log line that arrives after the steps partial was "
-    "swapped in but before the rest of the refresh finished is written into the new output, "
-    "then written again by replayLogs()"
-))
 def test_a_log_line_arriving_while_the_page_refreshes_is_shown_once(page, daphne, operator, running_clone):
     deployment, owner = running_clone
     watch = open_live_page(page, daphne, deployment)
@@ -619,11 +609,6 @@ def test_a_log_line_arriving_while_the_page_refreshes_is_shown_once(page, daphne
     assert Step.objects.get(deployment=deployment, name="build").output == "line 2\nline 3\n"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "product bug, static/norn/live.js: log lines written before the steps partial arrives, "
-    "but after the server rendered it, vanish from the page until the outcome partial has "
-    "loaded too (replayLogs() runs only at the end of the refresh)"
-))
 def test_output_never_disappears_while_the_page_refreshes(page, daphne, operator, running_clone):
     deployment, owner = running_clone
     watch = open_live_page(page, daphne, deployment)
@@ -654,11 +639,6 @@ def test_output_never_disappears_while_the_page_refreshes(page, daphne, operator
     assert output_text(page, "build") == "line 2\n"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "product bug, static/norn/live.js: after one failed refresh the page keeps saying "
-    "'could not refresh; retrying…' although the retry succeeded and the socket is live "
-    "(only caught_up sets 'live' again)"
-))
 def test_the_page_says_live_again_once_a_failed_refresh_succeeds(page, daphne, operator, running_clone):
     deployment, owner = running_clone
     open_live_page(page, daphne, deployment)
@@ -676,3 +656,62 @@ def test_the_page_says_live_again_once_a_failed_refresh_succeeds(page, daphne, o
     expect(page.locator("#step-clone")).to_have_attribute("data-status", "succeeded")  # the retry worked
     assert failed
     expect(page.locator("#live-state .live-text")).to_have_text("live", timeout=3_000)
+
+
+def test_carriage_returns_read_the_same_live_as_after_a_refresh(page, daphne, operator, running_clone):
+    deployment, owner = running_clone
+    # The page opens on output that ends in the first half of a CR LF.
+    publish(transitions.append_output, deployment.pk, "clone", "fetching 50%\r")
+    watch = open_live_page(page, daphne, deployment)
+    assert output_text(page, "clone") == "cloned\nfetching 50%\n"
+
+    # Progress lines end with a lone CR; a CR LF may be split across two events.
+    for text in ("\nfetching 100%\r", "\r\ndone\r", "\n", "exit 0\r\n"):
+        publish(transitions.append_output, deployment.pk, "clone", text)
+    watch.wait("document.getElementById('output-clone').textContent.includes('exit 0')", "the last line", timeout=10)
+    stored = Step.objects.get(deployment=deployment, name="clone").output
+    assert output_text(page, "clone") == as_html_reads_it(stored) == "cloned\nfetching 50%\nfetching 100%\n\ndone\nexit 0\n"
+
+    # The server's copy, swapped in, reads the same.
+    publish(transitions.finish_step, deployment.pk, "clone", StepStatus.SUCCEEDED)
+    expect(page.locator("#step-clone")).to_have_attribute("data-status", "succeeded")
+    assert output_text(page, "clone") == as_html_reads_it(stored)
+    assert page.errors == []
+
+
+def test_failed_refreshes_are_retried_less_and_less_often(page, daphne, operator, running_clone):
+    deployment, owner = running_clone
+    # When the page asked for its header partial, by the page's own clock.
+    page.add_init_script("""
+      window.headerRequests = [];
+      const open = XMLHttpRequest.prototype.open;
+      XMLHttpRequest.prototype.open = function (method, url) {
+        if (String(url).endsWith("/_header")) window.headerRequests.push(performance.now());
+        return open.apply(this, arguments);
+      };
+    """)
+    open_live_page(page, daphne, deployment)
+    failures = []
+
+    def fail_twice(route):
+        # Once unreachable, once an error page; then it works.
+        if not failures:
+            failures.append(route.request.url)
+            route.abort()
+        elif len(failures) == 1:
+            failures.append(route.request.url)
+            route.fulfill(status=500, body="Server Error")
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/_header$"), fail_twice)
+    publish(transitions.finish_step, deployment.pk, "clone", StepStatus.SUCCEEDED)
+    wait_for(lambda: page.evaluate("window.headerRequests.length") >= 2, timeout=10, message="a first retry")
+    # A step event while the retry waits does not bring the retry forward.
+    publish(transitions.start_step, deployment.pk, owner, "build")
+    expect(page.locator("#step-build")).to_have_attribute("data-status", "running")
+    expect(page.locator("#live-state .live-text")).to_have_text("live")
+    first, second, third = page.evaluate("window.headerRequests")[:3]
+    # Backoff with jitter: 0.5-1 s, then 1-2 s (not the 150 ms of a burst of events).
+    assert second - first >= 500 and third - second >= 1000, (first, second, third)
+    assert page.errors == [f"500 {failures[1]}"]

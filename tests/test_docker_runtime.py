@@ -215,7 +215,7 @@ def test_second_deploy_switches_before_the_old_container_stops(tmp_path, images,
     assert not any(line.startswith("Started the Norn proxy") for line in lines)  # already running
     start = lines.index(f"$ docker start norn-{app}-next")
     switch = next(i for i, line in enumerate(lines) if line.startswith(f"Switching port {port} to norn-{app}-next"))
-    stop = lines.index(f"$ docker stop --time {runtime.STOP_GRACE} norn-{app}")
+    stop = lines.index(f"$ docker stop --timeout {runtime.STOP_GRACE} norn-{app}")
     remove = lines.index(f"$ docker rm --force norn-{app}")
     rename = lines.index(f"$ docker rename norn-{app}-next norn-{app}")
     # The old container stops only once the new one was checked and the proxy moved.

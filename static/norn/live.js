@@ -2,9 +2,10 @@
  *
  * Listens on /ws/deployments/<uuid>/?after=<seq> (docs/live.md). Log events
  * are appended to their step's output as text; step and status events make
- * the page fetch its server-rendered partials again through htmx. The socket
- * reconnects with backoff and resumes after the last event it saw. Without
- * this script the page is complete and has a Refresh link.
+ * the page fetch its server-rendered partials again through htmx (retried
+ * with backoff when that fails). The socket reconnects with backoff and
+ * resumes after the last event it saw. Without this script the page is
+ * complete and has a Refresh link.
  */
 (function () {
   "use strict";
@@ -17,7 +18,7 @@
   // Close codes after which reconnecting cannot help (docs/live.md).
   var PERMANENT = { 4400: "bad request", 4401: "not logged in", 4403: "not allowed", 4404: "deployment not found" };
   var REFRESH_DELAY = 150; // ms: one fetch for a burst of events (a failure ends several steps at once)
-  var MAX_BACKOFF = 30000;
+  var MAX_BACKOFF = 30000; // ms, for reconnecting and for retrying a failed refresh
   var SILENCE_LIMIT = 50000; // the server pings every 20 s; longer silence means a dead connection
 
   var stateEl = document.getElementById("live-state");
@@ -33,15 +34,37 @@
   var refreshTimer = null;
   var refreshing = false;
   var refreshAgain = false;
-  // Log events newer than the output on the page. A swap of the steps partial
-  // replaces the output with the server's copy, which may be older than what
-  // arrived meanwhile; these are appended again where the new copy ends.
+  var refreshFailures = 0; // in a row; sets the backoff of the next retry
+  var responseError = false;
+  // What the socket last said about itself: shown again once a failed
+  // refresh, which shows its own text meanwhile, succeeds.
+  var connection = { kind: "connecting", text: "connecting…" };
+  // Log events newer than the server's copy of the output (data-seq of the
+  // steps section). Swapping in a new steps section replaces the output with
+  // a copy that may be older than what arrived meanwhile; these are written
+  // again where the new copy ends.
   var pendingLogs = [];
+  // Per output element: the last log event it holds and whether its text
+  // ended with a CR. A swapped-in element is a new key, so it starts from
+  // its own section's data-seq and data-ends-cr.
+  var written = new WeakMap();
+  var outputsBefore = {}; // outputState() just before the steps section is swapped
 
   function setState(kind, text) {
+    connection = { kind: kind, text: text };
+    showState(kind, text);
+  }
+
+  function showState(kind, text) {
     stateEl.hidden = false;
     stateEl.className = "live-state live-" + kind;
     stateEl.querySelector(".live-text").textContent = text;
+  }
+
+  // Exponential backoff with jitter, so a restarted server is not hit by
+  // every open page at the same moment. n = 0, 1, 2 …: 0.5-1 s, 1-2 s, 2-4 s …
+  function backoff(n) {
+    return Math.min(MAX_BACKOFF, 1000 * Math.pow(2, n)) * (0.5 + Math.random() / 2);
   }
 
   // --- the socket -------------------------------------------------------------
@@ -69,12 +92,9 @@
         setState("off", "live updates off: " + PERMANENT[close.code]);
         return;
       }
-      // Exponential backoff with jitter, so a restarted server is not hit
-      // by every open page at the same moment.
-      var delay = Math.min(MAX_BACKOFF, 1000 * Math.pow(2, attempt)) * (0.5 + Math.random() / 2);
-      attempt += 1;
       setState("reconnecting", "reconnecting…");
-      reconnectTimer = setTimeout(connect, delay);
+      reconnectTimer = setTimeout(connect, backoff(attempt));
+      attempt += 1;
     };
   }
 
@@ -132,15 +152,30 @@
     var payload = event.payload || {};
     var pre = document.getElementById("output-" + payload.step);
     if (!pre || typeof payload.text !== "string") return;
+    var held = written.get(pre);
+    if (!held) {
+      held = { seq: renderedSeq(), cr: pre.hasAttribute("data-ends-cr") };
+      written.set(pre, held);
+    }
+    if (event.seq <= held.seq) return; // this element has it already: never write a line twice
+    held.seq = event.seq;
+    // The server's copy reaches the page through the HTML parser, which turns
+    // CR LF and a lone CR into LF; do the same here, so live and refreshed
+    // output read alike. A CR LF split across two events is one line break.
+    var text = payload.text;
+    if (held.cr && text.charAt(0) === "\n") text = text.slice(1);
+    held.cr = text.charAt(text.length - 1) === "\r";
+    text = text.replace(/\r\n?/g, "\n");
     var details = pre.closest("details");
     if (details) details.hidden = false;
     // Follow the output only when the reader is already at its end.
     var atEnd = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 8;
     // Event text is data, never markup.
-    pre.appendChild(document.createTextNode(payload.text));
+    if (text) pre.appendChild(document.createTextNode(text));
     if (atEnd) pre.scrollTop = pre.scrollHeight;
   }
 
+  // Right after a new steps section is swapped in: write what it lacks.
   function replayLogs() {
     var seq = renderedSeq();
     pendingLogs = pendingLogs.filter(function (event) {
@@ -159,18 +194,21 @@
   // --- partials ------------------------------------------------------------------
 
   function scheduleRefresh() {
+    // A retry waiting out its backoff is not brought forward by new events:
+    // it fetches everything anyway, and the server may still be struggling.
+    if (refreshFailures && refreshTimer) return;
     clearTimeout(refreshTimer);
     refreshTimer = setTimeout(refresh, REFRESH_DELAY);
   }
 
   function refresh() {
+    refreshTimer = null;
     if (!window.htmx) return; // htmx did not load: the Refresh link still works
     if (refreshing) {
       refreshAgain = true;
       return;
     }
     refreshing = true;
-    var outputs = outputState();
     // One after the other: htmx queues concurrent requests from one source
     // element and keeps only the last, which would drop a partial.
     var chain = Promise.resolve();
@@ -180,19 +218,26 @@
       });
     });
     chain
-      .catch(function () {
-        setState("reconnecting", "could not refresh; retrying…");
-        refreshAgain = true;
-      })
+      .then(
+        function () {
+          if (!refreshFailures) return;
+          refreshFailures = 0;
+          showState(connection.kind, connection.text); // "live" again if the socket is
+        },
+        function () {
+          refreshFailures += 1;
+          showState("reconnecting", "could not refresh; retrying…");
+        }
+      )
       .then(function () {
-        restoreOutputState(outputs);
-        replayLogs();
-        tick();
         refreshing = false;
-        if (refreshAgain) {
-          refreshAgain = false;
+        if (refreshFailures) {
+          clearTimeout(refreshTimer);
+          refreshTimer = setTimeout(refresh, backoff(refreshFailures - 1));
+        } else if (refreshAgain) {
           scheduleRefresh();
         }
+        refreshAgain = false;
       });
   }
 
@@ -200,22 +245,46 @@
     var target = document.getElementById("deployment-" + name);
     if (!target) return Promise.resolve();
     var url = root.getAttribute("data-partial-" + name);
+    responseError = false;
     // settle:0ms: htmx otherwise keeps the old classes on same-id elements
     // for a moment (for CSS transitions), and the fix-ups below run then.
-    return window.htmx.ajax("GET", url, { source: target, target: target, swap: "outerHTML settle:0ms" });
+    return window.htmx
+      .ajax("GET", url, { source: target, target: target, swap: "outerHTML settle:0ms" })
+      .then(function () {
+        // htmx rejects only when no response came; an error status resolves.
+        if (responseError) throw new Error("could not refresh " + name);
+      });
   }
 
-  // An expired session turns a partial into the login page (after a
-  // redirect); never swap that into the deployment page.
+  document.body.addEventListener("htmx:responseError", function (evt) {
+    if (root.contains(evt.target)) responseError = true;
+  });
+
   document.body.addEventListener("htmx:beforeSwap", function (evt) {
     var xhr = evt.detail.xhr;
     if (!root.contains(evt.detail.target) || !xhr || !xhr.responseURL) return;
+    // An expired session turns a partial into the login page (after a
+    // redirect); never swap that into the deployment page.
     if (new URL(xhr.responseURL).pathname.indexOf("/deployments/") !== 0) {
       evt.detail.shouldSwap = false;
       finished = true;
       stop();
       setState("off", "live updates off: logged out; reload the page");
+      return;
     }
+    if (evt.detail.target.id === "deployment-steps") outputsBefore = outputState();
+  });
+
+  // Fix-ups in the same task as the swap, so the page is never seen without
+  // them: the outputs' open state, and the log lines newer than the new
+  // section (waiting for the other partials would hide those meanwhile).
+  document.body.addEventListener("htmx:afterSwap", function (evt) {
+    if (!root.contains(evt.target)) return;
+    if (evt.target.id === "deployment-steps") {
+      restoreOutputState(outputsBefore);
+      replayLogs();
+    }
+    tick();
   });
 
   // A swap brings each output's default open/closed state (open while the
