@@ -656,3 +656,29 @@ def test_a_token_can_be_renamed_but_not_moved_to_another_user(admin_client, admi
     admin_client.post(f"/admin/deployments/apitoken/{row.pk}/change/", {"user": other.pk, "name": "new name"})
     row.refresh_from_db()
     assert (row.user, row.name, row.digest) == (admin_user, "new name", ApiToken.hash(token))
+
+
+def record_unpublished(deployment, count=1):
+    """Commit events whose publish was lost (Redis blip, full channel)."""
+    from django.db.models import F
+
+    from deployments.models import Deployment, Event
+
+    for i in range(count):
+        with transaction.atomic():
+            Deployment.objects.filter(pk=deployment.pk).update(last_event_seq=F("last_event_seq") + 1)
+            seq = Deployment.objects.values_list("last_event_seq", flat=True).get(pk=deployment.pk)
+            Event.objects.create(deployment=deployment, seq=seq, kind=events.LOG, payload={"line": f"lost {i}"})
+
+
+@websocket_db
+@pytest.mark.asyncio
+async def test_a_lost_last_event_arrives_with_the_next_ping(open_socket, deployment, token, monkeypatch):
+    monkeypatch.setattr(consumers, "PING_INTERVAL", 0.2)
+    socket = await open_socket(deployment_path(deployment), token_headers(token))
+    await receive_until_caught_up(socket)
+    await database_sync_to_async(record_unpublished)(deployment, 2)
+    # No later live event will reveal the gap: the ping tick fills it.
+    messages = [m for m in [await socket.receive_json_from(TIMEOUT) for _ in range(3)] if m["type"] == "event"]
+    assert [m["payload"]["line"] for m in messages] == ["lost 0", "lost 1"]
+    assert [m["seq"] for m in messages] == [2, 3]

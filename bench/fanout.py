@@ -1,0 +1,278 @@
+#!/usr/bin/env python
+"""Benchmark: many WebSocket viewers of one deployment on one daphne process.
+
+Starts one daphne on a free loopback port against a fresh database, connects
+V viewers (default 500) to /ws/deployments/<uuid>/ from one asyncio process
+(the websockets library, API token), waits until every viewer had its
+`caught_up`, then acts as the worker: commits N log events (default 200) with
+deployments.events.record, one transaction each, at --rate events/s.
+
+Prints whether every viewer got every event in order, without gaps or
+duplicates (counts), the latency from each event's commit (an on_commit
+stamp, right after COMMIT) to each viewer's recv() returning (p50/p99/max
+over all viewer x event pairs, and until the last viewer had it), and
+daphne's resident memory (VmRSS) before connecting, with the viewers
+connected, after the events and after they disconnected. All viewers share
+one client process: its own CPU time is printed, since a busy client adds
+to the latency it measures.
+
+    .venv/bin/python bench/fanout.py [--viewers 500] [--events 200] [--rate 4]
+
+Needs PostgreSQL and Redis (scripts/services); uses its own database
+norn_bench_fanout and channel prefix norn-bench-<pid>, and removes both,
+daphne and the client when it ends (also on Ctrl-C). The setup helpers are
+bench/event_latency.py's.
+"""
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import resource
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from event_latency import (
+    Daphne,
+    LayerTrouble,
+    bench_env,
+    clean_up,
+    create_database,
+    format_ms,
+    machine,
+    make_deployment,
+    on_sigterm,
+    percentiles,
+    raise_open_files,
+    ranges,
+    sequence_check,
+    write_events,
+)
+
+DB = "norn_bench_fanout"
+
+
+# --- the client process -------------------------------------------------------
+
+
+def watch(url, token, viewers, count, concurrency, timeout, conn):
+    """Runs in its own process: all viewers, on one event loop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us in order
+    try:
+        asyncio.run(_watch(url, token, viewers, count, concurrency, timeout, conn))
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+async def _watch(url, token, viewers, count, concurrency, timeout, conn):
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    # Handshakes in flight at once: each costs daphne a few queries (token,
+    # deployment, replay), and a storm of 500 would only test the backlog.
+    handshakes = asyncio.Semaphore(concurrency)
+    loop = asyncio.get_running_loop()
+
+    async def open_viewer():
+        async with handshakes:
+            # proxy=None: never route through an HTTP(S)_PROXY from the environment.
+            ws = await connect(url, additional_headers={"Authorization": f"Token {token}"}, proxy=None,
+                               ping_interval=None, open_timeout=timeout)
+            try:
+                deadline = loop.time() + timeout
+                while True:
+                    message = json.loads(await asyncio.wait_for(ws.recv(), deadline - loop.time()))
+                    if message["type"] == "caught_up":
+                        return ws, message["seq"]
+            except BaseException:
+                await ws.close()
+                raise
+
+    async def read(ws, caught_up):
+        """(seq, receive stamp) of every event, until all arrived or none for `timeout` s."""
+        pending = set(range(caught_up + 1, caught_up + count + 1))
+        received, closed = [], None
+        deadline = loop.time() + timeout
+        while pending:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), deadline - loop.time())
+            except TimeoutError:
+                break
+            except ConnectionClosed as exc:
+                closed = f"closed by the server: {exc}"
+                break
+            at = time.time()
+            message = json.loads(raw)
+            if message["type"] == "event":
+                # Only events extend the wait: the server's pings come every
+                # 20 s and would otherwise keep a viewer waiting for ever.
+                deadline = loop.time() + timeout
+                received.append((message["seq"], at))
+                pending.discard(message["seq"])
+        return received, closed
+
+    started = time.monotonic()
+    opened = await asyncio.gather(*(open_viewer() for _ in range(viewers)), return_exceptions=True)
+    sockets = [o for o in opened if not isinstance(o, BaseException)]
+    errors = [f"{type(o).__name__}: {o}" for o in opened if isinstance(o, BaseException)]
+    conn.send(("ready", {"connected": len(sockets), "errors": errors, "seconds": time.monotonic() - started}))
+
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.monotonic()
+    results = await asyncio.gather(*(read(ws, caught_up) for ws, caught_up in sockets))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    conn.send(("received", {
+        "viewers": [received for received, _ in results],
+        "closed": [closed for _, closed in results if closed],
+        "seconds": time.monotonic() - started,
+        "cpu": after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime,
+    }))
+
+    # Stay connected until the parent measured daphne with everyone on (bounded).
+    await loop.run_in_executor(None, conn.poll, timeout * 4)
+    started = time.monotonic()
+    await asyncio.gather(*(ws.close() for ws, _ in sockets), return_exceptions=True)
+    conn.send(("closed", {"seconds": time.monotonic() - started}))
+
+
+def expect(here, kind, timeout, daphne):
+    """The client's next message, which must be `kind`, within `timeout` seconds."""
+    if not here.poll(timeout):
+        raise SystemExit(f"the client sent no {kind!r} within {timeout:.0f} s\n{daphne.output()}")
+    got, value = here.recv()
+    if got != kind:
+        raise SystemExit(f"the client failed ({got}): {value}\n{daphne.output()}")
+    return value
+
+
+def memory(status):
+    return f"VmRSS {status['VmRSS']:6.1f} MB (peak so far {status['VmHWM']:6.1f} MB)"
+
+
+# --- main ---------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--viewers", type=int, default=500, help="WebSocket clients (default 500)")
+    parser.add_argument("--events", type=int, default=200, help="events to write (default 200)")
+    parser.add_argument("--rate", type=float, default=4,
+                        help="events/s the worker writes (default 4: one command's output, flushed every "
+                        "0.25 s by deployments/runner.py); 0 writes them back to back")
+    parser.add_argument("--handshakes", type=int, default=50,
+                        help="viewer handshakes in flight at once while connecting (default 50)")
+    parser.add_argument("--timeout", type=float, default=15,
+                        help="seconds to wait for a start-up step, or a viewer for its next event (default 15)")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, on_sigterm)
+    # One descriptor per WebSocket in daphne and in the client (both inherit this).
+    raise_open_files(args.viewers + 1024)
+    context = machine()
+    tmp = Path(tempfile.mkdtemp(prefix="norn-bench-fanout-"))
+    env = bench_env(DB, tmp)
+    daphne = client = None
+    django_ready = False
+    try:
+        create_database(DB, env)
+        import django
+
+        django.setup()
+        django_ready = True
+        import redis
+        from django.conf import settings
+
+        from deployments import events
+
+        trouble = LayerTrouble().install()
+        deployment, token = make_deployment("bench")
+        daphne = Daphne(env, tmp / "daphne.log")
+        daphne.start(timeout=args.timeout)
+        time.sleep(1)  # settle: daphne has imported everything it needs
+        before = daphne.status()
+
+        ctx = multiprocessing.get_context("spawn")
+        here, there = ctx.Pipe()
+        url = f"ws://127.0.0.1:{daphne.port}/ws/deployments/{deployment.public_id}/"
+        client = ctx.Process(target=watch, daemon=True, args=(
+            url, token, args.viewers, args.events, args.handshakes, args.timeout, there))
+        client.start()
+        ready = expect(here, "ready", args.timeout * 4, daphne)
+        time.sleep(1)
+        connected = daphne.status()
+        redis_client = redis.Redis.from_url(settings.REDIS_URL)
+        members = redis_client.zcard(f"{env['NORN_CHANNEL_PREFIX']}:group:deployment.{deployment.public_id.hex}")
+        redis_client.close()
+
+        committed, writing = write_events(deployment.pk, args.events, args.rate)
+        flushing = time.monotonic()
+        events.publisher.flush(timeout=args.timeout)
+        flushing = time.monotonic() - flushing
+        # Bounded: each viewer gives up `timeout` s after its last event, and
+        # a daphne slower than 200 frames/s is broken, not slow.
+        received = expect(here, "received", args.timeout * 2 + args.viewers * args.events / 200, daphne)
+        loaded = daphne.status()
+        here.send("close")
+        closed = expect(here, "closed", args.timeout * 2, daphne)
+        time.sleep(1)
+        after = daphne.status()
+
+        expected = set(committed)
+        checks = [sequence_check([seq for seq, _ in viewer], expected) for viewer in received["viewers"]]
+        latencies, last_viewer = [], {}
+        for viewer in received["viewers"]:
+            for seq, at in viewer:
+                if seq in committed:
+                    latency = at - committed[seq]
+                    latencies.append(latency)
+                    last_viewer[seq] = max(last_viewer.get(seq, 0), latency)
+        complete = sum(1 for check in checks if not any(check.values()))
+        totals = {key: sum(check[key] for check in checks) for key in checks[0]} if checks else {}
+        frames = sum(len(viewer) for viewer in received["viewers"])
+        last_receive = max((at for viewer in received["viewers"] for _, at in viewer), default=float("nan"))
+        delivering = last_receive - min(committed.values())
+        pace = f"paced at {args.rate:g}/s" if args.rate else "written back to back"
+
+        print(f"machine:          {context}")
+        print(f"viewers:          {ready['connected']} of {args.viewers} connected and caught up in "
+              f"{ready['seconds']:.1f} s ({args.handshakes} handshakes at a time); "
+              f"{members} members in the deployment's group")
+        for error in ready["errors"][:5]:
+            print(f"  connect failed: {error}")
+        print(f"events:           {args.events} log events, one transaction each, {pace} "
+              f"({args.events / writing:.0f}/s achieved); publisher queue drained {flushing * 1000:.0f} ms "
+              "after the last commit")
+        print(f"delivery:         {complete} of {len(checks)} viewers got every event in order; totals over "
+              "all viewers: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
+        missed = set()
+        for viewer in received["viewers"]:
+            missed |= expected - {seq for seq, _ in viewer}
+        if missed:
+            print(f"  missed by at least one viewer: seq {ranges(missed)}")
+        for reason in received["closed"][:5]:
+            print(f"  viewer {reason}")
+        print("latency:          worker's on_commit (right after COMMIT) -> a viewer's recv() returned")
+        print(f"  every viewer:   {format_ms(percentiles(latencies))}")
+        print(f"  last viewer:    {format_ms(percentiles(list(last_viewer.values())))}  (per event, until all had it)")
+        print(f"throughput:       {frames} frames in {delivering:.2f} s (first commit to last receive): "
+              f"{frames / delivering:.0f} frames/s")
+        print(f"cpu:              daphne {loaded['cpu'] - connected['cpu']:.1f} s, the client process "
+              f"{received['cpu']:.1f} s, over the {received['seconds']:.1f} s the viewers read")
+        print(f"daphne memory:    before connecting    {memory(before)}")
+        print(f"                  {ready['connected']} connected        {memory(connected)}")
+        print(f"                  after the events     {memory(loaded)}")
+        print(f"                  all disconnected     {memory(after)}  (closing took {closed['seconds']:.1f} s)")
+        for line in trouble.report():
+            print(line)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the cleanup finish
+        clean_up(DB, tmp, env["NORN_CHANNEL_PREFIX"], client, daphne, django_ready)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted (daphne, the client, the database and the Redis keys were removed)")
