@@ -228,61 +228,68 @@ def test_retention_keeps_the_newest_and_the_current_and_previous(make_app, tmp_p
     assert pruned == []
 
 
-def test_auto_rollback_after_a_failed_rollout_on_kubernetes(make_app, tmp_path, norn_dirs, busybox_image, settings, monkeypatch):
+@pytest.fixture
+def kube_web(make_app, tmp_path, norn_dirs, busybox_image, settings, monkeypatch):
+    """A webserver with its own git repository, deployed to the fake Kubernetes
+    (images pushed to the local registry): yields (kube, repo, add_app(extra))."""
     settings.NORN_RUNTIME = "kubernetes"
     settings.NORN_REGISTRY_URL = "127.0.0.1:5000/norn-autorollback"
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with FakeKubernetes(progress_deadline_scale=0.002) as kube:
         monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
         repo = make_repo(tmp_path / "repos", "kweb", {"Dockerfile": DOCKERFILE})
-        make_app("kweb", f"app: kweb\nrole: webserver\nrepo:\n  url: {repo.file_url}\nbuild: {{}}\nport: 8000\n")
-        good = run(request_deployment("kweb"))
-        assert good.status == "deployed", good.error
-        bad_sha = repo.commit({"Dockerfile": DOCKERFILE + "ENV BROKEN=1\n"}, "broken")
-        kube.failing_images = {bad_sha}
-        bad = run(request_deployment("kweb"))
-        assert bad.status == "failed"
-        assert "exceeded its progress deadline" in bad.error
-        assert f"rolling back automatically to {good.image}" in bad.error
-        rollback = Deployment.objects.get(kind="rollback")
-        assert (rollback.requested_via, rollback.rollback_to, rollback.replaces) == ("auto-rollback", good, bad)
-        rollback = run(rollback)
-        assert rollback.status == "deployed", rollback.error
-        image = kube.get_object("deployments", "kweb")["spec"]["template"]["spec"]["containers"][0]["image"]
-        assert image == good.image
-        bad.refresh_from_db()
-        assert bad.status == "rolled_back"
-        assert "successfully rolled out" in rollback.steps.get(name="deploy").output
-        # kubectl agrees with Norn's verdict on the same fake.
-        kubectl = subprocess.run(
-            ["kubectl", f"--kubeconfig={tmp_path / 'kubeconfig'}", "rollout", "status", "deployment/kweb", "--timeout=20s"],
-            capture_output=True, text=True, timeout=60,
-        )
-        assert kubectl.returncode == 0, kubectl.stderr
+
+        def add_app(extra=""):
+            make_app("kweb", f"app: kweb\nrole: webserver\nrepo:\n  url: {repo.file_url}\nbuild: {{}}\nport: 8000\n{extra}")
+
+        yield kube, repo, add_app
+        assert not kube.internal_errors, kube.internal_errors
 
 
-def test_auto_rollback_can_be_turned_off(make_app, tmp_path, norn_dirs, busybox_image, settings, monkeypatch):
-    settings.NORN_RUNTIME = "kubernetes"
-    settings.NORN_REGISTRY_URL = "127.0.0.1:5000/norn-autorollback"
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with FakeKubernetes(progress_deadline_scale=0.002) as kube:
-        monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
-        repo = make_repo(tmp_path / "repos", "kweb", {"Dockerfile": DOCKERFILE})
-        make_app("kweb", f"app: kweb\nrole: webserver\nrepo:\n  url: {repo.file_url}\nbuild: {{}}\nport: 8000\nautoRollback: false\n")
-        assert run(request_deployment("kweb")).status == "deployed"
-        kube.rollout_mode = "stuck"
-        repo.commit({"Dockerfile": DOCKERFILE + "ENV X=1\n"}, "x")
-        bad = run(request_deployment("kweb"))
-        assert bad.status == "failed" and "rolling back" not in bad.error
-        assert not Deployment.objects.filter(kind="rollback").exists()
+def test_auto_rollback_after_a_failed_rollout_on_kubernetes(kube_web, tmp_path):
+    kube, repo, add_app = kube_web
+    add_app()
+    good = run(request_deployment("kweb"))
+    assert good.status == "deployed", good.error
+    bad_sha = repo.commit({"Dockerfile": DOCKERFILE + "ENV BROKEN=1\n"}, "broken")
+    kube.failing_images = {bad_sha}
+    bad = run(request_deployment("kweb"))
+    assert bad.status == "failed"
+    assert "exceeded its progress deadline" in bad.error
+    assert f"rolling back automatically to {good.image}" in bad.error
+    rollback = Deployment.objects.get(kind="rollback")
+    assert (rollback.requested_via, rollback.rollback_to, rollback.replaces) == ("auto-rollback", good, bad)
+    rollback = run(rollback)
+    assert rollback.status == "deployed", rollback.error
+    image = kube.get_object("deployments", "kweb")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == good.image
+    bad.refresh_from_db()
+    assert bad.status == "rolled_back"
+    assert "successfully rolled out" in rollback.steps.get(name="deploy").output
+    # kubectl agrees with Norn's verdict on the same fake.
+    kubectl = subprocess.run(
+        ["kubectl", f"--kubeconfig={tmp_path / 'kubeconfig'}", "rollout", "status", "deployment/kweb", "--timeout=20s"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert kubectl.returncode == 0, kubectl.stderr
+
+
+def test_auto_rollback_can_be_turned_off(kube_web):
+    kube, repo, add_app = kube_web
+    add_app("autoRollback: false\n")
+    assert run(request_deployment("kweb")).status == "deployed"
+    kube.rollout_mode = "stuck"
+    repo.commit({"Dockerfile": DOCKERFILE + "ENV X=1\n"}, "x")
+    bad = run(request_deployment("kweb"))
+    assert bad.status == "failed" and "rolling back" not in bad.error
+    assert not Deployment.objects.filter(kind="rollback").exists()
 
 
 def test_after_a_failed_rollout_a_manual_rollback_reapplies_the_last_good_image(make_app, tmp_path, norn_dirs, busybox_image):
     repo, first, second = cron_history(make_app, tmp_path)
-    # The next deploy fails in its deploy step (the image is gone from the engine).
+    # The next deploy fails in its deploy step (its rollout did not finish).
     repo.commit({"Dockerfile": DOCKERFILE + "ENV V=3\n"}, "v3")
     broken = request_deployment("job")
-    Deployment.objects.filter(pk=broken.pk).update(kind="deploy")
     transitions.claim(broken.pk, "host:1:x")
     transitions.start_step(broken.pk, "host:1:x", "deploy")
     transitions.finish_step(broken.pk, "deploy", "failed", error="rollout stuck")
