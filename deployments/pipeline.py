@@ -27,8 +27,8 @@ CANCEL_POLL_INTERVAL = 0.5
 
 
 def step_module(name):
-    # "test" would shadow nothing, but a real module per step keeps "what does
-    # the Build step do" findable by file name (deployments/steps/build.py).
+    # One module per step, so "what does the Build step do" is found by file
+    # name (deployments/steps/build.py).
     return importlib.import_module(f"deployments.steps.{name}")
 
 
