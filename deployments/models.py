@@ -52,6 +52,56 @@ class DeploymentKind(models.TextChoices):
     RESTORE = "restore", "Snapshot restore"
 
 
+# Kinds that put an image into service (a restore changes only the database).
+SERVICE_KINDS = (DeploymentKind.DEPLOY, DeploymentKind.ROLLBACK)
+# Statuses of a deployment whose image was in service at some point.
+WENT_LIVE = (DeploymentStatus.DEPLOYED, DeploymentStatus.ROLLED_BACK)
+
+
+class DeploymentQuerySet(models.QuerySet):
+    """The questions Norn asks of deployments, named once."""
+
+    def in_flight(self):
+        """Claimed by a worker and not finished (at most one per app)."""
+        return self.exclude(status__in=NOT_IN_FLIGHT)
+
+    def queued(self):
+        return self.filter(status=DeploymentStatus.QUEUED)
+
+    def terminal(self):
+        return self.filter(status__in=TERMINAL_STATUSES)
+
+    def unfinished(self):
+        """Queued or in flight."""
+        return self.exclude(status__in=TERMINAL_STATUSES)
+
+    def newest_first(self):
+        return self.order_by("-finished_at", "-pk")
+
+    def went_live(self, app):
+        """The app's deployments that put an image into service, newest first:
+        the ones a rollback can go back to."""
+        return (
+            self.filter(app=app, kind__in=SERVICE_KINDS, status__in=WENT_LIVE)
+            .exclude(image="")
+            .newest_first()
+        )
+
+    def live_for(self, app):
+        """The deployment whose image is in service now: the latest that succeeded."""
+        return (
+            self.filter(app=app, kind__in=SERVICE_KINDS, status=DeploymentStatus.DEPLOYED)
+            .exclude(image="")
+            .newest_first()
+            .first()
+        )
+
+    def rollback_candidates(self, app, exclude_image=""):
+        """Earlier deployments whose image can be put back, newest first."""
+        candidates = self.went_live(app)
+        return candidates.exclude(image=exclude_image) if exclude_image else candidates
+
+
 class Deployment(models.Model):
     Status = DeploymentStatus
     Kind = DeploymentKind
@@ -100,6 +150,8 @@ class Deployment(models.Model):
     # Last event sequence number handed out (events are numbered per deployment).
     last_event_seq = models.PositiveIntegerField(default=0)
 
+    objects = DeploymentQuerySet.as_manager()
+
     class Meta:
         ordering = ["-queued_at", "-id"]
         permissions = [
@@ -125,7 +177,7 @@ class Deployment(models.Model):
             models.Index(fields=["app", "-queued_at", "-id"], name="deploy_app_recent"),
             # The admin deployment list (newest first) and its date filter.
             models.Index(fields=["-queued_at", "-id"], name="deploy_recent"),
-            # rollback.live_deployment (the app page's "In service", rollbacks):
+            # Deployment.objects.live_for (the app page's "In service", rollbacks):
             # the newest deployed deployment of an app, without sorting them all.
             models.Index(
                 fields=["app", "-finished_at", "-id"],
@@ -227,6 +279,13 @@ class Event(models.Model):
         return f"{self.kind} #{self.seq}"
 
 
+class SnapshotQuerySet(models.QuerySet):
+    def disk_usage(self):
+        """{"count": snapshots, "bytes": their size on disk as recorded when written}."""
+        usage = self.aggregate(count=models.Count("id"), bytes=models.Sum("size"))
+        return {"count": usage["count"], "bytes": usage["bytes"] or 0}
+
+
 class Snapshot(models.Model):
     class Kind(models.TextChoices):
         PRE_MIGRATION = "pre-migration", "Before migrations"
@@ -241,6 +300,8 @@ class Snapshot(models.Model):
     sha256 = models.CharField(max_length=64)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PRE_MIGRATION)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = SnapshotQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

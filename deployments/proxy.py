@@ -34,7 +34,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from deployments.recovery import pid_alive
+from deployments.runner import pid_alive
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ worker restarting does not fail another's deploys.
 """
 
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -27,21 +26,6 @@ log = logging.getLogger(__name__)
 ERROR = "norn restarted during deployment"
 
 
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) is not a live worker.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def owner_is_dead(deployment, now):
     stale = deployment.heartbeat_at is None or (
         now - deployment.heartbeat_at > timedelta(seconds=settings.NORN_HEARTBEAT_TIMEOUT)
@@ -52,7 +36,7 @@ def owner_is_dead(deployment, now):
         host, pid, _ = transitions.parse_owner(deployment.owner)
     except ValueError:
         return True
-    return host == socket.gethostname() and not pid_alive(pid)
+    return host == socket.gethostname() and not runner.pid_alive(pid)
 
 
 def recover(now=None):

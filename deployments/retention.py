@@ -6,34 +6,20 @@ kept: they are the ones a rollback or a restore would need."""
 import logging
 from pathlib import Path
 
-from django.db.models import Sum
-
-from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, DeploymentStatus, Snapshot
+from deployments.models import Deployment, DeploymentKind, Snapshot
 
 log = logging.getLogger(__name__)
-
-
-def protected_deployments(app):
-    """The current and the previous deployment that put an image in service."""
-    return list(
-        Deployment.objects.filter(
-            app=app,
-            kind__in=[DeploymentKind.DEPLOY, DeploymentKind.ROLLBACK],
-            status__in=[DeploymentStatus.DEPLOYED, DeploymentStatus.ROLLED_BACK],
-        )
-        .order_by("-finished_at", "-pk")
-        .values_list("pk", flat=True)[:2]
-    )
 
 
 def prune(app, spec):
     """Delete the app's snapshots beyond the newest `retain`; returns their paths."""
     retain = (spec.get("snapshots") or {}).get("retain", 5)
-    keep = set(protected_deployments(app))
+    # The current and the previous image in service: what a rollback needs.
+    keep = set(Deployment.objects.went_live(app).values_list("pk", flat=True)[:2])
     # A snapshot a queued or running restore is about to use stays too.
     busy = set(
         Deployment.objects.filter(app=app, kind=DeploymentKind.RESTORE)
-        .exclude(status__in=TERMINAL_STATUSES)
+        .unfinished()
         .values_list("snapshot_id", flat=True)
     )
     pruned = []
@@ -51,7 +37,3 @@ def prune(app, spec):
         log.info("pruned %d snapshot(s) of %s", len(pruned), app.name)
     return pruned
 
-
-def usage(app):
-    """Bytes the app's snapshots take on disk (as recorded when written)."""
-    return Snapshot.objects.filter(app=app).aggregate(total=Sum("size"))["total"] or 0

@@ -6,35 +6,8 @@ when it succeeds, the deployment it replaced ends rolled_back. It takes the
 app's lock like any deploy, and goes before queued deploys of the app.
 """
 
-from django.db.models import Q
-
 from deployments import transitions
-from deployments.models import Deployment, DeploymentKind, DeploymentStatus
-
-SERVICE_KINDS = (DeploymentKind.DEPLOY, DeploymentKind.ROLLBACK)
-
-
-def live_deployment(app):
-    """The deployment whose image is in service: the latest one that succeeded."""
-    return (
-        Deployment.objects.filter(app=app, kind__in=SERVICE_KINDS, status=DeploymentStatus.DEPLOYED)
-        .exclude(image="")
-        .order_by("-finished_at", "-pk")
-        .first()
-    )
-
-
-def candidates(app, exclude_image=""):
-    """Earlier deployments whose image can be put back, newest first."""
-    return (
-        Deployment.objects.filter(
-            app=app,
-            kind__in=SERVICE_KINDS,
-            status__in=[DeploymentStatus.DEPLOYED, DeploymentStatus.ROLLED_BACK],
-        )
-        .exclude(Q(image="") | Q(image=exclude_image))
-        .order_by("-finished_at", "-pk")
-    )
+from deployments.models import SERVICE_KINDS, WENT_LIVE, Deployment, DeploymentKind, DeploymentStatus
 
 
 class NothingToRollBackTo(Exception):
@@ -46,7 +19,7 @@ def failed_rollout(app):
     may be half-way to its image, so the last good one must be re-applied."""
     latest = (
         Deployment.objects.filter(app=app, kind__in=SERVICE_KINDS, finished_at__isnull=False)
-        .order_by("-finished_at", "-pk")
+        .newest_first()
         .first()
     )
     if latest and latest.status == DeploymentStatus.FAILED and latest.steps.filter(
@@ -58,14 +31,12 @@ def failed_rollout(app):
 
 def choose(app, target=None):
     """(target, replaces) for a rollback of `app`; raises NothingToRollBackTo."""
-    live = live_deployment(app)
+    live = Deployment.objects.live_for(app)
     broken = failed_rollout(app)
     if target is not None:
         if target.app_id != app.pk:
             raise NothingToRollBackTo(f"deployment {target.public_id} is not a deployment of {app.name}")
-        if not target.image or target.kind not in SERVICE_KINDS or target.status not in (
-            DeploymentStatus.DEPLOYED, DeploymentStatus.ROLLED_BACK
-        ):
+        if not target.image or target.kind not in SERVICE_KINDS or target.status not in WENT_LIVE:
             raise NothingToRollBackTo(
                 f"deployment {target.short_id} never put an image into service "
                 f"(status {target.status}); choose one that was deployed"
@@ -75,7 +46,7 @@ def choose(app, target=None):
         return target, broken or live
     if broken is not None and live is not None:
         return live, broken
-    target = candidates(app, exclude_image=live.image if live else "").first()
+    target = Deployment.objects.rollback_candidates(app, exclude_image=live.image if live else "").first()
     if target is None:
         raise NothingToRollBackTo(
             f"{app.name} has no earlier successful deployment with another image to roll back to"
@@ -95,7 +66,7 @@ def after_failed_deploy(deployment, spec):
     itself when the infraspec says so. Returns text for the error message."""
     if not spec.get("autoRollback"):
         return ""
-    live = live_deployment(deployment.app)
+    live = Deployment.objects.live_for(deployment.app)
     if live is None or live.pk == deployment.pk:
         return "; no earlier deployment to roll back to automatically"
     rollback = queue(deployment.app, live, deployment, name="norn", via="auto-rollback")

@@ -13,6 +13,10 @@ import threading
 import time
 from dataclasses import dataclass
 
+# Variables passed through to every command; nothing else of Norn's own
+# environment (which holds NORN_GIT_TOKEN and the like) reaches a command.
+PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "DOCKER_HOST", "DOCKER_CONFIG", "KUBECONFIG", "MINIKUBE_HOME")
+
 # How often output is flushed to the database while a command runs.
 FLUSH_INTERVAL = 0.25
 KILL_GRACE = 3.0
@@ -48,6 +52,29 @@ class Redactor:
         for secret in self.secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def host_env(**extra):
+    """The environment every command starts from: PASSTHROUGH_ENV plus `extra`."""
+    env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def pid_alive(pid):
+    """Is process `pid` (on this host) running? A zombie is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def kill_tree(pgid, sig=signal.SIGKILL):

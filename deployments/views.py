@@ -158,7 +158,7 @@ def app_detail(request, name):
     )
     recent.reverse()  # oldest on the left
 
-    live = rollback.live_deployment(app)
+    live = Deployment.objects.live_for(app)
     snapshots = list(
         Snapshot.objects.filter(app=app).select_related("deployment")[: SNAPSHOTS_SHOWN + 1]
     )
@@ -178,7 +178,7 @@ def app_detail(request, name):
         # Offer "Roll back…" only when there is something to roll back to.
         can_roll_back=live is not None and (
             rollback.failed_rollout(app) is not None
-            or rollback.candidates(app, exclude_image=live.image).exists()
+            or Deployment.objects.rollback_candidates(app, exclude_image=live.image).exists()
         ),
         steps=states.STEPS,
     )
@@ -487,9 +487,9 @@ def rollback_app(request, name):
     """GET: what is live and which earlier images can be put back. POST: queue
     the rollback (requests.request_rollback) and follow it live."""
     app = _get_app_for_user(request, name, START)
-    live = rollback.live_deployment(app)
+    live = Deployment.objects.live_for(app)
     choices = list(
-        rollback.candidates(app, exclude_image=live.image if live else "")
+        Deployment.objects.rollback_candidates(app, exclude_image=live.image if live else "")
         .select_related("requested_by")[:ROLLBACK_CHOICES]
     )
     error = ""

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from deployments import pipeline, recovery, states, transitions
+from deployments import pipeline, recovery, runner, states, transitions
 from deployments.models import Deployment, Event, Snapshot
 from deployments.requests import DeployRequestError, request_deployment
 
@@ -190,7 +190,7 @@ def test_cancel_a_running_deployment(make_app, norn_dirs, busybox_image, tmp_pat
     assert deployment.error == "cancelled by alice (cli)"
     assert step_table(deployment)["cleanup"] == ("succeeded", "")
     # The whole process tree is gone, not just the shell.
-    assert not recovery.pid_alive(child)
+    assert not runner.pid_alive(child)
     assert deployment.events.filter(kind="deploy.cancelled", payload__by="alice (cli)").exists()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from deployments import recovery, transitions
+from deployments import recovery, runner, transitions
 from deployments.runtimes import docker as docker_runtime
 from deployments.models import Deployment, Step
 from deployments.requests import request_deployment
@@ -61,7 +61,7 @@ def slow_app(make_app, name, step, db_name, repos):
 
 
 def alive(pid):
-    return recovery.pid_alive(pid)
+    return runner.pid_alive(pid)
 
 
 @pytest.fixture

@@ -7,34 +7,16 @@ A step module has `run(ctx)`. It returns normally when it succeeded, raises
 themselves, except the snapshot step's Snapshot row.
 """
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
 
 from deployments import runner
+from deployments.outcomes import Skip, StepFailed
+from deployments.runner import host_env
 
-
-class Skip(Exception):
-    """The step does not apply; the argument is the reason shown to users."""
-
-
-class StepFailed(Exception):
-    """The step failed; the argument is the error shown to users."""
-
-
-# Variables passed through to every command; nothing else of Norn's own
-# environment (which holds NORN_GIT_TOKEN and the like) reaches a step.
-PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "DOCKER_HOST", "DOCKER_CONFIG", "KUBECONFIG", "MINIKUBE_HOME")
-
-
-def host_env(**extra):
-    """The environment every command starts from: PASSTHROUGH_ENV plus `extra`."""
-    env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+__all__ = ["Context", "Skip", "StepFailed", "host_env"]
 
 
 @dataclass
@@ -48,6 +30,9 @@ class Context:
     app_dir: Path
     # "deploy", "rollback" or "restore" (see states.STEPS_BY_KIND).
     kind: str = "deploy"
+    # Where the deploy step puts the app: the deployment's recorded runtime
+    # ("docker" or "kubernetes"), fixed when it was queued.
+    runtime: str = "docker"
     # A restore's Snapshot row.
     restore_snapshot: object = None
     # Set by steps as they learn them.
