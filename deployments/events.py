@@ -11,10 +11,11 @@ import asyncio
 import logging
 import queue
 import threading
+import uuid
 
 from django.db import connection, transaction
 
-from deployments.models import Event
+from deployments.models import Deployment, Event
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ CANCELLED = "deploy.cancelled"
 ROLLED_BACK = "deploy.rolled_back"
 
 
-def deployment_payload(deployment):
+def deployment_payload(deployment: Deployment) -> dict:
     """The full deployment object, as the seed's events carry it."""
     return {
         "id": str(deployment.public_id),
@@ -62,7 +63,7 @@ def _iso(value):
     return value.isoformat() if value else None
 
 
-def record(deployment_id, kind, payload):
+def record(deployment_id: int, kind: str, payload: dict) -> Event:
     """Append an event for the deployment; call inside the state change's transaction."""
     assert transaction.get_connection().in_atomic_block, "events are written with their state change"
     # The UPDATE takes the deployment's row lock until commit, so concurrent
@@ -82,12 +83,12 @@ def record(deployment_id, kind, payload):
     return event
 
 
-def group_names(public_id, app_name):
+def group_names(public_id: uuid.UUID, app_name: str) -> list[str]:
     """The channel-layer groups an event goes to: its deployment, its app, all."""
     return [f"deployment.{public_id.hex}", f"app.{app_name}", "deployments"]
 
 
-def message(event, public_id):
+def message(event: Event, public_id: uuid.UUID) -> dict:
     return {
         "type": "deploy.event",
         "deployment": str(public_id),
@@ -111,14 +112,14 @@ class Publisher:
         self._lock = threading.Lock()
         self._thread = None
 
-    def send(self, groups, body):
+    def send(self, groups: list[str], body: dict) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="norn-events", daemon=True)
                 self._thread.start()
         self._queue.put((groups, body))
 
-    def flush(self, timeout=5.0):
+    def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything queued so far was sent (or dropped)."""
         done = threading.Event()
         self._queue.put(done)

@@ -16,9 +16,10 @@ from django.conf import settings
 from django.db import connection
 
 from apps_registry import infraspec
-from deployments import appdb, events, retention, rollback, runner, states, transitions
-from deployments.models import Deployment, StepStatus
-from deployments.steps import Context, Skip, StepFailed
+from deployments import appdb, events, queue, retention, rollback, runner, states, transitions
+from deployments.models import Deployment
+from deployments.outcomes import Outcome, Skip, StepFailed, cancel_message
+from deployments.steps import Context
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ HEARTBEAT_INTERVAL = 2.0
 CANCEL_POLL_INTERVAL = 0.5
 
 
-def step_module(name):
+def step_module(name: str):
     # One module per step, so "what does the Build step do" is found by file
     # name (deployments/steps/build.py).
     return importlib.import_module(f"deployments.steps.{name}")
@@ -68,7 +69,8 @@ class Heartbeat(threading.Thread):
         self.join(timeout=5)
 
 
-def execute(deployment_id):
+def execute(deployment_id: int) -> bool:
+    """Run the deployment if this call claims it; False when it was not ours to run."""
     owner = transitions.owner_id()
     if not transitions.claim(deployment_id, owner):
         log.info("deployment %s not claimed (already claimed, cancelled, or not its turn)", deployment_id)
@@ -80,7 +82,7 @@ def execute(deployment_id):
         _run_steps(deployment, owner, heartbeat)
     finally:
         heartbeat.stop()
-        dispatch_next(deployment.app_id)
+        queue.dispatch_next(deployment.app_id)
         # Live listeners get the last events before this worker goes idle.
         events.publisher.flush()
     return True
@@ -100,6 +102,9 @@ def _context(deployment, heartbeat):
         workdir=workdir,
         app_dir=Path(app.directory),
         kind=deployment.kind,
+        # Recorded when it was queued; rows from before the column was filled
+        # fall back to the setting.
+        runtime=deployment.runtime or settings.NORN_RUNTIME,
         restore_snapshot=deployment.snapshot,
         redact=runner.Redactor(secrets),
     )
@@ -107,7 +112,7 @@ def _context(deployment, heartbeat):
         # The image and commit being put back come from the earlier deployment.
         ctx.image = deployment.rollback_to.image
         ctx.commit_sha = deployment.rollback_to.commit_sha
-    ctx.cancel_reason = lambda: f"cancelled by {heartbeat.cancel_by}" if heartbeat.cancel_by else None
+    ctx.cancel_reason = lambda: cancel_message(heartbeat.cancel_by) if heartbeat.cancel_by else None
     ctx.record_pgid = lambda pgid: transitions.set_fields(deployment.pk, step_pgid=pgid)
     return ctx, result
 
@@ -129,19 +134,23 @@ def _run_steps(deployment, owner, heartbeat):
             return
         ctx.timeout = settings.NORN_STEP_TIMEOUTS[name]
         ctx.output = lambda text, name=name: transitions.append_output(deployment.pk, name, text)
-        status, step_error, reason = _run_one(ctx, name, heartbeat, error if name == first else "")
+        if name == first and error:
+            outcome = Outcome.failed(error)
+        else:
+            outcome = _run_one(ctx, name, heartbeat)
         if name == "clone":
             ctx.workdir.mkdir(parents=True, exist_ok=True)  # cleanup's target exists either way
-        transitions.finish_step(deployment.pk, name, status, error=step_error, skip_reason=reason)
-        steps[name] = status
+        transitions.finish_step(
+            deployment.pk, name, outcome.status, error=outcome.error, skip_reason=outcome.skip_reason
+        )
         _record_progress(deployment.pk, ctx)
-        if status == StepStatus.FAILED and name not in states.BEST_EFFORT:
-            error = step_error if step_error.startswith("cancelled by") else f"{name} failed: {step_error}"
-            if name == "deploy" and deployment.kind == Deployment.Kind.DEPLOY and not step_error.startswith("cancelled by"):
+        cut = states.apply(steps, name, outcome)
+        if states.failed_step(steps) == name:
+            error = states.failure_error(name, outcome)
+            if name == "deploy" and deployment.kind == Deployment.Kind.DEPLOY and not outcome.is_cancel:
                 error += rollback.after_failed_deploy(deployment, ctx.spec)
-            transitions.skip_cut_short(deployment.pk, states.steps_cut_short(steps), name)
-            for cut in states.steps_cut_short(steps):
-                steps[cut] = StepStatus.SKIPPED
+        if cut:
+            transitions.skip_cut_short(deployment.pk, cut, name)
     final = states.final_status(steps)
     if not transitions.finish(deployment.pk, final, error):
         return
@@ -151,29 +160,29 @@ def _run_steps(deployment, owner, heartbeat):
             retention.prune(deployment.app, ctx.spec)
 
 
-def _run_one(ctx, name, heartbeat, preset_error):
-    """Run a step; returns (status, error, skip reason)."""
-    if preset_error:
-        return StepStatus.FAILED, preset_error, ""
+def _run_one(ctx: Context, name: str, heartbeat: Heartbeat) -> Outcome:
+    """Run one step and say how it ended."""
     if name not in states.ALWAYS_RUNS and heartbeat.cancel_by:
-        return StepStatus.FAILED, f"cancelled by {heartbeat.cancel_by}", ""
+        return Outcome.cancelled(heartbeat.cancel_by)
     if name == "clone":
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         transitions.set_fields(ctx.deployment_id, workdir=str(ctx.workdir))
     try:
         step_module(name).run(ctx)
     except Skip as skip:
-        return StepStatus.SKIPPED, "", str(skip)
+        return Outcome.skipped(str(skip))
     except runner.Cancelled as exc:
-        return StepStatus.FAILED, str(exc), ""
+        # The runner stops a command when ctx.cancel_reason says so, which it
+        # does only once the heartbeat saw the request.
+        return Outcome.cancelled(heartbeat.cancel_by) if heartbeat.cancel_by else Outcome.failed(str(exc))
     except (StepFailed, runner.CommandError) as exc:
-        return StepStatus.FAILED, ctx.redact(str(exc)), ""
+        return Outcome.failed(ctx.redact(str(exc)))
     except Exception as exc:
         log.exception("step %s of deployment %s crashed", name, ctx.deployment_id)
-        return StepStatus.FAILED, ctx.redact(f"internal error: {exc.__class__.__name__}: {exc}"), ""
+        return Outcome.failed(ctx.redact(f"internal error: {exc.__class__.__name__}: {exc}"))
     finally:
         transitions.set_fields(ctx.deployment_id, step_pgid=None)
-    return StepStatus.SUCCEEDED, "", ""
+    return Outcome.succeeded()
 
 
 def _record_progress(deployment_id, ctx):
@@ -184,13 +193,3 @@ def _record_progress(deployment_id, ctx):
         fields["image"] = ctx.image
     if fields:
         transitions.set_fields(deployment_id, **fields)
-
-
-def dispatch_next(app_id):
-    """Start the app's oldest queued deployment, if any (FIFO)."""
-    from deployments import tasks
-
-    next_id = transitions.next_queued(app_id)
-    if next_id is not None:
-        tasks.enqueue_deployment(next_id)
-

@@ -15,11 +15,10 @@ import socket
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
-from deployments import events, runner, transitions
-from deployments.models import NOT_IN_FLIGHT, Deployment, DeploymentStatus, Step, StepStatus
+from deployments import queue, runner, transitions
+from deployments.models import Deployment
 
 log = logging.getLogger(__name__)
 
@@ -43,43 +42,23 @@ def recover(now=None):
     """Recover every in-flight deployment whose owner is dead; returns their ids."""
     now = now or timezone.now()
     recovered = []
-    for deployment in Deployment.objects.exclude(status__in=NOT_IN_FLIGHT).select_related("app"):
+    for deployment in Deployment.objects.in_flight().select_related("app"):
         if owner_is_dead(deployment, now) and fail(deployment):
             recovered.append(deployment.pk)
     return recovered
 
 
 def fail(deployment):
-    """Fail one deployment on behalf of its dead owner."""
-    with transaction.atomic():
-        # Conditional on the state we saw: if the owner was alive after all
-        # and moved on, or another recovery got here first, do nothing.
-        taken = Deployment.objects.filter(
-            pk=deployment.pk, status=deployment.status, owner=deployment.owner
-        ).update(status=DeploymentStatus.FAILED, error=ERROR, finished_at=timezone.now())
-        if not taken:
-            return False
-        now = timezone.now()
-        for step in Step.objects.select_for_update().filter(deployment=deployment, status=StepStatus.RUNNING):
-            step.status = StepStatus.FAILED
-            step.error = ERROR
-            step.finished_at = now
-            step.duration = now - step.started_at if step.started_at else None
-            step.save(update_fields=["status", "error", "finished_at", "duration"])
-            events.record(deployment.pk, events.STEP, {"step": step.name, "status": StepStatus.FAILED, "error": ERROR})
-        Step.objects.filter(deployment=deployment, status=StepStatus.PENDING).update(
-            status=StepStatus.SKIPPED, skip_reason=ERROR
-        )
-        fresh = Deployment.objects.select_related("app", "requested_by").get(pk=deployment.pk)
-        events.record(deployment.pk, events.FAILED, events.deployment_payload(fresh))
+    """Fail one deployment on behalf of its dead owner, kill what its step
+    left running, remove its work directory and start the app's next one."""
+    # step_pgid and workdir as the dead owner left them: fail_abandoned clears the pgid.
+    if not transitions.fail_abandoned(deployment, ERROR):
+        return False
     log.warning("recovered deployment %s of %s: %s", deployment.pk, deployment.app.name, ERROR)
     _kill_leftovers(deployment)
     if deployment.workdir:
         shutil.rmtree(deployment.workdir, ignore_errors=True)
-    Deployment.objects.filter(pk=deployment.pk).update(step_pgid=None)
-    from deployments.pipeline import dispatch_next
-
-    dispatch_next(deployment.app_id)
+    queue.dispatch_next(deployment.app_id)
     return True
 
 
@@ -98,35 +77,8 @@ def _kill_leftovers(deployment):
 
 def dispatch_waiting():
     """Enqueue the head of each app's queue where nothing is in flight."""
-    from deployments.pipeline import dispatch_next
-
-    busy = set(Deployment.objects.exclude(status__in=NOT_IN_FLIGHT).values_list("app_id", flat=True))
-    waiting = set(Deployment.objects.filter(status=DeploymentStatus.QUEUED).values_list("app_id", flat=True))
+    busy = set(Deployment.objects.in_flight().values_list("app_id", flat=True))
+    waiting = set(Deployment.objects.queued().values_list("app_id", flat=True))
     for app_id in waiting - busy:
-        dispatch_next(app_id)
+        queue.dispatch_next(app_id)
     return len(waiting - busy)
-
-
-def on_worker_spawn(sender, proc_name=None, **kwargs):
-    """django-q2 post_spawn: a worker (re)started, maybe after a crash."""
-    try:
-        recovered = recover()
-        if recovered:
-            log.warning("%s recovered deployments %s", proc_name, recovered)
-    except Exception:
-        log.exception("crash recovery failed at worker start")
-    restart_proxy()
-
-
-def restart_proxy():
-    """After a reboot the apps' containers restart by themselves; their proxy
-    is started by the first worker, so their public ports answer again."""
-    from deployments import proxy
-
-    try:
-        _, routes = proxy.read_routes()
-        if routes and not proxy.alive():
-            proxy.ensure_running()
-            log.warning("started the proxy for the apps' public ports")
-    except Exception:
-        log.exception("could not start the proxy for the apps' public ports")

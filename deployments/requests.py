@@ -16,7 +16,7 @@ from django.conf import settings
 from apps_registry import discovery
 from apps_registry.infraspec import branch_name_problem, redact_url
 from apps_registry.models import App
-from deployments import runner, tasks, transitions
+from deployments import queue, runner, transitions
 from deployments.steps import clone
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def request_deployment(app_name, ref="HEAD", *, user=None, name="", via="cli"):
         verify_ref_exists(app.spec["repo"]["url"], ref)
     runtime = "cron" if app.spec["role"] == "cron" else settings.NORN_RUNTIME
     deployment = transitions.create(app, ref, user=user, name=name, via=via, runtime=runtime)
-    tasks.enqueue_deployment(deployment.pk)
+    queue.enqueue(deployment.pk)
     return deployment
 
 
@@ -131,7 +131,7 @@ def request_rollback(app_name, to=None, *, user=None, name="", via="cli"):
     except rollback.NothingToRollBackTo as exc:
         raise DeployRequestError(f"cannot roll back {app.name}: {exc}") from None
     deployment = rollback.queue(app, target, replaces, user=user, name=name, via=via)
-    tasks.enqueue_deployment(deployment.pk)
+    queue.enqueue(deployment.pk)
     return deployment
 
 
@@ -147,5 +147,5 @@ def request_restore(snapshot, *, user=None, name="", via="cli"):
         snapshot.app, "HEAD", user=user, name=name, via=via, runtime="postgres",
         kind="restore", snapshot=snapshot,
     )
-    tasks.enqueue_deployment(deployment.pk)
+    queue.enqueue(deployment.pk)
     return deployment

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from deployments import states
 from deployments.models import DeploymentStatus, StepStatus
+from deployments.outcomes import Outcome
 
 # The buttons under the current step, and the status each one gives it.
 ACTIONS = {
@@ -65,14 +66,12 @@ class Simulation:
             raise SimulationError(f"{action!r} is not one of {', '.join(ACTIONS)}")
         if step is None or step != self.current:
             raise StaleStep(f"{step!r} is not the step running now")
-        self.steps[step] = ACTIONS[action]
-        if action == "skip":
-            self.reasons[step] = SKIPPED_BY_USER
-        # What deployments/pipeline.py does after a failure: the steps that
-        # will never run are recorded as skipped, naming the failed step
-        # (transitions.skip_cut_short's reason).
-        for name in states.steps_cut_short(self.steps):
-            self.steps[name] = StepStatus.SKIPPED
+        outcome = Outcome(ACTIONS[action], skip_reason=SKIPPED_BY_USER if action == "skip" else "")
+        if outcome.skip_reason:
+            self.reasons[step] = outcome.skip_reason
+        # The same rule the pipeline applies: the steps that will never run
+        # are skipped, naming the failed step (transitions.skip_cut_short's reason).
+        for name in states.apply(self.steps, step, outcome):
             self.reasons[name] = f"{step} failed"
 
     @property

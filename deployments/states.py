@@ -8,6 +8,9 @@ deploy has seven steps, a rollback and a restore fewer (STEPS_BY_KIND).
 """
 
 from deployments.models import DeploymentStatus, StepStatus
+from deployments.outcomes import Outcome
+
+Steps = dict[str, StepStatus]
 
 STEPS = ("clone", "build", "test", "snapshot", "migrate", "deploy", "cleanup")
 # A rollback only puts an earlier image back (with the same rollout gate); a
@@ -50,12 +53,12 @@ BEST_EFFORT = ("cleanup",)
 DONE = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED)
 
 
-def initial(kind="deploy"):
+def initial(kind: str = "deploy") -> Steps:
     """Every step of a deployment of `kind`, pending, in order."""
     return {name: StepStatus.PENDING for name in STEPS_BY_KIND[kind]}
 
 
-def failed_step(steps):
+def failed_step(steps: Steps) -> str | None:
     """The step that failed the deployment, or None."""
     for name in steps:
         if steps[name] == StepStatus.FAILED and name not in BEST_EFFORT:
@@ -63,7 +66,7 @@ def failed_step(steps):
     return None
 
 
-def next_step(steps):
+def next_step(steps: Steps) -> str | None:
     """The step to run next, or None when the pipeline is over."""
     stopped = failed_step(steps) is not None
     for name in steps:
@@ -75,7 +78,7 @@ def next_step(steps):
     return None
 
 
-def steps_cut_short(steps):
+def steps_cut_short(steps: Steps) -> list[str]:
     """Pending steps that will never run because an earlier step failed."""
     failed = failed_step(steps)
     if failed is None:
@@ -86,12 +89,30 @@ def steps_cut_short(steps):
     ]
 
 
-def final_status(steps):
+def apply(steps: Steps, name: str, outcome: Outcome) -> list[str]:
+    """Give step `name` its outcome and cut short what will now never run.
+
+    Updates `steps` in place; returns the steps cut short (now skipped), in
+    order. The pipeline records exactly this; the simulator shows it.
+    """
+    steps[name] = outcome.status
+    cut = steps_cut_short(steps)
+    for other in cut:
+        steps[other] = StepStatus.SKIPPED
+    return cut
+
+
+def failure_error(name: str, outcome: Outcome) -> str:
+    """The deployment's error when step `name` failed it with `outcome`."""
+    return outcome.error if outcome.is_cancel else f"{name} failed: {outcome.error}"
+
+
+def final_status(steps: Steps) -> DeploymentStatus:
     """The deployment's terminal status once next_step() is None."""
     return DeploymentStatus.FAILED if failed_step(steps) else DeploymentStatus.DEPLOYED
 
 
-def recovery_options(steps, has_snapshot):
+def recovery_options(steps: Steps, has_snapshot: bool) -> dict[str, bool]:
     """What the user can do after the pipeline ended, per the seed's table."""
     failed = failed_step(steps)
     return {

@@ -16,30 +16,25 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from deployments import events, states
-from deployments.models import (
-    NOT_IN_FLIGHT,
-    TERMINAL_STATUSES,
-    Deployment,
-    DeploymentStatus,
-    Step,
-    StepStatus,
-)
+from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentStatus, Step, StepStatus
+from deployments.outcomes import cancel_message
 
 # Identifies this worker process: host, pid, and a nonce so a reused pid on a
 # restarted host is a different owner.
 _NONCE = uuid.uuid4().hex[:8]
 
 
-def owner_id():
+def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{_NONCE}"
 
 
-def parse_owner(owner):
+def parse_owner(owner: str) -> tuple[str, int, str]:
     host, pid, nonce = owner.rsplit(":", 2)
     return host, int(pid), nonce
 
 
-def create(app, ref, *, user=None, name="", via="cli", runtime="", kind="deploy", **links):
+def create(app, ref: str, *, user=None, name: str = "", via: str = "cli", runtime: str = "", kind: str = "deploy",
+           **links) -> Deployment:
     """Queue a deployment of `app`; the caller has validated everything.
 
     `links` are a rollback's rollback_to/replaces or a restore's snapshot.
@@ -58,7 +53,7 @@ def create(app, ref, *, user=None, name="", via="cli", runtime="", kind="deploy"
     return deployment
 
 
-def claim(deployment_id, owner):
+def claim(deployment_id: int, owner: str) -> bool:
     """queued -> cloning for this worker, if it is this app's turn.
 
     Returns True when this call claimed the deployment. False when another
@@ -90,11 +85,9 @@ def claim(deployment_id, owner):
     return bool(claimed)
 
 
-def heartbeat(deployment_id, owner):
+def heartbeat(deployment_id: int, owner: str) -> str | None:
     """Refresh the owner's heartbeat; returns the cancel request, if any."""
-    Deployment.objects.filter(pk=deployment_id, owner=owner).exclude(
-        status__in=NOT_IN_FLIGHT
-    ).update(heartbeat_at=timezone.now())
+    Deployment.objects.filter(pk=deployment_id, owner=owner).in_flight().update(heartbeat_at=timezone.now())
     return (
         Deployment.objects.filter(pk=deployment_id)
         .values_list("cancel_requested_by", flat=True)
@@ -102,16 +95,18 @@ def heartbeat(deployment_id, owner):
     )
 
 
-def set_fields(deployment_id, **fields):
+def set_fields(deployment_id: int, **fields) -> None:
     Deployment.objects.filter(pk=deployment_id).update(**fields)
 
 
-def start_step(deployment_id, owner, name):
+def start_step(deployment_id: int, owner: str, name: str) -> bool:
     now = timezone.now()
     with transaction.atomic():
-        moved = Deployment.objects.filter(pk=deployment_id, owner=owner).exclude(
-            status__in=NOT_IN_FLIGHT
-        ).update(status=states.IN_FLIGHT_STATUS[name], heartbeat_at=now)
+        moved = (
+            Deployment.objects.filter(pk=deployment_id, owner=owner)
+            .in_flight()
+            .update(status=states.IN_FLIGHT_STATUS[name], heartbeat_at=now)
+        )
         if not moved:
             return False  # recovered or finished by someone else meanwhile
         Step.objects.filter(deployment_id=deployment_id, name=name).update(
@@ -121,7 +116,7 @@ def start_step(deployment_id, owner, name):
     return True
 
 
-def finish_step(deployment_id, name, status, *, error="", skip_reason=""):
+def finish_step(deployment_id: int, name: str, status: StepStatus, *, error: str = "", skip_reason: str = "") -> Step:
     now = timezone.now()
     with transaction.atomic():
         step = Step.objects.select_for_update().get(deployment_id=deployment_id, name=name)
@@ -144,13 +139,13 @@ def finish_step(deployment_id, name, status, *, error="", skip_reason=""):
     return step
 
 
-def skip_cut_short(deployment_id, names, failed):
+def skip_cut_short(deployment_id: int, names: list[str], failed: str) -> None:
     """Mark steps that will not run because `failed` failed."""
     for name in names:
         finish_step(deployment_id, name, StepStatus.SKIPPED, skip_reason=f"{failed} failed")
 
 
-def append_output(deployment_id, name, text):
+def append_output(deployment_id: int, name: str, text: str) -> None:
     """Append captured output to a step (already redacted by the caller)."""
     if not text:
         return
@@ -161,13 +156,15 @@ def append_output(deployment_id, name, text):
         events.record(deployment_id, events.LOG, {"step": name, "text": text})
 
 
-def finish(deployment_id, status, error=""):
+def finish(deployment_id: int, status: DeploymentStatus, error: str = "") -> bool:
     """Move an unfinished deployment to a terminal status. False if already terminal."""
     assert status in TERMINAL_STATUSES
     with transaction.atomic():
-        done = Deployment.objects.filter(pk=deployment_id).exclude(
-            status__in=TERMINAL_STATUSES
-        ).update(status=status, error=error, finished_at=timezone.now(), step_pgid=None)
+        done = (
+            Deployment.objects.filter(pk=deployment_id)
+            .unfinished()
+            .update(status=status, error=error, finished_at=timezone.now(), step_pgid=None)
+        )
         if not done:
             return False
         deployment = Deployment.objects.select_related("app", "requested_by").get(pk=deployment_id)
@@ -176,11 +173,11 @@ def finish(deployment_id, status, error=""):
     return True
 
 
-def request_cancel(deployment, by):
+def request_cancel(deployment: Deployment, by: str) -> str:
     """Ask for a deployment to stop. A queued one ends at once; a running one
     is stopped by its worker (which kills the step's process tree and still
     runs cleanup). Returns the deployment's status afterwards."""
-    error = f"cancelled by {by}"
+    error = cancel_message(by)
     with transaction.atomic():
         if Deployment.objects.filter(pk=deployment.pk, status=DeploymentStatus.QUEUED).update(
             status=DeploymentStatus.FAILED, error=error, finished_at=timezone.now(),
@@ -193,26 +190,57 @@ def request_cancel(deployment, by):
             events.record(deployment.pk, events.CANCELLED, {"by": by})
             events.record(deployment.pk, events.FAILED, events.deployment_payload(fresh))
             return fresh.status
-        Deployment.objects.filter(pk=deployment.pk, cancel_requested_at__isnull=True).exclude(
-            status__in=TERMINAL_STATUSES
-        ).update(cancel_requested_at=timezone.now(), cancel_requested_by=by)
+        Deployment.objects.filter(pk=deployment.pk, cancel_requested_at__isnull=True).unfinished().update(
+            cancel_requested_at=timezone.now(), cancel_requested_by=by
+        )
         status = Deployment.objects.values_list("status", flat=True).get(pk=deployment.pk)
         if status not in TERMINAL_STATUSES:
             events.record(deployment.pk, events.CANCELLED, {"by": by})
         return status
 
 
-def next_queued(app_id):
+def fail_abandoned(deployment: Deployment, error: str) -> bool:
+    """Fail a deployment on behalf of its dead owner: its running step fails,
+    the pending ones are skipped, all with `error`.
+
+    Conditional on the status and owner the caller saw: if the owner was alive
+    after all and moved on, or another recovery got here first, nothing is
+    written and False is returned.
+    """
+    with transaction.atomic():
+        taken = Deployment.objects.filter(
+            pk=deployment.pk, status=deployment.status, owner=deployment.owner
+        ).update(status=DeploymentStatus.FAILED, error=error, finished_at=timezone.now(), step_pgid=None)
+        if not taken:
+            return False
+        now = timezone.now()
+        for step in Step.objects.select_for_update().filter(deployment=deployment, status=StepStatus.RUNNING):
+            step.status = StepStatus.FAILED
+            step.error = error
+            step.finished_at = now
+            step.duration = now - step.started_at if step.started_at else None
+            step.save(update_fields=["status", "error", "finished_at", "duration"])
+            events.record(deployment.pk, events.STEP, {"step": step.name, "status": StepStatus.FAILED, "error": error})
+        Step.objects.filter(deployment=deployment, status=StepStatus.PENDING).update(
+            status=StepStatus.SKIPPED, skip_reason=error
+        )
+        fresh = Deployment.objects.select_related("app", "requested_by").get(pk=deployment.pk)
+        events.record(deployment.pk, events.FAILED, events.deployment_payload(fresh))
+    return True
+
+
+def next_queued(app_id: int) -> int | None:
     """The app's next queued deployment: rollbacks and restores first, then FIFO."""
     return (
-        Deployment.objects.filter(app_id=app_id, status=DeploymentStatus.QUEUED)
+        Deployment.objects.filter(app_id=app_id)
+        .queued()
         .order_by("priority", "pk")
         .values_list("pk", flat=True)
         .first()
     )
 
 
-def mark_rolled_back(deployment_id, by):
+def mark_rolled_back(deployment_id: int, by: Deployment) -> bool:
     """The deployment `by` (a successful rollback) replaced ends rolled_back."""
     with transaction.atomic():
         done = Deployment.objects.filter(

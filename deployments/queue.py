@@ -1,0 +1,34 @@
+"""The deployment queue: hand a deployment to the django-q2 workers.
+
+The queue itself is rows (status "queued", ordered by priority then id) and
+the claim in transitions.claim; this module only wakes a worker. The task is
+named by its dotted path, so nothing here imports the worker's entry points.
+"""
+
+from django.db import transaction
+from django_q.tasks import async_task
+
+from deployments import transitions
+
+RUN_DEPLOYMENT = "deployments.tasks.run_deployment"
+
+
+def enqueue(deployment_id: int) -> None:
+    """Queue the deployment's task once the current transaction commits
+    (a worker must never look for a row that is not visible yet)."""
+    transaction.on_commit(
+        lambda: async_task(
+            RUN_DEPLOYMENT,
+            deployment_id,
+            task_name=f"deployment-{deployment_id}",
+            group="deployments",
+        )
+    )
+
+
+def dispatch_next(app_id: int) -> int | None:
+    """Start the app's next queued deployment, if any; returns its id."""
+    next_id = transitions.next_queued(app_id)
+    if next_id is not None:
+        enqueue(next_id)
+    return next_id
