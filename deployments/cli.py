@@ -13,7 +13,7 @@ from django.db.models import CharField
 from django.db.models.functions import Cast
 
 from deployments.client import follow_deployment
-from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentStatus
+from deployments.models import Deployment, DeploymentStatus
 from deployments.requests import DeployRequestError
 
 SYMBOLS = {"running": "…", "succeeded": "✓", "failed": "✗", "skipped": "–"}
@@ -120,9 +120,7 @@ class FollowPrinter:
         if deployment.status != DeploymentStatus.QUEUED:
             return
         self.warned_idle = True
-        ahead = Deployment.objects.filter(app_id=deployment.app_id, pk__lt=deployment.pk).exclude(
-            status__in=TERMINAL_STATUSES
-        ).count()
+        ahead = Deployment.objects.filter(app_id=deployment.app_id, pk__lt=deployment.pk).unfinished().count()
         reason = f"{ahead} earlier deployment(s) of this app first" if ahead else "a worker: is manage.py qcluster running?"
         self.out.write(self.style.WARNING(f"Still queued, waiting for {reason}"))
 

@@ -6,7 +6,6 @@ from django.core.management.base import BaseCommand, CommandError
 
 from deployments import transitions
 from deployments.cli import find_deployment
-from deployments.models import TERMINAL_STATUSES
 
 
 class Command(BaseCommand):
@@ -17,11 +16,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, deployment, **options):
         target = find_deployment(deployment)
-        if target.status in TERMINAL_STATUSES:
+        if target.is_terminal:
             raise CommandError(f"deployment {target.public_id} already ended: {target.status}")
         who = f"{getpass.getuser()} (cli)"
-        status = transitions.request_cancel(target, who)
-        if status in TERMINAL_STATUSES:
+        target.status = transitions.request_cancel(target, who)
+        if target.is_terminal:
             self.stdout.write(f"Cancelled {target.public_id} ({target.app.name}) before it started.")
         else:
             self.stdout.write(f"Cancelling {target.public_id} ({target.app.name}); its worker stops the running step and cleans up.")
