@@ -7,19 +7,21 @@ The commands in deployments/management/commands/ import this, never each other.
 import json
 import logging
 import uuid
+from argparse import ArgumentParser
+from collections.abc import Callable
 
-from django.core.management.base import CommandError
+from django.core.management.base import BaseCommand, CommandError
 from django.db.models import CharField
 from django.db.models.functions import Cast
 
-from deployments.client import follow_deployment
-from deployments.models import Deployment, DeploymentStatus
+from deployments.client import StreamedEvent, follow_deployment
+from deployments.models import Deployment, DeploymentStatus, Event
 from deployments.requests import DeployRequestError
 
 SYMBOLS = {"running": "…", "succeeded": "✓", "failed": "✗", "skipped": "–"}
 
 
-def find_deployment(text):
+def find_deployment(text: str) -> Deployment:
     """The deployment a user named by its UUID or its first 8+ characters."""
     text = text.strip().lower()
     try:
@@ -42,7 +44,16 @@ def find_deployment(text):
     return matches[0]
 
 
-def queue_and_follow(command, make_request, announce, *, no_wait, json, db, verbosity):
+def queue_and_follow(
+    command: BaseCommand,
+    make_request: Callable[[], Deployment],
+    announce: Callable[[Deployment], str],
+    *,
+    no_wait: bool,
+    json: bool,
+    db: bool,
+    verbosity: int,
+) -> None:
     """What deploy, rollback and restore_snapshot share: queue it (a refused
     request exits 2), then print its id (--no-wait) or follow it to the end
     (exit 0 when it succeeded, 1 when not)."""
@@ -62,7 +73,7 @@ def queue_and_follow(command, make_request, announce, *, no_wait, json, db, verb
         raise SystemExit(1)
 
 
-def add_follow_arguments(parser):
+def add_follow_arguments(parser: ArgumentParser) -> None:
     """The options of every command that follows a deployment."""
     parser.add_argument("--json", action="store_true", help="Print one JSON event per line.")
     parser.add_argument(
@@ -78,7 +89,7 @@ class FollowPrinter:
     or the database when that is unavailable (said on stderr).
     """
 
-    def __init__(self, command, as_json=False, use_db=False, verbosity=1):
+    def __init__(self, command: BaseCommand, as_json: bool = False, use_db: bool = False, verbosity: int = 1) -> None:
         self.out = command.stdout
         self.err = command.stderr
         self.style = command.style
@@ -89,7 +100,7 @@ class FollowPrinter:
         self.last_kind = None
         self.warned_idle = False
 
-    def run(self, deployment, after=0):
+    def run(self, deployment: Deployment, after: int = 0) -> str:
         self.deployment = deployment
         events = follow_deployment(
             deployment, after=after, use_db=self.use_db, idle_callback=self.idle,
@@ -108,10 +119,10 @@ class FollowPrinter:
         deployment.refresh_from_db()
         return deployment.status
 
-    def note(self, text):
+    def note(self, text: str) -> None:
         self.err.write(text)
 
-    def idle(self, idle_for):
+    def idle(self, idle_for: float) -> None:
         # Only a deployment whose last news is "queued" can be waiting for a
         # worker; checking the database just then keeps a long step query-free.
         if self.warned_idle or self.as_json or idle_for <= 5 or self.last_kind not in (None, "deploy.queued"):
@@ -124,7 +135,7 @@ class FollowPrinter:
         reason = f"{ahead} earlier deployment(s) of this app first" if ahead else "a worker: is manage.py qcluster running?"
         self.out.write(self.style.WARNING(f"Still queued, waiting for {reason}"))
 
-    def show(self, event):
+    def show(self, event: StreamedEvent | Event) -> None:
         if self.as_json:
             self.out.write(json.dumps({"seq": event.seq, "event": event.kind, "payload": event.payload}))
             return

@@ -30,6 +30,9 @@ SESSION = "session"
 INACTIVE_USER = "inactive user"
 FOREIGN_ORIGIN = "foreign origin"
 
+# (the user, anonymous if none; why a known user was refused, or None)
+Identity = tuple[AbstractBaseUser | AnonymousUser, str | None]
+
 
 class WebSocketAuthMiddleware(BaseMiddleware):
     """Sets scope["user"], scope["auth_method"] and scope["auth_refused"].
@@ -60,7 +63,7 @@ def NornAuthMiddlewareStack(inner: Any) -> Any:  # noqa: N802 (named like channe
     return SessionMiddlewareStack(WebSocketAuthMiddleware(inner))
 
 
-def _token_user(authorization: bytes) -> tuple[AbstractBaseUser | AnonymousUser, str | None]:
+def _token_user(authorization: bytes) -> Identity:
     """Runs in a worker thread. (user, why refused) for an Authorization header."""
     # Browsers cannot set this header on a WebSocket, so a cross-site page
     # cannot use it: token connections need no Origin check.
@@ -74,7 +77,7 @@ def _token_user(authorization: bytes) -> tuple[AbstractBaseUser | AnonymousUser,
     return AnonymousUser(), INACTIVE_USER if _token_of_inactive_user(token) else None
 
 
-async def _session_user(scope: dict[str, Any], raw_origin: bytes | None) -> tuple[AbstractBaseUser | AnonymousUser, str | None]:
+async def _session_user(scope: dict[str, Any], raw_origin: bytes | None) -> Identity:
     """(user, why refused) for the session cookie."""
     user = await get_user(scope)
     if not user.is_authenticated:
