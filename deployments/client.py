@@ -9,7 +9,8 @@ the database (deployments/follow.py) when no server can serve the stream.
 import json
 import logging
 import time
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
@@ -17,6 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.sync.client import connect
 
 from deployments import follow as db_follow
+from deployments.models import Deployment, Event
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -62,7 +64,7 @@ class StreamedEvent(NamedTuple):
 class Unavailable(Exception):
     """No Norn server can serve this stream; the message is safe to print."""
 
-    def __init__(self, where, reason):
+    def __init__(self, where: str, reason: str) -> None:
         super().__init__(f"Norn server not reachable at {where} ({reason})")
 
 
@@ -70,15 +72,15 @@ class _Reconnect(Exception):
     """This connection is no use any more; a new one resumes from `last`."""
 
 
-def server_url():
+def server_url() -> str:
     return settings.NORN_URL or DEFAULT_URL
 
 
-def api_token():
+def api_token() -> str:
     return settings.NORN_API_TOKEN
 
 
-def display_url(base_url):
+def display_url(base_url: str) -> str:
     """The server as the user named it, without any credentials in it."""
     parts = urlsplit(base_url)
     if not parts.hostname:
@@ -91,7 +93,7 @@ def display_url(base_url):
     return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
 
 
-def stream_url(base_url, public_id, after):
+def stream_url(base_url: str, public_id: Any, after: int) -> str:
     """NORN_URL's http(s) becomes ws(s); a path prefix (a proxy) is kept."""
     parts = urlsplit(base_url)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
@@ -101,8 +103,16 @@ def stream_url(base_url, public_id, after):
     return urlunsplit((scheme, parts.netloc, path, f"after={after}", ""))
 
 
-def follow_deployment(deployment, *, after=0, use_db=False, idle_callback=None, warn=None, info=None,
-                      reconnects=RECONNECTS):
+def follow_deployment(
+    deployment: Deployment,
+    *,
+    after: int = 0,
+    use_db: bool = False,
+    idle_callback: Callable[[float], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    info: Callable[[str], None] | None = None,
+    reconnects: int = RECONNECTS,
+) -> Iterator[StreamedEvent | Event]:
     """Yield the deployment's events after `after` until it ends.
 
     Over the WebSocket stream unless `use_db`; whenever the stream cannot be
@@ -138,8 +148,18 @@ class LiveStream:
     resumes replay what we may already have.
     """
 
-    def __init__(self, public_id, *, base_url, token, after=0, idle_callback=None, info=None,
-                 resync_after=RESYNC_AFTER, reconnects=RECONNECTS):
+    def __init__(
+        self,
+        public_id: Any,
+        *,
+        base_url: str,
+        token: str,
+        after: int = 0,
+        idle_callback: Callable[[float], None] | None = None,
+        info: Callable[[str], None] | None = None,
+        resync_after: float = RESYNC_AFTER,
+        reconnects: int = RECONNECTS,
+    ) -> None:
         self.public_id = str(public_id)
         self.base_url = base_url
         self.where = display_url(base_url)
@@ -150,7 +170,7 @@ class LiveStream:
         self.resync_after = resync_after
         self.reconnects = reconnects
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[StreamedEvent]:
         if not self.token:
             raise Unavailable(self.where, "NORN_API_TOKEN is not set")
         try:

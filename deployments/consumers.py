@@ -1,25 +1,23 @@
 """WebSocket consumers streaming deployment events, as docs/live.md specifies.
 
 Three endpoints (one deployment, one app, everything) share one base: it
-authenticates (session or API token), authorizes, joins the channel-layer
-group, replays stored events on request and forwards live ones, so that each
-deployment's events reach the client in `seq` order, each exactly once.
+authorizes the user deployments/ws_auth.py authenticated (session or API
+token), joins the channel-layer group, replays stored events on request and
+forwards live ones, so that each deployment's events reach the client in
+`seq` order, each exactly once.
 """
 
 import asyncio
 import json
 import uuid
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from channels.security.websocket import OriginValidator
-from django.conf import settings
-from django.contrib.auth import SESSION_KEY, get_user_model
 
 from apps_registry.models import App
 from deployments import events
-from deployments.models import ApiToken, Deployment, Event
+from deployments.models import Deployment, Event
 
 # Seconds between keepalive pings; read at every tick, so tests can shorten it.
 PING_INTERVAL = 20
@@ -105,27 +103,15 @@ class EventStream(AsyncJsonWebsocketConsumer):
         await self.close(code)
 
     def authorize(self):
-        """Runs in a worker thread. None if the client may watch, else a close code."""
-        headers = dict(self.scope.get("headers", []))
-        authorization = headers.get(b"authorization")
-        if authorization is not None:
-            # Browsers cannot set this header on a WebSocket, so a cross-site
-            # page cannot use it: token connections need no Origin check.
-            scheme, _, token = authorization.decode("latin1").partition(" ")
-            token = token.strip()
-            if scheme.lower() != "token":
-                return NOT_AUTHENTICATED
-            user = ApiToken.authenticate(token)
-            if user is None:
-                return FORBIDDEN if _token_of_inactive_user(token) else NOT_AUTHENTICATED
-        else:
-            user = self.scope.get("user")
-            if user is None or not user.is_authenticated:
-                return FORBIDDEN if _session_of_inactive_user(self.scope.get("session")) else NOT_AUTHENTICATED
-            # The browser sends the session cookie with any page's WebSocket,
-            # including another site's: only our own pages may use it.
-            if not _origin_allowed(headers.get(b"origin")):
-                return FORBIDDEN
+        """Runs in a worker thread. None if the client may watch, else a close code.
+
+        Who the client is, ws_auth.WebSocketAuthMiddleware found out.
+        """
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            # A known user turned away (deactivated, or a session cookie a
+            # foreign page sent) hears 4403: logging in again will not help.
+            return FORBIDDEN if self.scope.get("auth_refused") else NOT_AUTHENTICATED
         if not user.has_perm(VIEW_PERMISSION):
             return FORBIDDEN
         return None
@@ -322,50 +308,6 @@ def _events_after(public_id, after, before=None, limit=None):
         {"type": "deploy.event", "deployment": public_id, "seq": seq, "event": kind, "payload": payload}
         for seq, kind, payload in rows
     ]
-
-
-def _origin_allowed(raw_origin):
-    """The Origin check of channels' AllowedHostsOriginValidator, for one header value."""
-    allowed = settings.ALLOWED_HOSTS
-    if settings.DEBUG and not allowed:
-        allowed = ["localhost", "127.0.0.1", "[::1]"]
-    try:
-        parsed = urlparse(raw_origin.decode("latin1")) if raw_origin else None
-    except ValueError:
-        parsed = None
-    return OriginValidator(None, allowed).valid_origin(parsed)
-
-
-def _token_of_inactive_user(token):
-    """A correct token whose user was deactivated: forbidden, not unknown.
-
-    ApiToken.authenticate answers None for both; the client deserves to
-    know that logging in again will not help.
-    """
-    if not token.startswith("norn_"):
-        return False
-    return ApiToken.objects.filter(
-        prefix=token[:12], digest=ApiToken.hash(token), user__is_active=False
-    ).exists()
-
-
-def _session_of_inactive_user(session):
-    """A session of a user deactivated since logging in.
-
-    Django's auth backend treats it as anonymous; it is still a known user
-    who is not allowed in, so the client hears 4403 rather than 4401.
-    """
-    if session is None:
-        return False
-    user_id = session.get(SESSION_KEY)
-    if user_id is None:
-        return False
-    User = get_user_model()
-    try:
-        user_id = User._meta.pk.to_python(user_id)
-    except Exception:  # A tampered or stale session value: plain anonymous.
-        return False
-    return User._default_manager.filter(pk=user_id, is_active=False).exists()
 
 
 def _non_negative_int(value):

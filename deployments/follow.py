@@ -6,17 +6,20 @@ or when asked to with --db.
 """
 
 import time
+from collections.abc import Callable, Iterator
 
 from deployments.models import Deployment, Event
 
 
-def events_after(deployment_id, seq):
+def events_after(deployment_id: int, seq: int) -> list[Event]:
     return list(
         Event.objects.filter(deployment_id=deployment_id, seq__gt=seq).order_by("seq")
     )
 
 
-def follow(deployment_id, after=0, poll=0.2, idle_callback=None):
+def follow(
+    deployment_id: int, after: int = 0, poll: float = 0.2, idle_callback: Callable[[float], None] | None = None
+) -> Iterator[Event]:
     """Yield events after `after` until the deployment is terminal.
 
     `idle_callback(seconds)` gets, after every poll, how long nothing new came.

@@ -9,15 +9,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "norn_project.settings")
 # Django must be set up before anything imports models (consumers do).
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from deployments.routing import websocket_urlpatterns  # noqa: E402
+from deployments.ws_auth import NornAuthMiddlewareStack  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
     # No AllowedHostsOriginValidator around this: it would refuse CLI
     # connections authenticated by API token, which send no Origin. The
-    # consumers check the Origin of session-authenticated connections.
-    "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+    # middleware checks the Origin of session-authenticated connections.
+    "websocket": NornAuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
 })

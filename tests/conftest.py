@@ -99,10 +99,16 @@ def busybox_image():
 
 @pytest.fixture
 def app_database():
-    """A fresh PostgreSQL database for an app; dropped afterwards."""
+    """A fresh PostgreSQL database for an app; dropped afterwards.
+
+    It lives where the pipeline creates it: the server NORN_APP_DATABASES_URL
+    names, which is DATABASE_URL's unless set.
+    """
     import uuid
 
     import psycopg
+
+    from deployments import appdb
 
     names = []
 
@@ -112,6 +118,6 @@ def app_database():
         return name
 
     yield make
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(appdb.database_url("postgres"), autocommit=True) as conn:
         for name in names:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -15,7 +15,7 @@ from django.contrib.auth.models import Permission, User
 
 from apps_registry.models import App
 from deployments import client, transitions
-from deployments.management.commands.deploy import SYMBOLS
+from deployments.cli import SYMBOLS
 from deployments.models import ApiToken, Deployment, Event
 from deployments.requests import request_deployment
 from tests.support.cluster import REPO_ROOT, Cluster, wait_for

@@ -1,16 +1,11 @@
 """`manage.py deploy <app> [<sha>|<branch>|HEAD]`: deploy and watch it happen."""
 
 import getpass
-import json
-import logging
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
-from deployments.client import follow_deployment
-from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentStatus
-from deployments.requests import DeployRequestError, request_deployment
-
-SYMBOLS = {"running": "…", "succeeded": "✓", "failed": "✗", "skipped": "–"}
+from deployments.cli import add_follow_arguments, queue_and_follow
+from deployments.requests import request_deployment
 
 
 class Command(BaseCommand):
@@ -33,119 +28,3 @@ class Command(BaseCommand):
             lambda deployment: f"Deploying {app} at {ref} (deployment {deployment.public_id})",
             no_wait=no_wait, json=json, db=db, verbosity=verbosity,
         )
-
-
-def queue_and_follow(command, make_request, announce, *, no_wait, json, db, verbosity):
-    """What deploy, rollback and restore_snapshot share: queue it (a refused
-    request exits 2), then print its id (--no-wait) or follow it to the end
-    (exit 0 when it succeeded, 1 when not)."""
-    # The task queue logs every enqueue at INFO; the CLI has its own output.
-    logging.getLogger("django-q").setLevel(logging.WARNING)
-    try:
-        deployment = make_request()
-    except DeployRequestError as exc:
-        raise CommandError(str(exc), returncode=2) from None
-    if no_wait:
-        command.stdout.write(str(deployment.public_id))
-        return
-    if not json:
-        command.stdout.write(announce(deployment))
-    status = FollowPrinter(command, as_json=json, use_db=db, verbosity=verbosity).run(deployment)
-    if status != DeploymentStatus.DEPLOYED:
-        raise SystemExit(1)
-
-
-def add_follow_arguments(parser):
-    """The options of every command that follows a deployment."""
-    parser.add_argument("--json", action="store_true", help="Print one JSON event per line.")
-    parser.add_argument(
-        "--db", action="store_true",
-        help="Follow by reading the database instead of the Norn server's live stream.",
-    )
-
-
-class FollowPrinter:
-    """Prints a deployment's events as they arrive; returns its final status.
-
-    Events come from deployments.client.follow_deployment: the live stream,
-    or the database when that is unavailable (said on stderr).
-    """
-
-    def __init__(self, command, as_json=False, use_db=False, verbosity=1):
-        self.out = command.stdout
-        self.err = command.stderr
-        self.style = command.style
-        self.as_json = as_json
-        self.use_db = use_db
-        self.verbosity = verbosity
-        self.deployment = None
-        self.last_kind = None
-        self.warned_idle = False
-
-    def run(self, deployment, after=0):
-        self.deployment = deployment
-        events = follow_deployment(
-            deployment, after=after, use_db=self.use_db, idle_callback=self.idle,
-            warn=lambda text: self.err.write(self.style.WARNING(text)),
-            info=self.note if self.verbosity >= 2 else None,
-        )
-        try:
-            for event in events:
-                self.last_kind = event.kind
-                self.show(event)
-        except KeyboardInterrupt:
-            self.out.write(
-                f"\nStopped following; the deployment goes on. Cancel it with: manage.py cancel {deployment.public_id}"
-            )
-            raise SystemExit(130) from None
-        deployment.refresh_from_db()
-        return deployment.status
-
-    def note(self, text):
-        self.err.write(text)
-
-    def idle(self, idle_for):
-        # Only a deployment whose last news is "queued" can be waiting for a
-        # worker; checking the database just then keeps a long step query-free.
-        if self.warned_idle or self.as_json or idle_for <= 5 or self.last_kind not in (None, "deploy.queued"):
-            return
-        deployment = Deployment.objects.only("status", "app_id").get(pk=self.deployment.pk)
-        if deployment.status != DeploymentStatus.QUEUED:
-            return
-        self.warned_idle = True
-        ahead = Deployment.objects.filter(app_id=deployment.app_id, pk__lt=deployment.pk).exclude(
-            status__in=TERMINAL_STATUSES
-        ).count()
-        reason = f"{ahead} earlier deployment(s) of this app first" if ahead else "a worker: is manage.py qcluster running?"
-        self.out.write(self.style.WARNING(f"Still queued, waiting for {reason}"))
-
-    def show(self, event):
-        if self.as_json:
-            self.out.write(json.dumps({"seq": event.seq, "event": event.kind, "payload": event.payload}))
-            return
-        payload = event.payload
-        if event.kind == "deploy.step":
-            status = payload["status"]
-            line = f"  {payload['step']:<9} {SYMBOLS.get(status, ' ')} {status}"
-            if "duration" in payload:
-                line += f" in {payload['duration']:.1f}s"
-            if payload.get("reason"):
-                line += f": {payload['reason']}"
-            style = {"failed": self.style.ERROR, "succeeded": self.style.SUCCESS}.get(status, str)
-            self.out.write(style(line))
-            if status == "failed" and payload.get("error"):
-                for text in payload["error"].splitlines():
-                    self.out.write(f"            {text}")
-        elif event.kind == "deploy.completed":
-            kind = payload.get("kind", "deploy")
-            if kind == "restore":
-                text = f"Restored {payload['app']}'s database from snapshot {payload['snapshot']}"
-            elif kind == "rollback":
-                text = f"Rolled back {payload['app']} to {payload['image']}"
-            else:
-                text = f"Deployed {payload['app']} {payload['commit_sha'][:12]} as {payload['image']}"
-            self.out.write(self.style.SUCCESS(text))
-        elif event.kind == "deploy.failed":
-            self.out.write(self.style.ERROR(f"Deployment {payload['id']} failed: {payload['error']}"))
-        elif event.kind == "deploy.cancelled":
-            self.out.write(self.style.WARNING(f"Cancel requested by {payload['by']}"))

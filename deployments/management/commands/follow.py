@@ -2,8 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from deployments.management.commands.cancel import find_deployment
-from deployments.management.commands.deploy import FollowPrinter, add_follow_arguments
+from deployments.cli import FollowPrinter, add_follow_arguments, find_deployment
 from deployments.models import DeploymentStatus
 
 

@@ -4,7 +4,7 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from deployments.management.commands.deploy import add_follow_arguments, queue_and_follow
+from deployments.cli import add_follow_arguments, queue_and_follow
 from deployments.models import Snapshot
 from deployments.requests import request_restore
 

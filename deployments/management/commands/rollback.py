@@ -4,8 +4,7 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from deployments.management.commands.cancel import find_deployment
-from deployments.management.commands.deploy import add_follow_arguments, queue_and_follow
+from deployments.cli import add_follow_arguments, find_deployment, queue_and_follow
 from deployments.requests import request_rollback
 
 
