@@ -14,6 +14,7 @@ import pytest
 from django.db import connection
 from django_q.models import Schedule
 
+from deployments import appdb
 from deployments.models import CronJob, Deployment
 from deployments.runtimes import docker as docker_runtime
 from tests.support.cluster import REPO_ROOT, Cluster, wait_for
@@ -114,7 +115,7 @@ def test_failed_migration_exits_nonzero_and_prints_the_restore_command(cluster, 
     assert result.returncode == 1
     assert "  migrate   ✗ failed" in result.stdout
     assert "syntax error" in result.stdout  # the tail of the failing output
-    assert f"pg_restore --clean --if-exists --single-transaction --no-owner -h 127.0.0.1 -p 5432 -U postgres -d {db} " in result.stdout
+    assert appdb.restore_command(db, "") in result.stdout
     assert "  deploy    – skipped: migrate failed" in result.stdout
     assert "  cleanup   ✓ succeeded" in result.stdout
 
@@ -207,7 +208,7 @@ def test_cron_app_is_registered_with_the_scheduler(cluster, make_app):
     assert job.image == deployment.image == f"nightly:{deployment.commit_sha}"
     schedule = Schedule.objects.get(name="norn-cron:nightly")
     assert (schedule.cron, schedule.func) == ("0 3 * * *", "deployments.tasks.run_cron_job")
-    from deployments import scheduler
+    from deployments import appdb, scheduler
 
     run = scheduler.run_job(job.pk)
     assert run.exit_code == 0 and "ran in nightly" in run.output

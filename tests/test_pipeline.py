@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from deployments import pipeline, recovery, runner, states, transitions
+from deployments import appdb, pipeline, recovery, runner, states, transitions
 from deployments.models import Deployment, Event, Snapshot
 from deployments.requests import DeployRequestError, request_deployment
 
@@ -107,9 +107,9 @@ def test_missing_dockerfile_is_a_clear_build_error(make_app, deploy_now):
 
 def test_snapshot_then_failed_migration_names_the_restore(make_app, deploy_now, busybox_image, app_database):
     db = app_database("mig")
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(appdb.database_url("postgres"), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=db, autocommit=True) as conn:
+    with psycopg.connect(appdb.database_url(db), autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int primary key, name text)")
         conn.execute("INSERT INTO items VALUES (1, 'kept'), (2, 'also kept')")
     migrate = 'psql -v ON_ERROR_STOP=1 -c "DELETE FROM items WHERE id = 2" -c "SELECT no_such_function()"'
@@ -120,11 +120,11 @@ def test_snapshot_then_failed_migration_names_the_restore(make_app, deploy_now, 
     assert snapshot.database == db and snapshot.size > 0 and len(snapshot.sha256) == 64
     assert pipeline.Path(snapshot.path).name.startswith(f"{db}_{deployment.commit_sha[:12]}_")
     assert f"Restore snapshot {snapshot.pk} ({snapshot.path}" in deployment.error
-    assert f"pg_restore --clean --if-exists --single-transaction --no-owner -h 127.0.0.1 -p 5432 -U postgres -d {db} {snapshot.path}" in deployment.error
+    assert appdb.restore_command(db, snapshot.path) in deployment.error
     assert step_table(deployment)["deploy"] == ("skipped", "migrate failed")
     # The snapshot really restores the pre-migration state.
     def count():
-        with psycopg.connect(host="127.0.0.1", user="postgres", dbname=db, autocommit=True) as conn:
+        with psycopg.connect(appdb.database_url(db), autocommit=True) as conn:
             return conn.execute("SELECT count(*) FROM items").fetchone()[0]
 
     assert count() == 1  # the migration's first statement ran before it failed

@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from deployments import pipeline, retention, transitions
+from deployments import appdb, pipeline, retention, transitions
 from deployments.models import CronJob, Deployment, Snapshot
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 from tests.support.fake_kubernetes import FakeKubernetes
@@ -20,7 +20,7 @@ DOCKERFILE = "FROM norn-busybox:1\nCMD [\"sh\", \"-c\", \"echo run\"]\n"
 
 
 def sql(db, *statements):
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=db, autocommit=True) as conn:
+    with psycopg.connect(appdb.database_url(db), autocommit=True) as conn:
         result = None
         for statement in statements:
             result = conn.execute(statement)
