@@ -6,7 +6,6 @@ that are also rendered inside the full pages, so every page works without JS.
 import math
 import uuid
 
-from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -21,15 +20,9 @@ from django.views.decorators.vary import vary_on_headers
 from apps_registry import discovery
 from apps_registry.models import App
 from deployments import appdb, rollback, states, transitions
+from deployments.forms import DeployForm
 from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, Snapshot, Step
-from deployments.requests import (
-    HEX_RE,
-    DeployRequestError,
-    request_deployment,
-    request_restore,
-    request_rollback,
-    validate_ref,
-)
+from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 from deployments.simulator import Simulation, SimulationError, StaleStep
 
 VIEW = "deployments.view_deployment"
@@ -400,44 +393,6 @@ def cancel(request, public_id):
 
 
 # --- deploy form ------------------------------------------------------------------
-
-
-class DeployForm(forms.Form):
-    KINDS = [("head", "HEAD"), ("branch", "A branch"), ("sha", "A commit SHA")]
-
-    kind = forms.ChoiceField(choices=KINDS, required=False, widget=forms.RadioSelect, initial="head")
-    ref = forms.CharField(
-        label="Branch or commit SHA", required=False, max_length=255,
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "off"}),
-    )
-
-    @staticmethod
-    def kind_of(ref):
-        if not ref or ref == "HEAD":
-            return "head"
-        return "sha" if HEX_RE.match(ref) else "branch"
-
-    def clean(self):
-        data = super().clean()
-        ref = (data.get("ref") or "").strip()
-        # Retry and rollback forms post only a ref; the kind follows from it.
-        kind = data.get("kind") or self.kind_of(ref)
-        if kind == "head":
-            ref = "HEAD"
-        elif not ref:
-            self.add_error("ref", "Enter a branch name." if kind == "branch" else "Enter a commit SHA.")
-            return data
-        elif kind == "sha":
-            ref = ref.lower()
-            if not HEX_RE.match(ref):
-                self.add_error("ref", f"{ref!r} is not a commit SHA: use 4 to 40 hexadecimal digits.")
-                return data
-        try:
-            data["ref"] = validate_ref(ref)
-        except DeployRequestError as exc:
-            self.add_error("ref", str(exc))
-        data["kind"] = kind
-        return data
 
 
 @login_required
