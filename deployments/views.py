@@ -65,20 +65,6 @@ def _is_htmx(request):
     )
 
 
-def format_seconds(seconds):
-    """12.3 -> "12 s", 185 -> "3 min 05 s": short enough for a table cell."""
-    if seconds is None:
-        return "—"
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
 def _took(deployment, now):
     """How long a deployment took, or has been running."""
     if deployment.started_at is None:
@@ -127,7 +113,7 @@ def app_detail(request, name):
     ).get_page(request.GET.get("page"))
     page.object_list = list(history.filter(pk__in=page.object_list).order_by("-queued_at", "-id"))
     for deployment in page:
-        deployment.took_text = format_seconds(_took(deployment, now))
+        deployment.took = _took(deployment, now)
     ctx = {"app": app, "history": page}
     if _is_htmx(request):
         # The pagination links swap only the history table.
@@ -240,7 +226,7 @@ def duration_chart(deployments):
             segments.append({
                 "step": name, "x": round(x, 2), "y": round(y, 2), "w": round(bar_w, 2),
                 # A one-second step in a one-hour bar still shows as a line.
-                "h": round(max(h, 0.5), 2), "text": format_seconds(seconds),
+                "h": round(max(h, 0.5), 2), "seconds": seconds,
             })
         if not bar["deployment"].is_terminal:
             mark = "▶"
@@ -250,8 +236,6 @@ def duration_chart(deployments):
             cx=round(x + bar_w / 2, 2), top=round(y, 2), segments=segments,
             # Outcome by symbol, not by colour: the same marks as the legend.
             mark=mark,
-            total_text=format_seconds(bar["total"]),
-            cells=[format_seconds(s) for s in bar["durations"]],
         )
     ticks = [
         {"y": round(top + plot_h - value / scale_max * plot_h, 2), "label": label}
@@ -285,8 +269,6 @@ def _steps_with_seq(deployment):
     for step in steps:
         if step.status == Step.Status.RUNNING and step.started_at:
             step.elapsed = max((now - step.started_at).total_seconds(), 0)
-            step.elapsed_text = format_seconds(step.elapsed)
-        step.duration_text = format_seconds(step.duration.total_seconds()) if step.duration else ""
     return steps, seq
 
 
@@ -318,11 +300,9 @@ def _outcome_context(deployment, steps):
 
 
 def _header_context(request, deployment):
-    took = _took(deployment, timezone.now())
     return {
         "deployment": deployment,
-        "took": took,
-        "took_text": format_seconds(took),
+        "took": _took(deployment, timezone.now()),
         "can_cancel": request.user.has_perm(CANCEL) and not deployment.is_terminal,
     }
 
