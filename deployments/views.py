@@ -3,7 +3,6 @@ form and the pipeline simulator. Server-rendered; htmx only swaps partials
 that are also rendered inside the full pages, so every page works without JS.
 """
 
-import math
 import uuid
 
 from django.contrib import messages
@@ -20,6 +19,7 @@ from django.views.decorators.vary import vary_on_headers
 from apps_registry import discovery
 from apps_registry.models import App
 from deployments import appdb, rollback, states, transitions
+from deployments.charts import duration_chart
 from deployments.forms import DeployForm
 from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, Snapshot, Step
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
@@ -30,7 +30,7 @@ START = "deployments.start_deployment"
 CANCEL = "deployments.cancel_deployment"
 
 HISTORY_PAGE_SIZE = 20
-CHART_DEPLOYMENTS = 30
+CHART_DEPLOYMENTS = 30  # bars in the app page's duration chart
 SNAPSHOTS_SHOWN = 25
 
 
@@ -162,90 +162,6 @@ def app_detail(request, name):
         steps=states.STEPS,
     )
     return render(request, "deployments/app_detail.html", ctx)
-
-
-# Axis steps people read easily: seconds, then whole minutes, then hours.
-AXIS_STEPS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 18000, 36000)
-AXIS_TICKS = 4
-
-
-def _axis(longest):
-    """The y axis for a longest bar of `longest` seconds: (top value, ticks)."""
-    step = next((s for s in AXIS_STEPS if s * AXIS_TICKS >= longest), AXIS_STEPS[-1])
-    count = max(1, math.ceil(longest / step))
-    top = step * count
-    values = [step * i for i in range(count + 1)]
-    if top <= 120:
-        labels = [f"{v} s" for v in values]
-    elif step % 3600 == 0:
-        labels = [f"{v // 3600} h" for v in values]
-    elif step % 60 == 0:
-        labels = [f"{v // 60} min" for v in values]
-    else:
-        labels = [f"{v // 60}:{v % 60:02d}" for v in values]
-    labels[0] = "0"
-    return top, list(zip(values, labels))
-
-
-def duration_chart(deployments):
-    """Geometry of the stacked-bar chart of deployment durations, per step.
-
-    Computed here so the template only places rectangles; the same numbers
-    fill the table that stands in for the chart for screen readers and
-    narrow screens.
-    """
-    width, height = 800, 260
-    left, right, top, bottom = 76, 8, 24, 30
-    plot_w, plot_h = width - left - right, height - top - bottom
-    bars = []
-    for deployment in deployments:
-        steps = list(deployment.steps.all())
-        durations = {step.name: step.duration.total_seconds() for step in steps if step.duration is not None}
-        bars.append(
-            {
-                "deployment": deployment,
-                "durations": [durations.get(name) for name in states.STEPS],
-                "total": sum(durations.values()),
-                "went_live": any(s.name == "deploy" and s.status == Step.Status.SUCCEEDED for s in steps),
-            }
-        )
-    if not bars:
-        return None
-    scale_max, axis = _axis(max(bar["total"] for bar in bars))
-    slot = plot_w / max(len(bars), 10)  # a few deployments still get slim bars
-    bar_w = max(slot * 0.7, 2)
-    for i, bar in enumerate(bars):
-        x = left + i * slot + (slot - bar_w) / 2
-        y = top + plot_h
-        segments = []
-        for name, seconds in zip(states.STEPS, bar["durations"]):
-            if not seconds:
-                continue
-            h = seconds / scale_max * plot_h
-            y -= h
-            segments.append({
-                "step": name, "x": round(x, 2), "y": round(y, 2), "w": round(bar_w, 2),
-                # A one-second step in a one-hour bar still shows as a line.
-                "h": round(max(h, 0.5), 2), "seconds": seconds,
-            })
-        if not bar["deployment"].is_terminal:
-            mark = "▶"
-        else:
-            mark = "" if bar["went_live"] else "✗"
-        bar.update(
-            cx=round(x + bar_w / 2, 2), top=round(y, 2), segments=segments,
-            # Outcome by symbol, not by colour: the same marks as the legend.
-            mark=mark,
-        )
-    ticks = [
-        {"y": round(top + plot_h - value / scale_max * plot_h, 2), "label": label}
-        for value, label in axis
-    ]
-    return {
-        "width": width, "height": height, "left": left, "right": width - right,
-        "label_x": left - 6, "bars": bars, "ticks": ticks,
-        "first": bars[0]["deployment"], "last": bars[-1]["deployment"],
-    }
 
 
 # --- deployment page and its partials -------------------------------------------
