@@ -9,7 +9,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, Subquery, Sum
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, Subquery
 from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -124,7 +124,7 @@ def app_detail(request, name):
     # since a rollback turns both live and failed deploys into rolled_back.
     deploys = history.filter(kind=DeploymentKind.DEPLOY)
     went_live = Step.objects.filter(deployment=OuterRef("pk"), name="deploy", status=Step.Status.SUCCEEDED)
-    finished = deploys.filter(status__in=TERMINAL_STATUSES).aggregate(
+    finished = deploys.terminal().aggregate(
         total=Count("id"), succeeded=Count("id", filter=Q(Exists(went_live)))
     )
     rate = round(100 * finished["succeeded"] / finished["total"]) if finished["total"] else None
@@ -138,6 +138,7 @@ def app_detail(request, name):
     recent.reverse()  # oldest on the left
 
     live = Deployment.objects.live_for(app)
+    usage = Snapshot.objects.filter(app=app).disk_usage()
     snapshots = list(
         Snapshot.objects.filter(app=app).select_related("deployment")[: SNAPSHOTS_SHOWN + 1]
     )
@@ -153,7 +154,8 @@ def app_detail(request, name):
         can_start=request.user.has_perm(START),
         live=live,
         retain=((app.spec or {}).get("snapshots") or {}).get("retain", 5),
-        **_snapshot_usage(app),
+        snapshot_count=usage["count"],
+        snapshot_bytes=usage["bytes"],
         # Offer "Roll back…" only when there is something to roll back to.
         can_roll_back=live is not None and (
             rollback.failed_rollout(app) is not None
@@ -279,7 +281,7 @@ def cancel(request, public_id):
         # appear on some later page).
         deployment.refresh_from_db()
         return render(request, PARTIAL_TEMPLATES["header"], _header_context(request, deployment))
-    if deployment.status in TERMINAL_STATUSES:
+    if deployment.is_terminal:
         messages.info(request, "This deployment had already finished; nothing to cancel.")
     elif status in TERMINAL_STATUSES:
         messages.success(request, "Cancelled before it started.")
@@ -313,10 +315,7 @@ def deploy(request, name):
             "ref": ref,
             "kind": form.cleaned_data["kind"],
             "steps": [(name, states.ON_FAILURE[name]) for name in states.STEPS],
-            "in_flight": Deployment.objects.filter(app=app)
-            .exclude(status__in=TERMINAL_STATUSES)
-            .order_by("queued_at")
-            .first(),
+            "in_flight": Deployment.objects.filter(app=app).unfinished().order_by("queued_at").first(),
         }
         return render(request, "deployments/deploy_confirm.html", ctx)
     try:
@@ -359,12 +358,6 @@ def rollback_app(request, name):
     _attach_matching_snapshots(app, choices)
     ctx = {"app": app, "live": live, "choices": choices, "error": error}
     return render(request, "deployments/rollback.html", ctx)
-
-
-def _snapshot_usage(app):
-    """How many snapshots the app has and the bytes they take (one query)."""
-    usage = Snapshot.objects.filter(app=app).aggregate(count=Count("id"), size=Sum("size"))
-    return {"snapshot_count": usage["count"], "snapshot_bytes": usage["size"] or 0}
 
 
 def _attach_matching_snapshots(app, choices):
