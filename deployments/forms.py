@@ -45,3 +45,9 @@ class DeployForm(forms.Form):
         data["kind"] = kind
         return data
 
+
+class RollbackForm(forms.Form):
+    """Which earlier deployment to put back, by public id; none: the one
+    before what is live (requests.request_rollback chooses)."""
+
+    to = forms.UUIDField(required=False)

@@ -3,8 +3,6 @@ form and the pipeline simulator. Server-rendered; htmx only swaps partials
 that are also rendered inside the full pages, so every page works without JS.
 """
 
-import uuid
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -20,7 +18,7 @@ from apps_registry import discovery
 from apps_registry.models import App
 from deployments import appdb, rollback, states, transitions
 from deployments.charts import duration_chart
-from deployments.forms import DeployForm
+from deployments.forms import DeployForm, RollbackForm
 from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, Snapshot, Step
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 from deployments.simulator import Simulation, SimulationError, StaleStep
@@ -344,9 +342,11 @@ def rollback_app(request, name):
     )
     error = ""
     if request.method == "POST":
-        target = None
-        if request.POST.get("to"):
-            target = Deployment.objects.filter(app=app, public_id=_uuid_or_none(request.POST["to"])).first()
+        form, target = RollbackForm(request.POST), None
+        if not form.is_valid():
+            return HttpResponseBadRequest("no such deployment of this app")
+        if form.cleaned_data["to"]:
+            target = Deployment.objects.filter(app=app, public_id=form.cleaned_data["to"]).first()
             if target is None:
                 return HttpResponseBadRequest("no such deployment of this app")
         try:
@@ -374,13 +374,6 @@ def _attach_matching_snapshots(app, choices):
     for choice in choices:
         since = choice.finished_at or choice.queued_at
         choice.matching_snapshot = next((s for s in snapshots if s.created_at > since), None)
-
-
-def _uuid_or_none(value):
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
 
 
 @login_required
