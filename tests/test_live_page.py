@@ -91,3 +91,21 @@ def test_live_page_reconnects_and_resumes_after_the_server_restarts(browser, dap
     page.wait_for_function("document.getElementById('output-build').textContent.includes('line 3')")
     assert page.text_content("#output-clone") == "line 1\nline 2\n"  # each line once
     assert daphne.access_log().count(f"WSCONNECT /ws/deployments/{deployment.public_id}/") >= 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_clocks_tick_with_the_texts_the_server_rendered(browser, daphne, make_app):
+    make_app("web", LOCAL.replace("local", "web"))
+    deployment = transitions.create(App.objects.get(name="web"), "HEAD", name="tester")
+    owner = transitions.owner_id()
+    assert transitions.claim(deployment.pk, owner)
+    publish(transitions.start_step, deployment.pk, owner, "clone")
+    page = logged_in_page(browser, daphne, User.objects.create_superuser("root"))
+    page.goto(f"{daphne.url}/deployments/{deployment.public_id}/")
+    clock = "#step-clone .elapsed"
+    first = page.text_content(clock)
+    page.wait_for_function(f"document.querySelector('{clock}').textContent !== {first!r}")
+    ticks = page.get_attribute("#step-clone .step-detail", "data-ticks").split("|")
+    assert page.text_content(clock) in ticks[1:] and ticks[0] == first
+    header = page.get_attribute("#deployment-header dd[data-ticks]", "data-ticks").split("|")
+    assert page.text_content("#deployment-header .elapsed") in header
