@@ -3,15 +3,11 @@ form and the pipeline simulator. Server-rendered; htmx only swaps partials
 that are also rendered inside the full pages, so every page works without JS.
 """
 
-import math
-import uuid
-
-from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, Subquery, Sum
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, Subquery
 from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -21,15 +17,10 @@ from django.views.decorators.vary import vary_on_headers
 from apps_registry import discovery
 from apps_registry.models import App
 from deployments import appdb, rollback, states, transitions
+from deployments.charts import duration_chart
+from deployments.forms import DeployForm, RollbackForm
 from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, Snapshot, Step
-from deployments.requests import (
-    HEX_RE,
-    DeployRequestError,
-    request_deployment,
-    request_restore,
-    request_rollback,
-    validate_ref,
-)
+from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 from deployments.simulator import Simulation, SimulationError, StaleStep
 
 VIEW = "deployments.view_deployment"
@@ -37,7 +28,7 @@ START = "deployments.start_deployment"
 CANCEL = "deployments.cancel_deployment"
 
 HISTORY_PAGE_SIZE = 20
-CHART_DEPLOYMENTS = 30
+CHART_DEPLOYMENTS = 30  # bars in the app page's duration chart
 SNAPSHOTS_SHOWN = 25
 
 
@@ -70,20 +61,6 @@ def _is_htmx(request):
         request.headers.get("HX-Request") == "true"
         and request.headers.get("HX-History-Restore-Request") != "true"
     )
-
-
-def format_seconds(seconds):
-    """12.3 -> "12 s", 185 -> "3 min 05 s": short enough for a table cell."""
-    if seconds is None:
-        return "—"
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _took(deployment, now):
@@ -134,7 +111,7 @@ def app_detail(request, name):
     ).get_page(request.GET.get("page"))
     page.object_list = list(history.filter(pk__in=page.object_list).order_by("-queued_at", "-id"))
     for deployment in page:
-        deployment.took_text = format_seconds(_took(deployment, now))
+        deployment.took = _took(deployment, now)
     ctx = {"app": app, "history": page}
     if _is_htmx(request):
         # The pagination links swap only the history table.
@@ -145,7 +122,7 @@ def app_detail(request, name):
     # since a rollback turns both live and failed deploys into rolled_back.
     deploys = history.filter(kind=DeploymentKind.DEPLOY)
     went_live = Step.objects.filter(deployment=OuterRef("pk"), name="deploy", status=Step.Status.SUCCEEDED)
-    finished = deploys.filter(status__in=TERMINAL_STATUSES).aggregate(
+    finished = deploys.terminal().aggregate(
         total=Count("id"), succeeded=Count("id", filter=Q(Exists(went_live)))
     )
     rate = round(100 * finished["succeeded"] / finished["total"]) if finished["total"] else None
@@ -159,6 +136,7 @@ def app_detail(request, name):
     recent.reverse()  # oldest on the left
 
     live = Deployment.objects.live_for(app)
+    usage = Snapshot.objects.filter(app=app).disk_usage()
     snapshots = list(
         Snapshot.objects.filter(app=app).select_related("deployment")[: SNAPSHOTS_SHOWN + 1]
     )
@@ -174,7 +152,8 @@ def app_detail(request, name):
         can_start=request.user.has_perm(START),
         live=live,
         retain=((app.spec or {}).get("snapshots") or {}).get("retain", 5),
-        **_snapshot_usage(app),
+        snapshot_count=usage["count"],
+        snapshot_bytes=usage["bytes"],
         # Offer "Roll back…" only when there is something to roll back to.
         can_roll_back=live is not None and (
             rollback.failed_rollout(app) is not None
@@ -183,92 +162,6 @@ def app_detail(request, name):
         steps=states.STEPS,
     )
     return render(request, "deployments/app_detail.html", ctx)
-
-
-# Axis steps people read easily: seconds, then whole minutes, then hours.
-AXIS_STEPS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 18000, 36000)
-AXIS_TICKS = 4
-
-
-def _axis(longest):
-    """The y axis for a longest bar of `longest` seconds: (top value, ticks)."""
-    step = next((s for s in AXIS_STEPS if s * AXIS_TICKS >= longest), AXIS_STEPS[-1])
-    count = max(1, math.ceil(longest / step))
-    top = step * count
-    values = [step * i for i in range(count + 1)]
-    if top <= 120:
-        labels = [f"{v} s" for v in values]
-    elif step % 3600 == 0:
-        labels = [f"{v // 3600} h" for v in values]
-    elif step % 60 == 0:
-        labels = [f"{v // 60} min" for v in values]
-    else:
-        labels = [f"{v // 60}:{v % 60:02d}" for v in values]
-    labels[0] = "0"
-    return top, list(zip(values, labels))
-
-
-def duration_chart(deployments):
-    """Geometry of the stacked-bar chart of deployment durations, per step.
-
-    Computed here so the template only places rectangles; the same numbers
-    fill the table that stands in for the chart for screen readers and
-    narrow screens.
-    """
-    width, height = 800, 260
-    left, right, top, bottom = 76, 8, 24, 30
-    plot_w, plot_h = width - left - right, height - top - bottom
-    bars = []
-    for deployment in deployments:
-        steps = list(deployment.steps.all())
-        durations = {step.name: step.duration.total_seconds() for step in steps if step.duration is not None}
-        bars.append(
-            {
-                "deployment": deployment,
-                "durations": [durations.get(name) for name in states.STEPS],
-                "total": sum(durations.values()),
-                "went_live": any(s.name == "deploy" and s.status == Step.Status.SUCCEEDED for s in steps),
-            }
-        )
-    if not bars:
-        return None
-    scale_max, axis = _axis(max(bar["total"] for bar in bars))
-    slot = plot_w / max(len(bars), 10)  # a few deployments still get slim bars
-    bar_w = max(slot * 0.7, 2)
-    for i, bar in enumerate(bars):
-        x = left + i * slot + (slot - bar_w) / 2
-        y = top + plot_h
-        segments = []
-        for name, seconds in zip(states.STEPS, bar["durations"]):
-            if not seconds:
-                continue
-            h = seconds / scale_max * plot_h
-            y -= h
-            segments.append({
-                "step": name, "x": round(x, 2), "y": round(y, 2), "w": round(bar_w, 2),
-                # A one-second step in a one-hour bar still shows as a line.
-                "h": round(max(h, 0.5), 2), "text": format_seconds(seconds),
-            })
-        if not bar["deployment"].is_terminal:
-            mark = "▶"
-        else:
-            mark = "" if bar["went_live"] else "✗"
-        bar.update(
-            cx=round(x + bar_w / 2, 2), top=round(y, 2), segments=segments,
-            # Outcome by symbol, not by colour: the same marks as the legend.
-            mark=mark,
-            total_text=format_seconds(bar["total"]),
-            cells=[format_seconds(s) for s in bar["durations"]],
-        )
-    ticks = [
-        {"y": round(top + plot_h - value / scale_max * plot_h, 2), "label": label}
-        for value, label in axis
-    ]
-    return {
-        "width": width, "height": height, "left": left, "right": width - right,
-        "label_x": left - 6, "bars": bars, "ticks": ticks,
-        "first": bars[0]["deployment"], "last": bars[-1]["deployment"],
-    }
 
 
 # --- deployment page and its partials -------------------------------------------
@@ -292,8 +185,6 @@ def _steps_with_seq(deployment):
     for step in steps:
         if step.status == Step.Status.RUNNING and step.started_at:
             step.elapsed = max((now - step.started_at).total_seconds(), 0)
-            step.elapsed_text = format_seconds(step.elapsed)
-        step.duration_text = format_seconds(step.duration.total_seconds()) if step.duration else ""
     return steps, seq
 
 
@@ -325,11 +216,9 @@ def _outcome_context(deployment, steps):
 
 
 def _header_context(request, deployment):
-    took = _took(deployment, timezone.now())
     return {
         "deployment": deployment,
-        "took": took,
-        "took_text": format_seconds(took),
+        "took": _took(deployment, timezone.now()),
         "can_cancel": request.user.has_perm(CANCEL) and not deployment.is_terminal,
     }
 
@@ -390,7 +279,7 @@ def cancel(request, public_id):
         # appear on some later page).
         deployment.refresh_from_db()
         return render(request, PARTIAL_TEMPLATES["header"], _header_context(request, deployment))
-    if deployment.status in TERMINAL_STATUSES:
+    if deployment.is_terminal:
         messages.info(request, "This deployment had already finished; nothing to cancel.")
     elif status in TERMINAL_STATUSES:
         messages.success(request, "Cancelled before it started.")
@@ -400,44 +289,6 @@ def cancel(request, public_id):
 
 
 # --- deploy form ------------------------------------------------------------------
-
-
-class DeployForm(forms.Form):
-    KINDS = [("head", "HEAD"), ("branch", "A branch"), ("sha", "A commit SHA")]
-
-    kind = forms.ChoiceField(choices=KINDS, required=False, widget=forms.RadioSelect, initial="head")
-    ref = forms.CharField(
-        label="Branch or commit SHA", required=False, max_length=255,
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "off"}),
-    )
-
-    @staticmethod
-    def kind_of(ref):
-        if not ref or ref == "HEAD":
-            return "head"
-        return "sha" if HEX_RE.match(ref) else "branch"
-
-    def clean(self):
-        data = super().clean()
-        ref = (data.get("ref") or "").strip()
-        # Retry and rollback forms post only a ref; the kind follows from it.
-        kind = data.get("kind") or self.kind_of(ref)
-        if kind == "head":
-            ref = "HEAD"
-        elif not ref:
-            self.add_error("ref", "Enter a branch name." if kind == "branch" else "Enter a commit SHA.")
-            return data
-        elif kind == "sha":
-            ref = ref.lower()
-            if not HEX_RE.match(ref):
-                self.add_error("ref", f"{ref!r} is not a commit SHA: use 4 to 40 hexadecimal digits.")
-                return data
-        try:
-            data["ref"] = validate_ref(ref)
-        except DeployRequestError as exc:
-            self.add_error("ref", str(exc))
-        data["kind"] = kind
-        return data
 
 
 @login_required
@@ -462,10 +313,7 @@ def deploy(request, name):
             "ref": ref,
             "kind": form.cleaned_data["kind"],
             "steps": [(name, states.ON_FAILURE[name]) for name in states.STEPS],
-            "in_flight": Deployment.objects.filter(app=app)
-            .exclude(status__in=TERMINAL_STATUSES)
-            .order_by("queued_at")
-            .first(),
+            "in_flight": Deployment.objects.filter(app=app).unfinished().order_by("queued_at").first(),
         }
         return render(request, "deployments/deploy_confirm.html", ctx)
     try:
@@ -494,9 +342,11 @@ def rollback_app(request, name):
     )
     error = ""
     if request.method == "POST":
-        target = None
-        if request.POST.get("to"):
-            target = Deployment.objects.filter(app=app, public_id=_uuid_or_none(request.POST["to"])).first()
+        form, target = RollbackForm(request.POST), None
+        if not form.is_valid():
+            return HttpResponseBadRequest("no such deployment of this app")
+        if form.cleaned_data["to"]:
+            target = Deployment.objects.filter(app=app, public_id=form.cleaned_data["to"]).first()
             if target is None:
                 return HttpResponseBadRequest("no such deployment of this app")
         try:
@@ -508,12 +358,6 @@ def rollback_app(request, name):
     _attach_matching_snapshots(app, choices)
     ctx = {"app": app, "live": live, "choices": choices, "error": error}
     return render(request, "deployments/rollback.html", ctx)
-
-
-def _snapshot_usage(app):
-    """How many snapshots the app has and the bytes they take (one query)."""
-    usage = Snapshot.objects.filter(app=app).aggregate(count=Count("id"), size=Sum("size"))
-    return {"snapshot_count": usage["count"], "snapshot_bytes": usage["size"] or 0}
 
 
 def _attach_matching_snapshots(app, choices):
@@ -530,13 +374,6 @@ def _attach_matching_snapshots(app, choices):
     for choice in choices:
         since = choice.finished_at or choice.queued_at
         choice.matching_snapshot = next((s for s in snapshots if s.created_at > since), None)
-
-
-def _uuid_or_none(value):
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
 
 
 @login_required

@@ -309,27 +309,27 @@
 
   // --- running clocks ---------------------------------------------------------------
 
-  function formatSeconds(seconds) {
-    // Same format as views.format_seconds.
-    if (seconds < 10) return seconds.toFixed(1) + " s";
-    seconds = Math.round(seconds);
-    if (seconds < 60) return seconds + " s";
-    var pad = function (n) {
-      return (n < 10 ? "0" : "") + n;
-    };
-    if (seconds < 3600) return Math.floor(seconds / 60) + " min " + pad(seconds % 60) + " s";
-    return Math.floor(seconds / 3600) + " h " + pad(Math.floor((seconds % 3600) / 60)) + " min";
-  }
-
   function tick() {
-    // data-elapsed is the server's count when it rendered the element; the
-    // browser's own clock only adds the time since, so clock skew between
-    // the two does not matter.
+    // The server renders what a running clock shows each second from when it
+    // rendered it (data-ticks on the clock's container, "|"-separated), so
+    // durations are formatted in one place; the browser's own clock only
+    // counts the seconds since the element arrived, so clock skew between
+    // the two does not matter. Past the last text, fetch fresh partials.
     var now = Date.now();
     root.querySelectorAll(".elapsed[data-elapsed]").forEach(function (el) {
+      var holder = el.closest("[data-ticks]");
+      if (!holder || !holder.dataset.ticks) return;
       if (!el.dataset.seenAt) el.dataset.seenAt = String(now);
-      var seconds = Number(el.dataset.elapsed) + (now - Number(el.dataset.seenAt)) / 1000;
-      el.textContent = formatSeconds(seconds);
+      var ticks = holder.dataset.ticks.split("|");
+      var n = Math.floor((now - Number(el.dataset.seenAt)) / 1000);
+      if (n >= ticks.length) {
+        n = ticks.length - 1;
+        if (!el.dataset.refreshAsked) {
+          el.dataset.refreshAsked = "true";
+          scheduleRefresh();
+        }
+      }
+      el.textContent = ticks[n];
     });
   }
 
