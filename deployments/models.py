@@ -8,7 +8,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.urls import reverse
 from django.utils import timezone
 
@@ -100,6 +100,22 @@ class DeploymentQuerySet(models.QuerySet):
         """Earlier deployments whose image can be put back, newest first."""
         candidates = self.went_live(app)
         return candidates.exclude(image=exclude_image) if exclude_image else candidates
+
+    def newest_per_app(self):
+        """Each app's newest deployment, in one query: one probe of
+        deploy_app_recent per app (DISTINCT ON would read every app's whole
+        history)."""
+        newest = Deployment.objects.filter(app=OuterRef("pk")).order_by("-queued_at", "-id").values("pk")[:1]
+        return self.filter(pk__in=App.objects.values(newest_pk=Subquery(newest)))
+
+    def success_counts(self):
+        """{"total", "succeeded"} over the finished deployments here, where one
+        succeeded when its deploy step did: status alone cannot say, since a
+        rollback turns both live and failed deploys into rolled_back."""
+        went_live = Step.objects.filter(deployment=OuterRef("pk"), name="deploy", status=StepStatus.SUCCEEDED)
+        return self.terminal().aggregate(
+            total=models.Count("id"), succeeded=models.Count("id", filter=Q(Exists(went_live)))
+        )
 
 
 class Deployment(models.Model):

@@ -7,7 +7,7 @@ app's lock like any deploy, and goes before queued deploys of the app.
 """
 
 from deployments import transitions
-from deployments.models import SERVICE_KINDS, WENT_LIVE, Deployment, DeploymentKind, DeploymentStatus
+from deployments.models import SERVICE_KINDS, WENT_LIVE, Deployment, DeploymentKind, DeploymentStatus, Snapshot
 
 
 class NothingToRollBackTo(Exception):
@@ -78,3 +78,20 @@ def after_success(deployment):
     if deployment.kind == DeploymentKind.ROLLBACK and deployment.replaces_id:
         transitions.mark_rolled_back(deployment.replaces_id, deployment)
 
+
+
+def attach_matching_snapshots(app, choices):
+    """For each rollback target, the database snapshot that matches its code
+    (`choice.matching_snapshot`): the first pre-migration snapshot taken after
+    it went live, since migrations of later deploys changed the database. One
+    query for all of them."""
+    if not choices:
+        return
+    oldest = min(c.finished_at or c.queued_at for c in choices)
+    snapshots = list(
+        Snapshot.objects.filter(app=app, kind=Snapshot.Kind.PRE_MIGRATION, created_at__gt=oldest)
+        .order_by("created_at")
+    )
+    for choice in choices:
+        since = choice.finished_at or choice.queued_at
+        choice.matching_snapshot = next((s for s in snapshots if s.created_at > since), None)

@@ -7,7 +7,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, Subquery
+from django.db.models import F, Prefetch
 from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -80,13 +80,7 @@ def overview(request):
     _require(request, VIEW)
     discovery.ensure_fresh()
     apps = list(App.objects.all())
-    # Every app's newest deployment in one query: one probe of
-    # deploy_app_recent per app (DISTINCT ON would read every app's whole
-    # history).
-    newest = Deployment.objects.filter(app=OuterRef("pk")).order_by("-queued_at", "-id").values("pk")[:1]
-    latest = Deployment.objects.filter(
-        pk__in=App.objects.values(newest_pk=Subquery(newest))
-    ).select_related("requested_by")
+    latest = Deployment.objects.newest_per_app().select_related("requested_by")
     latest_by_app = {deployment.app_id: deployment for deployment in latest}
     for app in apps:
         app.last_deployment = latest_by_app.get(app.pk)
@@ -117,14 +111,9 @@ def app_detail(request, name):
         # The pagination links swap only the history table.
         return render(request, "deployments/_history.html", ctx)
 
-    # Deploys only: rollbacks and restores are other operations. A deploy
-    # went live when its deploy step succeeded; its status alone cannot say,
-    # since a rollback turns both live and failed deploys into rolled_back.
+    # Deploys only: rollbacks and restores are other operations.
     deploys = history.filter(kind=DeploymentKind.DEPLOY)
-    went_live = Step.objects.filter(deployment=OuterRef("pk"), name="deploy", status=Step.Status.SUCCEEDED)
-    finished = deploys.terminal().aggregate(
-        total=Count("id"), succeeded=Count("id", filter=Q(Exists(went_live)))
-    )
+    finished = deploys.success_counts()
     rate = round(100 * finished["succeeded"] / finished["total"]) if finished["total"] else None
 
     recent = list(
@@ -355,25 +344,9 @@ def rollback_app(request, name):
             error = str(exc)
         else:
             return redirect("deployment-detail", public_id=queued.public_id)
-    _attach_matching_snapshots(app, choices)
+    rollback.attach_matching_snapshots(app, choices)
     ctx = {"app": app, "live": live, "choices": choices, "error": error}
     return render(request, "deployments/rollback.html", ctx)
-
-
-def _attach_matching_snapshots(app, choices):
-    """For each rollback target, the database snapshot that matches its code:
-    the first pre-migration snapshot taken after it went live (migrations of
-    later deploys changed the database since). One query for all of them."""
-    if not choices:
-        return
-    oldest = min(c.finished_at or c.queued_at for c in choices)
-    snapshots = list(
-        Snapshot.objects.filter(app=app, kind=Snapshot.Kind.PRE_MIGRATION, created_at__gt=oldest)
-        .order_by("created_at")
-    )
-    for choice in choices:
-        since = choice.finished_at or choice.queued_at
-        choice.matching_snapshot = next((s for s in snapshots if s.created_at > since), None)
 
 
 @login_required

@@ -208,7 +208,7 @@ def test_cron_app_is_registered_with_the_scheduler(cluster, make_app):
     assert job.image == deployment.image == f"nightly:{deployment.commit_sha}"
     schedule = Schedule.objects.get(name="norn-cron:nightly")
     assert (schedule.cron, schedule.func) == ("0 3 * * *", "deployments.tasks.run_cron_job")
-    from deployments import appdb, scheduler
+    from deployments import scheduler
 
     run = scheduler.run_job(job.pk)
     assert run.exit_code == 0 and "ran in nightly" in run.output

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from deployments import appdb, pipeline, recovery, runner, states, transitions
+from deployments import appdb, pipeline, runner, states, transitions
 from deployments.models import Deployment, Event, Snapshot
 from deployments.requests import DeployRequestError, request_deployment
 
