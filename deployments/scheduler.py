@@ -15,6 +15,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from apps_registry.models import App
+from apps_registry.spec import Spec
 from deployments import appdb, runner
 from deployments.models import CronJob, CronRun
 from deployments.runtimes import docker
@@ -50,7 +51,7 @@ def register(ctx):
 
     Safe to repeat: one CronJob and one Schedule per app, updated in place.
     """
-    schedule, command = ctx.spec.get("schedule"), ctx.spec.get("command")
+    schedule, command = ctx.spec.schedule, ctx.spec.command
     if not schedule or not command:
         raise StepFailed("a cron app needs schedule and command in infraspec.yaml")
     if not ctx.image:
@@ -175,7 +176,7 @@ def run_job(job_id):
             CronRun.objects.filter(pk=run.pk).update(output=output.text())
             last_save = time.monotonic()
 
-    env = {**job.env, **docker.database_env(job.app.spec or {})}
+    env = {**job.env, **docker.database_env(Spec.from_dict(job.app.spec))}
     exit_code = None
     try:
         with docker.env_file(env) as path:

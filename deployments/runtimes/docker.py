@@ -72,11 +72,10 @@ def database_env(spec):
     The same connection the migrate step hands to migrations.command; with
     `--network host` the container reaches the server at the same address.
     """
-    postgres = (spec.get("services") or {}).get("postgres")
-    if not postgres:
+    if not spec.postgres:
         return {}
-    env = appdb.pg_env(postgres["database"])
-    env["DATABASE_URL"] = appdb.database_url(postgres["database"])
+    env = appdb.pg_env(spec.postgres.database)
+    env["DATABASE_URL"] = appdb.database_url(spec.postgres.database)
     return env
 
 
@@ -89,10 +88,10 @@ def container_env(ctx):
     is kept even when its name is one of those.
     """
     extra = database_env(ctx.spec)
-    if ctx.spec.get("port"):
-        extra["PORT"] = ctx.spec["port"]
+    if ctx.spec.port:
+        extra["PORT"] = ctx.spec.port
     env = ctx.app_env(**extra)
-    declared = set(ctx.spec.get("env") or {}) | set(extra)
+    declared = set(ctx.spec.env) | set(extra)
     return {k: v for k, v in env.items() if k not in PASSTHROUGH_ENV or k in declared}
 
 
@@ -150,7 +149,7 @@ def deploy(ctx):
     problem = env_problem(env)
     if problem:
         raise StepFailed(problem)
-    port = ctx.spec.get("port")
+    port = ctx.spec.port
     if port:
         # Before anything changes: without the proxy the switch cannot happen.
         _ensure_proxy(ctx)
@@ -471,7 +470,7 @@ def _already_in_service(ctx, name, previous):
         return False
     if (previous["labels"] or {}).get("norn.image") != ctx.image:
         return False
-    port = ctx.spec.get("port")
+    port = ctx.spec.port
     if port:
         backend = _label_int(previous, "norn.backend-port")
         if backend is None or _label_int(previous, "norn.port") != port:
@@ -498,7 +497,7 @@ def _already_in_service(ctx, name, previous):
 def _check(ctx, backend):
     """(healthy, what it answered) for a container serving on `backend`: its
     health check when the spec has one, else whether it accepts connections."""
-    path = ctx.spec.get("healthcheck")
+    path = ctx.spec.healthcheck
     if path:
         url = f"http://{proxy.BACKEND_HOST}:{backend}{path}"
         healthy, answer = probe(url)
@@ -521,7 +520,7 @@ def _wait_until_ready(ctx, next_name, backend=None):
     a TCP connection: the proxy must not switch to a port nobody listens on);
     raise _NotReady otherwise."""
     limit = ctx.timeout or DEFAULT_WAIT
-    path = ctx.spec.get("healthcheck")
+    path = ctx.spec.healthcheck
     url = f"http://{proxy.BACKEND_HOST}:{backend}{path}" if backend and path else None
     if url:
         wanted = f" and for GET {url} to answer 2xx or 3xx"

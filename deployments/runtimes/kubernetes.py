@@ -237,12 +237,12 @@ def _split_env(env, secret_ref):
 
 def _deployment_manifest(ctx, namespace, env_entries):
     container = {"name": ctx.app_name, "image": ctx.image, "env": env_entries}
-    port = ctx.spec.get("port")
+    port = ctx.spec.port
     if port:
         container["ports"] = [{"containerPort": port, "protocol": "TCP"}]
-        if ctx.spec.get("healthcheck"):
-            container["readinessProbe"] = {"httpGet": {"path": ctx.spec["healthcheck"], "port": port}}
-    replicas = ctx.spec.get("replicas")
+        if ctx.spec.healthcheck:
+            container["readinessProbe"] = {"httpGet": {"path": ctx.spec.healthcheck, "port": port}}
+    replicas = ctx.spec.replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -307,14 +307,14 @@ def deploy(ctx):
         raise StepFailed("there is no image to run: the build step did not produce one")
     limit = ctx.timeout or DEFAULT_TIMEOUT
     deadline = time.monotonic() + limit
-    namespace = ctx.spec.get("namespace") or "default"
+    namespace = ctx.spec.namespace
     try:
         api, host, source = _api_client()
         with api:
             ctx.log(f"Kubernetes API {host} ({source}), namespace {namespace}")
             try:
                 written = _apply(ctx, api, namespace)
-                if ctx.spec.get("port"):
+                if ctx.spec.port:
                     _ensure_service(ctx, api, namespace)
                 _wait_for_rollout(ctx, api, written, deadline, limit)
             except urllib3.exceptions.HTTPError as exc:
@@ -415,7 +415,7 @@ def _ensure_service(ctx, api, namespace):
     extra ports, annotations for a load balancer) on purpose.
     """
     core = client.CoreV1Api(api)
-    name, port = ctx.app_name, ctx.spec["port"]
+    name, port = ctx.app_name, ctx.spec.port
     try:
         core.read_namespaced_service(name, namespace, _request_timeout=REQUEST_TIMEOUT)
         return

@@ -7,18 +7,15 @@ Docker engine).
 
 from django.conf import settings
 
-from deployments import scheduler
+from deployments import runtimes, scheduler
+from deployments.steps import Context
 
 
-def run(ctx):
-    if ctx.spec["role"] == "cron":
+def run(ctx: Context) -> None:
+    if ctx.spec.is_cron:
         scheduler.register(ctx)
         return
     # An app that used to be cron keeps its run history, but no schedule.
     if scheduler.unregister(ctx.app_name):
         ctx.log(f"{ctx.app_name} is no longer a cron app: removed its schedule")
-    if settings.NORN_RUNTIME == "kubernetes":
-        from deployments.runtimes import kubernetes as runtime
-    else:
-        from deployments.runtimes import docker as runtime
-    runtime.deploy(ctx)
+    runtimes.named(settings.NORN_RUNTIME).deploy(ctx)
