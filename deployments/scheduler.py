@@ -16,10 +16,9 @@ from django_q.models import Schedule
 
 from apps_registry.models import App
 from apps_registry.spec import Spec
-from deployments import appdb, runner
+from deployments import appdb, appenv, runner
 from deployments.models import CronJob, CronRun
-from deployments.runtimes import docker
-from deployments.steps import StepFailed
+from deployments.outcomes import StepFailed
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +65,9 @@ def register(ctx):
         )
     # Stored without the database connection: run_job adds it at run time,
     # so the password is not kept in this table.
-    database = docker.database_env(ctx.spec)
-    env = {k: v for k, v in docker.container_env(ctx).items() if k not in database}
-    problem = docker.env_problem(env)
+    database = appenv.database_env(ctx.spec)
+    env = {k: v for k, v in appenv.container_env(ctx).items() if k not in database}
+    problem = appenv.env_problem(env)
     if problem:
         raise StepFailed(problem)
     argv = command_argv(command)
@@ -176,10 +175,10 @@ def run_job(job_id):
             CronRun.objects.filter(pk=run.pk).update(output=output.text())
             last_save = time.monotonic()
 
-    env = {**job.env, **docker.database_env(Spec.from_dict(job.app.spec))}
+    env = {**job.env, **appenv.database_env(Spec.from_dict(job.app.spec))}
     exit_code = None
     try:
-        with docker.env_file(env) as path:
+        with appenv.env_file(env) as path:
             argv = [
                 "docker", "run", "--rm",
                 "--name", container,
@@ -192,7 +191,7 @@ def run_job(job_id):
             ]
             result = runner.run(
                 argv,
-                env=docker.host_env(),
+                env=runner.host_env(),
                 timeout=timeout,
                 on_output=on_output,
                 # The output is shown on the dashboard; as in the pipeline,
@@ -216,6 +215,6 @@ def run_job(job_id):
 
 def _force_remove(container):
     try:
-        runner.run(["docker", "rm", "--force", container], env=docker.host_env(), timeout=60)
+        runner.run(["docker", "rm", "--force", container], env=runner.host_env(), timeout=60)
     except (OSError, runner.CommandError):
         log.exception("could not remove cron container %s", container)

@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from deployments import proxy, runner
+from deployments import appenv, proxy, runner
 from deployments.runtimes import docker as runtime
 from deployments.steps import StepFailed
 from tests.support.contexts import parse_spec, step_context
@@ -390,13 +390,13 @@ def test_env_values_reach_the_container_but_no_command_line(tmp_path, images, ap
 
 
 def test_env_file_is_private_and_removed_afterwards():
-    with runtime.env_file({"A": "x y=z # not a comment", "EMPTY": ""}) as path:
+    with appenv.env_file({"A": "x y=z # not a comment", "EMPTY": ""}) as path:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         with open(path) as f:
             assert f.read() == "A=x y=z # not a comment\nEMPTY=\n"
     assert not os.path.exists(path)
     with pytest.raises(ValueError, match="line break"):
-        with runtime.env_file({"B": "two\nlines"}):
+        with appenv.env_file({"B": "two\nlines"}):
             pass
 
 

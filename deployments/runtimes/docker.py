@@ -6,19 +6,18 @@ backend port, switches the proxy to it once it is healthy, then retires the old
 one. Apps without a port are stopped and replaced in place.
 """
 
-import contextlib
 import dataclasses
 import http.client
 import json
-import os
 import socket
-import tempfile
 import time
 import urllib.error
 import urllib.request
 
-from deployments import appdb, proxy, runner
-from deployments.steps import PASSTHROUGH_ENV, StepFailed
+from deployments import proxy, runner
+from deployments.appenv import container_env, env_file, env_problem
+from deployments.outcomes import StepFailed
+from deployments.runner import host_env
 
 # The new container must stay up this long before it counts as started: an app
 # that dies on a bad setting usually does so within a second or two, and with
@@ -57,76 +56,6 @@ class _NotReady(Exception):
 
 def container_name(app_name):
     return f"norn-{app_name}"
-
-
-def host_env():
-    """The docker client's own environment: PATH, DOCKER_HOST and the like, nothing of Norn's."""
-    env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    return env
-
-
-def database_env(spec):
-    """DATABASE_URL and the PG* variables for the app's database, when it declares one.
-
-    The same connection the migrate step hands to migrations.command; with
-    `--network host` the container reaches the server at the same address.
-    """
-    if not spec.postgres:
-        return {}
-    env = appdb.pg_env(spec.postgres.database)
-    env["DATABASE_URL"] = appdb.database_url(spec.postgres.database)
-    return env
-
-
-def container_env(ctx):
-    """The app's environment inside its container.
-
-    ctx.app_env() plus the database connection and PORT, minus the host's
-    PATH, HOME and friends: those describe this machine, and passing them
-    would override the image's own PATH. A variable the infraspec sets itself
-    is kept even when its name is one of those.
-    """
-    extra = database_env(ctx.spec)
-    if ctx.spec.port:
-        extra["PORT"] = ctx.spec.port
-    env = ctx.app_env(**extra)
-    declared = set(ctx.spec.env) | set(extra)
-    return {k: v for k, v in env.items() if k not in PASSTHROUGH_ENV or k in declared}
-
-
-def env_problem(env):
-    """Why `env` cannot go into a docker --env-file, or None."""
-    for name, value in env.items():
-        if any(c in str(value) for c in "\n\r\0"):
-            return (
-                f"environment variable {name} contains a line break or NUL character; "
-                "the Docker runtime passes the environment through an env file, one "
-                "variable per line, so such values are not supported"
-            )
-    return None
-
-
-@contextlib.contextmanager
-def env_file(env):
-    """A private (mode 600) docker --env-file holding `env`, removed on exit.
-
-    Values travel in a file, never in argv: they can hold the database
-    password, and every user of the machine can read argv in ps and /proc.
-    """
-    problem = env_problem(env)
-    if problem:
-        raise ValueError(problem)
-    fd, path = tempfile.mkstemp(prefix="norn-env-", suffix=".env")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            # mkstemp already creates it 0600; keep that true even if it changes.
-            os.fchmod(f.fileno(), 0o600)
-            f.writelines(f"{name}={value}\n" for name, value in env.items())
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 # --- deploy --------------------------------------------------------------------

@@ -19,8 +19,8 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from deployments import appdb, runner
-from deployments.runtimes.docker import container_env
-from deployments.steps import StepFailed
+from deployments.appenv import container_env
+from deployments.outcomes import StepFailed
 
 NAME_LABEL = "app.kubernetes.io/name"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
