@@ -51,6 +51,6 @@ def registry_image(ctx: Context) -> str:
 
 def is_minikube() -> bool:
     """Whether the Kubernetes context Norn deploys to is a minikube cluster."""
-    from deployments.runtimes.kubernetes import current_context_name
+    from deployments.runtimes.kubeclient import current_context_name
 
     return current_context_name() == "minikube"
