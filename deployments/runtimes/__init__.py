@@ -3,7 +3,7 @@
 Each has `deploy(ctx)`, called by deployments/steps/deploy.py with the step's
 Context once the image is built (and pushed, when a registry is configured),
 and `status(app_name, ...)` and `remove(app_name, ...)` for `manage.py
-app_status` and `manage.py undeploy`.
+app_status` and `manage.py undeploy`, which raise the module's `Error`.
 """
 
 import importlib

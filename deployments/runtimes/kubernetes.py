@@ -20,7 +20,10 @@ from deployments.runtimes.kubeclient import REQUEST_TIMEOUT, KubernetesError, ap
 from deployments.runtimes.kubemanifests import DEPLOYMENT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, secret_name
 from deployments.runtimes.kuberollout import read_deployment, rollout_status
 
-__all__ = ["KubernetesError", "deploy", "remove", "status"]
+__all__ = ["Error", "KubernetesError", "deploy", "remove", "status"]
+
+# What status() and remove() raise when the API cannot be asked.
+Error = KubernetesError
 
 # A 409 means someone else wrote the Deployment between our read and our write
 # (another client, or a controller racing a create); a few fresh reads settle it.
