@@ -17,6 +17,7 @@ from django_q.models import Schedule
 from apps_registry.models import App
 from apps_registry.spec import Spec
 from deployments import appdb, appenv, runner
+from deployments.appenv import StepContext
 from deployments.models import CronJob, CronRun
 from deployments.outcomes import StepFailed
 
@@ -30,22 +31,22 @@ OUTPUT_LIMIT = 1024 * 1024
 OUTPUT_SAVE_INTERVAL = 2.0
 
 
-def schedule_name(app_name):
+def schedule_name(app_name: str) -> str:
     return f"norn-cron:{app_name}"
 
 
-def command_argv(command):
+def command_argv(command: str | list[str] | tuple[str, ...]) -> list[str]:
     """The infraspec `command` as argv: a string is a shell command, run with sh -c."""
     return ["sh", "-c", command] if isinstance(command, str) else [str(a) for a in command]
 
 
-def next_run(expression):
+def next_run(expression: str) -> datetime:
     """When `expression` fires next, computed the way django-q2's scheduler does
     (in local time, TIME_ZONE), so the first run and later ones agree."""
     return croniter(expression, timezone.localtime()).get_next(datetime)
 
 
-def register(ctx):
+def register(ctx: StepContext) -> CronJob:
     """Point the app's cron job and its schedule at ctx.image; returns the CronJob.
 
     Safe to repeat: one CronJob and one Schedule per app, updated in place.
@@ -116,7 +117,7 @@ def _upsert_schedule(job, app_name):
     return entry
 
 
-def unregister(app_name):
+def unregister(app_name: str) -> bool:
     """Stop scheduling the app. Its CronJob and past runs stay (history is
     data); registering again reuses them. True if a schedule was removed."""
     deleted, _ = Schedule.objects.filter(name=schedule_name(app_name)).delete()
@@ -146,7 +147,7 @@ class _Tail:
         return f"[output truncated: the first {self.total - len(kept):,} characters are not kept]\n" + kept
 
 
-def run_job(job_id):
+def run_job(job_id: int) -> CronRun | None:
     """Run cron job `job_id` once, now, and return its CronRun.
 
     A failing command is a recorded run with its exit code, not an exception.

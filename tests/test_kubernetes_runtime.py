@@ -577,3 +577,18 @@ def test_kubectl_sees_norns_progress_lines_verbatim(kube, tmp_path, kubectl):
     state, message = kuberollout.rollout_status(current)
     assert state == "progressing"
     assert result.stdout.strip() == message
+
+
+@pytest.mark.django_db
+def test_the_deploy_step_uses_the_runtime_the_deployment_was_queued_for(kube, tmp_path, settings):
+    # NORN_RUNTIME changed after this deployment was queued for Kubernetes:
+    # the deployment's recorded runtime (ctx.runtime) decides, not the setting.
+    from deployments.steps import deploy as deploy_step
+
+    settings.NORN_RUNTIME = "docker"
+    ctx = make_ctx(tmp_path, replicas=1)
+    ctx.runtime = "kubernetes"
+    deploy_step.run(ctx)
+    [container] = kube.get_object("deployments", APP)["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.local/web:v1"
+    assert 'deployment "web" successfully rolled out' in ctx.lines()

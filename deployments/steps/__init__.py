@@ -15,9 +15,9 @@ from django.conf import settings
 from apps_registry.spec import Spec
 from deployments import runner
 from deployments.outcomes import Skip, StepFailed
-from deployments.runner import PASSTHROUGH_ENV, host_env
+from deployments.runner import host_env
 
-__all__ = ["PASSTHROUGH_ENV", "Context", "Skip", "StepFailed", "host_env"]
+__all__ = ["Context", "Skip", "StepFailed", "host_env"]
 
 
 @dataclass

@@ -1,13 +1,12 @@
 """Build: `docker build` the checked-out tree into <app>:<sha>, then ship it.
 
 With NORN_REGISTRY_URL the image is tagged and pushed there; otherwise, when
-deploying to a minikube cluster, it is loaded into minikube. Skipped when the
+the deployment goes to Kubernetes (ctx.runtime) on a minikube cluster, it is
+loaded into minikube. Skipped when the
 infraspec has no build section (the image must then exist already).
 """
 
 import shutil
-
-from django.conf import settings
 
 from deployments.steps import Context, Skip, StepFailed
 
@@ -39,7 +38,7 @@ def run(ctx: Context) -> None:
         ctx.run(["docker", "tag", ctx.local_image, remote], env=env)
         ctx.run(["docker", "push", remote], env=env)
         ctx.image = remote
-    elif settings.NORN_RUNTIME == "kubernetes" and is_minikube():
+    elif ctx.runtime == "kubernetes" and is_minikube():
         if not shutil.which("minikube"):
             raise StepFailed("the Kubernetes context is minikube, but the minikube command is not installed")
         ctx.run(["minikube", "image", "load", ctx.local_image], env=env)

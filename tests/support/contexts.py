@@ -16,7 +16,7 @@ def parse_spec(text: str) -> Spec:
 
 
 def step_context(spec, *, workdir=None, app_dir=None, image="", ref="HEAD", commit_sha="",
-                 deployment_id=1, public_id=None, timeout=30, cancel_reason=None, secrets=()):
+                 deployment_id=1, public_id=None, timeout=30, cancel_reason=None, secrets=(), runtime="docker"):
     """A Context whose output is collected: ctx.text() and ctx.lines() read it.
 
     `spec` is a Spec, or a normalized spec dict (as App.spec stores it)."""
@@ -37,6 +37,7 @@ def step_context(spec, *, workdir=None, app_dir=None, image="", ref="HEAD", comm
         cancel_reason=cancel_reason or (lambda: None),
         redact=runner.Redactor(secrets),
         timeout=timeout,
+        runtime=runtime,
     )
     ctx.text = lambda: "".join(output)
     ctx.lines = lambda: ctx.text().splitlines()
