@@ -91,10 +91,10 @@ def _apply(app, path, digest, result):
     if result.ok:
         spec = result.spec
         app.status = App.Status.VALID
-        app.spec = spec
-        app.role = spec["role"]
-        app.repo_url = (spec["repo"] or {}).get("url", "")
-        app.branch = (spec["repo"] or {}).get("branch", "")
+        app.spec = result.data
+        app.role = spec.role
+        app.repo_url = spec.repo.url if spec.repo else ""
+        app.branch = spec.repo.branch if spec.repo else ""
     else:
         app.status = App.Status.INVALID
 

@@ -1,18 +1,22 @@
 """Parse and validate `infraspec.yaml`, the file that makes a directory deployable.
 
-`load(path)` returns the normalized spec (defaults filled in) and every problem
-found in the file at once; each problem names the file, the line, the field
-path, the bad value and what would be valid. docs/infraspec.md is the
-user-facing description of the same rules; keep the two in step.
+`load(path)` returns the spec (typed: apps_registry/spec.py, which fills in the
+defaults; and as the normalized dict App.spec stores) and every problem found in
+the file at once; each problem names the file, the line, the field path, the
+bad value and what would be valid. docs/infraspec.md is the user-facing
+description of the same rules; keep the two in step.
 """
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from croniter import croniter
+
+from apps_registry.spec import Spec
 
 FILENAME = "infraspec.yaml"
 ROLES = ("webserver", "worker", "cron")
@@ -23,6 +27,8 @@ DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REPO_SCHEMES = ("https", "http", "ssh", "git", "file")
 SCP_LIKE_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
+# A commit SHA as a ref: 4 to 40 lowercase hex digits (git's shortest abbreviation).
+HEX_RE = re.compile(r"^[0-9a-f]{4,40}$")
 
 
 @dataclass(frozen=True)
@@ -39,12 +45,19 @@ class SpecError:
 
 @dataclass
 class LoadResult:
-    spec: dict | None
+    # The normalized spec as JSON-ready data (what App.spec stores), or None
+    # when the file has errors.
+    data: dict | None
     errors: list
 
     @property
     def ok(self):
         return not self.errors
+
+    @cached_property
+    def spec(self) -> Spec | None:
+        """The typed spec, or None when the file has errors."""
+        return Spec.from_dict(self.data) if self.data is not None else None
 
 
 # --- value checks -------------------------------------------------------------
@@ -220,7 +233,6 @@ def check_command(value):
 class Field:
     types: tuple
     required: bool = False
-    default: object = None
     check: object = None
 
 
@@ -229,6 +241,8 @@ class Mapping:
     fields: dict
     required: bool = False
 
+
+# No defaults here: apps_registry/spec.py (Spec.from_dict) fills them in.
 
 STR = (str,)
 INT = (int,)
@@ -241,13 +255,13 @@ SCHEMA = Mapping(
         "repo": Mapping(
             {
                 "url": Field(STR, required=True, check=check_repo_url),
-                "branch": Field(STR, default="main", check=check_branch),
-                "autoDeploy": Field(BOOL, default=False),
+                "branch": Field(STR, check=check_branch),
+                "autoDeploy": Field(BOOL),
             }
         ),
         "build": Mapping(
             {
-                "dockerfile": Field(STR, default="Dockerfile", check=check_relative_path),
+                "dockerfile": Field(STR, check=check_relative_path),
                 "test": Field(STR, check=check_nonblank),
             }
         ),
@@ -258,12 +272,12 @@ SCHEMA = Mapping(
         "port": Field(INT, check=check_port),
         "healthcheck": Field(STR, check=check_healthcheck),
         "replicas": Field(INT, check=check_replicas),
-        "namespace": Field(STR, default="default", check=check_namespace),
+        "namespace": Field(STR, check=check_namespace),
         "schedule": Field(STR, check=check_schedule),
         "command": Field((str, list), check=check_command),
         "env": Field((dict,)),
         "autoRollback": Field(BOOL),
-        "snapshots": Mapping({"retain": Field(INT, default=5, check=check_retain)}),
+        "snapshots": Mapping({"retain": Field(INT, check=check_retain)}),
     }
 )
 
@@ -307,7 +321,7 @@ class _Validator:
             if name not in value or value[name] is None:
                 if sub.required:
                     self.error(sub_path, "is required")
-                result[name] = sub.default if isinstance(sub, Field) else None
+                result[name] = None
                 continue
             if isinstance(sub, Mapping):
                 result[name] = self.mapping(value[name], sub, sub_path)
@@ -319,12 +333,12 @@ class _Validator:
         if not _type_ok(value, field.types):
             expected = " or ".join(TYPE_NAMES[t] for t in field.types)
             self.error(path, f"{value!r} is not {expected}")
-            return field.default
+            return None
         if field.check:
             problem = field.check(value)
             if problem:
                 self.error(path, problem)
-                return field.default
+                return None
         return value
 
 
@@ -380,7 +394,8 @@ def parse(text, file, directory_name=None):
     if validator.errors:
         errors = sorted(validator.errors, key=lambda e: (e.line or 0, e.field))
         return LoadResult(None, errors)
-    return LoadResult(spec, [])
+    # Defaults are filled in by Spec, in one place; the dict is its JSON form.
+    return LoadResult(Spec.from_dict(spec).to_dict(), [])
 
 
 def _check_cross_fields(v, data, spec, directory_name):
@@ -408,14 +423,6 @@ def _check_cross_fields(v, data, spec, directory_name):
                 v.error((name,), f"is only for cron apps; this app's role is {role}")
     if spec["healthcheck"] and data.get("port") is None:
         v.error(("healthcheck",), "needs a port to be probed on; add port")
-    if role in ("webserver", "worker") and spec["replicas"] is None:
-        spec["replicas"] = 1
-    if spec["autoRollback"] is None:
-        # A web server that fails its rollout is rolled back by default: a
-        # broken site is worse than an old one.
-        spec["autoRollback"] = role == "webserver"
-    if spec["snapshots"] is None:
-        spec["snapshots"] = {"retain": 5}
     env = spec["env"]
     if env is not None:
         normalized = {}
@@ -429,8 +436,6 @@ def _check_cross_fields(v, data, spec, directory_name):
             else:
                 normalized[key] = str(value)
         spec["env"] = normalized
-    else:
-        spec["env"] = {}
 
 
 def load(path, directory_name=None):

@@ -15,10 +15,11 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from apps_registry.models import App
-from deployments import appdb, runner
+from apps_registry.spec import Spec
+from deployments import appdb, appenv, runner
+from deployments.appenv import StepContext
 from deployments.models import CronJob, CronRun
-from deployments.runtimes import docker
-from deployments.steps import StepFailed
+from deployments.outcomes import StepFailed
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +31,27 @@ OUTPUT_LIMIT = 1024 * 1024
 OUTPUT_SAVE_INTERVAL = 2.0
 
 
-def schedule_name(app_name):
+def schedule_name(app_name: str) -> str:
     return f"norn-cron:{app_name}"
 
 
-def command_argv(command):
+def command_argv(command: str | list[str] | tuple[str, ...]) -> list[str]:
     """The infraspec `command` as argv: a string is a shell command, run with sh -c."""
     return ["sh", "-c", command] if isinstance(command, str) else [str(a) for a in command]
 
 
-def next_run(expression):
+def next_run(expression: str) -> datetime:
     """When `expression` fires next, computed the way django-q2's scheduler does
     (in local time, TIME_ZONE), so the first run and later ones agree."""
     return croniter(expression, timezone.localtime()).get_next(datetime)
 
 
-def register(ctx):
+def register(ctx: StepContext) -> CronJob:
     """Point the app's cron job and its schedule at ctx.image; returns the CronJob.
 
     Safe to repeat: one CronJob and one Schedule per app, updated in place.
     """
-    schedule, command = ctx.spec.get("schedule"), ctx.spec.get("command")
+    schedule, command = ctx.spec.schedule, ctx.spec.command
     if not schedule or not command:
         raise StepFailed("a cron app needs schedule and command in infraspec.yaml")
     if not ctx.image:
@@ -65,9 +66,9 @@ def register(ctx):
         )
     # Stored without the database connection: run_job adds it at run time,
     # so the password is not kept in this table.
-    database = docker.database_env(ctx.spec)
-    env = {k: v for k, v in docker.container_env(ctx).items() if k not in database}
-    problem = docker.env_problem(env)
+    database = appenv.database_env(ctx.spec)
+    env = {k: v for k, v in appenv.container_env(ctx).items() if k not in database}
+    problem = appenv.env_problem(env)
     if problem:
         raise StepFailed(problem)
     argv = command_argv(command)
@@ -116,7 +117,7 @@ def _upsert_schedule(job, app_name):
     return entry
 
 
-def unregister(app_name):
+def unregister(app_name: str) -> bool:
     """Stop scheduling the app. Its CronJob and past runs stay (history is
     data); registering again reuses them. True if a schedule was removed."""
     deleted, _ = Schedule.objects.filter(name=schedule_name(app_name)).delete()
@@ -146,7 +147,7 @@ class _Tail:
         return f"[output truncated: the first {self.total - len(kept):,} characters are not kept]\n" + kept
 
 
-def run_job(job_id):
+def run_job(job_id: int) -> CronRun | None:
     """Run cron job `job_id` once, now, and return its CronRun.
 
     A failing command is a recorded run with its exit code, not an exception.
@@ -175,10 +176,10 @@ def run_job(job_id):
             CronRun.objects.filter(pk=run.pk).update(output=output.text())
             last_save = time.monotonic()
 
-    env = {**job.env, **docker.database_env(job.app.spec or {})}
+    env = {**job.env, **appenv.database_env(Spec.from_dict(job.app.spec))}
     exit_code = None
     try:
-        with docker.env_file(env) as path:
+        with appenv.env_file(env) as path:
             argv = [
                 "docker", "run", "--rm",
                 "--name", container,
@@ -191,7 +192,7 @@ def run_job(job_id):
             ]
             result = runner.run(
                 argv,
-                env=docker.host_env(),
+                env=runner.host_env(),
                 timeout=timeout,
                 on_output=on_output,
                 # The output is shown on the dashboard; as in the pipeline,
@@ -215,6 +216,6 @@ def run_job(job_id):
 
 def _force_remove(container):
     try:
-        runner.run(["docker", "rm", "--force", container], env=docker.host_env(), timeout=60)
+        runner.run(["docker", "rm", "--force", container], env=runner.host_env(), timeout=60)
     except (OSError, runner.CommandError):
         log.exception("could not remove cron container %s", container)

@@ -18,9 +18,10 @@ import urllib.request
 
 import pytest
 
-from deployments import proxy, runner
+from deployments import appenv, proxy, runner
 from deployments.runtimes import docker as runtime
-from deployments.steps import StepFailed
+from deployments.runtimes import dockerengine, dockerswitch
+from deployments.outcomes import StepFailed
 from tests.support.contexts import parse_spec, step_context
 from tests.support.docker_images import docker, docker_build
 
@@ -215,7 +216,7 @@ def test_second_deploy_switches_before_the_old_container_stops(tmp_path, images,
     assert not any(line.startswith("Started the Norn proxy") for line in lines)  # already running
     start = lines.index(f"$ docker start norn-{app}-next")
     switch = next(i for i, line in enumerate(lines) if line.startswith(f"Switching port {port} to norn-{app}-next"))
-    stop = lines.index(f"$ docker stop --timeout {runtime.STOP_GRACE} norn-{app}")
+    stop = lines.index(f"$ docker stop --timeout {dockerengine.STOP_GRACE} norn-{app}")
     remove = lines.index(f"$ docker rm --force norn-{app}")
     rename = lines.index(f"$ docker rename norn-{app}-next norn-{app}")
     # The old container stops only once the new one was checked and the proxy moved.
@@ -360,7 +361,7 @@ def test_open_connection_to_the_old_container_is_drained_before_it_stops(tmp_pat
     client.join(timeout=10)
 
     assert answer and answer[0].startswith("HTTP/1.") and answer[0].endswith("\r\n\r\nv1\n")
-    assert f"Waiting up to {runtime.DRAIN_SECONDS:g} s for 1 open connection(s) to norn-{app} to finish" in ctx.lines()
+    assert f"Waiting up to {dockerswitch.DRAIN_SECONDS:g} s for 1 open connection(s) to norn-{app} to finish" in ctx.lines()
     assert fetch(port) == "v2\n"
 
 
@@ -390,13 +391,13 @@ def test_env_values_reach_the_container_but_no_command_line(tmp_path, images, ap
 
 
 def test_env_file_is_private_and_removed_afterwards():
-    with runtime.env_file({"A": "x y=z # not a comment", "EMPTY": ""}) as path:
+    with appenv.env_file({"A": "x y=z # not a comment", "EMPTY": ""}) as path:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         with open(path) as f:
             assert f.read() == "A=x y=z # not a comment\nEMPTY=\n"
     assert not os.path.exists(path)
     with pytest.raises(ValueError, match="line break"):
-        with runtime.env_file({"B": "two\nlines"}):
+        with appenv.env_file({"B": "two\nlines"}):
             pass
 
 
@@ -410,7 +411,7 @@ def run_next(app, image, port):
         image,
     ])
     deadline = time.monotonic() + 10
-    while not runtime.accepts(backend)[0]:
+    while not dockerswitch.accepts(backend)[0]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     return container_id(f"norn-{app}-next"), backend
@@ -454,7 +455,7 @@ def test_container_serving_the_public_port_itself_is_taken_over_by_the_proxy(tmp
         "--label", f"norn.app={app}", "--label", f"norn.image={images['v1']}", images["v1"],
     ])
     deadline = time.monotonic() + 10
-    while not runtime.accepts(port)[0]:
+    while not dockerswitch.accepts(port)[0]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
 

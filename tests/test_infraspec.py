@@ -32,7 +32,7 @@ def only_error(result):
 def test_minimal_spec_gets_defaults():
     result = parse_dict(BASE)
     assert result.ok, result.errors
-    assert result.spec == {
+    assert result.data == {
         "app": "web",
         "role": "webserver",
         "repo": None,
@@ -80,7 +80,7 @@ def test_full_example_from_the_docs_is_valid():
     )
     result = infraspec.parse(text, "shop/infraspec.yaml", "shop")
     assert result.ok, [str(e) for e in result.errors]
-    spec = result.spec
+    spec = result.data
     assert spec["repo"] == {"url": "https://git.example.com/acme/shop.git", "branch": "release/2024", "autoDeploy": True}
     assert spec["build"] == {"dockerfile": "docker/web.Dockerfile", "test": "make test"}
     assert spec["services"] == {"postgres": {"database": "shop"}}
@@ -93,8 +93,8 @@ def test_full_example_from_the_docs_is_valid():
 def test_repo_and_build_defaults():
     result = parse_dict(with_field(repo={"url": "git@github.com:acme/web.git"}, build={}))
     assert result.ok, result.errors
-    assert result.spec["repo"] == {"url": "git@github.com:acme/web.git", "branch": "main", "autoDeploy": False}
-    assert result.spec["build"] == {"dockerfile": "Dockerfile", "test": None}
+    assert result.data["repo"] == {"url": "git@github.com:acme/web.git", "branch": "main", "autoDeploy": False}
+    assert result.data["build"] == {"dockerfile": "Dockerfile", "test": None}
 
 
 @pytest.mark.parametrize("name", ["web", "a", "shop-2", "0web", "a" * 63])
@@ -288,7 +288,7 @@ CRON = {"app": "web", "role": "cron", "schedule": "*/15 * * * *", "command": "ec
 def test_cron_app():
     result = parse_dict(CRON)
     assert result.ok, result.errors
-    assert result.spec["replicas"] is None
+    assert result.data["replicas"] is None
     assert parse_dict({**CRON, "command": ["python", "report.py"]}).ok
 
 
@@ -413,10 +413,10 @@ def test_shipped_examples(settings):
 
 
 def test_auto_rollback_defaults_on_for_webservers_only():
-    assert parse_dict(BASE).spec["autoRollback"] is True
-    assert parse_dict(with_field(role="worker")).spec["autoRollback"] is False
-    assert parse_dict(with_field(autoRollback=False)).spec["autoRollback"] is False
-    assert parse_dict(with_field(role="worker", autoRollback=True)).spec["autoRollback"] is True
+    assert parse_dict(BASE).data["autoRollback"] is True
+    assert parse_dict(with_field(role="worker")).data["autoRollback"] is False
+    assert parse_dict(with_field(autoRollback=False)).data["autoRollback"] is False
+    assert parse_dict(with_field(role="worker", autoRollback=True)).data["autoRollback"] is True
     error = only_error(parse_dict(with_field(autoRollback="yes please")))
     assert error.field == "autoRollback"
 
@@ -426,6 +426,6 @@ def test_snapshot_retention(retain, ok):
     result = parse_dict(with_field(snapshots={"retain": retain}))
     assert result.ok == ok
     if ok:
-        assert result.spec["snapshots"] == {"retain": retain}
+        assert result.data["snapshots"] == {"retain": retain}
     else:
         assert only_error(result).field == "snapshots.retain"

@@ -16,8 +16,9 @@ import pytest
 from kubernetes import client
 
 from deployments import appdb, runner
+from deployments.runtimes import kubeclient, kuberollout
 from deployments.runtimes import kubernetes as runtime
-from deployments.steps import StepFailed
+from deployments.outcomes import StepFailed
 from tests.support.contexts import parse_spec, step_context
 from tests.support.fake_kubernetes import FakeKubernetes
 
@@ -45,7 +46,7 @@ def kube(tmp_path, monkeypatch):
 @pytest.fixture
 def fast_retries(monkeypatch):
     """Shrink the backoff between retries, for tests that exhaust them on purpose."""
-    monkeypatch.setattr(runtime, "RETRY_BACKOFF", 0.01)
+    monkeypatch.setattr(kubeclient, "RETRY_BACKOFF", 0.01)
 
 
 @pytest.fixture
@@ -342,7 +343,7 @@ def test_cancel_during_the_wait_raises_cancelled(kube, tmp_path):
 
     assert str(cancelled.value) == "cancelled by alice"
     # Noticed within one watch slice, not at the step's timeout.
-    assert time.monotonic() - started < 0.5 + runtime.WATCH_SLICE_SECONDS + 1.5
+    assert time.monotonic() - started < 0.5 + kuberollout.WATCH_SLICE_SECONDS + 1.5
     assert kube.get_object("deployments", APP) is not None  # what was accepted stays
 
 
@@ -369,8 +370,8 @@ def test_persistent_500s_fail_clearly(kube, tmp_path, fast_retries):
     message = str(failed.value)
     assert 'failed to read deployment "web"' in message
     assert "Internal error occurred: injected failure (500 InternalError)" in message
-    assert f"after {runtime.API_RETRIES} retries" in message
-    assert len(writes(kube, "GET", f"/deployments/{APP}")) == runtime.API_RETRIES + 1
+    assert f"after {kubeclient.API_RETRIES} retries" in message
+    assert len(writes(kube, "GET", f"/deployments/{APP}")) == kubeclient.API_RETRIES + 1
 
 
 def test_conflict_is_retried_with_a_fresh_read(kube, tmp_path):
@@ -400,7 +401,7 @@ def test_persistent_conflicts_fail_clearly(kube, tmp_path, fast_retries):
 
 def test_watch_failures_are_followed_by_a_fresh_read(kube, tmp_path, fast_retries):
     # One whole watch request fails, urllib3's retries included; the next one works.
-    kube.fail_next("GET", r"watch=true", status_code=500, count=runtime.API_RETRIES + 1)
+    kube.fail_next("GET", r"watch=true", status_code=500, count=kubeclient.API_RETRIES + 1)
     ctx = make_ctx(tmp_path)
 
     runtime.deploy(ctx)
@@ -417,7 +418,7 @@ def test_persistent_watch_failures_fail_clearly(kube, tmp_path, fast_retries):
         runtime.deploy(make_ctx(tmp_path))
 
     message = str(failed.value)
-    assert f"the watch failed {runtime.WATCH_ATTEMPTS} times in a row" in message
+    assert f"the watch failed {kuberollout.WATCH_ATTEMPTS} times in a row" in message
     assert "Internal error occurred: injected failure" in message
 
 
@@ -573,6 +574,21 @@ def test_kubectl_sees_norns_progress_lines_verbatim(kube, tmp_path, kubectl):
 
     current = client.ApiClient().deserialize(json.dumps(kube.get_object("deployments", APP)), "V1Deployment",
                                              "application/json")
-    state, message = runtime.rollout_status(current)
+    state, message = kuberollout.rollout_status(current)
     assert state == "progressing"
     assert result.stdout.strip() == message
+
+
+@pytest.mark.django_db
+def test_the_deploy_step_uses_the_runtime_the_deployment_was_queued_for(kube, tmp_path, settings):
+    # NORN_RUNTIME changed after this deployment was queued for Kubernetes:
+    # the deployment's recorded runtime (ctx.runtime) decides, not the setting.
+    from deployments.steps import deploy as deploy_step
+
+    settings.NORN_RUNTIME = "docker"
+    ctx = make_ctx(tmp_path, replicas=1)
+    ctx.runtime = "kubernetes"
+    deploy_step.run(ctx)
+    [container] = kube.get_object("deployments", APP)["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.local/web:v1"
+    assert 'deployment "web" successfully rolled out' in ctx.lines()

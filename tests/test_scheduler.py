@@ -47,7 +47,7 @@ def cron_app(tmp_path):
         assert result.ok, result.errors
         app, _ = App.objects.update_or_create(
             name=name,
-            defaults={"directory": str(tmp_path), "status": App.Status.VALID, "role": "cron", "spec": result.spec},
+            defaults={"directory": str(tmp_path), "status": App.Status.VALID, "role": "cron", "spec": result.data},
         )
         return app, Deployment.objects.create(app=app)
 

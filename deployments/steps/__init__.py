@@ -12,11 +12,12 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps_registry.spec import Spec
 from deployments import runner
 from deployments.outcomes import Skip, StepFailed
-from deployments.runner import PASSTHROUGH_ENV, host_env
+from deployments.runner import host_env
 
-__all__ = ["PASSTHROUGH_ENV", "Context", "Skip", "StepFailed", "host_env"]
+__all__ = ["Context", "Skip", "StepFailed", "host_env"]
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Context:
     deployment_id: int
     public_id: str
     app_name: str
-    spec: dict
+    spec: Spec
     ref: str
     workdir: Path
     app_dir: Path
@@ -46,24 +47,30 @@ class Context:
     redact: runner.Redactor = field(default_factory=runner.Redactor)
     timeout: float | None = None
 
-    def log(self, text):
+    def __post_init__(self):
+        # Transitional: the pipeline still hands over the spec as a dict.
+        if not isinstance(self.spec, Spec):
+            self.spec = Spec.from_dict(self.spec)
+
+    def log(self, text: str) -> None:
         """Append a line (or lines) to the current step's output."""
         if not text.endswith("\n"):
             text += "\n"
         if self.output:
             self.output(self.redact(text))
 
-    def base_env(self, **extra):
+    def base_env(self, **extra) -> dict[str, str]:
         return host_env(**extra)
 
-    def app_env(self, **extra):
+    def app_env(self, **extra) -> dict[str, str]:
         """The app's own environment (infraspec `env`) plus Norn's NORN_* facts."""
-        env = self.base_env(**self.spec.get("env", {}))
+        env = self.base_env(**self.spec.env)
         env.update(NORN_APP=self.app_name, NORN_COMMIT=self.commit_sha, NORN_DEPLOYMENT=self.public_id)
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
-    def run(self, argv, *, cwd=None, env=None, check=True, timeout=None, stdin_data=None, echo=True, output=True):
+    def run(self, argv, *, cwd=None, env=None, check=True, timeout=None, stdin_data=None, echo=True,
+            output=True) -> runner.Result:
         """Run a command for this step, streaming its output into the step.
 
         With check=True a non-zero exit raises StepFailed naming the command
@@ -92,10 +99,10 @@ class Context:
         return result
 
     @property
-    def local_image(self):
+    def local_image(self) -> str:
         """The tag docker build gives: <app>:<sha>."""
         return f"{self.app_name}:{self.commit_sha}"
 
     @property
-    def registry(self):
+    def registry(self) -> str:
         return settings.NORN_REGISTRY_URL

@@ -3,10 +3,10 @@ and its own failure is recorded but never fails the deployment."""
 
 import shutil
 
-from deployments.steps import StepFailed
+from deployments.steps import Context, StepFailed
 
 
-def run(ctx):
+def run(ctx: Context) -> None:
     if not ctx.workdir.exists():
         ctx.log(f"{ctx.workdir} is already gone")
         return

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from django.conf import settings
 
-from apps_registry.infraspec import redact_url
-from deployments.steps import StepFailed, host_env
+from apps_registry.infraspec import HEX_RE, redact_url
+from apps_registry.spec import Repo
+from deployments.steps import Context, StepFailed, host_env
 
-HEX_RE = re.compile(r"^[0-9a-f]{4,40}$")
 FULL_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 # Transports git may use for Norn's clones: no ext::, fd:: or other helpers
 # that run commands, even if a bad URL got this far.
@@ -35,12 +35,12 @@ esac
 """
 
 
-def is_sha(ref):
+def is_sha(ref: str) -> bool:
     return bool(HEX_RE.match(ref))
 
 
-def run(ctx):
-    spec_repo = ctx.spec.get("repo")
+def run(ctx: Context) -> None:
+    spec_repo = ctx.spec.repo
     source = ctx.workdir / "src"
     if not spec_repo:
         ctx.log(f"No repo in infraspec.yaml: copying {ctx.app_dir}")
@@ -60,7 +60,7 @@ class CloneFailed(Exception):
     """The clone itself failed: the only case where the local copy is used."""
 
 
-def git_env(workdir):
+def git_env(workdir: Path) -> dict[str, str]:
     """git's environment with Norn's credentials; helper files go in `workdir`."""
     env = host_env(
         GIT_TERMINAL_PROMPT="0",
@@ -90,9 +90,9 @@ def git_env(workdir):
     return env
 
 
-def clone(ctx, spec_repo, source):
-    url = spec_repo["url"]
-    branch = spec_repo["branch"]
+def clone(ctx: Context, spec_repo: Repo, source: Path) -> None:
+    url = spec_repo.url
+    branch = spec_repo.branch
     ref = ctx.ref
     if ref != "HEAD" and not is_sha(ref):
         branch = ref
@@ -111,7 +111,7 @@ def clone(ctx, spec_repo, source):
     ctx.log(f"Checked out {ctx.commit_sha}")
 
 
-def checkout_sha(ctx, ref, source, env, shown):
+def checkout_sha(ctx: Context, ref: str, source: Path, env: dict[str, str], shown: str) -> None:
     """Fetch and check out exactly the requested commit, never the branch tip."""
     if FULL_SHA_RE.match(ref):
         fetched = ctx.run(["git", "-C", source, "fetch", "--depth", "1", "origin", ref], env=env, check=False)
@@ -135,7 +135,7 @@ def checkout_sha(ctx, ref, source, env, shown):
     ctx.run(["git", "-C", source, "checkout", "--quiet", "--detach", target], env=env)
 
 
-def git_head(ctx, source, env):
+def git_head(ctx: Context, source: Path, env: dict[str, str]) -> str:
     result = ctx.run(["git", "-C", source, "rev-parse", "HEAD"], env=env, echo=False)
     sha = result.tail.strip().splitlines()[-1]
     if not FULL_SHA_RE.match(sha):
@@ -143,7 +143,7 @@ def git_head(ctx, source, env):
     return sha
 
 
-def copy_local(ctx, source):
+def copy_local(ctx: Context, source: Path) -> None:
     if not ctx.app_dir.is_dir():
         raise StepFailed(f"the app directory {ctx.app_dir} does not exist")
     shutil.copytree(ctx.app_dir, source, symlinks=True)
@@ -166,7 +166,7 @@ def copy_local(ctx, source):
     ctx.log(f"Copied {ctx.app_dir} at {ctx.commit_sha}")
 
 
-def tree_digest(root):
+def tree_digest(root: Path) -> str:
     """A 40-hex digest of a directory's files: same content, same tag."""
     digest = hashlib.sha1()
     for dirpath, dirnames, filenames in os.walk(root):

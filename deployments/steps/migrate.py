@@ -5,25 +5,23 @@ before and the command that restores it.
 """
 
 from deployments import appdb
-from deployments.steps import Skip, StepFailed
+from deployments.steps import Context, Skip, StepFailed
 
 
-def run(ctx):
-    command = (ctx.spec.get("migrations") or {}).get("command")
-    if not command:
+def run(ctx: Context) -> None:
+    if not ctx.spec.migrations:
         raise Skip("no migrations.command in infraspec.yaml")
     env = ctx.app_env()
-    postgres = (ctx.spec.get("services") or {}).get("postgres")
-    if postgres:
-        env.update(appdb.pg_env(postgres["database"]))
-        env["DATABASE_URL"] = appdb.database_url(postgres["database"])
+    if ctx.spec.postgres:
+        env.update(appdb.pg_env(ctx.spec.postgres.database))
+        env["DATABASE_URL"] = appdb.database_url(ctx.spec.postgres.database)
     try:
-        ctx.run(["sh", "-c", command], cwd=ctx.workdir / "src", env=env)
+        ctx.run(["sh", "-c", ctx.spec.migrations.command], cwd=ctx.workdir / "src", env=env)
     except StepFailed as exc:
         raise StepFailed(f"{exc}\n{restore_advice(ctx)}") from None
 
 
-def restore_advice(ctx):
+def restore_advice(ctx: Context) -> str:
     snapshot = ctx.snapshot
     if snapshot is None:
         return "No snapshot was taken before this migration, so there is nothing to restore."

@@ -10,9 +10,10 @@ state, so a restore can itself be undone by restoring that one.
 import re
 
 from deployments import appdb
+from deployments.steps import Context
 
 
-def run(ctx):
+def run(ctx: Context) -> None:
     snapshot = ctx.restore_snapshot
     env = ctx.base_env(**appdb.pg_env(snapshot.database))
     in_dump = tables_in_dump(ctx, snapshot.path, env)
@@ -30,7 +31,7 @@ def run(ctx):
         )
 
 
-def tables_in_dump(ctx, path, env):
+def tables_in_dump(ctx: Context, path: str, env: dict[str, str]) -> set[str]:
     """schema.table names of the tables a custom-format dump contains."""
     listing = ctx.run(["pg_restore", "--list", path], env=env, echo=False, output=False)
     # TOC lines look like: "215; 1259 16390 TABLE public customers postgres"
@@ -40,7 +41,7 @@ def tables_in_dump(ctx, path, env):
     }
 
 
-def tables_in_database(ctx, env):
+def tables_in_database(ctx: Context, env: dict[str, str]) -> set[str]:
     result = ctx.run(
         ["psql", "--no-psqlrc", "--tuples-only", "--no-align", "-c",
          "SELECT schemaname || '.' || tablename FROM pg_tables "

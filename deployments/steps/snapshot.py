@@ -5,25 +5,25 @@ Only for apps with services.postgres. The dump is recorded as a Snapshot row
 """
 
 import hashlib
+from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
 
 from deployments import appdb
 from deployments.models import Deployment, Snapshot
-from deployments.steps import Skip, StepFailed
+from deployments.steps import Context, Skip, StepFailed
 
 
-def run(ctx):
+def run(ctx: Context) -> None:
     if ctx.kind == "restore":
         # Before a restore: the current state, so the restore can be undone.
         database = ctx.restore_snapshot.database
         kind = Snapshot.Kind.PRE_RESTORE
     else:
-        postgres = (ctx.spec.get("services") or {}).get("postgres")
-        if not postgres:
+        if not ctx.spec.postgres:
             raise Skip("no services.postgres in infraspec.yaml")
-        database = postgres["database"]
+        database = ctx.spec.postgres.database
         kind = Snapshot.Kind.PRE_MIGRATION
     try:
         created = appdb.ensure_database(database)
@@ -59,7 +59,7 @@ def run(ctx):
     ctx.log(f"Snapshot {path} ({ctx.snapshot.size} bytes, sha256 {ctx.snapshot.sha256[:12]}…)")
 
 
-def unused_path(directory, stem):
+def unused_path(directory: Path, stem: str) -> Path:
     """A new file name: pg_dump -f would overwrite an existing snapshot (for
     instance the one a restore is about to read)."""
     path = directory / f"{stem}.dump"

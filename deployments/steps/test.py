@@ -1,10 +1,10 @@
 """Test: run build.test with `sh -c` in the checked-out tree; skipped without one."""
 
-from deployments.steps import Skip
+from deployments.steps import Context, Skip
 
 
-def run(ctx):
-    command = (ctx.spec.get("build") or {}).get("test")
+def run(ctx: Context) -> None:
+    command = ctx.spec.build.test if ctx.spec.build else None
     if not command:
         raise Skip("no build.test in infraspec.yaml")
     # The infraspec's own command is a shell command by definition; it is

@@ -7,10 +7,11 @@ altered file stops the restore before anything touches the database.
 import hashlib
 from pathlib import Path
 
-from deployments.steps import StepFailed
+from deployments.models import Snapshot
+from deployments.steps import Context, StepFailed
 
 
-def file_problem(snapshot):
+def file_problem(snapshot: Snapshot) -> str | None:
     """Why the snapshot's file cannot be restored, or None."""
     path = Path(snapshot.path)
     if not path.is_file():
@@ -30,7 +31,7 @@ def file_problem(snapshot):
     return None
 
 
-def run(ctx):
+def run(ctx: Context) -> None:
     snapshot = ctx.restore_snapshot
     problem = file_problem(snapshot)
     if problem:

@@ -1,4 +1,4 @@
-"""`manage.py proxy`: run Norn's TCP proxy (deployments/proxy.py) in the foreground.
+"""`manage.py proxy`: run Norn's TCP proxy (deployments/proxyserver.py) in the foreground.
 
 The Docker runtime starts it by itself when a deploy needs it; run it by hand
 (or under systemd) to have the apps' public ports served from boot.
@@ -6,7 +6,7 @@ The Docker runtime starts it by itself when a deploy needs it; run it by hand
 
 from django.core.management.base import BaseCommand, CommandError
 
-from deployments import proxy
+from deployments import proxy, proxyserver
 
 
 class Command(BaseCommand):
@@ -28,6 +28,6 @@ class Command(BaseCommand):
     def handle(self, *args, dir=None, **options):
         directory = dir or proxy.state_dir()
         try:
-            proxy.run(directory)
+            proxyserver.run(directory)
         except proxy.ProxyError as exc:
             raise CommandError(str(exc)) from None

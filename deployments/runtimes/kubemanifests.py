@@ -1,0 +1,123 @@
+"""The Kubernetes objects Norn writes for an app, as plain manifests: the Deployment
+`<app>`, the strategic-merge patch that changes only its image, the Service for its
+port and the Secret for the environment values that hold passwords. No API calls.
+"""
+
+import base64
+
+from deployments import appdb
+from deployments.appenv import StepContext
+
+NAME_LABEL = "app.kubernetes.io/name"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "norn"
+DEPLOYMENT_ANNOTATION = "norn.dev/deployment"
+
+
+def secret_name(app_name: str) -> str:
+    return f"{app_name}-norn-env"
+
+
+def labels(app_name: str) -> dict[str, str]:
+    return {NAME_LABEL: app_name, MANAGED_BY_LABEL: MANAGED_BY}
+
+
+def split_env(env: dict[str, str], secret_ref: str) -> tuple[list[dict], dict[str, str]]:
+    """(env entries for the container, data for the Secret named `secret_ref`).
+
+    Values holding the app-database password (DATABASE_URL, PGPASSWORD) go to
+    the Secret and are referenced from it: anyone who may read Deployments, or
+    reads `kubectl get deployment -o yaml` over someone's shoulder, must not
+    see them. Everything else stays a plain value, visible where it is used.
+    """
+    passwords = appdb.secrets()
+    entries, secret = [], {}
+    for name, value in env.items():
+        value = str(value)
+        if any(password in value for password in passwords):
+            secret[name] = value
+            entries.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret_ref, "key": name}}})
+        else:
+            entries.append({"name": name, "value": value})
+    return entries, secret
+
+
+def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dict:
+    container = {"name": ctx.app_name, "image": ctx.image, "env": env_entries}
+    port = ctx.spec.port
+    if port:
+        container["ports"] = [{"containerPort": port, "protocol": "TCP"}]
+        if ctx.spec.healthcheck:
+            container["readinessProbe"] = {"httpGet": {"path": ctx.spec.healthcheck, "port": port}}
+    replicas = ctx.spec.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": ctx.app_name,
+            "namespace": namespace,
+            "labels": labels(ctx.app_name),
+            "annotations": {DEPLOYMENT_ANNOTATION: ctx.public_id},
+        },
+        "spec": {
+            "replicas": 1 if replicas is None else replicas,
+            # Only the name label: the selector is immutable, so it must not
+            # depend on anything that might ever change.
+            "selector": {"matchLabels": {NAME_LABEL: ctx.app_name}},
+            "template": {
+                "metadata": {"labels": labels(ctx.app_name)},
+                "spec": {"containers": [container]},
+            },
+        },
+    }
+
+
+def image_patch(ctx: StepContext, resource_version: str) -> dict:
+    """A strategic merge patch that changes only the app's own container.
+
+    Containers merge by name, so sidecars are left as they are. The
+    resourceVersion makes it a compare-and-swap against the read that
+    confirmed the container exists: if the Deployment changed since, the
+    apiserver answers 409 instead of the patch re-adding a removed container.
+    NORN_COMMIT and NORN_DEPLOYMENT merge by name into the container's env so
+    they keep describing what runs; nothing else of the env is touched.
+    """
+    return {
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": {DEPLOYMENT_ANNOTATION: ctx.public_id},
+        },
+        "spec": {"template": {"spec": {"containers": [{
+            "name": ctx.app_name,
+            "image": ctx.image,
+            "env": [
+                {"name": "NORN_COMMIT", "value": ctx.commit_sha},
+                {"name": "NORN_DEPLOYMENT", "value": ctx.public_id},
+            ],
+        }]}}},
+    }
+
+
+def secret(app_name: str, namespace: str, data: dict[str, str]) -> dict:
+    """The Secret <app>-norn-env holding `data` (see split_env)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": secret_name(app_name), "namespace": namespace, "labels": labels(app_name)},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def service(app_name: str, namespace: str, port: int) -> dict:
+    """A ClusterIP Service <app> for the app's declared port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": app_name, "namespace": namespace, "labels": labels(app_name)},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {NAME_LABEL: app_name},
+            "ports": [{"port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    }
