@@ -1,6 +1,9 @@
 """The registry of deployable apps, as discovered from infraspec.yaml files."""
 
 from django.db import models
+from django.utils.functional import cached_property
+
+from apps_registry.spec import Spec
 
 
 class App(models.Model):
@@ -37,3 +40,8 @@ class App(models.Model):
     @property
     def is_valid(self):
         return self.status == self.Status.VALID
+
+    @cached_property
+    def infraspec(self) -> Spec:
+        """The stored spec in its typed form, defaults applied."""
+        return Spec.from_dict(self.spec)

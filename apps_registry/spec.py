@@ -150,12 +150,3 @@ class Spec:
     @property
     def is_cron(self) -> bool:
         return self.role == "cron"
-
-    # Transitional: code outside the steps and runtimes (pipeline, rollback,
-    # retention, validate_infraspec) still reads the spec as the dict it used
-    # to be. Remove these two once those read the attributes above.
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]

@@ -2,7 +2,8 @@
 
 from django import forms
 
-from deployments.requests import HEX_RE, DeployRequestError, validate_ref
+from apps_registry.infraspec import HEX_RE
+from deployments.requests import DeployRequestError, validate_ref
 
 
 class DeployForm(forms.Form):

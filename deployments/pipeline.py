@@ -97,7 +97,7 @@ def _context(deployment, heartbeat):
         deployment_id=deployment.pk,
         public_id=str(deployment.public_id),
         app_name=app.name,
-        spec=result.spec or app.spec or {},
+        spec=result.spec or app.infraspec,
         ref=deployment.ref,
         workdir=workdir,
         app_dir=Path(app.directory),

@@ -6,7 +6,6 @@ hex SHA is refused with a message that says why, and nothing is created.
 """
 
 import logging
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,15 +13,13 @@ from pathlib import Path
 from django.conf import settings
 
 from apps_registry import discovery
-from apps_registry.infraspec import branch_name_problem, redact_url
+from apps_registry.infraspec import HEX_RE, branch_name_problem, redact_url
 from apps_registry.models import App
 from deployments import queue, runner, transitions
 from deployments.steps import clone
 
 log = logging.getLogger(__name__)
 VERIFY_TIMEOUT = 60
-
-HEX_RE = re.compile(r"^[0-9a-f]{4,40}$")
 
 
 class DeployRequestError(Exception):
@@ -66,14 +63,15 @@ def request_deployment(app_name, ref="HEAD", *, user=None, name="", via="cli"):
     """Validate and queue a deployment; returns it. Raises DeployRequestError."""
     ref = validate_ref((ref or "HEAD").strip())
     app = find_app(app_name)
-    if not app.spec.get("repo") and ref != "HEAD" and not HEX_RE.match(ref):
+    spec = app.infraspec
+    if not spec.repo and ref != "HEAD" and not HEX_RE.match(ref):
         raise DeployRequestError(
             f"app {app.name!r} has no repo in infraspec.yaml, so there is no branch {ref!r}; "
             "deploy HEAD (its directory as it is)"
         )
-    if app.spec.get("repo") and ref != "HEAD":
-        verify_ref_exists(app.spec["repo"]["url"], ref)
-    runtime = "cron" if app.spec["role"] == "cron" else settings.NORN_RUNTIME
+    if spec.repo and ref != "HEAD":
+        verify_ref_exists(spec.repo.url, ref)
+    runtime = "cron" if spec.is_cron else settings.NORN_RUNTIME
     deployment = transitions.create(app, ref, user=user, name=name, via=via, runtime=runtime)
     queue.enqueue(deployment.pk)
     return deployment

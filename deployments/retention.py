@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 def prune(app, spec):
     """Delete the app's snapshots beyond the newest `retain`; returns their paths."""
-    retain = (spec.get("snapshots") or {}).get("retain", 5)
+    retain = spec.snapshots.retain
     # The current and the previous image in service: what a rollback needs.
     keep = set(Deployment.objects.went_live(app).values_list("pk", flat=True)[:2])
     # A snapshot a queued or running restore is about to use stays too.

@@ -64,7 +64,7 @@ def queue(app, target, replaces, *, user=None, name="", via="cli"):
 def after_failed_deploy(deployment, spec):
     """The deploy step of `deployment` failed its rollout gate: roll back by
     itself when the infraspec says so. Returns text for the error message."""
-    if not spec.get("autoRollback"):
+    if not spec.auto_rollback:
         return ""
     live = Deployment.objects.live_for(deployment.app)
     if live is None or live.pk == deployment.pk:

@@ -15,7 +15,6 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from apps_registry.models import App
-from apps_registry.spec import Spec
 from deployments import appdb, appenv, runner
 from deployments.appenv import StepContext
 from deployments.models import CronJob, CronRun
@@ -176,7 +175,7 @@ def run_job(job_id: int) -> CronRun | None:
             CronRun.objects.filter(pk=run.pk).update(output=output.text())
             last_save = time.monotonic()
 
-    env = {**job.env, **appenv.database_env(Spec.from_dict(job.app.spec))}
+    env = {**job.env, **appenv.database_env(job.app.infraspec)}
     exit_code = None
     try:
         with appenv.env_file(env) as path:

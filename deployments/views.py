@@ -140,7 +140,7 @@ def app_detail(request, name):
         more_snapshots=len(snapshots) > SNAPSHOTS_SHOWN,
         can_start=request.user.has_perm(START),
         live=live,
-        retain=((app.spec or {}).get("snapshots") or {}).get("retain", 5),
+        retain=app.infraspec.snapshots.retain,
         snapshot_count=usage["count"],
         snapshot_bytes=usage["bytes"],
         # Offer "Roll back…" only when there is something to roll back to.

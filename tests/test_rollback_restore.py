@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from apps_registry.spec import Spec
 from deployments import appdb, pipeline, retention, transitions
 from deployments.models import CronJob, Deployment, Snapshot
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
@@ -224,7 +225,7 @@ def test_retention_keeps_the_newest_and_the_current_and_previous(make_app, tmp_p
     assert Snapshot.objects.filter(app=snapshots[0].app).disk_usage()["bytes"] == sum(s.size for s in snapshots)
 
     # The current and previous deployments' snapshots survive a tighter limit.
-    pruned = retention.prune(snapshots[0].app, {"snapshots": {"retain": 1}})
+    pruned = retention.prune(snapshots[0].app, Spec.from_dict({"snapshots": {"retain": 1}}))
     assert pruned == []
 
 

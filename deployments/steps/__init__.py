@@ -47,11 +47,6 @@ class Context:
     redact: runner.Redactor = field(default_factory=runner.Redactor)
     timeout: float | None = None
 
-    def __post_init__(self):
-        # Transitional: the pipeline still hands over the spec as a dict.
-        if not isinstance(self.spec, Spec):
-            self.spec = Spec.from_dict(self.spec)
-
     def log(self, text: str) -> None:
         """Append a line (or lines) to the current step's output."""
         if not text.endswith("\n"):

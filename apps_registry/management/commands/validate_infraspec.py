@@ -29,7 +29,7 @@ class Command(BaseCommand):
         for path in files:
             result = infraspec.load(path, directory_name=path.parent.name)
             if result.ok:
-                self.stdout.write(self.style.SUCCESS(f"{path}: valid ({result.spec['role']})"))
+                self.stdout.write(self.style.SUCCESS(f"{path}: valid ({result.spec.role})"))
             else:
                 failed += 1
                 for error in result.errors:

@@ -14,7 +14,6 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from apps_registry.models import App
-from apps_registry.spec import Spec
 from deployments import runtimes, scheduler
 from deployments.models import CronJob
 
@@ -34,7 +33,7 @@ def runtime_status(app: App) -> tuple[str, dict | None]:
     runtime = runtimes.named(name)
     try:
         if name == "kubernetes":
-            return name, runtime.status(app.name, Spec.from_dict(app.spec).namespace)
+            return name, runtime.status(app.name, app.infraspec.namespace)
         return name, runtime.status(app.name)
     except runtime.Error as exc:
         raise CommandError(f"cannot ask the {name} runtime about {app.name}: {exc}") from None

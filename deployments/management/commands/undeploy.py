@@ -9,7 +9,6 @@ cron runs stay: history is data, and a new deploy brings it back.
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps_registry.spec import Spec
 from deployments import runtimes, scheduler
 from deployments.management.commands.app_status import find_app
 from deployments.models import Deployment
@@ -36,7 +35,7 @@ class Command(BaseCommand):
                 f"wait for it to finish or cancel it (manage.py cancel {running.short_id}) first"
             )
         runtime_name = settings.NORN_RUNTIME
-        spec = Spec.from_dict(app.spec)
+        spec = app.infraspec
         where = (
             f'namespace "{spec.namespace}" on Kubernetes' if runtime_name == "kubernetes"
             else "the local Docker engine"
