@@ -76,10 +76,3 @@ def test_the_spec_is_frozen():
     spec = Spec.from_dict({"app": "web", "role": "worker"})
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.port = 80
-
-
-def test_dict_style_reads_still_work_for_callers_not_yet_moved():
-    spec = Spec.from_dict({"app": "web", "role": "webserver", "snapshots": {"retain": 3}})
-    assert spec.get("autoRollback") is True
-    assert (spec.get("snapshots") or {}).get("retain", 5) == 3
-    assert spec["role"] == "webserver"
