@@ -71,15 +71,17 @@ def role_name(app: str) -> str:
     return base[: MAX_IDENTIFIER - len(suffix)] + suffix
 
 
-def password(app: str, database: str) -> str:
+def password(app: str) -> str:
     """The app role's password: derived from NORN_APP_DATABASES_KEY (default
     SECRET_KEY), so Norn can hand it to every container it starts without
     keeping it anywhere. Changing the key changes every app's password at its
-    next deploy (docs: README, NORN_APP_DATABASES_KEY)."""
+    next deploy (README, NORN_APP_DATABASES_KEY).
+
+    One per role, not per database: a restore of a snapshot of the app's
+    earlier database must not change the password its running containers use.
+    """
     secret = getattr(settings, "NORN_APP_DATABASES_KEY", None) or settings.SECRET_KEY
-    return salted_hmac(
-        "norn.appdb.password", f"norn-appdb:{app}:{database}", secret=secret, algorithm="sha256"
-    ).hexdigest()
+    return salted_hmac("norn.appdb.password", f"norn-appdb:{app}", secret=secret, algorithm="sha256").hexdigest()
 
 
 def container_host() -> str:
@@ -97,7 +99,7 @@ def container_env(app: str, database: str, *, host: str | None = None) -> dict[s
     host = host or container_host()
     port = _admin()["port"]
     user = role_name(app)
-    secret = password(app, database)
+    secret = password(app)
     _handed_out.add(secret)
     return {
         "PGHOST": host,
@@ -122,7 +124,7 @@ def secrets(spec=None) -> list[str]:
     if server and server.get("PASSWORD"):
         found.add(server["PASSWORD"])
     if spec is not None and spec.postgres:
-        found.add(password(spec.app, spec.postgres.database))
+        found.add(password(spec.app))
     return sorted(found)
 
 
@@ -212,7 +214,7 @@ def _ensure_on_server(conn, app: str, database: str, role: str) -> bool:
     # The verifier is computed here (libpq's PQencryptPasswordConn), so the
     # statement, which the server may log, never holds the password itself.
     verifier = conn.pgconn.encrypt_password(
-        password(app, database).encode(), role.encode(), b"scram-sha-256"
+        password(app).encode(), role.encode(), b"scram-sha-256"
     ).decode()
     conn.execute(
         sql.SQL(
