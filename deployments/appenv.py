@@ -39,16 +39,17 @@ class StepContext(Protocol):
 
 
 def database_env(spec: Spec) -> dict[str, str]:
-    """DATABASE_URL and the PG* variables for the app's database, when it declares one.
+    """DATABASE_URL and the PG* variables of the app's own database role, when it
+    declares services.postgres: for use inside its containers and Jobs only.
 
-    The same connection the migrate step hands to migrations.command; with
-    `--network host` the container reaches the server at the same address.
+    The role owns the app's database and nothing else; the snapshot step
+    creates it (appdb.ensure_database). The host is NORN_APP_DATABASES_HOST
+    (host.docker.internal, which the Docker runtime maps to the host's
+    gateway), never Norn's admin connection.
     """
     if not spec.postgres:
         return {}
-    env = appdb.pg_env(spec.postgres.database)
-    env["DATABASE_URL"] = appdb.database_url(spec.postgres.database)
-    return env
+    return appdb.container_env(spec.app, spec.postgres.database)
 
 
 def container_env(ctx: StepContext) -> dict[str, str]:

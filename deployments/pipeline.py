@@ -92,7 +92,7 @@ def _context(deployment, heartbeat):
     app = deployment.app
     result = infraspec.load(Path(app.directory) / infraspec.FILENAME, directory_name=app.name)
     workdir = Path(settings.NORN_WORK_DIR) / str(deployment.public_id)
-    secrets = [settings.NORN_GIT_TOKEN, *appdb.secrets()]
+    secrets = [settings.NORN_GIT_TOKEN, *appdb.secrets(result.spec or app.infraspec)]
     ctx = Context(
         deployment_id=deployment.pk,
         public_id=str(deployment.public_id),

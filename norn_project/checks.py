@@ -109,3 +109,35 @@ def check_kubernetes_config(app_configs=None, **kwargs):
             id="norn.W003",
         )
     ]
+
+
+def _address(config):
+    return (str(config.get("HOST") or "localhost"), str(config.get("PORT") or 5432))
+
+
+@register("norn")
+def check_app_databases(app_configs=None, **kwargs):
+    server = settings.NORN_APP_DATABASES
+    if not server:
+        return [
+            Warning(
+                "NORN_APP_DATABASES_URL is not set: apps with services.postgres will fail "
+                "their snapshot step.",
+                hint="Set it to an admin connection of the apps' own PostgreSQL server; "
+                "scripts/services starts one and writes its URL to "
+                "/var/lib/norn-services/apps-database-url.",
+                id="norn.W004",
+            )
+        ]
+    own = settings.DATABASES["default"]
+    if _address(server) == _address(own):
+        return [
+            Warning(
+                f"NORN_APP_DATABASES_URL points at Norn's own PostgreSQL server ({':'.join(_address(own))}): "
+                "an app's role would live next to Norn's tables, and a server Norn reaches "
+                "without a password is not one to give apps.",
+                hint="Use a server of the apps' own, e.g. scripts/services' apps cluster (port 5433).",
+                id="norn.W005",
+            )
+        ]
+    return []

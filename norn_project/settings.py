@@ -275,13 +275,23 @@ NORN_GIT_TOKEN = env("NORN_GIT_TOKEN") or None
 NORN_GIT_SSH_KEY = ssh_key_from_env("NORN_GIT_SSH_KEY")
 
 # The PostgreSQL server holding the apps' own databases (infraspec
-# services.postgres.database names one on it). Only host, port, user and
-# password are used; the password reaches pg_dump and migrations through
-# their environment, never their arguments. Default: Norn's own server.
-NORN_APP_DATABASES = database_from_env(
-    "NORN_APP_DATABASES_URL",
-    os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres",
+# services.postgres.database names one on it), as an admin connection that
+# only Norn uses (snapshots, restores, creating each app's role). Only host,
+# port, user and password are used. No default, and never Norn's own server:
+# unset, apps with services.postgres fail their snapshot step and `manage.py
+# check` warns (norn.W004). scripts/services writes one for its "apps" cluster
+# to /var/lib/norn-services/apps-database-url.
+NORN_APP_DATABASES = (
+    database_from_env("NORN_APP_DATABASES_URL", None) if env("NORN_APP_DATABASES_URL") else None
 )
+# Where the apps' containers reach that server: the Docker runtime maps
+# host.docker.internal to the host's gateway (--add-host
+# host.docker.internal:host-gateway). The port is the admin URL's.
+NORN_APP_DATABASES_HOST = env("NORN_APP_DATABASES_HOST") or "host.docker.internal"
+# The key each app role's password is derived from (never stored); SECRET_KEY
+# when unset. Changing it changes every app's password at the app's next
+# deploy, which then hands the new one to the app's new containers.
+NORN_APP_DATABASES_KEY = env("NORN_APP_DATABASES_KEY") or None
 
 # Per-step timeouts in seconds: NORN_TIMEOUT_<STEP> (a hung docker build must
 # not hang Norn). Cleanup is short: it only removes a directory.

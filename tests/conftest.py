@@ -102,7 +102,9 @@ def app_database():
     """A fresh PostgreSQL database for an app; dropped afterwards.
 
     It lives where the pipeline creates it: the server NORN_APP_DATABASES_URL
-    names, which is DATABASE_URL's unless set.
+    names (scripts/test reads scripts/services' apps cluster). The apps'
+    roles (norn_app_<app>) stay: they own nothing once their databases are
+    gone, and a parallel test run may be using the same app's role.
     """
     import uuid
 

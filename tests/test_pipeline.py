@@ -1,6 +1,8 @@
 """The pipeline end to end on this worker: steps, their rows and events, the
 seed's "on failure" column, timeouts, cancel, and secrets kept out."""
 
+import os
+import shlex
 import subprocess
 import threading
 import time
@@ -128,11 +130,16 @@ def test_snapshot_then_failed_migration_names_the_restore(make_app, deploy_now, 
             return conn.execute("SELECT count(*) FROM items").fetchone()[0]
 
     assert count() == 1  # the migration's first statement ran before it failed
+    # The command a user is shown, as they would run it (the admin's password
+    # from their environment, never the command line).
     subprocess.run(
-        ["pg_restore", "--clean", "--if-exists", "--single-transaction", "-h", "127.0.0.1", "-U", "postgres", "-d", db, snapshot.path],
-        check=True, capture_output=True,
+        shlex.split(appdb.restore_command(db, snapshot.path, app="migfail")),
+        check=True, capture_output=True, env={**os.environ, **appdb.pg_env(db)},
     )
     assert count() == 2
+    with psycopg.connect(appdb.database_url(db), autocommit=True) as conn:
+        owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'items'").fetchone()[0]
+    assert owner == appdb.role_name("migfail")
 
 
 def test_snapshot_creates_a_missing_database(make_app, deploy_now, busybox_image, app_database):

@@ -94,6 +94,9 @@ def test_restore_brings_back_exactly_the_pre_migration_data(shop, deploy_now):
     assert restored == before
     assert "were left in place: public.audit" in restore.steps.get(name="restore").output
     assert restore.requested_by_label == "tester via cli"
+    # Restored as the app's role: the app can still use what came back.
+    owners = {r[0] for r in sql(shop, "SELECT tableowner FROM pg_tables WHERE schemaname = 'public'")}
+    assert owners == {appdb.role_name("shop")}
 
     # The restore took a snapshot of what it replaced: restoring that undoes it.
     undo = Snapshot.objects.get(deployment=restore, kind="pre-restore")

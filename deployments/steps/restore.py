@@ -4,7 +4,9 @@ In one transaction, so a restore that fails part-way changes nothing. Every
 table in the snapshot comes back exactly as dumped; tables created after the
 snapshot (by a later migration) are not in it, so pg_restore leaves them, and
 the output names them. The snapshot step before this one dumped the current
-state, so a restore can itself be undone by restoring that one.
+state, so a restore can itself be undone by restoring that one. It runs on
+Norn's admin connection as the app's role (--role), so what it restores is
+the app's, as if the app had made it.
 """
 
 import re
@@ -19,7 +21,7 @@ def run(ctx: Context) -> None:
     in_dump = tables_in_dump(ctx, snapshot.path, env)
     ctx.run(
         ["pg_restore", "--clean", "--if-exists", "--single-transaction", "--no-owner",
-         "--exit-on-error", "-d", snapshot.database, snapshot.path],
+         f"--role={appdb.role_name(ctx.app_name)}", "--exit-on-error", "-d", snapshot.database, snapshot.path],
         env=env,
     )
     ctx.log(f"Restored {snapshot.database} to snapshot {snapshot.pk} taken {snapshot.created_at:%Y-%m-%d %H:%M:%S} UTC")

@@ -1,10 +1,14 @@
 """Snapshot: `pg_dump -Fc` of the app's database before migrations touch it.
 
 Only for apps with services.postgres. The dump is recorded as a Snapshot row
-(path, size, sha256) so it can be found and verified before a restore.
+(path, size, sha256) so it can be found and verified before a restore. The
+step also makes sure the database exists and is owned by the app's own role
+(appdb.ensure_database); the dump itself runs on Norn's admin connection.
+Snapshot files are 0600 and their directory 0700, whatever the umask.
 """
 
 import hashlib
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -26,16 +30,21 @@ def run(ctx: Context) -> None:
         database = ctx.spec.postgres.database
         kind = Snapshot.Kind.PRE_MIGRATION
     try:
-        created = appdb.ensure_database(database)
-    except Exception as exc:
+        # Before anything else touches it: the database and the app's own role
+        # (owner of it and of nothing else) with its current password, which
+        # the migration and the app's containers then log in with.
+        created = appdb.ensure_database(ctx.app_name, database)
+    except appdb.ServerUnreachable as exc:
         raise StepFailed(f"cannot reach the app database {database}: {ctx.redact(str(exc))}") from None
+    except appdb.DatabaseProblem as exc:
+        raise StepFailed(f"cannot prepare the app database {database}: {ctx.redact(str(exc))}") from None
     if created:
         ctx.log(f"Database {database} did not exist; created it empty")
-    directory = settings.NORN_SNAPSHOT_DIR
-    directory.mkdir(parents=True, exist_ok=True)
+    ctx.log(f"Database {database} is owned by the app's role {appdb.role_name(ctx.app_name)}")
+    directory = private_directory(settings.NORN_SNAPSHOT_DIR)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S.%fZ")
     label = ctx.commit_sha[:12] if ctx.kind == "deploy" else "pre-restore"
-    path = unused_path(directory, f"{database}_{label}_{stamp}")
+    path = new_private_file(directory, f"{database}_{label}_{stamp}")
     env = ctx.base_env(**appdb.pg_env(database))
     try:
         ctx.run(["pg_dump", "-Fc", "-d", database, "-f", path], env=env)
@@ -59,12 +68,29 @@ def run(ctx: Context) -> None:
     ctx.log(f"Snapshot {path} ({ctx.snapshot.size} bytes, sha256 {ctx.snapshot.sha256[:12]}…)")
 
 
-def unused_path(directory: Path, stem: str) -> Path:
-    """A new file name: pg_dump -f would overwrite an existing snapshot (for
-    instance the one a restore is about to read)."""
-    path = directory / f"{stem}.dump"
-    counter = 1
-    while path.exists():
-        path = directory / f"{stem}-{counter}.dump"
-        counter += 1
-    return path
+def private_directory(directory: Path) -> Path:
+    """The snapshot directory, created 0700 whatever the umask: the dumps hold
+    every app's data."""
+    if not directory.is_dir():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+    return directory
+
+
+def new_private_file(directory: Path, stem: str) -> Path:
+    """A new, empty file of mode 0600 for pg_dump -f to fill: pg_dump would
+    create it with the umask's mode, and overwrite an existing snapshot (for
+    instance the one a restore is about to read). O_EXCL claims the name."""
+    counter = 0
+    while True:
+        path = directory / (f"{stem}.dump" if counter == 0 else f"{stem}-{counter}.dump")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            counter += 1
+            continue
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        return path

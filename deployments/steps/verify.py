@@ -5,6 +5,8 @@ altered file stops the restore before anything touches the database.
 """
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 
 from deployments.models import Snapshot
@@ -36,4 +38,11 @@ def run(ctx: Context) -> None:
     problem = file_problem(snapshot)
     if problem:
         raise StepFailed(problem + "; nothing was changed")
+    path = Path(snapshot.path)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        # Written before snapshots were private (0644): every user of the
+        # machine could read the app's data in it.
+        os.chmod(path, 0o600)
+        ctx.log(f"Snapshot file was readable by others (mode {mode:o}); made it 0600")
     ctx.log(f"Snapshot {snapshot.pk}: {snapshot.path} ({snapshot.size} bytes) matches its sha256 {snapshot.sha256[:12]}…")
