@@ -221,3 +221,39 @@ def test_job_name_is_a_dns_label_of_at_most_63_characters():
     name = kubemanifests.job_name("a" * 70, "migrate", public_id)
     assert len(name) <= 63 and name.endswith(f"-migrate-{public_id.replace('-', '')[:8]}")
     assert kubemanifests.job_name("web", "migrate", public_id) == f"web-migrate-{public_id.replace('-', '')[:8]}"
+
+
+def test_hostile_migration_reaches_nothing_of_norns(kube, tmp_path, busybox_image, monkeypatch, settings):
+    """App code in the Job tries Norn's secrets, database, Redis and files: every attempt fails,
+    while the apps' database cluster (the positive control) is reachable."""
+    monkeypatch.setenv("SECRET_KEY", "norn-secret-key-canary")
+    ctx = make_ctx(tmp_path, busybox_image)
+    probes = " ".join(f'"{t}"' for t in ("127.0.0.1 5432", "127.0.0.1 6379", "host.docker.internal 5432",
+                                         "host.docker.internal 6379", "host.docker.internal 5433"))
+    kubejobs.run(ctx, purpose="migrate", command=(
+        f'for t in {probes}; do if echo PING | nc -w 2 $t >/dev/null 2>&1; then echo "open $t"; '
+        'else echo "closed $t"; fi; done; '
+        'cat /proc/*/environ 2>/dev/null | tr "\\0" "\\n" | grep -c canary | sed "s/^/canaries: /"; '
+        f'ls {settings.NORN_SNAPSHOT_DIR} {settings.NORN_WORK_DIR} >/dev/null 2>&1 || echo "no norn dirs"'))
+
+    lines = ctx.lines()
+    for closed in ("127.0.0.1 5432", "127.0.0.1 6379", "host.docker.internal 5432", "host.docker.internal 6379"):
+        assert f"closed {closed}" in lines
+    assert "open host.docker.internal 5433" in lines, "the apps' database cluster must stay reachable"
+    assert "canaries: 0" in lines
+    assert "no norn dirs" in lines
+
+
+def test_remove_jobs_deletes_what_a_dead_worker_left_running(kube, tmp_path, busybox_image):
+    ctx = make_ctx(tmp_path, busybox_image)
+    name = kubemanifests.job_name(APP, "migrate", ctx.public_id)
+    kube.create(kubemanifests.job(ctx, "default", name, "migrate", "sleep 100", [], 60), plural="jobs")
+    other = make_ctx(tmp_path, busybox_image)
+    other_name = kubemanifests.job_name(APP, "migrate", other.public_id)
+    kube.create(kubemanifests.job(other, "default", other_name, "migrate", "sleep 100", [], 60), plural="jobs")
+    wait_for(lambda: len(job_containers(kube)) == 2)
+
+    assert kubejobs.remove_jobs(ctx.public_id, "default") == [name]
+
+    assert kube.get_object("jobs", name) is None and kube.get_object("jobs", other_name) is not None
+    wait_for(lambda: len(job_containers(kube)) == 1)
