@@ -5,7 +5,8 @@ Norn drives clusters through the official ``kubernetes`` Python client and the
 the API rather than the API, so this module serves the real HTTP contract on
 127.0.0.1 instead: discovery (plus the sliver of OpenAPI v3 kubectl insists
 on), apps/v1 Deployments with their status and scale subresources, core/v1
-Services, Namespaces and Secrets, the three PATCH flavours, watches, real
+Services, Namespaces and Secrets, batch/v1 Jobs whose Pods really run on the local
+Docker engine (tests/support/fake_jobs.py), the three PATCH flavours, watches, real
 ``Status`` errors, and a simulated deployment controller that rolls pods out (or
 gets stuck) over time.  Both clients therefore run their real code paths against it.
 
@@ -19,8 +20,8 @@ gets stuck) over time.  Both clients therefore run their real code paths against
 It listens with TLS by default, because kubectl only sends kubeconfig
 credentials over TLS; the kubeconfig embeds the throwaway CA.  Behaviour was
 written from the real apiserver (messages, reasons, defaults and ``omitempty``
-fields mirror it), but only what Norn touches is covered: no pods or
-ReplicaSets, no server-side apply, no Table rendering (kubectl falls back to
+fields mirror it), but only what Norn touches is covered: no ReplicaSets (and no
+pods for Deployments; only Jobs have them), no server-side apply, no Table rendering (kubectl falls back to
 NAME/AGE columns), and ``fieldValidation=Strict`` is accepted without a schema.
 """
 from __future__ import annotations
