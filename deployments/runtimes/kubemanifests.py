@@ -121,3 +121,60 @@ def service(app_name: str, namespace: str, port: int) -> dict:
             "ports": [{"port": port, "targetPort": port, "protocol": "TCP"}],
         },
     }
+
+
+APP_LABEL = "norn.dev/app"
+PURPOSE_LABEL = "norn.dev/purpose"
+# How long a finished Job may stay when Norn could not delete it (a worker that died).
+JOB_TTL_SECONDS = 3600
+
+
+def job_name(app_name: str, purpose: str, public_id: str) -> str:
+    """<app>-<purpose>-<8 hex of the deployment id>: a DNS-1123 label of at most 63 characters
+    (a Job's name is also its pods' job-name label value)."""
+    suffix = f"-{purpose}-{public_id.replace('-', '')[:8]}"
+    return (app_name[: 63 - len(suffix)].rstrip("-") + suffix).lower()
+
+
+def job(ctx: StepContext, namespace: str, name: str, purpose: str, command: str, env_entries: list[dict],
+        deadline_seconds: int) -> dict:
+    """A run-once Job of ctx.image running `sh -c command` with the app's environment.
+
+    The pods carry no app.kubernetes.io/name label: the app's Service selects
+    on it, and a migration must never receive the app's traffic. Nor do they
+    get a service account token or the namespace's service links: app code
+    gets the app's environment and nothing about the cluster.
+    """
+    job_labels = {**labels(ctx.app_name), DEPLOYMENT_ANNOTATION: ctx.public_id, PURPOSE_LABEL: purpose}
+    pod_labels = {MANAGED_BY_LABEL: MANAGED_BY, APP_LABEL: ctx.app_name, DEPLOYMENT_ANNOTATION: ctx.public_id,
+                  PURPOSE_LABEL: purpose}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": job_labels,
+            "annotations": {DEPLOYMENT_ANNOTATION: ctx.public_id},
+        },
+        "spec": {
+            # One attempt: a failed migration is for a person to look at, not to rerun blindly.
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": deadline_seconds,
+            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [{
+                        "name": ctx.app_name,
+                        "image": ctx.image,
+                        "command": ["sh", "-c", command],
+                        "env": env_entries,
+                    }],
+                },
+            },
+        },
+    }

@@ -20,7 +20,7 @@ from deployments.runtimes.kubeclient import REQUEST_TIMEOUT, KubernetesError, ap
 from deployments.runtimes.kubemanifests import DEPLOYMENT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, secret_name
 from deployments.runtimes.kuberollout import read_deployment, rollout_status
 
-__all__ = ["Error", "KubernetesError", "deploy", "remove", "status"]
+__all__ = ["Error", "KubernetesError", "deploy", "remove", "status", "write_env"]
 
 # What status() and remove() raise when the API cannot be asked.
 Error = KubernetesError
@@ -68,10 +68,7 @@ def _apply(ctx: StepContext, api: client.ApiClient, namespace: str) -> client.V1
     """Create or patch the Deployment; returns it as the apiserver accepted it."""
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     name = ctx.app_name
-    env_entries, secret_data = kubemanifests.split_env(container_env(ctx), secret_name(ctx.app_name))
-    if secret_data:
-        # Before the Deployment: its new pods must find the values they refer to.
-        _write_secret(ctx, core, namespace, secret_data)
+    env_entries = write_env(ctx, core, namespace)
 
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         current = read_deployment(apps, name, namespace)
@@ -111,6 +108,19 @@ def _apply(ctx: StepContext, api: client.ApiClient, namespace: str) -> client.V1
             kuberollout.check_cancel(ctx)
             time.sleep(kubeclient.RETRY_BACKOFF * attempt)
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def write_env(ctx: StepContext, core: client.CoreV1Api, namespace: str) -> list[dict]:
+    """The app container's env entries, after writing the values that hold passwords to the
+    Secret <app>-norn-env they refer to.
+
+    Called before creating anything that runs the image (the Deployment, a
+    migration Job): its pods must find the values they refer to.
+    """
+    env_entries, secret_data = kubemanifests.split_env(container_env(ctx), secret_name(ctx.app_name))
+    if secret_data:
+        _write_secret(ctx, core, namespace, secret_data)
+    return env_entries
 
 
 def _write_secret(ctx: StepContext, core: client.CoreV1Api, namespace: str, data: dict[str, str]) -> None:

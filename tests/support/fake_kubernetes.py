@@ -5,7 +5,8 @@ Norn drives clusters through the official ``kubernetes`` Python client and the
 the API rather than the API, so this module serves the real HTTP contract on
 127.0.0.1 instead: discovery (plus the sliver of OpenAPI v3 kubectl insists
 on), apps/v1 Deployments with their status and scale subresources, core/v1
-Services, Namespaces and Secrets, the three PATCH flavours, watches, real
+Services, Namespaces and Secrets, batch/v1 Jobs whose Pods really run on the local
+Docker engine (tests/support/fake_jobs.py), the three PATCH flavours, watches, real
 ``Status`` errors, and a simulated deployment controller that rolls pods out (or
 gets stuck) over time.  Both clients therefore run their real code paths against it.
 
@@ -19,8 +20,8 @@ gets stuck) over time.  Both clients therefore run their real code paths against
 It listens with TLS by default, because kubectl only sends kubeconfig
 credentials over TLS; the kubeconfig embeds the throwaway CA.  Behaviour was
 written from the real apiserver (messages, reasons, defaults and ``omitempty``
-fields mirror it), but only what Norn touches is covered: no pods or
-ReplicaSets, no server-side apply, no Table rendering (kubectl falls back to
+fields mirror it), but only what Norn touches is covered: no ReplicaSets (and no
+pods for Deployments; only Jobs have them), no server-side apply, no Table rendering (kubectl falls back to
 NAME/AGE columns), and ``fieldValidation=Strict`` is accepted without a schema.
 """
 from __future__ import annotations
@@ -49,6 +50,8 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support import fake_jobs
 
 SERVER_VERSION = "v1.32.4"
 ROLLOUT_MODES = ("complete", "stuck", "manual")
@@ -84,6 +87,10 @@ _KINDS = {k.plural: k for k in (
     _Kind("services", "Service", "", True, ("svc",), False, categories=("all",)),
     _Kind("namespaces", "Namespace", "", False, ("ns",), False),
     _Kind("secrets", "Secret", "", True, (), False, has_status=False),  # no shortName, not in "all"
+    # Jobs, the pods they create and the kubelet's events: tests/support/fake_jobs.py.
+    _Kind("jobs", "Job", "batch", True, (), True, categories=("all",)),
+    _Kind("pods", "Pod", "", True, ("po",), False, categories=("all",)),
+    _Kind("events", "Event", "", True, ("ev",), False, has_status=False),
 )}
 
 # Strategic merge patch merge keys (the Go structs' patchMergeKey tags), by
@@ -110,7 +117,9 @@ _RFC1035_LABEL = (r"[a-z]([-a-z0-9]*[a-z0-9])?", 63,
                   "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', "
                   "regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')")
 _NAME_RULES = {"deployments": _RFC1123_SUBDOMAIN, "services": _RFC1035_LABEL, "namespaces": _RFC1123_LABEL,
-               "secrets": _RFC1123_SUBDOMAIN}
+               "secrets": _RFC1123_SUBDOMAIN, "pods": _RFC1123_SUBDOMAIN, "events": _RFC1123_SUBDOMAIN,
+               # A Job's name becomes the value of its pods' job-name label, so it is held to 63 bytes.
+               "jobs": (_RFC1123_SUBDOMAIN[0], 63, _RFC1123_SUBDOMAIN[2])}
 
 
 class KubeApiError(Exception):
@@ -541,7 +550,11 @@ def _default_deployment(obj):
     spec.setdefault("progressDeadlineSeconds", 600)
     template = spec.setdefault("template", {})
     template.setdefault("metadata", {}).setdefault("creationTimestamp", None)
-    pod = template.setdefault("spec", {})
+    _default_pod_spec(template.setdefault("spec", {}))
+
+
+def _default_pod_spec(pod):
+    """SetDefaults_PodSpec and SetDefaults_Container, as far as this fake goes."""
     for key, value in (("restartPolicy", "Always"), ("terminationGracePeriodSeconds", 30),
                        ("dnsPolicy", "ClusterFirst"), ("securityContext", {}),
                        ("schedulerName", "default-scheduler")):
@@ -883,6 +896,7 @@ class FakeKubernetes:
         self._server = None
         self._tmpdir = None
         self._threads = []
+        self.jobs = fake_jobs.JobController(self)  # the job controller and kubelet of batch/v1 Jobs
         for ns in ("default", "kube-system", "kube-public"):
             self.create({"metadata": {"name": ns}}, plural="namespaces")
 
@@ -908,6 +922,7 @@ class FakeKubernetes:
                          threading.Thread(target=self._controller_loop, name="fake-kube-controller", daemon=True)]
         for thread in self._threads:
             thread.start()
+        self.jobs.start()
         return self
 
     def stop(self):
@@ -928,6 +943,7 @@ class FakeKubernetes:
         self._server.server_close()
         for thread in self._threads:
             thread.join(timeout=5)
+        self.jobs.stop()
         self._server = None
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
@@ -1024,6 +1040,8 @@ class FakeKubernetes:
         key = (kind.plural, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
         if event_type == "DELETED":
             self._objects.pop(key, None)
+            if kind.plural == "pods":
+                self.jobs.pod_gone(obj)
         else:
             self._objects[key] = obj
         self._events.append(_Event(self._rv, event_type, kind.plural, copy.deepcopy(obj), old))
@@ -1079,6 +1097,13 @@ class FakeKubernetes:
                                     else 30000 + secrets.randbelow(2768))
             obj.setdefault("status", {"loadBalancer": {}})
             errors = _validate_service(obj, old)
+        elif kind.plural in ("jobs", "pods", "events"):
+            default, validate = {"jobs": (fake_jobs.default_job, fake_jobs.validate_job),
+                                 "pods": (fake_jobs.default_pod, fake_jobs.validate_pod),
+                                 "events": (None, fake_jobs.validate_event)}[kind.plural]
+            if default:
+                default(obj, old)
+            errors = validate(obj, old)
         elif kind.plural == "secrets":
             if not obj.get("type"):  # SetDefaults_Secret; an update that omits it therefore hits immutability
                 obj["type"] = "Opaque"
@@ -1108,13 +1133,14 @@ class FakeKubernetes:
                 meta["name"] = meta["generateName"] + "".join(
                     secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
             name = meta.get("name") or ""
+            # Before defaulting: a Job's generated selector is made of its uid.
+            meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now())
             errors = _name_errors(kind.plural, name) + self._prepare(kind, obj, None)
             if errors:
                 raise _invalid(kind, name, errors)
             if (kind.plural, namespace, name) in self._objects:
                 raise KubeApiError(409, f'{kind.qualified} "{name}" already exists', reason="AlreadyExists",
                                    details=_details(kind, name))
-            meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now())
             if namespace:
                 meta["namespace"] = namespace
             if kind.has_generation:
@@ -1232,7 +1258,9 @@ class FakeKubernetes:
                 return gone
             self._rollouts.pop((namespace, name), None)
             gone = self._commit(kind, copy.deepcopy(current), "DELETED")
-            if kind.plural == "services":  # the service registry sets ReturnDeletedObject
+            if kind.plural == "jobs":
+                self.jobs.job_deleted(current, options)
+            if kind.plural in ("services", "pods"):  # the service registry sets ReturnDeletedObject
                 return gone
             return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                     "details": _details(kind, name, uid=current["metadata"]["uid"])}
@@ -1432,14 +1460,16 @@ class FakeKubernetes:
                 {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.port}"}]}
         apps = {"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
                 "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}}
+        batch = {"name": "batch", "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
+                 "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"}}
         if path == "/apis":
-            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [apps]}
-        if path == "/apis/apps":
-            return {"kind": "APIGroup", "apiVersion": "v1", **apps}
+            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [apps, batch]}
+        if path in ("/apis/apps", "/apis/batch"):
+            return {"kind": "APIGroup", "apiVersion": "v1", **(apps if path == "/apis/apps" else batch)}
         if path == "/openapi/v3":
             return {"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash=fake"} for gv in
-                              ("api/v1", "apis/apps/v1")}}
-        for group, prefix in (("", "/api/v1"), ("apps", "/apis/apps/v1")):
+                              ("api/v1", "apis/apps/v1", "apis/batch/v1")}}
+        for group, prefix in (("", "/api/v1"), ("apps", "/apis/apps/v1"), ("batch", "/apis/batch/v1")):
             if path == f"/openapi/v3{prefix}":
                 # Just what kubectl reads: GVK-tagged PATCH operations declaring fieldValidation, so
                 # create/apply leave validation to the server instead of fetching /openapi/v2 schemas.
@@ -1467,6 +1497,9 @@ class FakeKubernetes:
                         resources.append({"name": f"{kind.plural}/status", "singularName": "",
                                           "namespaced": kind.namespaced, "kind": kind.kind,
                                           "verbs": ["get", "patch", "update"]})
+                    if kind.plural == "pods":
+                        resources.append({"name": "pods/log", "singularName": "", "namespaced": True,
+                                          "kind": "Pod", "verbs": ["get"]})
                     if kind.plural == "deployments":  # kubectl scale finds the Scale kind here
                         resources.append({"name": "deployments/scale", "singularName": "", "namespaced": True,
                                           "group": "autoscaling", "version": "v1", "kind": "Scale",
@@ -1478,18 +1511,19 @@ class FakeKubernetes:
     def _route(self, handler, method, path, query, content_type, body):
         if method == "GET" and (doc := self._discovery(path)) is not None:
             return 200, doc
-        match = re.fullmatch(r"/api/v1/(.+)|/apis/apps/v1/(.+)", path)
+        match = re.fullmatch(r"/api/v1/(.+)|/apis/(apps|batch)/v1/(.+)", path)
         if not match:
             raise _no_route()
-        group = "" if match[1] else "apps"
-        segments = (match[1] or match[2]).split("/")
+        group = "" if match[1] else match[2]
+        segments = (match[1] or match[3]).split("/")
         namespace = None
         if len(segments) >= 3 and segments[0] == "namespaces" and segments[2] in _KINDS \
                 and _KINDS[segments[2]].namespaced:
             namespace, segments = segments[1], segments[2:]
         kind = _KINDS.get(segments[0])
         subresources = (("status",) if kind and kind.has_status else ()) + (
-            ("scale",) if kind and kind.plural == "deployments" else ())
+            ("scale",) if kind and kind.plural == "deployments" else ()) + (
+            ("log",) if kind and kind.plural == "pods" else ())
         if kind is None or kind.group != group or len(segments) > 3 or (len(segments) == 3 and segments[2] not in
                                                                          subresources) or any(not s for s in segments):
             raise _no_route()
@@ -1507,6 +1541,8 @@ class FakeKubernetes:
                 return 200, self._list(kind, namespace, query)
             if method == "POST" and (namespace is not None or not kind.namespaced):
                 return 201, self._create(kind, ns, body, dry_run)
+        elif method == "GET" and subresource == "log":
+            return None, self.jobs.serve_log(handler, ns, name, query)
         elif method == "GET":
             with self._lock:
                 obj = self._objects.get((kind.plural, ns, name))
@@ -1520,7 +1556,10 @@ class FakeKubernetes:
         elif method == "PATCH":
             return 200, self._patch(kind, ns, name, content_type, body, subresource, dry_run)
         elif method == "DELETE" and subresource is None:
-            return 200, self._delete(kind, ns, name, body, dry_run)
+            options = dict(body) if isinstance(body, dict) else {}
+            if query.get("propagationPolicy"):  # the Python client sends it as a query parameter
+                options["propagationPolicy"] = query["propagationPolicy"]
+            return 200, self._delete(kind, ns, name, options, dry_run)
         raise KubeApiError(405, "the server does not allow this method on the requested resource")
 
     def _serve(self, handler):
