@@ -130,7 +130,7 @@ def app_detail(request, name):
         Snapshot.objects.filter(app=app).select_related("deployment")[: SNAPSHOTS_SHOWN + 1]
     )
     for snapshot in snapshots:
-        snapshot.restore = appdb.restore_command(snapshot.database, snapshot.path)
+        snapshot.restore = appdb.restore_command(snapshot.database, snapshot.path, app=app.name)
 
     ctx.update(
         success_rate=rate,
@@ -191,7 +191,7 @@ def _outcome_context(deployment, steps):
         "failed_step": failed,
         "on_failure": states.ON_FAILURE[failed] if failed else "",
         "snapshot": snapshot,
-        "restore_command": appdb.restore_command(snapshot.database, snapshot.path) if snapshot else "",
+        "restore_command": appdb.restore_command(snapshot.database, snapshot.path, app=deployment.app.name) if snapshot else "",
         "best_effort_failures": [
             step for step in steps if step.name in states.BEST_EFFORT and step.status == Step.Status.FAILED
         ],
@@ -365,7 +365,7 @@ def restore_snapshot(request, pk):
             return redirect("deployment-detail", public_id=restore.public_id)
     ctx = {
         "snapshot": snapshot,
-        "restore_command": appdb.restore_command(snapshot.database, snapshot.path),
+        "restore_command": appdb.restore_command(snapshot.database, snapshot.path, app=snapshot.app.name),
         "error": error,
     }
     return render(request, "deployments/restore.html", ctx)

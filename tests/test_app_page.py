@@ -87,7 +87,7 @@ def test_app_page_lists_snapshots_with_restore_command(operator, web):
     )
     html = page(operator, "/apps/web/")
     assert "/var/snap/web_db_abc.dump" in html and "2.0\xa0KB" in html
-    assert appdb.restore_command("web_db", "/var/snap/web_db_abc.dump") in html
+    assert appdb.restore_command("web_db", "/var/snap/web_db_abc.dump", app="web") in html
 
 
 @pytest.mark.parametrize("url", ["/", "/apps/web/"])

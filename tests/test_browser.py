@@ -480,7 +480,7 @@ def test_a_failed_migration_shows_the_restore_command_live(
     assert "applying 0002" in final["migrate"]["output"] and "syntax error" in final["migrate"]["output"]
 
     snapshot = Snapshot.objects.get(deployment=deployment)
-    command = appdb.restore_command(database, snapshot.path)
+    command = appdb.restore_command(database, snapshot.path, app="ledger")
     assert f"-d {database} {snapshot.path}" in command
     outcome = page.locator("#deployment-outcome")
     expect(outcome).to_contain_text("The migrate step failed. On a migrate failure: Pipeline stops, snapshot available for restore.")

@@ -73,7 +73,7 @@ def test_failed_migration_offers_the_snapshot_restore_command_and_retry(operator
     outcome = html.split('<section id="deployment-outcome"')[1].split("</section>")[0]
     assert "migrate failed: exit 1" in outcome
     assert states.ON_FAILURE["migrate"] in outcome
-    assert appdb.restore_command("web", "/snap/web_c.dump") in outcome
+    assert appdb.restore_command("web", "/snap/web_c.dump", app="web") in outcome
     assert 'action="/apps/web/deploy"' in outcome and 'name="ref" value="main"' in outcome
     assert "Roll back" not in outcome
     assert "— migrate failed" in html  # the skipped deploy step says why

@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from deployments import appenv, proxy, runner
+from deployments import appdb, appenv, proxy, runner
 from deployments.runtimes import docker as runtime
 from deployments.runtimes import dockerengine, dockerswitch
 from deployments.outcomes import StepFailed
@@ -367,8 +367,7 @@ def test_open_connection_to_the_old_container_is_drained_before_it_stops(tmp_pat
 
 def test_env_values_reach_the_container_but_no_command_line(tmp_path, images, app, port, settings):
     secret = "s3cret value = with # and 'quotes'"
-    password = f"pw-{secrets.token_hex(6)}"
-    settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "PASSWORD": password}
+    password = appdb.password(app)  # the app's own role's
     extra = "services:\n  postgres:\n    database: shop\n"
     ctx = make_ctx(tmp_path, app, images["v1"], port=port, env={"API_TOKEN": secret}, extra=extra)
     runtime.deploy(ctx)
@@ -383,8 +382,10 @@ def test_env_values_reach_the_container_but_no_command_line(tmp_path, images, ap
     assert [e for e in env if e.startswith("PORT=")] == [f"PORT={runtime.status(app)['backend_port']}"]
     assert f"NORN_APP={app}" in env
     assert f"NORN_DEPLOYMENT={ctx.public_id}" in env
-    assert any(e.startswith("DATABASE_URL=") and f":{password}@" in e for e in env)
+    assert any(e.startswith(f"DATABASE_URL=postgres://{appdb.role_name(app)}:{password}@") for e in env)
     assert f"PGPASSWORD={password}" in env
+    admin_password = settings.NORN_APP_DATABASES.get("PASSWORD")
+    assert not admin_password or not [e for e in env if admin_password in e]
     # The host's PATH (and HOME) stay on the host; the image's own PATH wins.
     assert [e for e in env if e.startswith("PATH=")] == [IMAGE_PATH]
     assert not [e for e in env if e.startswith("HOME=")]

@@ -242,8 +242,7 @@ POSTGRES = "services:\n  postgres:\n    database: web_db\n"
 
 
 def test_database_password_is_kept_in_a_secret_not_in_the_deployment(kube, tmp_path, settings):
-    password = "pw-" + uuid.uuid4().hex
-    settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "PASSWORD": password}
+    password = appdb.password(APP)  # the app's own role's, never the admin's
     ctx = make_ctx(tmp_path, extra=POSTGRES)
 
     runtime.deploy(ctx)
@@ -254,40 +253,32 @@ def test_database_password_is_kept_in_a_secret_not_in_the_deployment(kube, tmp_p
     for name in ("DATABASE_URL", "PGPASSWORD"):
         assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {"name": "web-norn-env", "key": name}}}
     assert env["PGDATABASE"]["value"] == "web_db"  # what holds no password stays a plain value
+    assert env["PGUSER"]["value"] == appdb.role_name(APP)
 
     secret = kube.get_object("secrets", "web-norn-env")
     assert secret["type"] == "Opaque"
     assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "norn"
     decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    assert decoded == {"DATABASE_URL": appdb.database_url("web_db"), "PGPASSWORD": password}
+    assert decoded == {"DATABASE_URL": appdb.container_env(APP, "web_db")["DATABASE_URL"], "PGPASSWORD": password}
     assert password in decoded["DATABASE_URL"]
+    admin_password = settings.NORN_APP_DATABASES.get("PASSWORD")
     for request in kube.requests:
         if "/deployments" in request.path:
             assert password not in json.dumps(request.body)
+        assert not admin_password or admin_password not in json.dumps(request.body)
     assert password not in "".join(ctx.lines())
 
 
 def test_changed_password_updates_the_secret_on_the_next_deploy(kube, tmp_path, settings):
-    settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "PASSWORD": "first-password"}
+    settings.NORN_APP_DATABASES_KEY = "first-key"
     runtime.deploy(make_ctx(tmp_path, extra=POSTGRES))
-    settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "PASSWORD": "second-password"}
+    settings.NORN_APP_DATABASES_KEY = "second-key"  # rotated
 
     runtime.deploy(make_ctx(tmp_path, image="registry.local/web:v2", extra=POSTGRES))
 
     data = kube.get_object("secrets", "web-norn-env")["data"]
-    assert base64.b64decode(data["PGPASSWORD"]).decode() == "second-password"
+    assert base64.b64decode(data["PGPASSWORD"]).decode() == appdb.password(APP)
     assert len(writes(kube, "PUT", "/secrets/web-norn-env")) == 1
-
-
-def test_database_url_without_password_is_a_plain_value(kube, tmp_path, settings):
-    settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "PASSWORD": ""}
-
-    runtime.deploy(make_ctx(tmp_path, extra=POSTGRES))
-
-    [container] = kube.get_object("deployments", APP)["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e for e in container["env"]}
-    assert env["DATABASE_URL"]["value"] == appdb.database_url("web_db")
-    assert kube.get_object("secrets", "web-norn-env") is None
 
 
 # --- rollouts that do not finish -----------------------------------------------------
@@ -501,7 +492,6 @@ def test_status_of_a_stuck_rollout_says_so(kube, tmp_path):
 
 
 def test_remove_deletes_what_norn_created_and_nothing_else(kube, tmp_path, settings):
-    settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "PASSWORD": "a-password"}
     runtime.deploy(make_ctx(tmp_path, extra=POSTGRES))
 
     assert runtime.remove(APP) == ["deployment/web", "service/web", "secret/web-norn-env"]

@@ -65,7 +65,7 @@ def test_restore_page_confirms_then_queues_the_restore(operator, web, tmp_path):
     snapshot = write_snapshot(tmp_path, web, make_deployment(web))
     html = page(operator, f"/snapshots/{snapshot.pk}/restore")
     assert "Restore database web_db?" in html and snapshot.created_at.strftime("%Y-%m-%d %H:%M:%S") in html
-    assert "is lost" in html and appdb.restore_command("web_db", snapshot.path) in html
+    assert "is lost" in html and appdb.restore_command("web_db", snapshot.path, app="web") in html
     assert Deployment.objects.filter(kind="restore").count() == 0  # looking changes nothing
     response = operator.post(f"/snapshots/{snapshot.pk}/restore")
     restore = Deployment.objects.get(kind="restore")

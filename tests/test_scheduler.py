@@ -11,7 +11,7 @@ from django_q.models import Schedule
 
 from apps_registry import infraspec
 from apps_registry.models import App
-from deployments import scheduler
+from deployments import appdb, scheduler
 from deployments.models import CronJob, CronRun, Deployment
 from deployments.steps import StepFailed
 from tests.support.contexts import step_context
@@ -165,21 +165,21 @@ def test_output_keeps_the_last_megabyte(cron_app, images):
 
 
 def test_database_connection_is_given_at_run_time_and_not_stored(cron_app, images, settings):
-    password = f"pw-{secrets.token_hex(6)}"
-    settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "PASSWORD": password}
     job = register(
         cron_app, images[0],
         command='echo "url=$DATABASE_URL db=$PGDATABASE"',
         extra="services:\n  postgres:\n    database: reports\n",
     )
     job.refresh_from_db()
+    password = appdb.password(job.app.name)  # the app's own role's, never the admin's
     assert not {"DATABASE_URL", "PGPASSWORD"} & set(job.env)
     assert password not in str(job.env)
 
     run = scheduler.run_job(job.pk)
 
     assert run.exit_code == 0
-    assert "@127.0.0.1:5432/reports db=reports" in run.output
+    port = settings.NORN_APP_DATABASES["PORT"]
+    assert f"url=postgres://{appdb.role_name(job.app.name)}:***@host.docker.internal:{port}/reports db=reports" in run.output
     assert ":***@" in run.output  # the password reached the job, redacted in its output
     assert password not in run.output
 
