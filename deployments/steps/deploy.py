@@ -5,8 +5,9 @@ Others: the runtime the deployment was recorded for when it was queued,
 ctx.runtime (Kubernetes or the local Docker engine).
 """
 
-from deployments import appdb, runtimes, scheduler
-from deployments.steps import Context, StepFailed
+from deployments import runtimes, scheduler
+from deployments.steps import Context
+from deployments.steps.snapshot import prepare_database
 
 
 def run(ctx: Context) -> None:
@@ -14,7 +15,7 @@ def run(ctx: Context) -> None:
         # A rollback has no snapshot step, which is where the app's database
         # role is made; an app last deployed before roles existed needs it
         # now, since its containers log in as that role.
-        _ensure_database(ctx, ctx.spec.postgres.database)
+        prepare_database(ctx, ctx.spec.postgres.database)
     if ctx.spec.is_cron:
         scheduler.register(ctx)
         return
@@ -23,11 +24,3 @@ def run(ctx: Context) -> None:
         ctx.log(f"{ctx.app_name} is no longer a cron app: removed its schedule")
     runtimes.named(ctx.runtime).deploy(ctx)
 
-
-def _ensure_database(ctx: Context, database: str) -> None:
-    try:
-        appdb.ensure_database(ctx.app_name, database)
-    except appdb.ServerUnreachable as exc:
-        raise StepFailed(f"cannot reach the app database {database}: {ctx.redact(str(exc))}") from None
-    except appdb.DatabaseProblem as exc:
-        raise StepFailed(f"cannot prepare the app database {database}: {ctx.redact(str(exc))}") from None

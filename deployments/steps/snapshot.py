@@ -19,6 +19,19 @@ from deployments.models import Deployment, Snapshot
 from deployments.steps import Context, Skip, StepFailed
 
 
+def prepare_database(ctx: Context, database: str) -> None:
+    """Make the app's database and its role ready (appdb.ensure_database), or fail the step."""
+    try:
+        created = appdb.ensure_database(ctx.app_name, database)
+    except appdb.ServerUnreachable as exc:
+        raise StepFailed(f"cannot reach the app database {database}: {ctx.redact(str(exc))}") from None
+    except appdb.DatabaseProblem as exc:
+        raise StepFailed(f"cannot prepare the app database {database}: {ctx.redact(str(exc))}") from None
+    if created:
+        ctx.log(f"Database {database} did not exist; created it empty")
+    ctx.log(f"Database {database} is owned by the app's role {appdb.role_name(ctx.app_name)}")
+
+
 def run(ctx: Context) -> None:
     if ctx.kind == "restore":
         # Before a restore: the current state, so the restore can be undone.
@@ -29,18 +42,10 @@ def run(ctx: Context) -> None:
             raise Skip("no services.postgres in infraspec.yaml")
         database = ctx.spec.postgres.database
         kind = Snapshot.Kind.PRE_MIGRATION
-    try:
-        # Before anything else touches it: the database and the app's own role
-        # (owner of it and of nothing else) with its current password, which
-        # the migration and the app's containers then log in with.
-        created = appdb.ensure_database(ctx.app_name, database)
-    except appdb.ServerUnreachable as exc:
-        raise StepFailed(f"cannot reach the app database {database}: {ctx.redact(str(exc))}") from None
-    except appdb.DatabaseProblem as exc:
-        raise StepFailed(f"cannot prepare the app database {database}: {ctx.redact(str(exc))}") from None
-    if created:
-        ctx.log(f"Database {database} did not exist; created it empty")
-    ctx.log(f"Database {database} is owned by the app's role {appdb.role_name(ctx.app_name)}")
+    # Before anything else touches it: the database and the app's own role
+    # (owner of it and of nothing else) with its current password, which the
+    # migration and the app's containers then log in with.
+    prepare_database(ctx, database)
     directory = private_directory(settings.NORN_SNAPSHOT_DIR)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S.%fZ")
     label = ctx.commit_sha[:12] if ctx.kind == "deploy" else "pre-restore"
