@@ -400,6 +400,8 @@ class _GitHttpHandler(BaseHTTPRequestHandler):
         record.authorization_sent = self.headers.get("Authorization") is not None
         owner._record(record)
         if owner.redirect_to:
+            # Before any challenge, as a host that moved a repository does:
+            # the client, if it follows, asks for credentials at the new place.
             self._redirect(record, owner.redirect_to.rstrip("/") + self.path)
             return
         if not authorized:
