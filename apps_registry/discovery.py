@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from apps_registry import infraspec
+from apps_registry import appfiles, infraspec
 from apps_registry.models import App
 
 # Any constant works; it names Norn's "one sync at a time" advisory lock.
@@ -48,10 +48,14 @@ def sync(apps_dir=None):
     found = {}
     for path in spec_files(apps_dir):
         try:
-            raw = path.read_bytes()
+            raw = appfiles.read_bytes(path, apps_dir)
+        except appfiles.Refused as exc:
+            # Listed as invalid, with why; its digest is the refusal's, so
+            # nothing of the file it points at is read, even to hash it.
+            raw = str(exc).encode()
         except OSError:
             continue  # removed while we looked: the next sync marks it missing
-        result = infraspec.load(path, directory_name=path.parent.name)
+        result = infraspec.load(path, directory_name=path.parent.name, apps_dir=apps_dir)
         found[path.parent.name] = (path, hashlib.sha256(raw).hexdigest(), result)
 
     with transaction.atomic():

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from croniter import croniter
 
+from apps_registry import appfiles
 from apps_registry.spec import Spec
 
 FILENAME = "infraspec.yaml"
@@ -114,9 +115,7 @@ def redact_url(url):
         return "<unparseable URL>"
     if parts.password is None:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (
-        f":{parts.port}" if parts.port else ""
-    )
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -438,11 +437,12 @@ def _check_cross_fields(v, data, spec, directory_name):
         spec["env"] = normalized
 
 
-def load(path, directory_name=None):
-    """Read and validate the infraspec at `path` (a file)."""
+def load(path, directory_name=None, apps_dir=None):
+    """Read and validate the infraspec at `path` (a file); one named inside
+    `apps_dir` (NORN_APPS_DIR) is read only if it resolves inside it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = appfiles.read_bytes(path, apps_dir).decode("utf-8")
     except UnicodeDecodeError:
         return LoadResult(None, [SpecError(str(path), None, "", "is not UTF-8 text")])
     except OSError as exc:

@@ -20,6 +20,7 @@ from deployments import appdb, events, queue, retention, rollback, runner, state
 from deployments.models import Deployment
 from deployments.outcomes import Outcome, Skip, StepFailed, cancel_message
 from deployments.steps import Context
+from deployments.workdirs import make as make_workdir
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def _run_steps(deployment, owner, heartbeat):
         else:
             outcome = _run_one(ctx, name, heartbeat)
         if name == "clone":
-            ctx.workdir.mkdir(parents=True, exist_ok=True)  # cleanup's target exists either way
+            make_workdir(ctx.workdir)  # cleanup's target exists either way
         transitions.finish_step(
             deployment.pk, name, outcome.status, error=outcome.error, skip_reason=outcome.skip_reason
         )
@@ -165,7 +166,7 @@ def _run_one(ctx: Context, name: str, heartbeat: Heartbeat) -> Outcome:
     if name not in states.ALWAYS_RUNS and heartbeat.cancel_by:
         return Outcome.cancelled(heartbeat.cancel_by)
     if name == "clone":
-        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        make_workdir(ctx.workdir)  # 0700 whatever the umask: it holds the clone
         transitions.set_fields(ctx.deployment_id, workdir=str(ctx.workdir))
     try:
         step_module(name).run(ctx)

@@ -15,8 +15,7 @@ from django.conf import settings
 from apps_registry import discovery
 from apps_registry.infraspec import HEX_RE, branch_name_problem, redact_url
 from apps_registry.models import App
-from deployments import queue, runner, transitions
-from deployments.steps import clone
+from deployments import gitauth, queue, runner, transitions, workdirs
 
 log = logging.getLogger(__name__)
 VERIFY_TIMEOUT = 60
@@ -85,12 +84,14 @@ def verify_ref_exists(url, ref):
     the remote cannot be reached, the request goes ahead: the clone step
     retries and can fall back to the local copy, saying so.
     """
-    root = Path(settings.NORN_WORK_DIR)
-    root.mkdir(parents=True, exist_ok=True)
+    root = workdirs.make_root()
+    # mkdtemp makes it 0700: it holds the askpass script.
     scratch = Path(tempfile.mkdtemp(prefix=".verify-", dir=root))
-    redact = runner.Redactor([settings.NORN_GIT_TOKEN])
+    redact = runner.Redactor(gitauth.secrets())
     try:
-        env = clone.git_env(scratch)
+        # The same credential rules as the clone step: a token only for its
+        # own host, over https.
+        env = gitauth.git_env(scratch, url)
         shown = redact_url(url)
 
         def git(*args):

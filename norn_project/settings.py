@@ -270,8 +270,54 @@ NORN_REGISTRY_URL = registry_from_env("NORN_REGISTRY_URL")
 # engine (single host).
 NORN_RUNTIME = envchoice("NORN_RUNTIME", "docker", ("docker", "kubernetes"))
 # Git credentials. They are handed to git through GIT_ASKPASS/GIT_SSH_COMMAND
-# at clone time and never stored, logged or put on a command line.
+# at clone time and never stored, logged or put on a command line. A token is
+# bound to one host: git gets it only for an https:// URL of exactly that
+# host[:port] (deployments/gitauth.py), never over http://, ssh or file://.
+
+
+def git_credentials_from_env():
+    """{host[:port]: token} from NORN_GIT_CREDENTIALS and NORN_GIT_TOKEN(_HOST).
+
+    Errors name the variable and the host, never a token (an entry without
+    "=" may be nothing but a token, so it is only counted).
+    """
+    hosts = {}
+    raw = os.environ.get("NORN_GIT_CREDENTIALS") or ""
+    entries = [(f"NORN_GIT_CREDENTIALS entry {n}", e.strip()) for n, e in enumerate(raw.split(","), 1) if e.strip()]
+    if os.environ.get("NORN_GIT_TOKEN"):
+        # A token must have a host it may go to: github.com unless told.
+        host = (os.environ.get("NORN_GIT_TOKEN_HOST") or "github.com").strip()
+        entries.append(("NORN_GIT_TOKEN_HOST", f"{host}={os.environ['NORN_GIT_TOKEN']}"))
+    for where, entry in entries:
+        host, sep, token = entry.partition("=")
+        host = host.strip().lower()
+        if not sep or not token.strip():
+            raise ImproperlyConfigured(
+                f"{where} is not HOST=TOKEN; use NORN_GIT_CREDENTIALS=\"github.com=TOKEN,git.example.com:8443=TOKEN2\""
+            )
+        match = re.fullmatch(r"([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?", host)
+        if not match or (match[2] and not 1 <= int(match[2]) <= 65535):
+            raise ImproperlyConfigured(
+                f"{where}: {host!r} is not a host; use HOST or HOST:PORT, e.g. github.com or git.example.com:8443"
+            )
+        if match[2] == "443":
+            host = match[1]  # https's own port: the same server as without it
+        if host in hosts:
+            raise ImproperlyConfigured(f"{where}: host {host!r} is given a token twice; keep one")
+        hosts[host] = token.strip()
+    return hosts
+
+
 NORN_GIT_TOKEN = env("NORN_GIT_TOKEN") or None
+NORN_GIT_CREDENTIALS = git_credentials_from_env()
+# A PEM bundle of the certificate authorities git trusts for https:// clones
+# (GIT_SSL_CAINFO): it replaces the system's bundle, so add those CAs too when
+# cloning from public hosts as well.
+NORN_GIT_CA_FILE = Path(env("NORN_GIT_CA_FILE")).expanduser() if env("NORN_GIT_CA_FILE") else None
+if NORN_GIT_CA_FILE and not NORN_GIT_CA_FILE.is_file():
+    raise ImproperlyConfigured(
+        f"NORN_GIT_CA_FILE={env('NORN_GIT_CA_FILE')!r} is not a file; set it to a PEM bundle of CA certificates"
+    )
 NORN_GIT_SSH_KEY = ssh_key_from_env("NORN_GIT_SSH_KEY")
 
 # The PostgreSQL server holding the apps' own databases (infraspec

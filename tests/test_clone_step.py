@@ -1,5 +1,6 @@
-"""The clone step against real git servers: HTTPS with a token, SSH with a
-key, exact commits, the local-copy fallback, and no secret anywhere."""
+"""The clone step against real git servers: HTTPS with a token bound to its
+host, SSH with a key, exact commits, the local-copy fallback, and no secret
+anywhere."""
 
 import os
 import stat
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from deployments import gitauth
 from deployments.steps import StepFailed, clone
 from tests.support.contexts import step_context
 from tests.support.git_servers import GitHttpServer, SshGitServer, generate_ssh_keypair, make_repo
@@ -130,14 +132,24 @@ def test_app_without_repo_is_copied_and_git_head_is_the_tag(tmp_path, repo):
         clone.run(mismatch)
 
 
-def test_https_token_goes_through_askpass_only(tmp_path, repo, settings, argv_log):
-    settings.NORN_GIT_TOKEN = TOKEN
-    with GitHttpServer(tmp_path / "repos", token=TOKEN) as server:
-        ctx = make_ctx(tmp_path, repo_spec(server.url_for("web")), ref=repo.first)
-        clone.run(ctx)
-        assert ctx.commit_sha == repo.first
-        assert any(r.authorized for r in server.requests)
-        assert all(TOKEN not in r.path for r in server.requests)
+@pytest.fixture
+def https_server(tmp_path, repo):
+    with GitHttpServer(tmp_path / "repos", token=TOKEN, tls=True) as server:
+        yield server
+
+
+def with_token_for(settings, server, host_port=None):
+    settings.NORN_GIT_CREDENTIALS = {host_port or server.host_port: TOKEN}
+    settings.NORN_GIT_CA_FILE = server.ca_file
+
+
+def test_https_token_goes_through_askpass_only(tmp_path, repo, settings, argv_log, https_server):
+    with_token_for(settings, https_server)
+    ctx = make_ctx(tmp_path, repo_spec(https_server.url_for("web")), ref=repo.first)
+    clone.run(ctx)
+    assert ctx.commit_sha == repo.first
+    assert any(r.authorized for r in https_server.requests)
+    assert all(TOKEN not in r.path for r in https_server.requests)
     assert TOKEN not in argv_log.read_text()
     assert TOKEN not in ctx.text()
     # The askpass script holds no secret either.
@@ -145,12 +157,88 @@ def test_https_token_goes_through_askpass_only(tmp_path, repo, settings, argv_lo
 
 
 def test_wrong_token_fails_without_showing_it(tmp_path, repo, settings):
-    settings.NORN_GIT_TOKEN = TOKEN
-    with GitHttpServer(tmp_path / "repos", token="the-right-one") as server:
+    with GitHttpServer(tmp_path / "repos", token="the-right-one", tls=True) as server:
+        with_token_for(settings, server)
         ctx = make_ctx(tmp_path, repo_spec(server.url_for("web")))
         with pytest.raises(StepFailed, match="exited with status 128"):
             clone.run(ctx)
     assert TOKEN not in ctx.text()
+
+
+def test_plain_http_on_the_token_host_gets_no_token(tmp_path, repo, settings, argv_log):
+    with GitHttpServer(tmp_path / "repos", token=TOKEN) as server:
+        # The token's host[:port] is this very server, but the URL is http://.
+        settings.NORN_GIT_CREDENTIALS = {server.host_port: TOKEN}
+        ctx = make_ctx(tmp_path, repo_spec(server.url_for("web")))
+        with pytest.raises(StepFailed, match="exited with status 128"):
+            clone.run(ctx)
+    assert server.requests and not any(r.authorization_sent for r in server.requests)
+    assert not (ctx.workdir / "askpass.sh").exists()
+    assert TOKEN not in argv_log.read_text()
+
+
+@pytest.mark.parametrize("where", ["other port", "other host name"])
+def test_https_url_of_another_host_or_port_gets_no_token(tmp_path, repo, settings, https_server, where):
+    if where == "other port":
+        with_token_for(settings, https_server, host_port=f"127.0.0.1:{https_server.port + 1}")
+        url = https_server.url_for("web")
+    else:
+        # The same server under another name: the token is bound to the name.
+        with_token_for(settings, https_server)
+        url = https_server.url_for("web", host="localhost")
+    ctx = make_ctx(tmp_path, repo_spec(url))
+    with pytest.raises(StepFailed, match="exited with status 128"):
+        clone.run(ctx)
+    assert https_server.requests and not any(r.authorization_sent for r in https_server.requests)
+
+
+def test_redirect_to_another_host_does_not_carry_the_token(tmp_path, repo, settings, https_server):
+    # `other` accepts the very token: only the askpass's host binding and
+    # http.followRedirects=false keep it from being handed there.
+    with GitHttpServer(tmp_path / "repos", token=TOKEN, tls=True, ca=https_server.ca) as other:
+        with GitHttpServer(tmp_path / "repos", token=TOKEN, tls=True, ca=https_server.ca,
+                           redirect_to=other.base_url.replace("127.0.0.1", "localhost")) as moved:
+            with_token_for(settings, moved)
+            ctx = make_ctx(tmp_path, repo_spec(moved.url_for("web")))
+            with pytest.raises(StepFailed, match="exited with status 128"):
+                clone.run(ctx)
+    assert any(r.status == 302 for r in moved.requests)
+    assert not any(r.authorization_sent for r in other.requests)
+    assert TOKEN not in ctx.text()
+
+
+def test_credential_helpers_of_the_user_config_are_not_asked(tmp_path, repo, settings, monkeypatch, https_server):
+    # A helper in ~/.gitconfig would otherwise answer for any host, over http too.
+    home = tmp_path / "home"
+    home.mkdir()
+    leaked = tmp_path / "helper-was-asked"
+    (home / ".gitconfig").write_text(f"[credential]\n\thelper = \"!touch {leaked}; echo password=stored #\"\n")
+    monkeypatch.setenv("HOME", str(home))
+    settings.NORN_GIT_CREDENTIALS = {}
+    settings.NORN_GIT_CA_FILE = https_server.ca_file
+    ctx = make_ctx(tmp_path, repo_spec(https_server.url_for("web")))
+    with pytest.raises(StepFailed):
+        clone.run(ctx)
+    assert not leaked.exists()
+    assert not any(r.authorization_sent for r in https_server.requests)
+
+
+@pytest.mark.parametrize("prompt, answer", [
+    ("Username for 'https://git.example.com:8443': ", "x-access-token"),
+    ("Password for 'https://x-access-token@git.example.com:8443': ", TOKEN),
+    ("Username for 'https://evil.example': ", None),
+    ("Password for 'https://x-access-token@git.example.com:8443.evil.example': ", None),
+    ("Password for 'http://x-access-token@git.example.com:8443': ", None),
+    ("Password for 'https://x-access-token@git.example.com': ", None),
+])
+def test_askpass_answers_only_for_the_token_host(tmp_path, settings, prompt, answer):
+    settings.NORN_GIT_CREDENTIALS = {"git.example.com:8443": TOKEN}
+    env = gitauth.git_env(tmp_path, "https://git.example.com:8443/team/web.git")
+    result = subprocess.run([env["GIT_ASKPASS"], prompt], env=env, capture_output=True, text=True)
+    if answer is None:
+        assert (result.returncode, result.stdout) == (1, "")
+    else:
+        assert (result.returncode, result.stdout) == (0, answer + "\n")
 
 
 def test_ssh_key_goes_through_git_ssh_command(tmp_path, repo, settings, argv_log):

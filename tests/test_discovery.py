@@ -156,3 +156,57 @@ def test_admin_cannot_add_or_edit_registry_rows(write_spec, admin_client):
     response = admin_client.post(f"/admin/apps_registry/app/{pk}/change/", {"name": "evil"})
     assert response.status_code == 403
     assert App.objects.get(pk=pk).name == "alpha"
+
+
+MARKER = "NORN-SECRET-MARKER-51c9"
+
+
+@pytest.fixture
+def secret_outside(tmp_path):
+    """A file outside NORN_APPS_DIR whose content, were it read, would be
+    echoed in a validation error (its app name is invalid)."""
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    path = directory / "infraspec.yaml"
+    path.write_text(f"app: {MARKER}\nrole: {MARKER}\n")
+    return path
+
+
+def test_infraspec_symlinked_out_of_the_apps_dir_is_listed_invalid_and_never_read(
+    write_spec, apps_dir, secret_outside, admin_client
+):
+    write_spec("alpha", GOOD.format(name="alpha"))
+    (apps_dir / "evil").mkdir()
+    (apps_dir / "evil" / "infraspec.yaml").symlink_to(secret_outside)
+    (apps_dir / "evil-dir").symlink_to(secret_outside.parent)
+    report = discovery.sync()
+    assert report.added == ["alpha", "evil", "evil-dir"] and sorted(report.invalid) == ["evil", "evil-dir"]
+    for name in ("evil", "evil-dir"):
+        app = App.objects.get(name=name)
+        assert app.status == App.Status.INVALID
+        assert app.errors == [
+            f"{apps_dir / name / 'infraspec.yaml'}: cannot be read: resolves to {secret_outside}, outside "
+            f"NORN_APPS_DIR ({apps_dir}); Norn reads only files inside it, so it was not read"
+        ]
+        assert MARKER not in str(app.errors) + str(app.spec)
+    # Synced again, nothing changed: the refusal is stable, not re-reported.
+    assert sorted(discovery.sync().unchanged) == ["alpha", "evil", "evil-dir"]
+    for url in ("/", "/apps/evil/", "/apps/evil-dir/", "/admin/apps_registry/app/"):
+        html = admin_client.get(url).content.decode()
+        assert MARKER not in html, url
+    assert "outside NORN_APPS_DIR" in admin_client.get("/apps/evil/").content.decode()
+
+
+def test_validate_infraspec_refuses_the_symlink_without_showing_its_target(write_spec, apps_dir, secret_outside):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    (apps_dir / "evil").mkdir()
+    (apps_dir / "evil" / "infraspec.yaml").symlink_to(secret_outside)
+    for args in ((), ("evil",), (str(apps_dir / "evil"),)):
+        out, err = StringIO(), StringIO()
+        with pytest.raises(SystemExit):
+            call_command("validate_infraspec", *args, stdout=out, stderr=err)
+        assert "outside NORN_APPS_DIR" in err.getvalue(), args
+        assert MARKER not in out.getvalue() + err.getvalue()

@@ -24,6 +24,7 @@ try:
         generate_ssh_keypair,
         git_ssh_command,
         make_repo,
+        make_test_ca,
         run_git,
         write_askpass_script,
     )
@@ -64,6 +65,12 @@ def repos(tmp_path: Path) -> Repos:
 @pytest.fixture
 def http_server(repos: Repos):
     with GitHttpServer(repos.root, TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def https_server(repos: Repos):
+    with GitHttpServer(repos.root, TOKEN, tls=True) as server:
         yield server
 
 
@@ -173,6 +180,7 @@ def test_http_challenges_without_credentials_and_serves_with_them(http_server: G
         assert response.headers["Content-Type"] == "application/x-git-upload-pack-advertisement"
         assert b"# service=git-upload-pack" in response.read()
     assert [r.authorized for r in http_server.requests] == [False, True]
+    assert [r.authorization_sent for r in http_server.requests] == [False, True]
 
 
 def test_http_clone_with_token_from_askpass(http_server: GitHttpServer, repos: Repos, tmp_path: Path) -> None:
@@ -243,6 +251,56 @@ def test_http_server_stops_listening(repos: Repos) -> None:
     server.stop()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+# ---------------------------------------------------------------------------
+# HTTPS
+# ---------------------------------------------------------------------------
+
+
+def test_https_clone_trusting_the_test_ca(https_server: GitHttpServer, repos: Repos, tmp_path: Path) -> None:
+    url = https_server.url_for("app")
+    assert url == f"https://127.0.0.1:{https_server.port}/app.git"
+    assert https_server.host_port == f"127.0.0.1:{https_server.port}"
+    env = {**askpass_env(tmp_path, TOKEN), "GIT_SSL_CAINFO": str(https_server.ca_file)}
+    run_git("clone", "--quiet", url, str(tmp_path / "clone"), env=env)
+    assert (tmp_path / "clone" / "README.md").read_text() == "v2\n"
+    assert any(r.authorized and r.method == "POST" for r in https_server.requests)
+    # The certificate names localhost too: the same server under another host name.
+    run_git("ls-remote", https_server.url_for("app", host="localhost"), env=env)
+
+
+def test_https_is_refused_without_trusting_the_test_ca(https_server: GitHttpServer, tmp_path: Path) -> None:
+    other_ca = make_test_ca(tmp_path / "other-ca")
+    for ca_env in ({}, {"GIT_SSL_CAINFO": str(other_ca.ca_file)}):
+        result = run_git("ls-remote", https_server.url_for("app"), env={**askpass_env(tmp_path, TOKEN), **ca_env}, check=False)
+        assert result.returncode != 0
+        assert "certificate" in result.stderr
+    # The handshake failed before any HTTP request, so no credential went out.
+    assert https_server.requests == []
+
+
+def test_plain_http_client_gets_nothing_from_the_https_server(https_server: GitHttpServer) -> None:
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{https_server.port}/app.git/info/refs", timeout=5)
+    assert https_server.requests == []
+
+
+def test_redirecting_server_sends_every_request_elsewhere(repos: Repos, https_server: GitHttpServer) -> None:
+    target = https_server.base_url
+    with GitHttpServer(repos.root, TOKEN, redirect_to=target) as moved:
+        url = moved.url_for("app") + "/info/refs?service=git-upload-pack"
+        request = urllib.request.Request(url, headers={"Authorization": "Basic eDp5"})
+
+        class NoFollow(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args: object, **kwargs: object) -> None:
+                return None
+
+        with pytest.raises(urllib.error.HTTPError) as excinfo:
+            urllib.request.build_opener(NoFollow).open(request, timeout=10)
+    assert excinfo.value.code == 302
+    assert excinfo.value.headers["Location"] == f"{target}/app.git/info/refs?service=git-upload-pack"
+    assert [(r.status, r.authorization_sent) for r in moved.requests] == [(302, True)]
 
 
 # ---------------------------------------------------------------------------

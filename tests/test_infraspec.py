@@ -1,5 +1,6 @@
 """infraspec.yaml validation: every field's good and bad values, and the error texts."""
 
+import os
 import textwrap
 
 import pytest
@@ -429,3 +430,66 @@ def test_snapshot_retention(retain, ok):
         assert result.data["snapshots"] == {"retain": retain}
     else:
         assert only_error(result).field == "snapshots.retain"
+
+
+# --- files that resolve outside NORN_APPS_DIR ----------------------------------
+
+MARKER = "NORN-SECRET-MARKER-7f3a"
+# Read and validated, this content would be echoed back: its app name is invalid.
+SECRET = f"app: {MARKER}\nrole: worker\n"
+
+
+@pytest.fixture
+def outside(tmp_path):
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    (directory / "infraspec.yaml").write_text(SECRET)
+    return directory
+
+
+def test_the_secret_file_would_show_if_it_were_read(outside):
+    # Named where it is (validate_infraspec given a path), a file is read:
+    # which is also what proves the tests below would catch a leak.
+    assert MARKER in str(infraspec.load(outside / "infraspec.yaml", "outside").errors)
+
+
+@pytest.mark.parametrize("link", ["file", "app directory"])
+def test_infraspec_resolving_outside_the_apps_dir_is_refused_unread(tmp_path, settings, outside, link):
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    settings.NORN_APPS_DIR = apps
+    if link == "file":
+        (apps / "web").mkdir()
+        (apps / "web" / "infraspec.yaml").symlink_to(outside / "infraspec.yaml")
+    else:
+        (apps / "web").symlink_to(outside)
+    path = apps / "web" / "infraspec.yaml"
+    result = infraspec.load(path, "web")
+    error = only_error(result)
+    assert error.file == str(path)
+    assert error.message == (
+        f"cannot be read: resolves to {outside / 'infraspec.yaml'}, outside NORN_APPS_DIR ({apps}); "
+        "Norn reads only files inside it, so it was not read"
+    )
+    assert MARKER not in str(result.errors)
+
+
+def test_symlinks_that_stay_inside_the_apps_dir_are_followed(tmp_path, settings):
+    apps = tmp_path / "apps"
+    (apps / "shared").mkdir(parents=True)
+    (apps / "shared" / "web.yaml").write_text("app: web\nrole: worker\n")
+    (apps / "web").mkdir()
+    (apps / "web" / "infraspec.yaml").symlink_to("../shared/web.yaml")
+    # NORN_APPS_DIR may itself be reached through a symlink.
+    (tmp_path / "link-to-apps").symlink_to(apps)
+    settings.NORN_APPS_DIR = tmp_path / "link-to-apps"
+    assert infraspec.load(settings.NORN_APPS_DIR / "web" / "infraspec.yaml", "web").ok
+    assert infraspec.load(apps / "web" / "infraspec.yaml", "web").ok
+
+
+def test_a_fifo_in_the_apps_dir_is_refused_not_waited_on(tmp_path, settings):
+    settings.NORN_APPS_DIR = tmp_path
+    (tmp_path / "web").mkdir()
+    os.mkfifo(tmp_path / "web" / "infraspec.yaml")
+    error = only_error(infraspec.load(tmp_path / "web" / "infraspec.yaml", "web"))
+    assert error.message == "cannot be read: is not a regular file"

@@ -1,8 +1,9 @@
 """Clone: get the requested commit's source into the deployment's work directory.
 
 `git clone --depth 1 --branch <branch>`, then the requested SHA if one was
-asked for. Credentials reach git only through its environment: an HTTPS
-token via GIT_ASKPASS, an SSH key via GIT_SSH_COMMAND. If the clone itself
+asked for. Credentials reach git only through its environment
+(deployments/gitauth.py): an HTTPS token via GIT_ASKPASS, and only for the
+host it is bound to, an SSH key via GIT_SSH_COMMAND. If the clone itself
 fails and the app has a local directory, that is copied instead (the output
 says so). Apps without a repo are always copied.
 """
@@ -10,29 +11,15 @@ says so). Apps without a repo are always copied.
 import hashlib
 import os
 import re
-import shlex
 import shutil
-import stat
 from pathlib import Path
-
-from django.conf import settings
 
 from apps_registry.infraspec import HEX_RE, redact_url
 from apps_registry.spec import Repo
-from deployments.steps import Context, StepFailed, host_env
+from deployments import gitauth, runner
+from deployments.steps import Context, StepFailed
 
 FULL_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-# Transports git may use for Norn's clones: no ext::, fd:: or other helpers
-# that run commands, even if a bad URL got this far.
-ALLOWED_PROTOCOLS = "https:http:ssh:git:file"
-
-ASKPASS_SCRIPT = """#!/bin/sh
-# Answers git's credential prompts from the environment; holds no secret.
-case "$1" in
-  Username*) printf '%s\\n' "${NORN_GIT_USERNAME:-x-access-token}" ;;
-  *) printf '%s\\n' "$NORN_GIT_PASSWORD" ;;
-esac
-"""
 
 
 def is_sha(ref: str) -> bool:
@@ -60,43 +47,18 @@ class CloneFailed(Exception):
     """The clone itself failed: the only case where the local copy is used."""
 
 
-def git_env(workdir: Path) -> dict[str, str]:
-    """git's environment with Norn's credentials; helper files go in `workdir`."""
-    env = host_env(
-        GIT_TERMINAL_PROMPT="0",
-        GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
-        GIT_CONFIG_NOSYSTEM="1",
-    )
-    if settings.NORN_GIT_TOKEN:
-        askpass = workdir / "askpass.sh"
-        askpass.write_text(ASKPASS_SCRIPT)
-        askpass.chmod(stat.S_IRWXU)
-        env["GIT_ASKPASS"] = str(askpass)
-        env["NORN_GIT_PASSWORD"] = settings.NORN_GIT_TOKEN
-    if settings.NORN_GIT_SSH_KEY:
-        known_hosts = Path(settings.NORN_GIT_KNOWN_HOSTS)
-        known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        # GIT_SSH_COMMAND is read by a shell: quote the (operator-set) paths.
-        env["GIT_SSH_COMMAND"] = " ".join(
-            [
-                "ssh",
-                "-i", shlex.quote(str(settings.NORN_GIT_SSH_KEY)),
-                "-o", "IdentitiesOnly=yes",
-                "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=accept-new",
-                "-o", "UserKnownHostsFile=" + shlex.quote(str(known_hosts)),
-            ]
-        )
-    return env
-
-
 def clone(ctx: Context, spec_repo: Repo, source: Path) -> None:
     url = spec_repo.url
     branch = spec_repo.branch
     ref = ctx.ref
     if ref != "HEAD" and not is_sha(ref):
         branch = ref
-    env = git_env(ctx.workdir)
+    env = gitauth.git_env(ctx.workdir, url)
+    token = env.get("NORN_GIT_PASSWORD")
+    if token and token not in ctx.redact.secrets:
+        # Whatever git prints is masked with the token it was handed, even
+        # when the context was made without it.
+        ctx.redact = runner.Redactor([*ctx.redact.secrets, token])
     shown = redact_url(url)
     ctx.log(f"Cloning {shown} (branch {branch})")
     result = ctx.run(

@@ -9,8 +9,11 @@ real thing on 127.0.0.1:
 * :func:`make_repo` builds a bare repository from a dict of files and lets a
   test add further commits (:class:`GitRepo`).
 * :class:`GitHttpServer` serves a directory of bare repositories through the
-  stock ``git http-backend`` CGI behind HTTP Basic auth, and records every
-  request so tests can assert the token never appeared in a URL.
+  stock ``git http-backend`` CGI behind HTTP Basic auth, over plain HTTP or
+  (``tls=True``) HTTPS with a certificate from a throwaway test CA
+  (:func:`make_test_ca`), and records every request so tests can assert the
+  token never appeared in a URL and which requests carried credentials.  It
+  can also answer everything with a redirect (``redirect_to``).
 * :class:`SshGitServer` runs a private OpenSSH ``sshd`` (Debian package
   ``openssh-server``) with its own host key, config and authorized_keys.
 * :func:`generate_ssh_keypair` makes an ed25519 deploy key.
@@ -34,6 +37,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -53,10 +57,12 @@ __all__ = [
     "GitHttpServer",
     "RecordedRequest",
     "SshGitServer",
+    "TestCA",
     "generate_ssh_keypair",
     "git_env",
     "git_ssh_command",
     "make_repo",
+    "make_test_ca",
     "run_git",
     "write_askpass_script",
 ]
@@ -266,6 +272,9 @@ class RecordedRequest:
     username: str | None = None
     git_protocol: str | None = None  # the Git-Protocol header, e.g. "version=2"
     chunked_body: bool = False  # request body sent with Transfer-Encoding: chunked
+    # Any Authorization header at all, right or wrong: what a test checks to
+    # prove a credential never reached this server.
+    authorization_sent: bool = False
     status: int | None = None
     backend_stderr: str = ""
 
@@ -301,6 +310,21 @@ class _GitHttpHandler(BaseHTTPRequestHandler):
         # Requests are recorded in GitHttpServer.requests; stderr noise would
         # only clutter pytest output.
         return
+
+    def setup(self) -> None:
+        super().setup()  # sets the socket timeout first: a stalled handshake ends
+        self.tls_failed = False
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()
+            except (ssl.SSLError, OSError):
+                # A client that does not trust the test CA hangs up here;
+                # that is its answer, not a server error.
+                self.tls_failed = True
+
+    def handle(self) -> None:
+        if not self.tls_failed:
+            super().handle()
 
     def do_GET(self) -> None:
         self._handle()
@@ -348,6 +372,15 @@ class _GitHttpHandler(BaseHTTPRequestHandler):
         self.close_connection = True
         record.status = 401
 
+    def _redirect(self, record: RecordedRequest, location: str) -> None:
+        self.send_response(302, "Found")
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        record.status = 302
+
     def _handle(self) -> None:
         owner = self.server.owner
         username, password = _parse_basic_auth(self.headers.get("Authorization"))
@@ -364,7 +397,13 @@ class _GitHttpHandler(BaseHTTPRequestHandler):
             git_protocol=self.headers.get("Git-Protocol"),
             chunked_body="chunked" in self.headers.get("Transfer-Encoding", "").lower(),
         )
+        record.authorization_sent = self.headers.get("Authorization") is not None
         owner._record(record)
+        if owner.redirect_to:
+            # Before any challenge, as a host that moved a repository does:
+            # the client, if it follows, asks for credentials at the new place.
+            self._redirect(record, owner.redirect_to.rstrip("/") + self.path)
+            return
         if not authorized:
             self._reject(record)
             return
@@ -563,6 +602,9 @@ class GitHttpServer:
         *,
         require_username: bool = False,
         backend: str = GIT_HTTP_BACKEND,
+        tls: bool = False,
+        ca: "TestCA | None" = None,
+        redirect_to: str | None = None,
     ):
         if not token:
             raise ValueError("token must be a non-empty string")
@@ -571,6 +613,13 @@ class GitHttpServer:
         self.username = username
         self.require_username = require_username
         self.backend = backend
+        # With tls=True the server speaks HTTPS with a certificate for
+        # 127.0.0.1 and localhost from `ca` (a new test CA unless given);
+        # clients trust it through GIT_SSL_CAINFO=ca_file.
+        self.tls = tls
+        self.ca = ca if ca is not None or not tls else make_test_ca()
+        # Set to a base URL to answer every request with a 302 there.
+        self.redirect_to = redirect_to
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen[bytes]] = set()
@@ -586,6 +635,13 @@ class GitHttpServer:
             raise RuntimeError(f"{self.backend} not found; is git installed?")
         server = _GitThreadingServer(("127.0.0.1", 0), _GitHttpHandler)
         server.owner = self
+        if self.tls:
+            assert self.ca is not None
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.ca.cert_file, self.ca.key_file)
+            # The handshake happens in the handler's thread, not in accept():
+            # a client that stalls must not block the whole server.
+            server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="git-http-server", daemon=True
@@ -626,11 +682,27 @@ class GitHttpServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
-    def url_for(self, repo_name: str) -> str:
-        """``http://127.0.0.1:PORT/<name>.git`` — no credentials in it, ever."""
-        return f"{self.base_url}/{repo_name.removesuffix('.git')}.git"
+    @property
+    def host_port(self) -> str:
+        """``127.0.0.1:PORT``, as NORN_GIT_CREDENTIALS names this server."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The PEM file of the CA that signed this server's certificate."""
+        if self.ca is None:
+            raise RuntimeError("not a TLS server")
+        return self.ca.ca_file
+
+    def url_for(self, repo_name: str, host: str = "127.0.0.1") -> str:
+        """``http(s)://127.0.0.1:PORT/<name>.git`` — no credentials in it, ever.
+
+        ``host="localhost"`` names the same server by another host name (its
+        certificate covers both).
+        """
+        return f"{self.base_url.replace('127.0.0.1', host)}/{repo_name.removesuffix('.git')}.git"
 
     def clear_requests(self) -> None:
         with self._lock:
@@ -649,6 +721,81 @@ class GitHttpServer:
     def _untrack(self, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._procs.discard(proc)
+
+
+@dataclass
+class TestCA:
+    """A throwaway certificate authority and one server certificate it signed."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    directory: Path
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_test_ca(directory: Path | str | None = None) -> TestCA:
+    """A CA and a certificate for 127.0.0.1 and localhost, as PEM files.
+
+    Made with ``cryptography`` (what Python's own TLS tests would use; the
+    ``trustme`` library is not installed).  ``directory`` defaults to a new
+    temporary one; the files are small and left for the OS to clean.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="norn-test-ca-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = {"not_valid_before": now - datetime.timedelta(hours=1), "not_valid_after": now + datetime.timedelta(days=7)}
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Norn test CA")])
+    ca_cert = (
+        x509.CertificateBuilder(subject_name=ca_name, issuer_name=ca_name, public_key=ca_key.public_key(),
+                                serial_number=x509.random_serial_number(), **valid)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder(
+            subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]),
+            issuer_name=ca_name, public_key=key.public_key(), serial_number=x509.random_serial_number(), **valid,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    ca_file, cert_file, key_file = directory / "ca.pem", directory / "server.pem", directory / "server-key.pem"
+    ca_file.write_bytes(ca_cert.public_bytes(pem))
+    cert_file.write_bytes(cert.public_bytes(pem))
+    key_file.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_file.chmod(0o600)
+    return TestCA(directory=directory, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
 
 
 def write_askpass_script(
