@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 
 from apps_registry import infraspec
-from deployments import appdb, events, queue, retention, rollback, runner, states, transitions
+from deployments import appdb, events, gitauth, queue, retention, rollback, runner, states, transitions
 from deployments.models import Deployment
 from deployments.outcomes import Outcome, Skip, StepFailed, cancel_message
 from deployments.steps import Context
@@ -93,7 +93,7 @@ def _context(deployment, heartbeat):
     app = deployment.app
     result = infraspec.load(Path(app.directory) / infraspec.FILENAME, directory_name=app.name)
     workdir = Path(settings.NORN_WORK_DIR) / str(deployment.public_id)
-    secrets = [settings.NORN_GIT_TOKEN, *appdb.secrets(result.spec or app.infraspec)]
+    secrets = [*gitauth.secrets(), *appdb.secrets(result.spec or app.infraspec)]
     ctx = Context(
         deployment_id=deployment.pk,
         public_id=str(deployment.public_id),

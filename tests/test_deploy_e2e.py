@@ -238,9 +238,9 @@ def test_no_secret_anywhere_after_a_deploy(cluster, make_app, tmp_path, containe
         (shims / tool).chmod(stat.S_IRWXU)
     port = free_port()
     containers.append("secret")
-    with GitHttpServer(tmp_path / "repos", token=token) as server:
+    with GitHttpServer(tmp_path / "repos", token=token, tls=True) as server:
         make_app("secret", f"app: secret\nrole: webserver\nrepo:\n  url: {server.url_for('secret')}\nbuild:\n  test: env; echo $NORN_GIT_PASSWORD\nport: {port}\nhealthcheck: /healthz\n")
-        env = {"NORN_GIT_TOKEN": token, "PATH": f"{shims}:{os.environ['PATH']}"}
+        env = {"NORN_GIT_CREDENTIALS": f"{server.host_port}={token}", "NORN_GIT_CA_FILE": str(server.ca_file), "PATH": f"{shims}:{os.environ['PATH']}"}
         # The worker needs the token too: restart it with the same environment.
         cluster.stop()
         with Cluster(tmp_path / "qcluster2.log", extra_env=env) as worker:
