@@ -28,7 +28,8 @@ PURPOSES = ("test", "migrate", "cron")
 COMMAND_TIMEOUT = 60
 
 # What docker run says when the image cannot start the command.
-_NO_SHELL = re.compile(r'exec: "?/bin/sh"?: (stat /bin/sh: )?no such file|"/bin/sh": executable file not found')
+# (The first from runc, the second from the --init process, tini.)
+_NO_SHELL = re.compile(r'exec: "?/bin/sh"?: (stat /bin/sh: )?no such file|exec /bin/sh failed: No such file', re.I)
 
 Run = Callable[[list[str], float], runner.Result]
 

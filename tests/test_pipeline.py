@@ -13,9 +13,17 @@ from deployments import appdb, pipeline, runner, states, transitions
 from deployments.models import Deployment, Event, Snapshot
 from deployments.requests import DeployRequestError, request_deployment
 from tests.support.docker_images import docker
+from tests.support.networks import remove_networks_of_apps_dir
 from tests.support.psql_image import ensure_psql_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def remove_networks(apps_dir):
+    # Test and migrate containers join their app's network, created on demand.
+    yield
+    remove_networks_of_apps_dir(apps_dir)
 
 DOCKERFILE = "FROM norn-busybox:1\nCOPY . /app\nCMD [\"sh\", \"-c\", \"sleep 3600\"]\n"
 
