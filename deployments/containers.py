@@ -33,6 +33,12 @@ _NO_SHELL = re.compile(r'exec: "?/bin/sh"?: (stat /bin/sh: )?no such file|exec /
 
 Run = Callable[[list[str], float], runner.Result]
 
+# Networks this process created or found, so each run does not ask again; one
+# removed behind its back (manage.py undeploy elsewhere) is created again when
+# docker run reports it missing (run()).
+_known_networks: set[str] = set()
+_NETWORK_MISSING = re.compile(r"network \S+ not found", re.I)
+
 
 class NoShell(Exception):
     """The image has no /bin/sh to run a shell command with."""
@@ -65,16 +71,20 @@ def docker(args: list[str], timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]
     return result.returncode, "".join(captured)
 
 
-def ensure_network(app_name: str) -> str:
+def ensure_network(app_name: str, *, cached: bool = True) -> str:
     """Create the app's bridge network `norn-<app>` unless it exists; its name.
 
     Docker keeps bridge networks apart: a container on one cannot reach a
     container on another, so apps reach each other only through the ingress.
     Safe when two workers race: the loser's "already exists" is success.
+    cached=False asks the engine even when this process knew the network.
     """
     name = network_name(app_name)
+    if cached and name in _known_networks:
+        return name
     returncode, output = docker(["network", "inspect", "--format", "{{.Name}}", name])
     if returncode == 0:
+        _known_networks.add(name)
         return name
     returncode, output = docker([
         "network", "create", "--driver", "bridge",
@@ -82,11 +92,13 @@ def ensure_network(app_name: str) -> str:
     ])
     if returncode != 0 and "already exists" not in output:
         raise runner.CommandError(f"could not create the Docker network {name}: {output.strip()}")
+    _known_networks.add(name)
     return name
 
 
 def remove_network(app_name: str) -> bool:
     """Remove the app's network (manage.py undeploy); False if it had none."""
+    _known_networks.discard(network_name(app_name))
     returncode, output = docker(["network", "rm", network_name(app_name)])
     # A cron run still in progress keeps it ("active endpoints"): the next
     # undeploy removes it.
@@ -135,7 +147,12 @@ def run(execute: Run, *, name: str, app_name: str, purpose: str, deployment: str
     try:
         with env_file(env) as path:
             argv += ["--env-file", path, image]
-            result = execute([*argv, *(["-c", *command] if shell else command)], timeout)
+            argv += ["-c", *command] if shell else command
+            result = execute(argv, timeout)
+            if result.returncode == 125 and _NETWORK_MISSING.search(result.tail):
+                _known_networks.discard(network_name(app_name))
+                ensure_network(app_name)
+                result = execute(argv, timeout)
         finished = True
     finally:
         if not finished:

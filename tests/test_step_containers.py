@@ -237,3 +237,12 @@ def test_recovery_removes_a_dead_workers_containers_but_not_the_app(make_app, ap
 
     assert docker(["ps", "--all", "--quiet", "--filter", f"id={oneoff}"]).stdout.strip() == ""
     assert docker(["ps", "--quiet", "--filter", f"id={serving}"]).stdout.strip() != ""
+
+
+def test_a_network_removed_behind_norns_back_is_created_again(tmp_path, app, busybox_image):
+    containers.ensure_network(app)  # now known to this process
+    docker(["network", "rm", f"norn-{app}"])  # as manage.py undeploy elsewhere would
+    ctx = make_ctx(tmp_path, app, busybox_image, test="echo still runs")
+    test_step.run(ctx)
+    assert "still runs" in ctx.text()
+    assert docker(["network", "inspect", f"norn-{app}"], check=False).returncode == 0

@@ -59,7 +59,8 @@ def create(ctx: StepContext, next_name: str, env: dict[str, str], labels: dict |
     reach it.
     """
     try:
-        network = containers.ensure_network(ctx.app_name)
+        # Asked afresh: `manage.py undeploy` may have removed it since.
+        network = containers.ensure_network(ctx.app_name, cached=False)
     except (OSError, runner.CommandError) as exc:
         raise StepFailed(str(exc)) from None
     argv = [
