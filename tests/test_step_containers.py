@@ -246,3 +246,48 @@ def test_a_network_removed_behind_norns_back_is_created_again(tmp_path, app, bus
     test_step.run(ctx)
     assert "still runs" in ctx.text()
     assert docker(["network", "inspect", f"norn-{app}"], check=False).returncode == 0
+
+
+@pytest.fixture
+def app_role(settings):
+    """A login role of group norn_apps owning a database of its own on the apps'
+    server, as the databases part of issue 9 creates per app: (database, password)."""
+    import psycopg
+    from psycopg import sql
+
+    server = settings.NORN_APP_DATABASES
+    name = f"ctr_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(16)
+    admin = dict(host=server["HOST"], port=server["PORT"], user=server["USER"], password=server.get("PASSWORD"),
+                 dbname="postgres", autocommit=True)
+    with psycopg.connect(**admin) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE norn_apps").format(
+            sql.Identifier(name), sql.Literal(password)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(name)))
+    yield name, password
+    with psycopg.connect(**admin) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def test_migration_reaches_its_own_database_and_not_norns(tmp_path, app, app_role, monkeypatch):
+    from deployments import appenv
+    from tests.support.psql_image import ensure_psql_image
+
+    database, password = app_role
+    own = {"PGHOST": containers.HOST_ALIAS, "PGPORT": "5433", "PGUSER": database, "PGPASSWORD": password,
+           "PGDATABASE": database}
+    # What appenv.database_env hands an app once it has a role of its own.
+    monkeypatch.setattr(appenv, "database_env", lambda spec: own)
+    command = (
+        'psql -v ON_ERROR_STOP=1 -c "CREATE TABLE migrated (i int)" && echo own-db ok; '
+        'psql -h host.docker.internal -p 5432 -U postgres -c "SELECT 1" postgres >/dev/null 2>&1 '
+        '&& echo norn-db reached || echo norn-db refused; '
+        'psql -h 127.0.0.1 -p 5432 -U postgres -c "SELECT 1" postgres >/dev/null 2>&1 '
+        '&& echo loopback-db reached || echo loopback-db refused'
+    )
+    ctx = make_ctx(tmp_path, app, ensure_psql_image(), migrate=command)
+    migrate_step.run(ctx)
+    out = ctx.text()
+    assert "own-db ok" in out and "norn-db refused" in out and "loopback-db refused" in out, out
+    assert password not in out  # neither in the echoed command nor anywhere in the output
