@@ -7,6 +7,11 @@ a migration, registering the image, cleanup) N times through a real
 same commands, then prints the medians, Norn's overhead and the worker's peak
 resident memory. Targets: overhead < 0.3 s, worker < 150 MB.
 
+The test and the migration run in throwaway containers of the new image on
+both sides, with the same docker run flags (deployments/containers.py): the
+app's network, the limits, an env file. The migration does not touch the
+database (the image has no psql); pg_dump does, on the host, as Norn does.
+
     .venv/bin/python bench/pipeline_overhead.py [--runs 5]
 
 Needs the services from scripts/services; uses its own database norn_bench.
@@ -58,7 +63,7 @@ def prepare(tmp):
           postgres:
             database: {APP_DB}
         migrations:
-          command: psql -v ON_ERROR_STOP=1 --quiet -f migrate.sql
+          command: echo migrated
         schedule: "0 3 * * *"
         command: ["sh", "/report.sh"]
     """))
@@ -73,17 +78,31 @@ work=$(mktemp -d "$TMP/script-XXXX")
 git clone -q --depth 1 --branch main -- "file://$TMP/bench.git" "$work/src"
 sha=$(git -C "$work/src" rev-parse HEAD)
 DOCKER_BUILDKIT=0 docker build -q -f "$work/src/Dockerfile" -t "bench:$sha" "$work/src" >/dev/null
-(cd "$work/src" && sh -c "sleep 1")
+docker network inspect --format '{{{{.Name}}}}' norn-bench >/dev/null 2>&1 || docker network create --label norn.app=bench norn-bench >/dev/null
+umask 077
+printf 'NORN_APP=bench\\nNORN_COMMIT=%s\\n' "$sha" > "$work/test.env"
+docker run --rm --init --name "bench-test-$$" --label norn.app=bench --label norn.purpose=test \\
+  --network norn-bench {flags} \\
+  --volume "$work/src:/workspace" --workdir /workspace --env-file "$work/test.env" \\
+  --entrypoint /bin/sh "bench:$sha" -c "sleep 1"
 pg_dump -Fc -h 127.0.0.1 -U postgres -d {app_db} -f "$work/snapshot.dump"
-(cd "$work/src" && PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE={app_db} sh -c "psql -v ON_ERROR_STOP=1 --quiet -f migrate.sql")
+printf 'NORN_APP=bench\\nNORN_COMMIT=%s\\nPGHOST=host.docker.internal\\nPGDATABASE={app_db}\\n' "$sha" > "$work/migrate.env"
+docker run --rm --init --name "bench-migrate-$$" --label norn.app=bench --label norn.purpose=migrate \\
+  --network norn-bench {flags} \\
+  --env-file "$work/migrate.env" --entrypoint /bin/sh "bench:$sha" -c "echo migrated" >/dev/null
 docker image inspect --format '{{{{.Id}}}}' "bench:$sha" >/dev/null
 rm -rf "$work"
 """
 
 
 def run_script(tmp):
+    import shlex
+
+    from deployments import containers
+
+    flags = " ".join(shlex.quote(a) for a in [*containers.ADD_HOST, *containers.limits()])
     started = time.monotonic()
-    subprocess.run(["bash", "-c", SCRIPT.format(app_db=APP_DB)], check=True, env={**os.environ, "TMP": str(tmp)})
+    subprocess.run(["bash", "-c", SCRIPT.format(app_db=APP_DB, flags=flags)], check=True, env={**os.environ, "TMP": str(tmp)})
     return time.monotonic() - started
 
 
@@ -164,6 +183,7 @@ def main():
             except subprocess.TimeoutExpired:
                 os.killpg(cluster.pid, 9)
         shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(["docker", "network", "rm", "norn-bench"], capture_output=True)
 
 
 if __name__ == "__main__":

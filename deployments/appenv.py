@@ -52,16 +52,18 @@ def database_env(spec: Spec) -> dict[str, str]:
     return appdb.container_env(spec.app, spec.postgres.database)
 
 
-def container_env(ctx: StepContext) -> dict[str, str]:
-    """The app's environment inside its container.
+def container_env(ctx: StepContext, *, database: bool = True, port: bool = True) -> dict[str, str]:
+    """The app's environment inside its container (and the throwaway ones of
+    deployments/containers.py): nothing of Norn's own.
 
-    ctx.app_env() plus the database connection and PORT, minus the host's
-    PATH, HOME and friends: those describe this machine, and passing them
-    would override the image's own PATH. A variable the infraspec sets itself
-    is kept even when its name is one of those.
+    ctx.app_env() plus the database connection (database=False: without it,
+    for build.test) and PORT (port=False: without it), minus the host's PATH,
+    HOME and friends: those describe this machine, and passing them would
+    override the image's own PATH. A variable the infraspec sets itself is
+    kept even when its name is one of those.
     """
-    extra = database_env(ctx.spec)
-    if ctx.spec.port:
+    extra = database_env(ctx.spec) if database else {}
+    if port and ctx.spec.port:
         extra["PORT"] = ctx.spec.port
     env = ctx.app_env(**extra)
     declared = set(ctx.spec.env) | set(extra)

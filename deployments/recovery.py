@@ -3,9 +3,9 @@
 A deployment in flight has an owner (host:pid:nonce) that refreshes its
 heartbeat. Recovery fails those whose owner is dead (same host: the process
 is gone; any host: the heartbeat went silent), marks their running step
-failed, kills the step's leftover process tree, removes the work directory
-and unlocks the app. Deployments of live workers are never touched, so one
-worker restarting does not fail another's deploys.
+failed, kills the step's leftover process tree and throwaway containers,
+removes the work directory and unlocks the app. Deployments of live workers
+are never touched, so one worker restarting does not fail another's deploys.
 """
 
 import logging
@@ -17,7 +17,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from deployments import queue, runner, transitions
+from deployments import containers, queue, runner, transitions
 from deployments.models import Deployment
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,11 @@ def fail(deployment):
         return False
     log.warning("recovered deployment %s of %s: %s", deployment.pk, deployment.app.name, ERROR)
     _kill_leftovers(deployment)
+    # Killing the docker client (above) leaves its container running: a
+    # test or migration of the dead worker's would go on and on.
+    removed = containers.remove_for_deployment(str(deployment.public_id))
+    if removed:
+        log.warning("removed the containers %s of deployment %s", ", ".join(removed), deployment.pk)
     if deployment.workdir:
         shutil.rmtree(deployment.workdir, ignore_errors=True)
     queue.dispatch_next(deployment.app_id)

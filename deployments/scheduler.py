@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from apps_registry.models import App
-from deployments import appdb, appenv, runner
+from deployments import appdb, appenv, containers, runner
 from deployments.appenv import StepContext
 from deployments.models import CronJob, CronRun
 from deployments.outcomes import StepFailed
@@ -178,18 +178,8 @@ def run_job(job_id: int) -> CronRun | None:
     env = {**job.env, **appenv.database_env(job.app.infraspec)}
     exit_code = None
     try:
-        with appenv.env_file(env) as path:
-            argv = [
-                "docker", "run", "--rm",
-                "--name", container,
-                "--network", "host",
-                "--env-file", path,
-                "--label", f"norn.app={job.app.name}",
-                "--label", f"norn.cron-run={run.pk}",
-                job.image,
-                *job.command,
-            ]
-            result = runner.run(
+        result = containers.run(
+            lambda argv, timeout: runner.run(
                 argv,
                 env=runner.host_env(),
                 timeout=timeout,
@@ -197,24 +187,28 @@ def run_job(job_id: int) -> CronRun | None:
                 # The output is shown on the dashboard; as in the pipeline,
                 # the database password never is.
                 redact=runner.Redactor(appdb.secrets()),
-            )
+            ),
+            name=container,
+            app_name=job.app.name,
+            purpose="cron",
+            deployment=None,
+            image=job.image,
+            command=job.command,
+            env=env,
+            timeout=timeout,
+            labels={"norn.cron-run": run.pk},
+        )
         exit_code = result.returncode
     except runner.TimedOut as exc:
         output.append(f"\n[norn] the run {exc} and was stopped\n")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, runner.CommandError) as exc:
         output.append(f"\n[norn] the run could not be started: {exc}\n")
     finally:
         if exit_code is None:
-            _force_remove(container)
+            # Killing the docker client does not stop the container.
+            containers.remove(container)
         run.exit_code = exit_code
         run.output = output.text()
         run.finished_at = timezone.now()
         run.save(update_fields=["exit_code", "output", "finished_at"])
     return run
-
-
-def _force_remove(container):
-    try:
-        runner.run(["docker", "rm", "--force", container], env=runner.host_env(), timeout=60)
-    except (OSError, runner.CommandError):
-        log.exception("could not remove cron container %s", container)

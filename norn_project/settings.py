@@ -361,6 +361,24 @@ NORN_HEARTBEAT_TIMEOUT = envint("NORN_HEARTBEAT_TIMEOUT", 60, minimum=5, maximum
 # A cron run is stopped after this long; it must end before the task queue's
 # own timeout (NORN_TASK_TIMEOUT) kills the worker, so the run is recorded.
 NORN_CRON_TIMEOUT = envint("NORN_CRON_TIMEOUT", 3000, minimum=1, maximum=86400)
+# Limits of every container Norn runs app code in: the app's own container
+# and the throwaway ones of build.test, migrations.command and cron runs
+# (deployments/containers.py). NORN_CONTAINER_CPUS: a number of CPUs (docker
+# --cpus), NORN_CONTAINER_MEMORY: docker --memory (512m, 1g; swap included),
+# NORN_CONTAINER_PIDS: processes at most (a fork bomb stops there).
+NORN_CONTAINER_CPUS = env("NORN_CONTAINER_CPUS") or "1"
+if not re.fullmatch(r"\d+(\.\d+)?", NORN_CONTAINER_CPUS) or float(NORN_CONTAINER_CPUS) <= 0:
+    raise ImproperlyConfigured(
+        f"NORN_CONTAINER_CPUS={NORN_CONTAINER_CPUS!r} is not a positive number of CPUs, e.g. 1 or 0.5"
+    )
+NORN_CONTAINER_MEMORY = (env("NORN_CONTAINER_MEMORY") or "512m").lower()
+_memory = re.fullmatch(r"(\d+)([kmg]?)", NORN_CONTAINER_MEMORY)
+# 6 MiB is the least docker accepts.
+if not _memory or int(_memory[1]) * 1024 ** " kmg".index(_memory[2] or " ") < 6 * 1024 ** 2:
+    raise ImproperlyConfigured(
+        f"NORN_CONTAINER_MEMORY={NORN_CONTAINER_MEMORY!r} is not a memory size of at least 6m, e.g. 512m or 1g"
+    )
+NORN_CONTAINER_PIDS = envint("NORN_CONTAINER_PIDS", 512, minimum=16, maximum=1_000_000)
 # Kubernetes runtime: a kubeconfig file and context (default: $KUBECONFIG or
 # ~/.kube/config and its current context, else the in-cluster service account).
 NORN_KUBECONFIG = env("NORN_KUBECONFIG") or None

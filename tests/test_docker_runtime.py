@@ -19,6 +19,7 @@ import urllib.request
 import pytest
 
 from deployments import appdb, appenv, proxy, runner
+from deployments import containers as oneoff
 from deployments.runtimes import docker as runtime
 from deployments.runtimes import dockerengine, dockerswitch
 from deployments.outcomes import StepFailed
@@ -26,8 +27,10 @@ from tests.support.contexts import parse_spec, step_context
 from tests.support.docker_images import docker, docker_build
 
 # busybox sh as PID 1 ignores SIGTERM unless it traps it; without the trap
-# every `docker stop` would wait out the whole grace period.
-SERVE = 'CMD trap "exit 0" TERM; httpd -f -p "127.0.0.1:$PORT" -h /www & wait\n'
+# every `docker stop` would wait out the whole grace period. The app listens
+# on every interface of its container: Docker publishes $PORT on the host's
+# 127.0.0.1 (the container is on its app's network, not the host's).
+SERVE = 'CMD trap "exit 0" TERM; httpd -f -p "$PORT" -h /www & wait\n'
 IMAGE_PATH = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"  # set by norn-busybox:1
 
 
@@ -82,6 +85,7 @@ def remove_app_containers(name):
     ids = docker(["ps", "--all", "--quiet", "--filter", f"label=norn.app={name}"]).stdout.split()
     if ids:
         docker(["rm", "--force", *ids], check=False)
+    docker(["network", "rm", f"norn-{name}"], check=False)
 
 
 @pytest.fixture
@@ -183,15 +187,19 @@ def test_first_deploy_serves_the_public_port_through_the_proxy(tmp_path, images,
     config = docker(
         ["inspect", "--format", "{{.HostConfig.NetworkMode}} {{.HostConfig.RestartPolicy.Name}}", f"norn-{app}"]
     ).stdout.split()
-    assert config == ["host", "unless-stopped"]
+    # Its own network, never the host's.
+    assert config == [f"norn-{app}", "unless-stopped"]
     state = runtime.status(app)
     assert state["running"] and state["state"] == "running"
     assert state["image"] == images["v1"]
     assert state["deployment"] == ctx.public_id
     backend = state["backend_port"]
     assert state["port"] == port and backend not in (None, port)
-    # The container itself listens on its backend port; the proxy on the public one.
+    # The container itself listens on its backend port, published on the
+    # host's 127.0.0.1 only; the proxy on the public one.
     assert fetch(backend) == "v1\n"
+    ports = json.loads(docker(["inspect", "--format", "{{json .HostConfig.PortBindings}}", f"norn-{app}"]).stdout)
+    assert ports == {f"{backend}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(backend)}]}
     assert proxy.route(app) == {"port": port, "backend": backend}
     lines = ctx.lines()
     assert any(line.startswith("Started the Norn proxy (pid ") for line in lines)
@@ -407,7 +415,8 @@ def run_next(app, image, port):
     running on a backend port of its own. Returns (its id, its backend port)."""
     backend = free_port()
     docker([
-        "run", "--detach", "--name", f"norn-{app}-next", "--network", "host", "--env", f"PORT={backend}",
+        "run", "--detach", "--name", f"norn-{app}-next", "--network", oneoff.ensure_network(app),
+        "--publish", f"127.0.0.1:{backend}:{backend}", "--env", f"PORT={backend}",
         "--label", f"norn.app={app}", "--label", f"norn.port={port}", "--label", f"norn.backend-port={backend}",
         image,
     ])

@@ -14,8 +14,18 @@ from django.db import connection
 from deployments import appdb, pipeline, runner, states, transitions
 from deployments.models import Deployment, Event, Snapshot
 from deployments.requests import DeployRequestError, request_deployment
+from tests.support.docker_images import docker
+from tests.support.networks import remove_networks_of_apps_dir
+from tests.support.psql_image import ensure_psql_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def remove_networks(apps_dir):
+    # Test and migrate containers join their app's network, created on demand.
+    yield
+    remove_networks_of_apps_dir(apps_dir)
 
 DOCKERFILE = "FROM norn-busybox:1\nCOPY . /app\nCMD [\"sh\", \"-c\", \"sleep 3600\"]\n"
 
@@ -115,7 +125,9 @@ def test_snapshot_then_failed_migration_names_the_restore(make_app, deploy_now, 
         conn.execute("CREATE TABLE items (id int primary key, name text)")
         conn.execute("INSERT INTO items VALUES (1, 'kept'), (2, 'also kept')")
     migrate = 'psql -v ON_ERROR_STOP=1 -c "DELETE FROM items WHERE id = 2" -c "SELECT no_such_function()"'
-    make_app("migfail", spec("migfail", migrations=migrate, database=db), {"Dockerfile": DOCKERFILE})
+    # The migration runs in the app's image, so the image brings its psql.
+    dockerfile = DOCKERFILE.replace(busybox_image, ensure_psql_image())
+    make_app("migfail", spec("migfail", migrations=migrate, database=db), {"Dockerfile": dockerfile})
     deployment = deploy_now("migfail")
     assert deployment.status == "failed"
     snapshot = Snapshot.objects.get(deployment=deployment)
@@ -171,9 +183,11 @@ def test_step_timeout_kills_the_command(make_app, deploy_now, busybox_image, set
 
 
 def test_cancel_a_running_deployment(make_app, norn_dirs, busybox_image, tmp_path):
-    marker = tmp_path / "child.pid"
-    make_app("cancelme", spec("cancelme", test=f"sleep 300 & echo $! > {marker}; wait"), {"Dockerfile": DOCKERFILE})
+    # The test command runs in a container with the checked-out tree as its
+    # working directory: the marker appears there, in the work directory.
+    make_app("cancelme", spec("cancelme", test="sleep 300 & echo $! > child.pid; wait"), {"Dockerfile": DOCKERFILE})
     deployment = request_deployment("cancelme")
+    marker = pipeline.Path(norn_dirs.NORN_WORK_DIR) / str(deployment.public_id) / "src" / "child.pid"
     def work():
         try:
             pipeline.execute(deployment.pk)
@@ -186,7 +200,8 @@ def test_cancel_a_running_deployment(make_app, norn_dirs, busybox_image, tmp_pat
     while not marker.exists() or not marker.read_text().strip():
         assert time.monotonic() < deadline, "test step never started"
         time.sleep(0.1)
-    child = int(marker.read_text())
+    running = docker(["ps", "--quiet", "--filter", f"label=norn.deployment={deployment.public_id}"]).stdout.split()
+    assert len(running) == 1
     cancelled_at = time.monotonic()
     transitions.request_cancel(deployment, "alice (cli)")
     worker.join(timeout=30)
@@ -196,8 +211,8 @@ def test_cancel_a_running_deployment(make_app, norn_dirs, busybox_image, tmp_pat
     assert deployment.status == "failed"
     assert deployment.error == "cancelled by alice (cli)"
     assert step_table(deployment)["cleanup"] == ("succeeded", "")
-    # The whole process tree is gone, not just the shell.
-    assert not runner.pid_alive(child)
+    # The container is gone, not just the docker client that ran it.
+    assert docker(["ps", "--all", "--quiet", "--filter", f"id={running[0]}"]).stdout.strip() == ""
     assert deployment.events.filter(kind="deploy.cancelled", payload__by="alice (cli)").exists()
 
 
@@ -304,15 +319,27 @@ def test_steps_without_their_spec_are_skipped_with_the_reason(make_app, deploy_n
     assert deployment.image == f"nobuild:{sha}"
 
 
-def test_cleanup_failure_is_recorded_but_never_fails_the_deployment(make_app, deploy_now, busybox_image, tmp_path):
+def test_cleanup_failure_is_recorded_but_never_fails_the_deployment(make_app, norn_dirs, busybox_image, tmp_path):
     from tests.support.git_servers import make_repo
 
     repo = make_repo(tmp_path / "repos", "pinned", {"Dockerfile": DOCKERFILE})
-    build = "build:\n  test: touch pinned && chattr +i pinned\n"
+    # The test container has no capabilities, so it cannot make a file
+    # immutable itself: it waits while this test does, on the host.
+    build = "build:\n  test: touch pinned; while [ ! -e go ]; do sleep 0.1; done\n"
     make_app("pinned", CRON_APP.format(name="pinned", url=repo.file_url, build=build))
-    deployment = deploy_now("pinned")
-    workdir = pipeline.Path(deployment.workdir)
+    deployment = request_deployment("pinned")
+    workdir = pipeline.Path(norn_dirs.NORN_WORK_DIR) / str(deployment.public_id)
+    worker = threading.Thread(target=lambda: (pipeline.execute(deployment.pk), connection.close()))
+    worker.start()
     try:
+        deadline = time.monotonic() + 60
+        while not (workdir / "src" / "pinned").exists():
+            assert time.monotonic() < deadline, "test step never started"
+            time.sleep(0.1)
+        subprocess.run(["chattr", "+i", str(workdir / "src" / "pinned")], check=True)
+        (workdir / "src" / "go").touch()
+        worker.join(timeout=60)
+        deployment.refresh_from_db()
         assert deployment.status == "deployed", deployment.error
         cleanup = deployment.steps.get(name="cleanup")
         assert cleanup.status == "failed"

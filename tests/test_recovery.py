@@ -16,6 +16,7 @@ from deployments.runtimes import docker as docker_runtime
 from deployments.models import Deployment, Step
 from deployments.requests import request_deployment
 from tests.support.cluster import Cluster, wait_for
+from tests.support.docker_images import docker
 from tests.support.git_servers import make_repo
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -67,7 +68,7 @@ def alive(pid):
 @pytest.fixture
 def remove_containers():
     yield
-    docker_runtime.remove("crashy")
+    docker_runtime.remove("crashy")  # and its network
 
 
 @pytest.mark.parametrize("step", list(SLOW))
@@ -107,6 +108,10 @@ def test_sigkill_of_a_worker_mid_step_is_recovered(step, make_app, norn_dirs, bu
         wait_for(lambda: not workdir.exists(), timeout=60, message="work directory removal")
         if pgid:
             wait_for(lambda: not alive(pgid), timeout=10, message="the step's process group to die")
+        # The test and migrate commands ran in throwaway containers, which
+        # outlive the killed docker client: recovery removes them too.
+        assert docker(["ps", "--all", "--quiet", "--filter", f"label=norn.deployment={deployment.public_id}",
+                       "--filter", "label=norn.purpose"]).stdout.strip() == ""
         assert deployment.events.filter(kind="deploy.failed").exists()
 
         # The app is unlocked: its next deployment gets claimed (and is not

@@ -2,6 +2,7 @@
 run_job runs the command in it on the real Docker engine, recording the run."""
 
 import ast
+import re
 import secrets
 import uuid
 
@@ -16,6 +17,7 @@ from deployments.models import CronJob, CronRun, Deployment
 from deployments.steps import StepFailed
 from tests.support.contexts import step_context
 from tests.support.docker_images import docker, docker_build
+from tests.support.networks import remove_app_network
 
 pytestmark = pytest.mark.django_db
 
@@ -56,6 +58,7 @@ def cron_app(tmp_path):
     ids = docker(["ps", "--all", "--quiet", "--filter", f"label=norn.app={name}"]).stdout.split()
     if ids:
         docker(["rm", "--force", *ids], check=False)
+    remove_app_network(name)
 
 
 def make_ctx(app, deployment, image):

@@ -9,7 +9,7 @@ dockerengine.py has the container basics.
 
 import dataclasses
 
-from deployments import proxy
+from deployments import containers, proxy, runner
 from deployments.appenv import StepContext, container_env, env_problem
 from deployments.outcomes import StepFailed
 from deployments.runtimes import dockerswitch
@@ -187,7 +187,7 @@ def status(app_name: str) -> dict | None:
 
 def remove(app_name: str) -> list[str]:
     """Stop serving the app's public port, and stop and remove its container
-    (and a leftover -next one).
+    (and a leftover -next one) and its network.
 
     Returns the names removed; raises DockerError when docker fails.
     """
@@ -202,4 +202,10 @@ def remove(app_name: str) -> list[str]:
         if returncode != 0:
             raise DockerError(f"docker rm --force {name} failed: {output.strip()}")
         removed.append(name)
+    # The app's network goes with its last container (a cron app's runs use it too,
+    # and recreate it on demand).
+    try:
+        containers.remove_network(app_name)
+    except (OSError, runner.CommandError) as exc:
+        raise DockerError(str(exc)) from exc
     return removed

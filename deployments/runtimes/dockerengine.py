@@ -7,7 +7,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 
-from deployments import runner
+from deployments import containers, proxy, runner
 from deployments.appenv import StepContext, env_file
 from deployments.outcomes import StepFailed
 from deployments.runner import host_env
@@ -48,14 +48,28 @@ def container_name(app_name: str) -> str:
     return f"norn-{app_name}"
 
 
-def create(ctx: StepContext, next_name: str, env: dict[str, str], labels: dict | None = None) -> None:
-    """docker create the new container; the environment goes in through a file."""
+def create(ctx: StepContext, next_name: str, env: dict[str, str], labels: dict | None = None,
+           backend: int | None = None) -> None:
+    """docker create the new container; the environment goes in through a file.
+
+    It joins the app's own network (containers.ensure_network), never the
+    host's: Norn's database, Redis and web port are not reachable from it,
+    nor are other apps' containers. `backend` (it listens on $PORT = backend)
+    is published on 127.0.0.1 only, where the proxy and the health checks
+    reach it.
+    """
+    try:
+        # Asked afresh: `manage.py undeploy` may have removed it since.
+        network = containers.ensure_network(ctx.app_name, cached=False)
+    except (OSError, runner.CommandError) as exc:
+        raise StepFailed(str(exc)) from None
     argv = [
         "docker", "create",
         "--name", next_name,
-        # The app reaches PostgreSQL on 127.0.0.1 and listens on $PORT,
-        # exactly as it would when run on this host by hand.
-        "--network", "host",
+        "--network", network,
+        # The app's database server is reached at host.docker.internal.
+        *containers.ADD_HOST,
+        *containers.limits(),
         # A tiny init as PID 1 passes SIGTERM on: many apps (busybox httpd,
         # a shell script) ignore it as PID 1, and every stop would wait out
         # the whole grace period.
@@ -65,12 +79,14 @@ def create(ctx: StepContext, next_name: str, env: dict[str, str], labels: dict |
         "--label", f"norn.deployment={ctx.public_id}",
         "--label", f"norn.image={ctx.image}",
     ]
+    if backend is not None:
+        argv += ["--publish", f"{proxy.BACKEND_HOST}:{backend}:{backend}"]
     for key, value in (labels or {}).items():
         argv += ["--label", f"{key}={value}"]
     with env_file(env) as path:
         # docker reads the file here, client side, and stores the values in
         # the container's config; the file is not needed after create.
-        ctx.log(f"Creating {next_name} from {ctx.image}")
+        ctx.log(f"Creating {next_name} from {ctx.image} on the network {network}")
         ctx.run([*argv, "--env-file", path, ctx.image], timeout=CREATE_TIMEOUT)
 
 

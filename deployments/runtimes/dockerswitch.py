@@ -81,7 +81,7 @@ def replace_behind_proxy(ctx: StepContext, name: str, next_name: str, previous: 
                 "share one: change `port` in one of their infraspecs"
             )
     backend = _free_backend_port(port)
-    create(ctx, next_name, {**env, "PORT": backend}, {"norn.port": port, "norn.backend-port": backend})
+    create(ctx, next_name, {**env, "PORT": backend}, {"norn.port": port, "norn.backend-port": backend}, backend)
 
     was_running = bool(previous and previous["state"].get("Running"))
     old_backend = label_int(previous, "norn.backend-port") if previous else None
@@ -250,10 +250,25 @@ def _check(ctx, backend):
     return accepts(backend)
 
 
+# How long a connection must stay open to count as accepted (accepts()).
+ACCEPT_SETTLE = 0.3
+
+
 def accepts(port: int, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
-    """(True if 127.0.0.1:port accepts a TCP connection, what happened)."""
+    """(True if 127.0.0.1:port accepts a TCP connection, what happened).
+
+    Docker's port publisher accepts every connection itself and closes it at
+    once when nothing listens in the container, so a connection only counts
+    when it stays open (or the app speaks first).
+    """
     try:
-        with socket.create_connection((proxy.BACKEND_HOST, port), timeout=timeout):
+        with socket.create_connection((proxy.BACKEND_HOST, port), timeout=timeout) as conn:
+            conn.settimeout(ACCEPT_SETTLE)
+            try:
+                if conn.recv(1) == b"":
+                    return False, f"{proxy.BACKEND_HOST}:{port}: closed at once (nothing listens in the container yet)"
+            except TimeoutError:
+                pass
             return True, f"{proxy.BACKEND_HOST}:{port} accepts connections"
     except OSError as exc:
         return False, f"{proxy.BACKEND_HOST}:{port}: {exc.strerror or exc}"

@@ -7,13 +7,14 @@ A step module has `run(ctx)`. It returns normally when it succeeded, raises
 themselves, except the snapshot step's Snapshot row.
 """
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
 
 from apps_registry.spec import Spec
-from deployments import runner
+from deployments import containers, runner
 from deployments.outcomes import Skip, StepFailed
 from deployments.runner import host_env
 
@@ -89,6 +90,41 @@ class Context:
         if check and result.returncode != 0:
             raise StepFailed(
                 f"{Path(str(argv[0])).name} exited with status {result.returncode}"
+                + (f":\n{runner.tail_lines(result.tail, 10)}" if result.tail.strip() else "")
+            )
+        return result
+
+    def run_in_container(self, purpose: str, command: str, *, env: dict[str, str], setting: str,
+                         workspace: Path | None = None) -> runner.Result:
+        """Run the infraspec's shell command `command` with `sh -c` in a
+        throwaway container of ctx.image (deployments/containers.py),
+        streaming its output into the step; StepFailed when it exits non-zero
+        or the image has no /bin/sh (`setting` names the infraspec key)."""
+        self.log(f"$ sh -c {shlex.quote(command)}")
+        self.log(f"  (in a throwaway container of {self.image} on the network {containers.network_name(self.app_name)})")
+        try:
+            result = containers.run(
+                lambda argv, timeout: self.run(argv, check=False, echo=False, timeout=timeout),
+                name=f"norn-{self.app_name}-{purpose}-{self.public_id[:12]}",
+                app_name=self.app_name,
+                purpose=purpose,
+                deployment=self.public_id,
+                image=self.image,
+                command=[command],
+                env=env,
+                timeout=self.timeout,
+                workspace=str(workspace) if workspace else None,
+                shell=True,
+            )
+        except containers.NoShell as exc:
+            raise StepFailed(
+                f"{exc}: {setting} is a shell command, run with /bin/sh -c in a container of the "
+                "app's image, so the image needs /bin/sh (a distroless or FROM scratch image has none; "
+                "add a shell, e.g. busybox, or build FROM an image that has one)"
+            ) from None
+        if result.returncode != 0:
+            raise StepFailed(
+                f"sh exited with status {result.returncode}"
                 + (f":\n{runner.tail_lines(result.tail, 10)}" if result.tail.strip() else "")
             )
         return result

@@ -1,22 +1,30 @@
-"""Migrate: run migrations.command with the app database's URL in its environment.
+"""Migrate: run migrations.command in the new image, with the app's own database
+credentials (a throwaway container on Docker, a Job on Kubernetes).
 
 On failure the pipeline stops, and the error names the snapshot taken just
 before and the command that restores it.
 """
 
-from deployments import appdb
+from deployments import appdb, appenv
 from deployments.steps import Context, Skip, StepFailed
 
 
 def run(ctx: Context) -> None:
     if not ctx.spec.migrations:
         raise Skip("no migrations.command in infraspec.yaml")
-    env = ctx.app_env()
-    if ctx.spec.postgres:
-        env.update(appdb.pg_env(ctx.spec.postgres.database))
-        env["DATABASE_URL"] = appdb.database_url(ctx.spec.postgres.database)
+    command = ctx.spec.migrations.command
     try:
-        ctx.run(["sh", "-c", ctx.spec.migrations.command], cwd=ctx.workdir / "src", env=env)
+        if ctx.runtime == "kubernetes":
+            # Imported here: a single-host Norn never loads the Kubernetes client.
+            from deployments.runtimes import kubejobs
+
+            kubejobs.run(ctx, purpose="migrate", command=command)
+        else:
+            # Like a release phase: the new image, not the checked-out tree,
+            # and no working directory of Norn's.
+            ctx.run_in_container(
+                "migrate", command, env=appenv.container_env(ctx, port=False), setting="migrations.command"
+            )
     except StepFailed as exc:
         raise StepFailed(f"{exc}\n{restore_advice(ctx)}") from None
 
