@@ -61,10 +61,27 @@ def fail(deployment):
     removed = containers.remove_for_deployment(str(deployment.public_id))
     if removed:
         log.warning("removed the containers %s of deployment %s", ", ".join(removed), deployment.pk)
+    if deployment.runtime == "kubernetes":
+        _remove_jobs(deployment)
     if deployment.workdir:
         shutil.rmtree(deployment.workdir, ignore_errors=True)
     queue.dispatch_next(deployment.app_id)
     return True
+
+
+def _remove_jobs(deployment):
+    """A migration Job the dead worker was waiting for would run on unwatched;
+    its TTL (kubejobs) is only the backstop."""
+    # Imported here: a single-host Norn never loads the Kubernetes client.
+    from deployments.runtimes import kubeclient, kubejobs
+
+    try:
+        removed = kubejobs.remove_jobs(str(deployment.public_id), deployment.app.infraspec.namespace)
+    except kubeclient.KubernetesError as exc:
+        log.warning("could not remove the Jobs of deployment %s: %s", deployment.pk, exc)
+        return
+    if removed:
+        log.warning("removed the Jobs %s of deployment %s", ", ".join(removed), deployment.pk)
 
 
 def _kill_leftovers(deployment):

@@ -56,8 +56,12 @@ def norn_dirs(tmp_path, settings):
 
 @pytest.fixture
 def make_app(apps_dir, write_spec):
-    """make_app("name", spec_yaml, files={...}) -> the app's directory, synced."""
+    """make_app("name", spec_yaml, files={...}) -> the app's directory, synced.
+
+    Afterwards the apps' Docker networks (norn-<app>) are removed: Docker's
+    default address pools hold only about 30 of them."""
     from apps_registry import discovery
+    from tests.support.networks import remove_networks_of_apps_dir
 
     def make(name, spec, files=None):
         write_spec(name, spec)
@@ -69,7 +73,8 @@ def make_app(apps_dir, write_spec):
         discovery.forget_fingerprint()
         return apps_dir / name
 
-    return make
+    yield make
+    remove_networks_of_apps_dir(apps_dir)
 
 
 @pytest.fixture
@@ -89,11 +94,15 @@ def deploy_now(norn_dirs):
 
 @pytest.fixture(scope="session")
 def busybox_image():
-    """The locally built base image that test Dockerfiles start FROM."""
+    """The locally built base image that test Dockerfiles start FROM (and
+    norn-psql:1, the same plus psql, for apps whose migrations use it: they
+    run in the app's image)."""
     from tests.support.docker_images import docker_available, ensure_busybox_base_image
+    from tests.support.psql_image import ensure_psql_image
 
     if not docker_available():
         pytest.fail("no Docker engine: run scripts/services")
+    ensure_psql_image()
     return ensure_busybox_base_image()
 
 

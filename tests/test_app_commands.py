@@ -23,7 +23,7 @@ from tests.support.fake_kubernetes import FakeKubernetes
 
 pytestmark = pytest.mark.django_db
 
-SERVE = 'CMD trap "exit 0" TERM; httpd -f -p "127.0.0.1:$PORT" -h /www & wait\n'
+SERVE = 'CMD trap "exit 0" TERM; httpd -f -p "$PORT" -h /www & wait\n'
 
 
 @pytest.fixture(scope="module")

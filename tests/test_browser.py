@@ -455,11 +455,15 @@ def test_a_failed_migration_shows_the_restore_command_live(
     page, daphne, operator, make_app, norn_dirs, busybox_image, app_database, tmp_path
 ):
     database = app_database("ledger")
-    repo = make_repo(tmp_path / "repos", "ledger", {"migrations/0002.sql": "SELECT broken(\n"})
+    repo = make_repo(tmp_path / "repos", "ledger", {
+        "migrations/0002.sql": "SELECT broken(\n",
+        # Migrations run in the app's image: psql and the SQL files are in it.
+        "Dockerfile": "FROM norn-psql:1\nCOPY migrations/ /migrations/\n",
+    })
     migrate = "echo 'applying 0002'; sleep 1; psql -v ON_ERROR_STOP=1 -f migrations/0002.sql"
-    # No build section: nothing to build or test, so the failure comes quickly.
+    # No build.test: nothing to test, so the failure comes quickly.
     make_app("ledger", cron_spec(
-        "ledger", repo, f"services:\n  postgres:\n    database: {database}\nmigrations:\n  command: {json.dumps(migrate)}\n"
+        "ledger", repo, f"build: {{}}\nservices:\n  postgres:\n    database: {database}\nmigrations:\n  command: {json.dumps(migrate)}\n"
     ))
     deployment = request_deployment("ledger", user=operator, via="dashboard")
     watch = open_live_page(page, daphne, deployment)
@@ -472,7 +476,7 @@ def test_a_failed_migration_shows_the_restore_command_live(
     watch.assert_followed_every_step_live()
     final = watch.frames()[-1]["steps"]
     assert {name: final[name]["status"] for name in STEPS} == {
-        "clone": "succeeded", "build": "skipped", "test": "skipped",
+        "clone": "succeeded", "build": "succeeded", "test": "skipped",
         "snapshot": "succeeded", "migrate": "failed", "deploy": "skipped", "cleanup": "succeeded",
     }
     assert watch.history("migrate") == ["pending", "running", "failed"]

@@ -22,7 +22,7 @@ from tests.support.git_servers import GitHttpServer, make_repo
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SERVE = 'CMD trap "exit 0" TERM; mkdir -p /tmp/www && cp -r /www/. /tmp/www/ && echo ok > /tmp/www/healthz && httpd -f -p "127.0.0.1:$PORT" -h /tmp/www & wait\n'
+SERVE = 'CMD trap "exit 0" TERM; mkdir -p /tmp/www && cp -r /www/. /tmp/www/ && echo ok > /tmp/www/healthz && httpd -f -p "$PORT" -h /tmp/www & wait\n'
 
 
 def free_port():
@@ -33,7 +33,7 @@ def free_port():
 
 def web_files(page):
     return {
-        "Dockerfile": "FROM norn-busybox:1\nCOPY www/ /www/\n" + SERVE,
+        "Dockerfile": "FROM norn-psql:1\nCOPY www/ /www/\nCOPY migrations/ /migrations/\n" + SERVE,
         "www/index.html": page,
         "migrations/001.sql": "CREATE TABLE IF NOT EXISTS visits (id serial primary key);\n",
     }
@@ -115,7 +115,7 @@ def test_failed_migration_exits_nonzero_and_prints_the_restore_command(cluster, 
     assert result.returncode == 1
     assert "  migrate   ✗ failed" in result.stdout
     assert "syntax error" in result.stdout  # the tail of the failing output
-    assert appdb.restore_command(db, "") in result.stdout
+    assert appdb.restore_command(db, "", app="mig") in result.stdout
     assert "  deploy    – skipped: migrate failed" in result.stdout
     assert "  cleanup   ✓ succeeded" in result.stdout
 
@@ -264,7 +264,7 @@ def test_no_secret_anywhere_after_a_deploy(cluster, make_app, tmp_path, containe
 
 def test_rollback_and_restore_snapshot_commands(cluster, make_app, app_database, tmp_path):
     db = app_database("cli")
-    repo = make_repo(tmp_path / "repos", "clijob", {"Dockerfile": "FROM norn-busybox:1\n"})
+    repo = make_repo(tmp_path / "repos", "clijob", {"Dockerfile": "FROM norn-psql:1\n"})
     make_app("clijob", (
         f"app: clijob\nrole: cron\nrepo:\n  url: {repo.file_url}\nbuild: {{}}\nschedule: '0 1 * * *'\ncommand: echo hi\n"
         f"services:\n  postgres:\n    database: {db}\nmigrations:\n  command: psql -c 'CREATE TABLE IF NOT EXISTS t (i int)'\n"
@@ -273,7 +273,7 @@ def test_rollback_and_restore_snapshot_commands(cluster, make_app, app_database,
     nothing = manage(cluster, "rollback", "clijob")
     assert nothing.returncode == 2 and "no earlier successful deployment" in nothing.stderr
     first = Deployment.objects.get()
-    repo.commit({"Dockerfile": "FROM norn-busybox:1\nENV V=2\n"}, "v2")
+    repo.commit({"Dockerfile": "FROM norn-psql:1\nENV V=2\n"}, "v2")
     assert manage(cluster, "deploy", "clijob").returncode == 0
 
     result = manage(cluster, "rollback", "clijob")

@@ -134,7 +134,7 @@ def test_snapshot_then_failed_migration_names_the_restore(make_app, deploy_now, 
     assert snapshot.database == db and snapshot.size > 0 and len(snapshot.sha256) == 64
     assert pipeline.Path(snapshot.path).name.startswith(f"{db}_{deployment.commit_sha[:12]}_")
     assert f"Restore snapshot {snapshot.pk} ({snapshot.path}" in deployment.error
-    assert appdb.restore_command(db, snapshot.path) in deployment.error
+    assert appdb.restore_command(db, snapshot.path, app="migfail") in deployment.error
     assert step_table(deployment)["deploy"] == ("skipped", "migrate failed")
     # The snapshot really restores the pre-migration state.
     def count():

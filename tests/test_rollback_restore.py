@@ -17,7 +17,7 @@ from tests.support.git_servers import make_repo
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-DOCKERFILE = "FROM norn-busybox:1\nCMD [\"sh\", \"-c\", \"echo run\"]\n"
+DOCKERFILE = "FROM norn-psql:1\nCMD [\"sh\", \"-c\", \"echo run\"]\n"
 
 
 def sql(db, *statements):

@@ -2,7 +2,6 @@
 run_job runs the command in it on the real Docker engine, recording the run."""
 
 import ast
-import re
 import secrets
 import uuid
 

@@ -36,5 +36,5 @@ def restore_advice(ctx: Context) -> str:
     return (
         f"The database may be partly migrated. Restore snapshot {snapshot.pk} "
         f"({snapshot.path}, taken just before) with:\n"
-        f"  {appdb.restore_command(snapshot.database, snapshot.path)}"
+        f"  {appdb.restore_command(snapshot.database, snapshot.path, app=ctx.app_name)}"
     )
