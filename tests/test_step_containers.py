@@ -124,6 +124,21 @@ def test_hostile_code_cannot_read_norns_files_or_write_outside_its_tree(tmp_path
     assert (tmp_path / "deployment" / "src" / "written-here").read_text() == "mine\n"
 
 
+def test_an_image_whose_user_is_not_root_can_write_in_its_tree(tmp_path, app, busybox_image):
+    # Norn's own user owns the checkout; the image runs as another user with
+    # no capabilities, so only the tree's "other" bits can let it write.
+    context = tmp_path / "image"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {busybox_image}\nUSER 4321:4321\n")
+    image = docker_build(context, f"norn-test-uid-{app}:1")
+    ctx = make_ctx(tmp_path / "deployment", app, image, test="id -u; mkdir -p cache && echo built > cache/out")
+    (tmp_path / "deployment" / "src" / "existing.txt").write_text("from git\n")
+    (tmp_path / "deployment" / "src" / "existing.txt").chmod(0o644)
+    test_step.run(ctx)
+    assert "4321" in ctx.text()
+    assert (tmp_path / "deployment" / "src" / "cache" / "out").read_text() == "built\n"
+
+
 def test_failed_migration_keeps_its_restore_advice(tmp_path, app, busybox_image):
     ctx = make_ctx(tmp_path, app, busybox_image, migrate="echo broken; exit 3")
     with pytest.raises(StepFailed) as failed:
