@@ -140,7 +140,7 @@ def repo_url_problem(url):
     if parts.scheme not in REPO_SCHEMES:
         return f"has scheme {parts.scheme or '(none)'!r}; use one of {', '.join(REPO_SCHEMES)}, user@host:path or an absolute path"
     if parts.password is not None:
-        return "contains a password or token; put it in NORN_GIT_CREDENTIALS instead"
+        return "contains a password or token; put it in NORN_GIT_CREDENTIALS or NORN_GIT_TOKEN instead"
     if parts.scheme != "file" and not parts.hostname:
         return "has no host"
     return None

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from deployments import runner
+from deployments import appdb, runner
 from deployments.outcomes import StepFailed
 from deployments.runtimes import kubejobs, kubemanifests
 from tests.support.contexts import parse_spec, step_context
@@ -153,13 +153,16 @@ def test_job_gets_the_apps_secret_env_and_none_of_norns(kube, tmp_path, busybox_
     # Norn's own secrets, in the environment of the process that starts the Job.
     monkeypatch.setenv("SECRET_KEY", "norn-secret-key-canary")
     monkeypatch.setenv("NORN_GIT_TOKEN", "norn-git-token-canary")
-    settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "PASSWORD": "app-db-password-canary",
-                                   "USER": "someone", "HOST": "db.example", "PORT": 5433}
+    # Norn's admin password for the apps' server: it must never reach the Job.
+    admin = settings.NORN_APP_DATABASES or {"HOST": "127.0.0.1", "PORT": 5433, "USER": "norn_admin", "NAME": "postgres"}
+    settings.NORN_APP_DATABASES = {**admin, "PASSWORD": "admin-db-password-canary"}
     # A stale Secret from an earlier deploy: the Job must see this deployment's values.
     kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{APP}-norn-env"},
                  "stringData": {"DATABASE_URL": "postgres://stale"}})
     ctx = make_ctx(tmp_path, busybox_image, database="mig_db")
-    expected = "postgres://someone:app-db-password-canary@db.example:5433/mig_db"
+    # The app's own role, at the host containers use (appdb.container_env).
+    own = appdb.container_env(APP, "mig_db")
+    expected, password = own["DATABASE_URL"], own["PGPASSWORD"]
 
     kubejobs.run(ctx, purpose="migrate", command=(
         'echo "url-md5 $(printf %s "$DATABASE_URL" | md5sum)"; echo "pgpassword-md5 $(printf %s "$PGPASSWORD" | '
@@ -167,17 +170,17 @@ def test_job_gets_the_apps_secret_env_and_none_of_norns(kube, tmp_path, busybox_
 
     text = ctx.text()
     assert f"url-md5 {hashlib.md5(expected.encode()).hexdigest()}" in text
-    assert f"pgpassword-md5 {hashlib.md5(b'app-db-password-canary').hexdigest()}" in text
+    assert f"pgpassword-md5 {hashlib.md5(password.encode()).hexdigest()}" in text
     env = {line[5:].split("=", 1)[0]: line[5:].split("=", 1)[1] for line in ctx.lines()
            if line.startswith("env: ") and "=" in line}
     assert env["NORN_APP"] == APP and env["NORN_DEPLOYMENT"] == ctx.public_id
     assert env["NORN_COMMIT"] == "0123456789abcdef0123456789abcdef01234567"
-    assert "canary" not in text.replace("app-db-password-canary", "")  # hashed above, never printed in clear
+    assert "canary" not in text  # none of Norn's secrets, nor the admin's database password
     assert not {"SECRET_KEY", "NORN_GIT_TOKEN", "KUBECONFIG", "KUBERNETES_SERVICE_HOST"} & set(env)
     assert "sa: ls:" in text  # no service account token mounted
     # The password travelled in the Secret, not in the Job.
     [create] = [r for r in kube.requests if r.method == "POST" and r.path.endswith("/jobs")]
-    assert "app-db-password-canary" not in json.dumps(create.body)
+    assert password not in json.dumps(create.body) and "canary" not in json.dumps(create.body)
     entry = next(e for e in create.body["spec"]["template"]["spec"]["containers"][0]["env"]
                  if e["name"] == "DATABASE_URL")
     assert entry["valueFrom"] == {"secretKeyRef": {"name": f"{APP}-norn-env", "key": "DATABASE_URL"}}
