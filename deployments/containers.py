@@ -24,7 +24,7 @@ ADD_HOST = ["--add-host", f"{HOST_ALIAS}:host-gateway"]
 # Where build.test finds the checked-out tree.
 WORKSPACE = "/workspace"
 # What a throwaway container's purpose label says.
-PURPOSES = ("test", "migrate", "cron")
+PURPOSES = ("test", "migrate", "cron", "cleanup")
 COMMAND_TIMEOUT = 60
 
 # What docker run says when the image cannot start the command.

@@ -14,6 +14,7 @@ import pytest
 from deployments import containers, recovery, runner, transitions
 from deployments.outcomes import StepFailed
 from deployments.requests import request_deployment
+from deployments.steps import cleanup as cleanup_step
 from deployments.steps import migrate as migrate_step
 from deployments.steps import test as test_step
 from tests.support.contexts import parse_spec, step_context
@@ -137,6 +138,23 @@ def test_an_image_whose_user_is_not_root_can_write_in_its_tree(tmp_path, app, bu
     test_step.run(ctx)
     assert "4321" in ctx.text()
     assert (tmp_path / "deployment" / "src" / "cache" / "out").read_text() == "built\n"
+
+
+def test_what_a_test_container_wrote_is_removed_by_a_container_of_its_image(tmp_path, app, busybox_image):
+    # Norn's own user cannot remove what another user wrote into a directory
+    # only that user may enter; the cleanup step then asks a container of the
+    # same image, running as the same user, to empty the tree.
+    context = tmp_path / "image"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {busybox_image}\nUSER 4321:4321\n")
+    image = docker_build(context, f"norn-test-uid-{app}:1")
+    ctx = make_ctx(tmp_path / "deployment", app, image,
+                   test="mkdir -p deep/inner .hidden && echo x > deep/inner/f && echo y > .hidden/g && chmod 700 deep .hidden")
+    test_step.run(ctx)
+    src = tmp_path / "deployment" / "src"
+    assert {p.name for p in src.iterdir()} == {"deep", ".hidden"} and (src / "deep").stat().st_uid == 4321
+    cleanup_step.remove_tree_in_container(ctx, src)
+    assert list(src.iterdir()) == []
 
 
 def test_failed_migration_keeps_its_restore_advice(tmp_path, app, busybox_image):
