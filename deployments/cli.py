@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import CharField
 from django.db.models.functions import Cast
 
+from apps_registry.models import App
 from deployments.client import StreamedEvent, follow_deployment
 from deployments.models import Deployment, DeploymentStatus, Event
 from deployments.requests import DeployRequestError
@@ -165,3 +166,12 @@ class FollowPrinter:
             self.out.write(self.style.ERROR(f"Deployment {payload['id']} failed: {payload['error']}"))
         elif event.kind == "deploy.cancelled":
             self.out.write(self.style.WARNING(f"Cancel requested by {payload['by']}"))
+
+
+def find_app(name: str) -> App:
+    """The App row named `name`, valid or not, even when its directory is gone."""
+    try:
+        return App.objects.get(name=name)
+    except App.DoesNotExist:
+        known = ", ".join(App.objects.values_list("name", flat=True))
+        raise CommandError(f"unknown app {name!r}; known apps: {known or 'none'}") from None

@@ -16,7 +16,8 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.support.fake_jobs import wait_until
 from tests.support.fake_kubernetes import FakeKubernetes
-from tests.test_fake_kubernetes import api_client_for
+# The same API client and kubectl as the Deployment tests, against this file's `kube`.
+from tests.test_fake_kubernetes import api, core, kubectl  # noqa: F401 (fixtures)
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
@@ -35,30 +36,8 @@ def kubeconfig(kube, tmp_path):
 
 
 @pytest.fixture
-def api(kubeconfig):
-    with api_client_for(kubeconfig) as api_client:
-        yield api_client
-
-
-@pytest.fixture
 def batch(api):
     return client.BatchV1Api(api)
-
-
-@pytest.fixture
-def core(api):
-    return client.CoreV1Api(api)
-
-
-@pytest.fixture
-def kubectl(kubeconfig, tmp_path):
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-
-    def run(*args, timeout=60):
-        return subprocess.run([KUBECTL, f"--kubeconfig={kubeconfig}", f"--cache-dir={tmp_path / 'kube-cache'}",
-                               *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-    return run
 
 
 def job(name="task", command="echo hello", image="norn-busybox:1", restart="Never", **spec):

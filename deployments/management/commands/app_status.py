@@ -15,16 +15,8 @@ from django_q.models import Schedule
 
 from apps_registry.models import App
 from deployments import runtimes, scheduler
+from deployments.cli import find_app
 from deployments.models import CronJob
-
-
-def find_app(name: str) -> App:
-    """The App row named `name`, valid or not, even when its directory is gone."""
-    try:
-        return App.objects.get(name=name)
-    except App.DoesNotExist:
-        known = ", ".join(App.objects.values_list("name", flat=True))
-        raise CommandError(f"unknown app {name!r}; known apps: {known or 'none'}") from None
 
 
 def runtime_status(app: App) -> tuple[str, dict | None]:

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from deployments import runtimes, scheduler
-from deployments.management.commands.app_status import find_app
+from deployments.cli import find_app
 from deployments.models import Deployment
 
 
