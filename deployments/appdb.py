@@ -80,13 +80,8 @@ def password(app: str) -> str:
     One per role, not per database: a restore of a snapshot of the app's
     earlier database must not change the password its running containers use.
     """
-    secret = getattr(settings, "NORN_APP_DATABASES_KEY", None) or settings.SECRET_KEY
+    secret = settings.NORN_APP_DATABASES_KEY or settings.SECRET_KEY
     return salted_hmac("norn.appdb.password", f"norn-appdb:{app}", secret=secret, algorithm="sha256").hexdigest()
-
-
-def container_host() -> str:
-    """Where the app's containers reach the server (NORN_APP_DATABASES_HOST)."""
-    return getattr(settings, "NORN_APP_DATABASES_HOST", None) or "host.docker.internal"
 
 
 def container_env(app: str, database: str, *, host: str | None = None) -> dict[str, str]:
@@ -96,11 +91,10 @@ def container_env(app: str, database: str, *, host: str | None = None) -> dict[s
     The host is NORN_APP_DATABASES_HOST (host.docker.internal: the Docker
     runtime maps it to the host's gateway), the port the admin URL's.
     """
-    host = host or container_host()
+    host = host or settings.NORN_APP_DATABASES_HOST
     port = _admin()["port"]
     user = role_name(app)
     secret = password(app)
-    _handed_out.add(secret)
     return {
         "PGHOST": host,
         "PGPORT": port,
@@ -111,15 +105,10 @@ def container_env(app: str, database: str, *, host: str | None = None) -> dict[s
     }
 
 
-# Every app password this process computed: secrets() keeps treating them as
-# secrets even where a caller could not say which app it is about.
-_handed_out: set[str] = set()
-
-
 def secrets(spec=None) -> list[str]:
-    """What must never be shown: the admin password, the app password of
-    `spec` (an apps_registry Spec) and any app password this process handed out."""
-    found = set(_handed_out)
+    """What must never be shown: the admin password and the app password of
+    `spec` (an apps_registry Spec)."""
+    found = set()
     server = settings.NORN_APP_DATABASES
     if server and server.get("PASSWORD"):
         found.add(server["PASSWORD"])

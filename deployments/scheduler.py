@@ -186,7 +186,7 @@ def run_job(job_id: int) -> CronRun | None:
                 on_output=on_output,
                 # The output is shown on the dashboard; as in the pipeline,
                 # the database password never is.
-                redact=runner.Redactor(appdb.secrets()),
+                redact=runner.Redactor(appdb.secrets(job.app.infraspec)),
             ),
             name=container,
             app_name=job.app.name,

@@ -5,7 +5,6 @@ port and the Secret for the environment values that hold passwords. No API calls
 
 import base64
 
-from deployments import appdb
 from deployments.appenv import StepContext
 
 NAME_LABEL = "app.kubernetes.io/name"
@@ -22,15 +21,15 @@ def labels(app_name: str) -> dict[str, str]:
     return {NAME_LABEL: app_name, MANAGED_BY_LABEL: MANAGED_BY}
 
 
-def split_env(env: dict[str, str], secret_ref: str) -> tuple[list[dict], dict[str, str]]:
+def split_env(env: dict[str, str], secret_ref: str, passwords: list[str]) -> tuple[list[dict], dict[str, str]]:
     """(env entries for the container, data for the Secret named `secret_ref`).
 
     Values holding the app-database password (DATABASE_URL, PGPASSWORD) go to
     the Secret and are referenced from it: anyone who may read Deployments, or
     reads `kubectl get deployment -o yaml` over someone's shoulder, must not
-    see them. Everything else stays a plain value, visible where it is used.
+    see them (`passwords`: appdb.secrets() of the app). Everything else stays a
+    plain value, visible where it is used.
     """
-    passwords = appdb.secrets()
     entries, secret = [], {}
     for name, value in env.items():
         value = str(value)

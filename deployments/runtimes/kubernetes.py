@@ -13,6 +13,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from deployments import appdb
 from deployments.appenv import StepContext, container_env
 from deployments.outcomes import StepFailed
 from deployments.runtimes import kubeclient, kubemanifests, kuberollout
@@ -117,7 +118,9 @@ def write_env(ctx: StepContext, core: client.CoreV1Api, namespace: str) -> list[
     Called before creating anything that runs the image (the Deployment, a
     migration Job): its pods must find the values they refer to.
     """
-    env_entries, secret_data = kubemanifests.split_env(container_env(ctx), secret_name(ctx.app_name))
+    env_entries, secret_data = kubemanifests.split_env(
+        container_env(ctx), secret_name(ctx.app_name), appdb.secrets(ctx.spec)
+    )
     if secret_data:
         _write_secret(ctx, core, namespace, secret_data)
     return env_entries
