@@ -4,6 +4,7 @@ settings.py names these (AUTHENTICATION_BACKENDS, AXES_CLIENT_IP_CALLABLE,
 AXES_LOCKOUT_CALLABLE); docs/production.md says how to run behind a proxy.
 """
 
+import ipaddress
 import math
 
 from axes.backends import AxesStandaloneBackend
@@ -40,9 +41,20 @@ def client_ip(request):
     if count:
         forwarded = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
         forwarded = [hop for hop in forwarded if hop]
-        if len(forwarded) >= count:
+        if len(forwarded) >= count and _is_address(forwarded[-count]):
             return forwarded[-count]
-    return request.META.get("REMOTE_ADDR") or "unknown"
+    # None when there is none (a request built in-process): axes stores the
+    # address in an address column, which refuses anything else.
+    address = request.META.get("REMOTE_ADDR")
+    return address if address and _is_address(address) else None
+
+
+def _is_address(value):
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def lockout_response(request, *args):

@@ -122,3 +122,10 @@ def test_authenticate_without_a_request_still_works(staff):
 
     assert authenticate(username="operator", password=PASSWORD) == staff
     assert authenticate(username="operator", password="wrong") is None
+
+
+def test_a_forwarded_value_that_is_no_address_falls_back_to_the_connection(client, staff, settings):
+    settings.NORN_TRUSTED_PROXY_COUNT = 1
+    response = attempt(client, "/login/", "wrong-password", HTTP_X_FORWARDED_FOR="unknown")
+    assert response.status_code == 200
+    assert AccessAttempt.objects.get().ip_address == "127.0.0.1"
