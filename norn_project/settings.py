@@ -80,6 +80,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Malformed input (a NUL anywhere, an admin action's ids that are no
+    # ids) is a 400 before a view can hand it to PostgreSQL and get a 500.
+    "norn_project.middleware.BadInputMiddleware",
     # daphne serves no static files; WhiteNoise does, from the same process.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -331,16 +334,36 @@ Q_CLUSTER = {
     "label": "Task queue",
 }
 
+# A refused request (400/403/404, CSRF, a disallowed host) logs one line; a
+# traceback is kept for real server errors (norn_project/logfilters.py). The
+# filter sits on the loggers that report refusals, so every handler (and
+# pytest's caplog) gets the short record, and on the console for any other.
+REFUSAL_LOGGERS = ["django.request", "django.security"] + [
+    f"django.security.{name}"
+    for name in (
+        "csrf", "DisallowedHost", "DisallowedRedirect", "RequestDataTooBig", "TooManyFieldsSent",
+        "TooManyFilesSent", "SuspiciousFileOperation", "SuspiciousMultipartForm", "SuspiciousSession",
+        "SuspiciousOperation",
+    )
+]
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"one_line_refusals": {"()": "norn_project.logfilters.OneLineRefusals"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["one_line_refusals"]},
+    },
     "root": {
         "handlers": ["console"],
         "level": envchoice(
             "NORN_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
         ),
     },
-    "loggers": {"django": {"level": "INFO"}},
+    "loggers": {
+        "django": {"level": "INFO"},
+        # Axes reports every login at INFO; failures and lockouts are WARNING.
+        "axes": {"level": "WARNING"},
+        **{name: {"filters": ["one_line_refusals"]} for name in REFUSAL_LOGGERS},
+    },
 }
