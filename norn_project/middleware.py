@@ -1,6 +1,6 @@
 """Turns away malformed input that would otherwise reach a query and make a 500.
 
-- NUL characters anywhere in the path, a query parameter or a form field:
+- NUL characters anywhere in the path, a query parameter, a cookie or a form field:
   PostgreSQL text cannot hold one, so the database driver raised. Nothing
   legitimate sends one.
 - Object ids of an admin action (`_selected_action`) that are no ids of that
@@ -29,6 +29,9 @@ class BadInputMiddleware(MiddlewareMixin):
             return _bad_request("the path contains a NUL character.")
         if _has_nul(request.GET):
             return _bad_request("a query parameter contains a NUL character.")
+        if any("\x00" in value for value in request.COOKIES.values()):
+            # A session cookie is looked up in the database.
+            return _bad_request("a cookie contains a NUL character.")
         if request.method == "POST" and request.content_type in FORM_TYPES and _has_nul(request.POST):
             return _bad_request("a form field contains a NUL character.")
         return None

@@ -150,6 +150,13 @@ def test_nul_in_a_path_or_parameter_is_a_bad_request(superuser_client, web):
     assert superuser_client.post("/apps/web/deploy", {"ref": "main\x00"}).status_code == 400
 
 
+def test_a_cookie_with_nul_is_a_bad_request(client):
+    # A session cookie is looked up in PostgreSQL, which cannot compare NUL.
+    client.cookies["sessionid"] = "abcdefgh\x00ijkl"
+    assert client.get("/").status_code == 400
+    assert client.get("/healthz").status_code == 400
+
+
 def test_admin_actions_on_ids_that_are_no_ids_are_bad_requests(superuser_client):
     response = superuser_client.post("/admin/auth/user/", {"action": "delete_selected", "_selected_action": ["abc"]})
     assert response.status_code == 400
