@@ -13,7 +13,7 @@ import uuid
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 
 from apps_registry.models import App
 from deployments import events
@@ -32,6 +32,12 @@ NOT_FOUND = 4404
 BAD_REQUEST = 4400
 
 VIEW_PERMISSION = "deployments.view_deployment"
+
+# The largest client frame read; clients send only small `resume` messages.
+MAX_FRAME_BYTES = 64 * 1024
+# Sequence numbers are bigints; anything longer is no seq (and int() of a
+# few thousand digits raises).
+MAX_SEQ = 2**63 - 1
 
 
 class EventStream(AsyncJsonWebsocketConsumer):
@@ -71,7 +77,10 @@ class EventStream(AsyncJsonWebsocketConsumer):
         await self.accept()
         code = await database_sync_to_async(self.authorize)()
         group = None
-        if code is None:
+        if code is None and _has_nul(self.scope["url_route"]["kwargs"]):
+            # PostgreSQL cannot compare text with NUL in it; no name has one.
+            code = NOT_FOUND
+        elif code is None:
             group = await database_sync_to_async(self.find_group)()
             if group is None:
                 code = NOT_FOUND
@@ -141,11 +150,9 @@ class EventStream(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         if self.closing:
             return
-        try:
-            content = json.loads(text_data) if text_data else None
-        except ValueError:
-            content = None
+        content = _parse_frame(text_data)
         if not isinstance(content, dict):
+            # Binary, oversized, not JSON, nested too deep, or not an object.
             await self.close_with(BAD_REQUEST)
             return
         await self.receive_json(content)
@@ -276,6 +283,18 @@ class AllDeploymentsConsumer(EventStream):
         return True
 
 
+class NotFoundConsumer(AsyncWebsocketConsumer):
+    """Any WebSocket path no endpoint matches (routing.py's last route): 4404.
+
+    Without it Channels' router raised ValueError, which daphne answered with
+    an HTTP 500 and a traceback in the log, for anyone who asked.
+    """
+
+    async def connect(self):
+        await self.accept()
+        await self.close(NOT_FOUND)
+
+
 class _DeploymentRef:
     """What a consumer needs to know about a deployment, read once."""
 
@@ -310,11 +329,26 @@ def _events_after(public_id, after, before=None, limit=None):
     ]
 
 
+def _parse_frame(text_data):
+    """A client frame as JSON, or None when it is not a small, sane JSON text."""
+    if not text_data or len(text_data) > MAX_FRAME_BYTES or len(text_data.encode()) > MAX_FRAME_BYTES:
+        return None
+    try:
+        return json.loads(text_data)
+    except (ValueError, RecursionError):
+        # RecursionError: a few thousand nested brackets fit in one frame.
+        return None
+
+
+def _has_nul(kwargs):
+    return any("\x00" in str(value) for value in kwargs.values())
+
+
 def _non_negative_int(value):
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    if isinstance(value, int) and value >= 0:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= MAX_SEQ:
         return value
     return None

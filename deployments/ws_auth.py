@@ -69,7 +69,8 @@ def _token_user(authorization: bytes) -> Identity:
     # cannot use it: token connections need no Origin check.
     scheme, _, token = authorization.decode("latin1").partition(" ")
     token = token.strip()
-    if scheme.lower() != "token":
+    # No token has a NUL in it, and PostgreSQL cannot compare one.
+    if scheme.lower() != "token" or "\x00" in token:
         return AnonymousUser(), None
     user = ApiToken.authenticate(token)
     if user is not None:
@@ -79,6 +80,10 @@ def _token_user(authorization: bytes) -> Identity:
 
 async def _session_user(scope: dict[str, Any], raw_origin: bytes | None) -> Identity:
     """(user, why refused) for the session cookie."""
+    session = scope.get("session")
+    if session is not None and "\x00" in (session.session_key or ""):
+        # A forged cookie: looking it up would make PostgreSQL raise.
+        return AnonymousUser(), None
     user = await get_user(scope)
     if not user.is_authenticated:
         inactive = await database_sync_to_async(_session_of_inactive_user)(scope.get("session"))

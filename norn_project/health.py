@@ -1,4 +1,8 @@
-"""The health endpoint: the one URL that needs no login (for load balancers)."""
+"""The health endpoint: the one URL that needs no login (for load balancers).
+
+Anyone gets ok/failing per component; only a logged-in staff user gets the
+reason, which may name a host, a port or a role (never a password).
+"""
 
 from django.contrib.auth.decorators import login_not_required
 from django.http import JsonResponse
@@ -19,8 +23,9 @@ def healthz(request):
     ok = not any(problems.values())
     body = {
         "status": "ok" if ok else "unavailable",
-        # Reasons are only shown when something is wrong; they never include
-        # credentials (see services.database_problem).
-        "checks": {name: (problem or "ok") for name, problem in problems.items()},
+        "checks": {name: "failing" if problem else "ok" for name, problem in problems.items()},
     }
+    if not ok and request.user.is_authenticated and request.user.is_staff:
+        # Reasons never include credentials (see services.database_problem).
+        body["details"] = {name: problem for name, problem in problems.items() if problem}
     return JsonResponse(body, status=200 if ok else 503)

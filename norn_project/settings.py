@@ -1,159 +1,67 @@
 """Norn's settings: one module, every value read from the environment.
 
 The defaults are for development on one machine (PostgreSQL and Redis on
-127.0.0.1). A bad value stops Norn at start with the variable's name, the value
-and what would be valid; see docs/configuration in the README.
+127.0.0.1), except DEBUG, which is off unless asked for. A bad value stops
+Norn at start with the variable's name, the value and what would be valid;
+docs/production.md lists what a production environment sets.
 """
 
-import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from norn_project.envsettings import (
+    database_from_env,
+    env,
+    envbool,
+    envchoice,
+    envint,
+    envlist,
+    envpath,
+    git_credentials_from_env,
+    origins_from_env,
+    proxy_ssl_header_from_env,
+    redis_url_from_env,
+    registry_from_env,
+    ssh_key_from_env,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-
-def env(name, default=None):
-    return os.environ.get(name, default)
-
-
-def envbool(name, default):
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ImproperlyConfigured(
-        f"{name}={raw!r} is not a boolean; use one of 1/0, true/false, yes/no, on/off"
-    )
-
-
-def envint(name, default, minimum=None, maximum=None):
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number") from None
-    if (minimum is not None and value < minimum) or (
-        maximum is not None and value > maximum
-    ):
-        raise ImproperlyConfigured(
-            f"{name}={raw!r} is out of range; use a number from {minimum} to {maximum}"
-        )
-    return value
-
-
-def envchoice(name, default, choices):
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw not in choices:
-        raise ImproperlyConfigured(
-            f"{name}={raw!r} is not valid; use one of: {', '.join(choices)}"
-        )
-    return raw
-
-
-def envpath(name, default):
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return Path(default).expanduser()
-    path = Path(raw).expanduser()
-    if not path.is_absolute():
-        # Relative paths would silently depend on the directory Norn was
-        # started from; the worker and the web server may differ.
-        path = (Path.cwd() / path).resolve()
-    if path.exists() and not path.is_dir():
-        raise ImproperlyConfigured(f"{name}={raw!r} exists but is not a directory")
-    return path
-
-
-def database_from_env(name, default):
-    raw = os.environ.get(name) or default
-    try:
-        config = dj_database_url.parse(raw, conn_max_age=60, conn_health_checks=True)
-    except Exception as exc:  # dj-database-url raises plain ValueError/KeyError
-        raise ImproperlyConfigured(
-            f"{name} is not a valid database URL ({exc}); "
-            "use postgres://USER:PASSWORD@HOST:PORT/NAME"
-        ) from None
-    if config.get("ENGINE") != "django.db.backends.postgresql":
-        raise ImproperlyConfigured(
-            f"{name} must point at PostgreSQL (postgres://USER@HOST:PORT/NAME); "
-            "Norn relies on its row locks and constraints"
-        )
-    if not config.get("NAME"):
-        raise ImproperlyConfigured(
-            f"{name} has no database name; use postgres://USER@HOST:PORT/NAME"
-        )
-    return config
-
-
-def redis_url_from_env(name, default):
-    raw = os.environ.get(name) or default
-    parts = urlsplit(raw)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (
-        parts.hostname or parts.path
-    ):
-        raise ImproperlyConfigured(
-            f"{name} is not a Redis URL; use redis://HOST:PORT/DB, rediss://… or unix://PATH"
-        )
-    return raw
-
-
-def registry_from_env(name):
-    """A registry is `host[:port][/namespace]`, the prefix docker tags with."""
-    raw = (os.environ.get(name) or "").strip()
-    if not raw:
-        return ""
-    value = re.sub(r"^[a-z]+://", "", raw).rstrip("/")
-    if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?", value):
-        raise ImproperlyConfigured(
-            f"{name}={raw!r} is not a registry; use HOST[:PORT][/NAMESPACE], "
-            "e.g. 127.0.0.1:5000"
-        )
-    return value
-
-
-def ssh_key_from_env(name):
-    raw = os.environ.get(name)
-    if not raw:
-        return None
-    path = Path(raw).expanduser()
-    # Only the path is named in the error: the variable holds a path to the
-    # key, never the key itself, so nothing secret is printed.
-    if not path.is_file():
-        raise ImproperlyConfigured(
-            f"{name}={raw!r} is not a readable file; set it to the path of an SSH "
-            "private key (for example ~/.ssh/id_ed25519)"
-        )
-    return path
-
-
-DEBUG = envbool("DEBUG", True)
+# Off unless asked for: the debug pages list every URL pattern to anyone and
+# show settings (REDIS_URL with its password) to whoever triggers an error.
+DEBUG = envbool("DEBUG", False)
 
 SECRET_KEY = env("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
             "SECRET_KEY must be set when DEBUG is off; use a long random string "
-            "(python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+            "(python -c 'import secrets; print(secrets.token_urlsafe(50))'), or DEBUG=true "
+            "for development on this machine"
         )
     SECRET_KEY = "norn-development-only-not-secret"
 
-ALLOWED_HOSTS = [
-    h.strip()
-    for h in env("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
-    if h.strip()
-]
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+
+# Behind a TLS-terminating proxy (docs/production.md). Off by default because
+# the quickstart serves plain http://127.0.0.1:8000, where secure cookies
+# would never come back; `manage.py check --deploy` asks for each of them.
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", False)
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+# A load balancer probing over plain HTTP gets its answer, not a redirect.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0, minimum=0, maximum=10 * 365 * 86400)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+# ("HTTP_X_FORWARDED_PROTO", "https") from "X-Forwarded-Proto: https". Only
+# set it when the proxy in front always sets (or strips) that header.
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header_from_env("SECURE_PROXY_SSL_HEADER")
+CSRF_TRUSTED_ORIGINS = origins_from_env("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
     "daphne",
@@ -165,12 +73,16 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_q",
+    "axes",
     "apps_registry",
     "deployments",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Malformed input (a NUL anywhere, an admin action's ids that are no
+    # ids) is a 400 before a view can hand it to PostgreSQL and get a 500.
+    "norn_project.middleware.BadInputMiddleware",
     # daphne serves no static files; WhiteNoise does, from the same process.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -182,6 +94,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "norn_project.urls"
@@ -232,6 +146,29 @@ CHANNEL_LAYERS = {
     }
 }
 
+# Login throttling (django-axes) on /login/ and /admin/login/: after
+# NORN_LOGIN_FAILURE_LIMIT wrong passwords for one username from one address,
+# that pair is locked out for NORN_LOGIN_COOLOFF_MINUTES, the right password
+# included. The backend goes first; it only refuses, ModelBackend logs in.
+AUTHENTICATION_BACKENDS = [
+    "norn_project.loginthrottle.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("NORN_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("NORN_LOGIN_COOLOFF_MINUTES", 15, minimum=1, maximum=7 * 24 * 60))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "norn_project.loginthrottle.lockout_response"
+# The client's address: REMOTE_ADDR, or behind NORN_TRUSTED_PROXY_COUNT
+# proxies the X-Forwarded-For entry the nearest of them saw connect
+# (norn_project/loginthrottle.py). Without it, behind a proxy every client
+# would share the proxy's address.
+NORN_TRUSTED_PROXY_COUNT = envint("NORN_TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10)
+AXES_CLIENT_IP_CALLABLE = "norn_project.loginthrottle.client_ip"
+# Axes logs every attempt at INFO with the username; one line per failure
+# (WARNING) is enough.
+AXES_VERBOSE = False
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
@@ -273,39 +210,6 @@ NORN_RUNTIME = envchoice("NORN_RUNTIME", "docker", ("docker", "kubernetes"))
 # at clone time and never stored, logged or put on a command line. A token is
 # bound to one host: git gets it only for an https:// URL of exactly that
 # host[:port] (deployments/gitauth.py), never over http://, ssh or file://.
-
-
-def git_credentials_from_env():
-    """{host[:port]: token} from NORN_GIT_CREDENTIALS and NORN_GIT_TOKEN(_HOST).
-
-    Errors name the variable and the host, never a token (an entry without
-    "=" may be nothing but a token, so it is only counted).
-    """
-    hosts = {}
-    raw = os.environ.get("NORN_GIT_CREDENTIALS") or ""
-    entries = [(f"NORN_GIT_CREDENTIALS entry {n}", e.strip()) for n, e in enumerate(raw.split(","), 1) if e.strip()]
-    if os.environ.get("NORN_GIT_TOKEN"):
-        # A token must have a host it may go to: github.com unless told.
-        host = (os.environ.get("NORN_GIT_TOKEN_HOST") or "github.com").strip()
-        entries.append(("NORN_GIT_TOKEN_HOST", f"{host}={os.environ['NORN_GIT_TOKEN']}"))
-    for where, entry in entries:
-        host, sep, token = entry.partition("=")
-        host = host.strip().lower()
-        if not sep or not token.strip():
-            raise ImproperlyConfigured(
-                f"{where} is not HOST=TOKEN; use NORN_GIT_CREDENTIALS=\"github.com=TOKEN,git.example.com:8443=TOKEN2\""
-            )
-        match = re.fullmatch(r"([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?", host)
-        if not match or (match[2] and not 1 <= int(match[2]) <= 65535):
-            raise ImproperlyConfigured(
-                f"{where}: {host!r} is not a host; use HOST or HOST:PORT, e.g. github.com or git.example.com:8443"
-            )
-        if match[2] == "443":
-            host = match[1]  # https's own port: the same server as without it
-        if host in hosts:
-            raise ImproperlyConfigured(f"{where}: host {host!r} is given a token twice; keep one")
-        hosts[host] = token.strip()
-    return hosts
 
 
 NORN_GIT_TOKEN = env("NORN_GIT_TOKEN") or None
@@ -430,16 +334,36 @@ Q_CLUSTER = {
     "label": "Task queue",
 }
 
+# A refused request (400/403/404, CSRF, a disallowed host) logs one line; a
+# traceback is kept for real server errors (norn_project/logfilters.py). The
+# filter sits on the loggers that report refusals, so every handler (and
+# pytest's caplog) gets the short record, and on the console for any other.
+REFUSAL_LOGGERS = ["django.request", "django.security"] + [
+    f"django.security.{name}"
+    for name in (
+        "csrf", "DisallowedHost", "DisallowedRedirect", "RequestDataTooBig", "TooManyFieldsSent",
+        "TooManyFilesSent", "SuspiciousFileOperation", "SuspiciousMultipartForm", "SuspiciousSession",
+        "SuspiciousOperation",
+    )
+]
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"one_line_refusals": {"()": "norn_project.logfilters.OneLineRefusals"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["one_line_refusals"]},
+    },
     "root": {
         "handlers": ["console"],
         "level": envchoice(
             "NORN_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
         ),
     },
-    "loggers": {"django": {"level": "INFO"}},
+    "loggers": {
+        "django": {"level": "INFO"},
+        # Axes reports every login at INFO; failures and lockouts are WARNING.
+        "axes": {"level": "WARNING"},
+        **{name: {"filters": ["one_line_refusals"]} for name in REFUSAL_LOGGERS},
+    },
 }

@@ -15,10 +15,40 @@ def test_health_endpoint_reports_redis_down(client, settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     response = client.get("/healthz")
     assert response.status_code == 503
-    body = response.json()
-    assert body["status"] == "unavailable"
-    assert body["checks"]["database"] == "ok"
-    assert body["checks"]["redis"] != "ok"
+    # Anonymous callers learn only which component fails: no address,
+    # port or error text.
+    assert response.json() == {"status": "unavailable", "checks": {"database": "ok", "redis": "failing"}}
+    assert b"127.0.0.1" not in response.content and b":1" not in response.content
+
+
+def test_anonymous_health_names_no_role_or_address_when_the_database_fails(client, settings):
+    from django.db import connection
+
+    real = dict(connection.settings_dict)
+    try:
+        connection.close()
+        connection.settings_dict.update(USER="norn_no_such_role", PORT="5432", HOST="127.0.0.1")
+        response = client.get("/healthz")
+    finally:
+        connection.close()
+        connection.settings_dict.clear()
+        connection.settings_dict.update(real)
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == "failing"
+    assert b"norn_no_such_role" not in response.content and b"5432" not in response.content
+
+
+def test_staff_see_why_a_component_fails(client, settings, django_user_model):
+    staff = django_user_model.objects.create_user("ops", is_staff=True)
+    viewer = django_user_model.objects.create_user("viewer")
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    client.force_login(viewer)
+    assert "details" not in client.get("/healthz").json()
+    client.force_login(staff)
+    body = client.get("/healthz").json()
+    assert body["checks"]["redis"] == "failing"
+    assert "127.0.0.1" in body["details"]["redis"] or "refused" in body["details"]["redis"].lower()
+    assert "database" not in body["details"]
 
 
 @pytest.mark.parametrize("url", ["/", "/admin/", "/admin/apps_registry/app/"])
