@@ -54,8 +54,8 @@ FILENAME = "infraspec.yaml"
 # generated file must not produce megabytes of error text.
 MAX_ERRORS = 20
 # A message or field path longer than this is cut (a key can be any length).
-MAX_MESSAGE = 500
-MAX_FIELD = 120
+MAX_MESSAGE = 300
+MAX_FIELD = 100
 
 
 def _cut(text, limit):
