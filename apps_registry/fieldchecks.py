@@ -48,8 +48,12 @@ _repr.maxlevel = 2
 
 
 def shown(value):
-    """repr(value), cut short: a value in a message is at most ~80 characters."""
-    return _repr.repr(value)
+    """repr(value), cut short: a value in a message is at most 100 characters.
+
+    reprlib shortens each string and list without building the whole repr
+    first (a list of a million items costs as much as one of five)."""
+    text = _repr.repr(value)
+    return text if len(text) <= 100 else text[:99] + "…"
 
 
 def too_long(value, limit):
