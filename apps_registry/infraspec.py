@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from apps_registry import appfiles, yamlsafe
-from apps_registry.fieldchecks import (  # noqa: F401 (HEX_RE, branch_name_problem, redact_url: used through here)
+from apps_registry.fieldchecks import (  # noqa: F401 (HEX_RE, branch_name_problem, redact_url: imported from here by deployments)
     HEX_RE,
     MAX_BRANCH,
     MAX_COMMAND,
@@ -29,6 +29,7 @@ from apps_registry.fieldchecks import (  # noqa: F401 (HEX_RE, branch_name_probl
     branch_name_problem,
     check_app_name,
     check_branch,
+    check_command,
     check_database,
     check_env_name,
     check_env_value,
@@ -41,7 +42,6 @@ from apps_registry.fieldchecks import (  # noqa: F401 (HEX_RE, branch_name_probl
     check_replicas,
     check_retain,
     check_schedule,
-    check_command,
     redact_url,
     repo_url_problem,
     shown,
