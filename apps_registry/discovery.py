@@ -6,16 +6,19 @@ is the cheap call views make so a new directory shows up without a restart.
 """
 
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from apps_registry import appfiles, infraspec
+from apps_registry import appfiles, infraspec, yamlsafe
 from apps_registry.models import App
+
+log = logging.getLogger(__name__)
 
 # Any constant works; it names Norn's "one sync at a time" advisory lock.
 _SYNC_LOCK_ID = 0x4E6F726E
@@ -47,16 +50,9 @@ def sync(apps_dir=None):
     report = SyncReport()
     found = {}
     for path in spec_files(apps_dir):
-        try:
-            raw = appfiles.read_bytes(path, apps_dir)
-        except appfiles.Refused as exc:
-            # Listed as invalid, with why; its digest is the refusal's, so
-            # nothing of the file it points at is read, even to hash it.
-            raw = str(exc).encode()
-        except OSError:
-            continue  # removed while we looked: the next sync marks it missing
-        result = infraspec.load(path, directory_name=path.parent.name, apps_dir=apps_dir)
-        found[path.parent.name] = (path, hashlib.sha256(raw).hexdigest(), result)
+        read = _read(path, apps_dir)
+        if read is not None:
+            found[path.parent.name] = (path, *read)
 
     with transaction.atomic():
         # Two processes syncing at once would race to insert the same new app;
@@ -74,9 +70,9 @@ def sync(apps_dir=None):
                 continue
             else:
                 report.updated.append(name)
-            _apply(app, path, digest, result)
-            app.save()
-            if not result.ok:
+            if not _save(app, path, digest, result):
+                result = None
+            if result is None or not result.ok:
                 report.invalid.append(name)
         for name, app in existing.items():
             if name not in found and app.status != App.Status.MISSING:
@@ -85,6 +81,54 @@ def sync(apps_dir=None):
                 app.save(update_fields=["status", "missing_since", "updated_at"])
                 report.missing.append(name)
     return report
+
+
+def _read(path, apps_dir):
+    """(digest, LoadResult) of one infraspec file, or None if it vanished.
+
+    Never raises: whatever goes wrong with one file becomes that app's error,
+    so one file cannot take down a page, a command or the other apps.
+    """
+    name = path.parent.name
+    try:
+        raw = appfiles.read_bytes(path, apps_dir, limit=yamlsafe.max_bytes())
+    except appfiles.Refused as exc:
+        # Listed as invalid, with why; its digest is the refusal's, so
+        # nothing of the file it points at is read, even to hash it.
+        return hashlib.sha256(str(exc).encode()).hexdigest(), infraspec.unreadable(path, exc)
+    except OSError:
+        return None  # removed while we looked: the next sync marks it missing
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        return digest, infraspec.parse_bytes(raw, str(path), name)
+    except Exception as exc:  # a bug in the validator: contain it to this app
+        log.error("infraspec of app %s could not be checked: %s in the validator", name, type(exc).__name__)
+        return digest, _internal_error(path)
+
+
+def _internal_error(path):
+    return infraspec.LoadResult(None, [infraspec.SpecError(
+        str(path), None, "", "could not be checked: Norn hit an internal error reading it (see Norn's log)",
+    )])
+
+
+def _save(app, path, digest, result):
+    """Write one app's row in its own savepoint; False if it had to be saved
+    as an internal error instead (the validator let through what the
+    database refuses: a bug, but one app's)."""
+    try:
+        with transaction.atomic():
+            _apply(app, path, digest, result)
+            app.save()
+        return True
+    except (DatabaseError, ValueError) as exc:
+        log.error("app %s could not be recorded: %s", app.name, type(exc).__name__)
+    fallback = App.objects.filter(pk=app.pk).first() if app.pk else None
+    fallback = fallback or App(name=app.name)
+    # An empty digest: the next sync tries this file again.
+    _apply(fallback, path, "", _internal_error(path))
+    fallback.save()
+    return False
 
 
 def _apply(app, path, digest, result):

@@ -1,7 +1,9 @@
 """`manage.py validate_infraspec [path|app]`: check specs without touching the registry.
 
 Exit status 0 when every spec is valid, 1 when any has errors (all are
-listed), so it can gate a commit hook or CI job in the app's own repository.
+listed, up to infraspec.MAX_ERRORS per file), so it can gate a commit hook or
+CI job in the app's own repository. No file, however broken, makes it print a
+traceback: the worst is one line saying the file could not be checked.
 """
 
 from pathlib import Path
@@ -27,7 +29,13 @@ class Command(BaseCommand):
         files = self._files(target)
         failed = 0
         for path in files:
-            result = infraspec.load(path, directory_name=path.parent.name)
+            try:
+                result = infraspec.load(path, directory_name=path.parent.name)
+            except Exception as exc:  # a validator bug must not hide the other files
+                result = infraspec.LoadResult(None, [infraspec.SpecError(
+                    str(path), None, "",
+                    f"could not be checked: Norn hit an internal error ({type(exc).__name__}) reading it",
+                )])
             if result.ok:
                 self.stdout.write(self.style.SUCCESS(f"{path}: valid ({result.spec.role})"))
             else:
