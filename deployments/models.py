@@ -318,9 +318,13 @@ class Event(models.Model):
 
 
 class SnapshotQuerySet(models.QuerySet):
+    def kept(self):
+        """Snapshots whose file is still there (not pruned by retention)."""
+        return self.filter(pruned_at__isnull=True)
+
     def disk_usage(self):
-        """{"count": snapshots, "bytes": their size on disk as recorded when written}."""
-        usage = self.aggregate(count=models.Count("id"), bytes=models.Sum("size"))
+        """{"count": snapshots kept, "bytes": their size on disk as recorded when written}."""
+        usage = self.kept().aggregate(count=models.Count("id"), bytes=models.Sum("size"))
         return {"count": usage["count"], "bytes": usage["bytes"] or 0}
 
 
@@ -338,6 +342,9 @@ class Snapshot(models.Model):
     sha256 = models.CharField(max_length=64)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PRE_MIGRATION)
     created_at = models.DateTimeField(auto_now_add=True)
+    # When retention (snapshots.retain) removed its file. The row stays, so
+    # the deployment that took it and every page naming it can say so.
+    pruned_at = models.DateTimeField(null=True, blank=True)
 
     objects = SnapshotQuerySet.as_manager()
 
@@ -350,6 +357,21 @@ class Snapshot(models.Model):
 
     def __str__(self):
         return self.path
+
+    @property
+    def pruned_note(self):
+        """ "Snapshot 2 was pruned on <date>", or "" while its file is kept."""
+        if self.pruned_at is None:
+            return ""
+        return f"Snapshot {self.pk} was pruned on {self.pruned_at:%Y-%m-%d %H:%M} UTC"
+
+    @property
+    def pruned_message(self):
+        """Why a pruned snapshot cannot be restored, for commands and forms."""
+        return (
+            f"{self.pruned_note} by retention (snapshots.retain of {self.app.name}): "
+            "its file is gone, so it cannot be restored"
+        )
 
 
 class CronJob(models.Model):
