@@ -10,6 +10,7 @@ deployment when done.
 import importlib
 import logging
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -117,6 +118,7 @@ class Progress:
         self.app_id = None
         self.public_id = ""
         self.workdir = None
+        self.pgid = None  # process group of the step's command, while one runs
         self.redact = runner.Redactor([])
         self.running = None  # the step started and not yet recorded as finished
         self.finished = None  # the last step recorded as finished
@@ -130,6 +132,8 @@ class Progress:
 
 
 def _run(deployment_id, owner, heartbeat, progress):
+    # Until the context knows the app's own secrets, the git tokens at least.
+    progress.redact = runner.Redactor(gitauth.secrets())
     deployment = Deployment.objects.select_related("app", "rollback_to", "snapshot").get(pk=deployment_id)
     progress.app_id = deployment.app_id
     progress.public_id = str(deployment.public_id)
@@ -168,7 +172,8 @@ def _fail_crashed(deployment_id, owner, progress, exc):
         except DatabaseError:
             log.warning("could not record the failure of deployment %s (attempt %d of %d)",
                         deployment_id, attempt + 1, FAIL_ATTEMPTS, exc_info=True)
-            time.sleep(FAIL_RETRY_DELAY)
+            if attempt + 1 < FAIL_ATTEMPTS:
+                time.sleep(FAIL_RETRY_DELAY)
             continue
         if not failed:
             log.warning("deployment %s had already finished when its worker hit: %s", deployment_id, error)
@@ -176,6 +181,10 @@ def _fail_crashed(deployment_id, owner, progress, exc):
         break
     else:
         return  # the database stayed away: crash recovery fails it once the heartbeat is stale
+    # A step's command whose output could not be recorded is still running
+    # (the runner stops only for a timeout or a cancel).
+    if progress.pgid:
+        runner.kill_tree(progress.pgid, signal.SIGKILL)
     # What the cleanup step would have removed: the clone (0700, it may hold
     # secrets) and any throwaway container of this deployment still running.
     if progress.workdir:
@@ -259,13 +268,18 @@ def _context(deployment, heartbeat, spec):
         ctx.image = deployment.rollback_to.image
         ctx.commit_sha = deployment.rollback_to.commit_sha
     ctx.cancel_reason = lambda: cancel_message(heartbeat.cancel_by) if heartbeat.cancel_by else None
-    ctx.record_pgid = lambda pgid: transitions.set_fields(deployment.pk, step_pgid=pgid)
     return ctx
 
 
 def _run_steps(deployment, owner, heartbeat, progress):
     spec, spec_error = load_spec(deployment.app, deployment.kind)
     ctx = _context(deployment, heartbeat, spec)
+
+    def record_pgid(pgid):
+        progress.pgid = pgid  # first: the write below may be what fails
+        transitions.set_fields(deployment.pk, step_pgid=pgid)
+
+    ctx.record_pgid = record_pgid
     progress.redact = ctx.redact
     progress.workdir = ctx.workdir
     steps = states.initial(deployment.kind)
@@ -283,6 +297,7 @@ def _run_steps(deployment, owner, heartbeat, progress):
             outcome = Outcome.failed(spec_error)
         else:
             outcome = _run_one(ctx, name, heartbeat)
+            progress.pgid = None
         if name == "clone":
             make_workdir(ctx.workdir)  # cleanup's target exists either way
         transitions.finish_step(
@@ -329,7 +344,20 @@ def _run_one(ctx: Context, name: str, heartbeat: Heartbeat) -> Outcome:
         make_workdir(ctx.workdir)  # 0700 whatever the umask: it holds the clone
         transitions.set_fields(ctx.deployment_id, workdir=str(ctx.workdir))
     try:
+        outcome = _step_outcome(ctx, name, heartbeat)
+    except DatabaseError:
+        # Norn's own database failed it, not the step: the worker's guard in
+        # execute() fails the deployment with that reason (and clears the pgid).
+        raise
+    transitions.set_fields(ctx.deployment_id, step_pgid=None)
+    return outcome
+
+
+def _step_outcome(ctx: Context, name: str, heartbeat: Heartbeat) -> Outcome:
+    try:
         step_module(name).run(ctx)
+    except DatabaseError:
+        raise
     except Skip as skip:
         return Outcome.skipped(str(skip))
     except runner.Cancelled as exc:
@@ -341,8 +369,6 @@ def _run_one(ctx: Context, name: str, heartbeat: Heartbeat) -> Outcome:
     except Exception as exc:
         log.exception("step %s of deployment %s crashed", name, ctx.deployment_id)
         return Outcome.failed(ctx.redact(f"internal error: {exc.__class__.__name__}: {exc}"))
-    finally:
-        transitions.set_fields(ctx.deployment_id, step_pgid=None)
     return Outcome.succeeded()
 
 

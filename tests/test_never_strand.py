@@ -194,3 +194,46 @@ def test_a_runtime_that_cannot_be_built_fails_the_deploy_step(make_app, norn_dir
     assert "kubeconfig" in first.error.lower() or "NORN_KUBECONFIG" in first.error
     assert first.steps.get(name="deploy").status == "failed"
     assert_failed_at_once(second, "deploy failed: ")
+
+
+def test_a_connection_lost_mid_step_fails_the_deploy_with_the_database_error(make_app, norn_dirs, busybox_image):
+    # The worker's database connections are cut while its test step runs:
+    # recording the step's end fails, and the worker reconnects to record
+    # the failure with that reason, at once (no wait for crash recovery).
+    import threading
+    import time
+
+    make_app("cut", SPEC.format(name="cut").replace("build: {}", "build:\n  test: sleep 4"), {"Dockerfile": DOCKERFILE})
+    deployment = request_deployment("cut")
+    later = request_deployment("cut")
+
+    def work():
+        try:
+            pipeline.execute(deployment.pk)
+        finally:
+            connection.close()  # this thread's own connection
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    wait_for(lambda: deployment.steps.filter(name="test", status="running").exists(), timeout=60, message="test step")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchone()[0] >= 1
+    started = time.monotonic()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < FAIL_WITHIN
+    assert_failed_at_once(deployment, "database error in the test step: terminating connection due to administrator command")
+    # What the step had running went with it: its container and the clone.
+    from tests.support.docker_images import docker
+
+    assert docker(["ps", "--all", "--quiet", "--filter", f"label=norn.deployment={deployment.public_id}"]).stdout == ""
+    deployment.refresh_from_db()
+    assert deployment.workdir and not pipeline.Path(deployment.workdir).exists()
+    # The app's next deployment was handed to the queue.
+    from django_q.models import OrmQ
+
+    assert any(later.pk in task.task["args"] for task in OrmQ.objects.all())
