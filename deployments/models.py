@@ -54,7 +54,9 @@ class DeploymentKind(models.TextChoices):
 
 # Kinds that put an image into service (a restore changes only the database).
 SERVICE_KINDS = (DeploymentKind.DEPLOY, DeploymentKind.ROLLBACK)
-# Statuses of a deployment whose image was in service at some point.
+# Statuses a deployment that went live can end in: still deployed, or
+# replaced by a rollback later. rolled_back alone does not say it went live:
+# a deploy whose rollout failed is rolled_back too once a rollback replaced it.
 WENT_LIVE = (DeploymentStatus.DEPLOYED, DeploymentStatus.ROLLED_BACK)
 
 
@@ -79,16 +81,35 @@ class DeploymentQuerySet(models.QuerySet):
         return self.order_by("-finished_at", "-pk")
 
     def went_live(self, app):
-        """The app's deployments that put an image into service, newest first:
-        the ones a rollback can go back to."""
+        """The app's deployments that went live and were healthy, newest first:
+        the ones a rollback can go back to (docs/pipeline.md, "Which
+        deployments went live").
+
+        A deploy or rollback went live when its deploy step succeeded (the
+        image passed its rollout gate and took the traffic) and it ended
+        deployed, or was deployed and later replaced by a rollback. A
+        deployment whose deploy step failed never went live, whatever its
+        status: after an automatic rollback it is rolled_back too.
+        """
+        deploy_step_succeeded = Step.objects.filter(
+            deployment=OuterRef("pk"), name="deploy", status=StepStatus.SUCCEEDED
+        )
         return (
-            self.filter(app=app, kind__in=SERVICE_KINDS, status__in=WENT_LIVE)
+            self.filter(app=app, kind__in=SERVICE_KINDS)
+            .filter(
+                # deployed: the pipeline ends a deployment so only when its
+                # deploy step (never skipped) succeeded.
+                Q(status=DeploymentStatus.DEPLOYED)
+                | Q(Exists(deploy_step_succeeded), status=DeploymentStatus.ROLLED_BACK)
+            )
             .exclude(image="")
             .newest_first()
         )
 
     def live_for(self, app):
-        """The deployment whose image is in service now: the latest that succeeded."""
+        """The deployment whose image is in service now: the newest that went
+        live and is still deployed (the deployed half of went_live, read
+        through the deploy_live index)."""
         return (
             self.filter(app=app, kind__in=SERVICE_KINDS, status=DeploymentStatus.DEPLOYED)
             .exclude(image="")
@@ -97,7 +118,8 @@ class DeploymentQuerySet(models.QuerySet):
         )
 
     def rollback_candidates(self, app, exclude_image=""):
-        """Earlier deployments whose image can be put back, newest first."""
+        """Earlier deployments whose image a rollback can put back, newest
+        first: those that went live (went_live), without the image in service."""
         candidates = self.went_live(app)
         return candidates.exclude(image=exclude_image) if exclude_image else candidates
 
@@ -296,9 +318,13 @@ class Event(models.Model):
 
 
 class SnapshotQuerySet(models.QuerySet):
+    def kept(self):
+        """Snapshots whose file is still there (not pruned by retention)."""
+        return self.filter(pruned_at__isnull=True)
+
     def disk_usage(self):
-        """{"count": snapshots, "bytes": their size on disk as recorded when written}."""
-        usage = self.aggregate(count=models.Count("id"), bytes=models.Sum("size"))
+        """{"count": snapshots kept, "bytes": their size on disk as recorded when written}."""
+        usage = self.kept().aggregate(count=models.Count("id"), bytes=models.Sum("size"))
         return {"count": usage["count"], "bytes": usage["bytes"] or 0}
 
 
@@ -316,6 +342,9 @@ class Snapshot(models.Model):
     sha256 = models.CharField(max_length=64)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PRE_MIGRATION)
     created_at = models.DateTimeField(auto_now_add=True)
+    # When retention (snapshots.retain) removed its file. The row stays, so
+    # the deployment that took it and every page naming it can say so.
+    pruned_at = models.DateTimeField(null=True, blank=True)
 
     objects = SnapshotQuerySet.as_manager()
 
@@ -328,6 +357,21 @@ class Snapshot(models.Model):
 
     def __str__(self):
         return self.path
+
+    @property
+    def pruned_note(self):
+        """ "Snapshot 2 was pruned on <date>", or "" while its file is kept."""
+        if self.pruned_at is None:
+            return ""
+        return f"Snapshot {self.pk} was pruned on {self.pruned_at:%Y-%m-%d %H:%M} UTC"
+
+    @property
+    def pruned_message(self):
+        """Why a pruned snapshot cannot be restored, for commands and forms."""
+        return (
+            f"{self.pruned_note} by retention (snapshots.retain of {self.app.name}): "
+            "its file is gone, so it cannot be restored"
+        )
 
 
 class CronJob(models.Model):

@@ -139,6 +139,8 @@ def request_restore(snapshot, *, user=None, name="", via="cli"):
     (touching nothing) when the file is missing or does not match its checksum."""
     from deployments.steps.verify import file_problem
 
+    if snapshot.pruned_at is not None:
+        raise DeployRequestError(f"{snapshot.pruned_message}; nothing was changed")
     problem = file_problem(snapshot)
     if problem:
         raise DeployRequestError(f"cannot restore snapshot {snapshot.pk}: {problem}; nothing was changed")
@@ -148,3 +150,4 @@ def request_restore(snapshot, *, user=None, name="", via="cli"):
     )
     queue.enqueue(deployment.pk)
     return deployment
+

@@ -36,10 +36,9 @@ def choose(app, target=None):
     if target is not None:
         if target.app_id != app.pk:
             raise NothingToRollBackTo(f"deployment {target.public_id} is not a deployment of {app.name}")
-        if not target.image or target.kind not in SERVICE_KINDS or target.status not in WENT_LIVE:
+        if not Deployment.objects.went_live(app).filter(pk=target.pk).exists():
             raise NothingToRollBackTo(
-                f"deployment {target.short_id} never put an image into service "
-                f"(status {target.status}); choose one that was deployed"
+                f"deployment {target.short_id} {never_live_reason(target)}; choose one that was deployed"
             )
         if broken is None and live is not None and target.image == live.image:
             raise NothingToRollBackTo(f"{target.image} is already in service (deployment {live.short_id})")
@@ -52,6 +51,18 @@ def choose(app, target=None):
             f"{app.name} has no earlier successful deployment with another image to roll back to"
         )
     return target, live
+
+
+def never_live_reason(deployment):
+    """Why `deployment` is not one a rollback can go back to (it is not in
+    Deployment.objects.went_live), in words."""
+    if deployment.kind not in SERVICE_KINDS:
+        return f"is a {deployment.get_kind_display().lower()}, which puts no image into service"
+    if deployment.status == DeploymentStatus.ROLLED_BACK:
+        return "never went live: its rollout failed, and a rollback replaced it"
+    if deployment.status not in WENT_LIVE:
+        return f"never went live (status {deployment.status})"
+    return "has no image"
 
 
 def queue(app, target, replaces, *, user=None, name="", via="cli"):

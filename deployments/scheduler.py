@@ -175,18 +175,24 @@ def run_job(job_id: int) -> CronRun | None:
             CronRun.objects.filter(pk=run.pk).update(output=output.text())
             last_save = time.monotonic()
 
-    env = {**job.env, **appenv.database_env(job.app.infraspec)}
     exit_code = None
+    redact = runner.Redactor([])
     try:
+        # Inside the try: whatever fails here (an app's stored spec that
+        # cannot be read) ends this run with the reason, never leaves it
+        # "running" for ever.
+        spec = job.app.infraspec
+        env = {**job.env, **appenv.database_env(spec)}
+        # The output is shown on the dashboard; as in the pipeline, the
+        # database password never is.
+        redact = runner.Redactor(appdb.secrets(spec))
         result = containers.run(
             lambda argv, timeout: runner.run(
                 argv,
                 env=runner.host_env(),
                 timeout=timeout,
                 on_output=on_output,
-                # The output is shown on the dashboard; as in the pipeline,
-                # the database password never is.
-                redact=runner.Redactor(appdb.secrets(job.app.infraspec)),
+                redact=redact,
             ),
             name=container,
             app_name=job.app.name,
@@ -202,7 +208,10 @@ def run_job(job_id: int) -> CronRun | None:
     except runner.TimedOut as exc:
         output.append(f"\n[norn] the run {exc} and was stopped\n")
     except (OSError, ValueError, runner.CommandError) as exc:
-        output.append(f"\n[norn] the run could not be started: {exc}\n")
+        output.append(redact(f"\n[norn] the run could not be started: {exc}\n"))
+    except Exception as exc:
+        log.exception("cron run %s of %s failed", run.pk, job.app.name)
+        output.append(redact(f"\n[norn] the run failed: internal error: {exc.__class__.__name__}: {exc}\n"))
     finally:
         if exit_code is None:
             # Killing the docker client does not stop the container.

@@ -213,20 +213,48 @@ def fail_abandoned(deployment: Deployment, error: str) -> bool:
         ).update(status=DeploymentStatus.FAILED, error=error, finished_at=timezone.now(), step_pgid=None)
         if not taken:
             return False
-        now = timezone.now()
-        for step in Step.objects.select_for_update().filter(deployment=deployment, status=StepStatus.RUNNING):
-            step.status = StepStatus.FAILED
-            step.error = error
-            step.finished_at = now
-            step.duration = now - step.started_at if step.started_at else None
-            step.save(update_fields=["status", "error", "finished_at", "duration"])
-            events.record(deployment.pk, events.STEP, {"step": step.name, "status": StepStatus.FAILED, "error": error})
-        Step.objects.filter(deployment=deployment, status=StepStatus.PENDING).update(
-            status=StepStatus.SKIPPED, skip_reason=error
-        )
-        fresh = Deployment.objects.select_related("app", "requested_by").get(pk=deployment.pk)
-        events.record(deployment.pk, events.FAILED, events.deployment_payload(fresh))
+        _close_steps(deployment.pk, error)
     return True
+
+
+def fail_crashed(deployment_id: int, owner: str, error: str) -> bool:
+    """Fail a deployment whose own worker hit an unexpected error: the running
+    step fails with `error`, the pending ones are skipped.
+
+    Conditional on this owner still holding it in flight: if it already
+    finished (the error came after), or recovery took it, nothing is written
+    and False is returned.
+    """
+    with transaction.atomic():
+        taken = (
+            Deployment.objects.filter(pk=deployment_id, owner=owner)
+            .in_flight()
+            .update(status=DeploymentStatus.FAILED, error=error, finished_at=timezone.now(), step_pgid=None)
+        )
+        if not taken:
+            return False
+        _close_steps(deployment_id, error)
+    return True
+
+
+def _close_steps(deployment_id: int, error: str) -> None:
+    """The steps of a deployment failed from outside its pipeline: the running
+    one fails, the pending ones are skipped, all with `error`; then the
+    deployment's deploy.failed event. Inside the caller's transaction."""
+    now = timezone.now()
+    for step in Step.objects.select_for_update().filter(deployment_id=deployment_id, status=StepStatus.RUNNING):
+        step.status = StepStatus.FAILED
+        step.error = error
+        step.finished_at = now
+        step.duration = now - step.started_at if step.started_at else None
+        step.save(update_fields=["status", "error", "finished_at", "duration"])
+        events.record(deployment_id, events.STEP, {"step": step.name, "status": StepStatus.FAILED, "error": error})
+    # skip_reason is a short column; the whole error is on the deployment.
+    Step.objects.filter(deployment_id=deployment_id, status=StepStatus.PENDING).update(
+        status=StepStatus.SKIPPED, skip_reason=error[:255]
+    )
+    fresh = Deployment.objects.select_related("app", "requested_by").get(pk=deployment_id)
+    events.record(deployment_id, events.FAILED, events.deployment_payload(fresh))
 
 
 def next_queued(app_id: int) -> int | None:

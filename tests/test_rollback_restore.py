@@ -221,9 +221,13 @@ def test_retention_keeps_the_newest_and_the_current_and_previous(make_app, tmp_p
     for i in range(4):
         repo.commit({"Dockerfile": DOCKERFILE + f"ENV V={i}\n"}, f"v{i}")
         deployments.append(run(request_deployment("keep")))
-    snapshots = list(Snapshot.objects.filter(app__name="keep").order_by("created_at"))
+    snapshots = list(Snapshot.objects.filter(app__name="keep").kept().order_by("created_at"))
     assert [s.deployment_id for s in snapshots] == [d.pk for d in deployments[2:]]
     assert all(Path(s.path).exists() for s in snapshots)
+    # The pruned ones keep their rows, saying when their files were removed.
+    pruned = list(Snapshot.objects.filter(app__name="keep", pruned_at__isnull=False).order_by("created_at"))
+    assert [s.deployment_id for s in pruned] == [d.pk for d in deployments[:2]]
+    assert not any(Path(s.path).exists() for s in pruned)
     assert len(list(norn_dirs.NORN_SNAPSHOT_DIR.glob(f"{db}_*.dump"))) == 2
     assert Snapshot.objects.filter(app=snapshots[0].app).disk_usage()["bytes"] == sum(s.size for s in snapshots)
 

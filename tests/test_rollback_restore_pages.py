@@ -100,3 +100,17 @@ def test_failed_migration_links_to_the_restore_page(operator, web, tmp_path):
     snapshot = write_snapshot(tmp_path, web, deployment)
     outcome = page(operator, f"/deployments/{deployment.public_id}/_outcome")
     assert f'href="/snapshots/{snapshot.pk}/restore"' in outcome
+
+
+def test_rollback_page_says_when_the_matching_snapshot_was_pruned(operator, web):
+    older = make_deployment(web, commit="1" * 40, image="web:111", ago=60)
+    live = make_deployment(web, commit="2" * 40, image="web:222", ago=30)
+    snapshot = Snapshot.objects.create(deployment=live, app=web, database="web_db", path="/x", size=1, sha256="0")
+    from django.utils import timezone
+
+    Snapshot.objects.filter(pk=snapshot.pk).update(pruned_at=timezone.now())
+    snapshot.refresh_from_db()
+    html = page(operator, "/apps/web/rollback")
+    assert older.short_id in html
+    assert f"snapshot {snapshot.pk} was pruned on {snapshot.pruned_at:%Y-%m-%d %H:%M} UTC: it can no longer be restored" in html
+    assert f'href="/snapshots/{snapshot.pk}/restore"' not in html

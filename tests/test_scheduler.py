@@ -226,3 +226,17 @@ def test_the_schedule_runs_the_job_through_django_q(cron_app, images, monkeypatc
     success = Success.objects.get(group=name)
     assert success.func == "deployments.tasks.run_cron_job"
     assert success.result == 0
+
+
+def test_a_run_that_cannot_be_set_up_ends_with_the_reason(cron_app, images):
+    # The app's stored spec cannot be read (a shape no Norn wrote): the run
+    # is recorded as ended, saying why, instead of "running" for ever.
+    job = register(cron_app, images[0])
+    App.objects.filter(pk=job.app_id).update(spec={"app": job.app.name, "role": "cron", "repo": {"branch": "x"}})
+
+    run = scheduler.run_job(job.pk)
+
+    assert run.exit_code is None
+    assert run.finished_at is not None
+    assert "[norn] the run failed: internal error: KeyError: 'url'" in run.output
+    assert CronRun.objects.get(pk=run.pk).finished_at is not None

@@ -27,6 +27,9 @@ class Command(BaseCommand):
             row = Snapshot.objects.select_related("app", "deployment").get(pk=snapshot)
         except Snapshot.DoesNotExist:
             raise CommandError(f"no snapshot {snapshot}", returncode=2) from None
+        if row.pruned_at is not None:
+            # Before asking: there is nothing to confirm.
+            raise CommandError(row.pruned_message, returncode=2)
         question = (
             f"Restore database {row.database} of {row.app.name} to snapshot {row.pk}, taken "
             f"{row.created_at:%Y-%m-%d %H:%M:%S} UTC ({row.get_kind_display().lower()})? "
