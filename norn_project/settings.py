@@ -164,9 +164,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
-    "django_q",
     "apps_registry",
+    # Before django_q: its `manage.py qcluster` is Norn's, which stops cleanly
+    # (deployments/workerstop.py); the first app with a command wins.
     "deployments",
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -429,6 +431,12 @@ Q_CLUSTER = {
     "catch_up": False,
     "label": "Task queue",
 }
+
+# Seconds a deployment in flight may still take after its worker was told to
+# stop (SIGTERM); then its step is stopped and it fails (deployments/workerstop.py).
+# Keep it below the service manager's stop timeout (TimeoutStopSec=90 in
+# deploy/systemd/norn-worker.service).
+NORN_STOP_GRACE = envint("NORN_STOP_GRACE", 30, minimum=0, maximum=3600)
 
 LOGGING = {
     "version": 1,
