@@ -165,9 +165,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "apps_registry",
-    # Before django_q: its `manage.py qcluster` is Norn's, which stops cleanly
-    # (deployments/workerstop.py); the first app with a command wins.
-    "deployments",
+    "deployments",  # before django_q: its qcluster command wins (deployments/workerstop.py)
     "django_q",
 ]
 
@@ -432,10 +430,8 @@ Q_CLUSTER = {
     "label": "Task queue",
 }
 
-# Seconds a deployment in flight may still take after its worker was told to
-# stop (SIGTERM); then its step is stopped and it fails (deployments/workerstop.py).
-# Keep it below the service manager's stop timeout (TimeoutStopSec=90 in
-# deploy/systemd/norn-worker.service).
+# Seconds a deployment in flight may take after SIGTERM before it is stopped and
+# failed (deployments/workerstop.py); below norn-worker.service's TimeoutStopSec.
 NORN_STOP_GRACE = envint("NORN_STOP_GRACE", 30, minimum=0, maximum=3600)
 
 LOGGING = {
