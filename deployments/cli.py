@@ -1,5 +1,6 @@
-"""What the deployment commands share: finding a deployment by (a prefix of)
-its id, queueing a request, and printing a deployment's events as they come.
+"""What the deployment commands share: their base class and exit codes
+(norn_project/cli.py, docs/cli.md), finding a deployment by (a prefix of) its
+id, queueing a request, and printing a deployment's events as they come.
 
 The commands in deployments/management/commands/ import this, never each other.
 """
@@ -18,6 +19,10 @@ from apps_registry.models import App
 from deployments.client import StreamedEvent, follow_deployment
 from deployments.models import Deployment, DeploymentStatus, Event
 from deployments.requests import DeployRequestError
+from norn_project.cli import BAD_REQUEST, FAILED, Command
+
+__all__ = ["BAD_REQUEST", "FAILED", "Command", "FollowPrinter", "add_follow_arguments", "find_app",
+           "find_deployment", "following", "queue_and_follow"]
 
 SYMBOLS = {"running": "…", "succeeded": "✓", "failed": "✗", "skipped": "–"}
 
@@ -30,18 +35,21 @@ def find_deployment(text: str) -> Deployment:
     except ValueError:
         pass
     except Deployment.DoesNotExist:
-        raise CommandError(f"no deployment {text}") from None
+        raise CommandError(f"no deployment {text}", returncode=BAD_REQUEST) from None
     if len(text) < 8 or not all(c in "0123456789abcdef-" for c in text):
-        raise CommandError(f"{text!r} is not a deployment id; use the UUID or at least its first 8 characters")
+        raise CommandError(
+            f"{text!r} is not a deployment id; use the UUID or at least its first 8 characters",
+            returncode=BAD_REQUEST,
+        )
     matches = list(
         Deployment.objects.select_related("app")
         .annotate(id_text=Cast("public_id", CharField()))
         .filter(id_text__startswith=text)[:2]
     )
     if not matches:
-        raise CommandError(f"no deployment {text}")
+        raise CommandError(f"no deployment {text}", returncode=BAD_REQUEST)
     if len(matches) > 1:
-        raise CommandError(f"{text} matches several deployments; give more characters")
+        raise CommandError(f"{text} matches several deployments; give more characters", returncode=BAD_REQUEST)
     return matches[0]
 
 
@@ -56,22 +64,31 @@ def queue_and_follow(
     verbosity: int,
 ) -> None:
     """What deploy, rollback and restore_snapshot share: queue it (a refused
-    request exits 2), then print its id (--no-wait) or follow it to the end
-    (exit 0 when it succeeded, 1 when not)."""
+    request exits BAD_REQUEST, 2), then print its id (--no-wait) or follow it
+    to the end (exit 0 when it succeeded, FAILED, 1, when not)."""
     # The task queue logs every enqueue at INFO; the CLI has its own output.
     logging.getLogger("django-q").setLevel(logging.WARNING)
     try:
         deployment = make_request()
     except DeployRequestError as exc:
-        raise CommandError(str(exc), returncode=2) from None
+        raise CommandError(str(exc), returncode=BAD_REQUEST) from None
     if no_wait:
         command.stdout.write(str(deployment.public_id))
         return
+    following(command, deployment)
     if not json:
         command.stdout.write(announce(deployment))
     status = FollowPrinter(command, as_json=json, use_db=db, verbosity=verbosity).run(deployment)
     if status != DeploymentStatus.DEPLOYED:
-        raise SystemExit(1)
+        raise SystemExit(FAILED)
+
+
+def following(command: BaseCommand, deployment: Deployment) -> None:
+    """From now on, Ctrl-C says (one line, on stderr: stdout may be JSON for a
+    program) that only the following stops (norn_project/cli.py prints it)."""
+    command.interrupted = (
+        f"Stopped following; the deployment goes on (cancel it with: manage.py cancel {deployment.public_id})"
+    )
 
 
 def add_follow_arguments(parser: ArgumentParser) -> None:
@@ -91,6 +108,7 @@ class FollowPrinter:
     """
 
     def __init__(self, command: BaseCommand, as_json: bool = False, use_db: bool = False, verbosity: int = 1) -> None:
+        self.command = command
         self.out = command.stdout
         self.err = command.stderr
         self.style = command.style
@@ -103,6 +121,7 @@ class FollowPrinter:
 
     def run(self, deployment: Deployment, after: int = 0) -> str:
         self.deployment = deployment
+        following(self.command, deployment)
         events = follow_deployment(
             deployment, after=after, use_db=self.use_db, idle_callback=self.idle,
             warn=lambda text: self.err.write(self.style.WARNING(text)),
@@ -112,11 +131,10 @@ class FollowPrinter:
             for event in events:
                 self.last_kind = event.kind
                 self.show(event)
-        except KeyboardInterrupt:
-            self.out.write(
-                f"\nStopped following; the deployment goes on. Cancel it with: manage.py cancel {deployment.public_id}"
-            )
-            raise SystemExit(130) from None
+        finally:
+            # Closes the WebSocket now: on Ctrl-C or a closed stdout (`| head`)
+            # its reader thread must not keep the command alive.
+            events.close()
         deployment.refresh_from_db()
         return deployment.status
 
@@ -174,4 +192,4 @@ def find_app(name: str) -> App:
         return App.objects.get(name=name)
     except App.DoesNotExist:
         known = ", ".join(App.objects.values_list("name", flat=True))
-        raise CommandError(f"unknown app {name!r}; known apps: {known or 'none'}") from None
+        raise CommandError(f"unknown app {name!r}; known apps: {known or 'none'}", returncode=BAD_REQUEST) from None

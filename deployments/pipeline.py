@@ -267,7 +267,9 @@ def _context(deployment, heartbeat, spec):
         # The image and commit being put back come from the earlier deployment.
         ctx.image = deployment.rollback_to.image
         ctx.commit_sha = deployment.rollback_to.commit_sha
-    ctx.cancel_reason = lambda: cancel_message(heartbeat.cancel_by) if heartbeat.cancel_by else None
+    # A worker that is stopping (deployments/workerstop.py) stops the step as
+    # a cancel would once its grace period is over; the step fails with why.
+    ctx.cancel_reason = lambda: (cancel_message(heartbeat.cancel_by) if heartbeat.cancel_by else None) or runner.stop_reason()
     return ctx
 
 

@@ -6,7 +6,12 @@ it, and only then points the app's route at it, so the public port never goes
 unanswered. Routes live in a JSON file in the proxy directory that the
 runtime writes (this module) and the proxy (`manage.py proxy`, proxyserver.py)
 polls; the proxy answers in a status file with the version it applied and a
-heartbeat. This module also starts and stops the proxy process.
+heartbeat.
+
+The proxy is a service of its own (norn-proxy.service, or a process of
+scripts/quickstart): Norn's workers never start it, so nothing a worker
+started outlives the worker, and a deploy that finds it down fails at once
+saying how to start it (NOT_RUNNING).
 
 Files in the directory (NORN_PROXY_DIR):
   routes.json  {"version": 7, "routes": {"shop": {"port": 8000, "backend": 41234}}}
@@ -14,8 +19,7 @@ Files in the directory (NORN_PROXY_DIR):
   status.json  {"pid", "version", "heartbeat", "listening": {port: backend},
                "errors": {port: why}, "connections": {backend: open}}
                written by the proxy every HEARTBEAT_INTERVAL and after each change
-  proxy.pid, proxy.lock (held while a proxy runs: there is only ever one),
-  start.lock, proxy.log (its output when the runtime started it)
+  proxy.pid, proxy.lock (held while a proxy runs: there is only ever one)
 """
 
 import contextlib
@@ -24,10 +28,7 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,15 +52,14 @@ HEARTBEAT_INTERVAL = 0.5
 # A status older than this means the proxy is hung or gone, even if its pid
 # still exists (pids are reused).
 STALE_AFTER = 5.0
-# Starting means loading Django in a new interpreter: a second or two.
-START_TIMEOUT = 20.0
 # Waiting for the proxy to apply a route: a few polls, with room for a busy host.
 ACK_TIMEOUT = 10.0
 
 ROUTES = "routes.json"
 STATUS = "status.json"
 PID_FILE = "proxy.pid"
-LOG_FILE = "proxy.log"
+
+NOT_RUNNING = "the Norn proxy is not running: start `manage.py proxy` (systemd: norn-proxy.service)"
 
 
 class ProxyError(Exception):
@@ -221,65 +221,7 @@ def open_connections(status: dict, backend: int) -> int:
     return status.get("connections", {}).get(str(backend), 0)
 
 
-# --- starting and stopping the process -----------------------------------------
-
-
-def ensure_running(directory: Path | None = None, timeout: float = START_TIMEOUT) -> int | None:
-    """Start `manage.py proxy` in the background unless one is alive.
-
-    Returns the new process's pid, or None when one was already running.
-    Raises ProxyError, with the end of its log, when it does not come up.
-    """
-    directory = directory or state_dir()
-    if alive(directory):
-        return None
-    # Two deploys may find the proxy down at once; only one starts it.
-    with _locked(directory / "start.lock"):
-        if alive(directory):
-            return None
-        log_path = directory / LOG_FILE
-        with open(log_path, "ab") as output:
-            proc = subprocess.Popen(
-                [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "proxy", "--dir", str(directory)],
-                cwd=settings.BASE_DIR,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                # Its own session: it outlives this worker, and killing a
-                # step's process group (cancel, timeout, crash recovery)
-                # must never take every app's public port down with it.
-                start_new_session=True,
-            )
-        # Reap it if it ever exits while this process lives, so it does not
-        # linger as a zombie.
-        threading.Thread(target=proc.wait, name=f"reap-proxy-{proc.pid}", daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = read_status(directory)
-            if status and status.get("pid") == proc.pid:
-                return proc.pid
-            if proc.returncode is not None:
-                raise ProxyError(
-                    f"the Norn proxy exited with status {proc.returncode} as it started; "
-                    f"the end of {log_path}:\n{_log_tail(log_path)}"
-                )
-            time.sleep(POLL_INTERVAL)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        raise ProxyError(
-            f"the Norn proxy did not report a heartbeat within {timeout:g} s of starting; "
-            f"the end of {log_path}:\n{_log_tail(log_path)}"
-        )
-
-
-def _log_tail(path, lines=10):
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+# --- the process ------------------------------------------------------------------
 
 
 def stop(directory: Path | None = None, timeout: float = 10.0) -> int | None:

@@ -1,6 +1,6 @@
 """`manage.py proxy`, the process: listens on every app's public port and forwards each
 new connection to the backend port its route names (deployments/proxy.py writes the
-routes and starts this process). A switch changes where new connections go, never an
+routes; this runs as a service of its own, norn-proxy.service). A switch changes where new connections go, never an
 open one; a route's removal closes its port but lets open connections finish.
 """
 

@@ -21,6 +21,11 @@ PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "DOCKER_HOST", "D
 FLUSH_INTERVAL = 0.25
 KILL_GRACE = 3.0
 
+# Set in a worker process that was told to stop (deployments/workerstop.py):
+# the monotonic time after which what a cancel would stop is stopped, and why.
+_stop_deadline: float | None = None
+_stop_reason = ""
+
 
 class CommandError(Exception):
     """A command could not run to success; `message` is for the step's error."""
@@ -75,6 +80,27 @@ def pid_alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def stop_after(seconds: float, reason: str) -> None:
+    """From `seconds` from now on, stop_reason() returns `reason`: this
+    process is stopping, and what is still running must not outlive it."""
+    global _stop_deadline, _stop_reason
+    if _stop_deadline is None:
+        _stop_deadline = time.monotonic() + seconds
+        _stop_reason = reason
+
+
+def stop_requested() -> bool:
+    """Has this process been told to stop (its grace period may still run)?"""
+    return _stop_deadline is not None
+
+
+def stop_reason() -> str | None:
+    """Why this process stops what it runs, once its grace period is over; else None."""
+    if _stop_deadline is not None and time.monotonic() >= _stop_deadline:
+        return _stop_reason
+    return None
 
 
 def kill_tree(pgid, sig=signal.SIGKILL):

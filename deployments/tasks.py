@@ -3,7 +3,7 @@ the database and is safe to run twice (delivery is at least once)."""
 
 import logging
 
-from deployments import pipeline, proxy, recovery, scheduler
+from deployments import pipeline, recovery, scheduler, workerstop
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +26,15 @@ def recover_and_dispatch():
 
 
 def on_worker_spawn(sender, proc_name=None, **kwargs):
-    """django-q2 post_spawn: a worker (re)started, maybe after a crash."""
+    """django-q2 post_spawn: a worker (re)started, maybe after a crash.
+
+    It starts nothing that would outlive it: the proxy that serves the apps'
+    ports is a service of its own (`manage.py proxy`, norn-proxy.service).
+    """
+    workerstop.on_worker_spawn()
     try:
         recovered = recovery.recover()
         if recovered:
             log.warning("%s recovered deployments %s", proc_name, recovered)
     except Exception:
         log.exception("crash recovery failed at worker start")
-    restart_proxy()
-
-
-def restart_proxy():
-    """After a reboot the apps' containers restart by themselves; their proxy
-    is started by the first worker, so their public ports answer again."""
-    try:
-        _, routes = proxy.read_routes()
-        if routes and not proxy.alive():
-            proxy.ensure_running()
-            log.warning("started the proxy for the apps' public ports")
-    except Exception:
-        log.exception("could not start the proxy for the apps' public ports")

@@ -72,10 +72,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
-    "django_q",
     "axes",
     "apps_registry",
-    "deployments",
+    "deployments",  # before django_q: its qcluster command wins (deployments/workerstop.py)
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -333,6 +333,10 @@ Q_CLUSTER = {
     "catch_up": False,
     "label": "Task queue",
 }
+
+# Seconds a deployment in flight may take after SIGTERM before it is stopped and
+# failed (deployments/workerstop.py); below norn-worker.service's TimeoutStopSec.
+NORN_STOP_GRACE = envint("NORN_STOP_GRACE", 30, minimum=0, maximum=3600)
 
 # A refused request (400/403/404, CSRF, a disallowed host) logs one line; a
 # traceback is kept for real server errors (norn_project/logfilters.py). The

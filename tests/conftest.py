@@ -8,15 +8,43 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def proxy_service(tmp_path_factory):
+    """`manage.py proxy` running as its own service for the test session, as
+    norn-proxy.service runs it: Norn's workers never start it. Stopped with
+    SIGTERM to its process group at the end."""
+    from tests.support.proxyservice import ProxyService
+
+    service = ProxyService(tmp_path_factory.mktemp("proxy-service") / "proxy").start()
+    yield service
+    service.stop()
+
+
 @pytest.fixture(autouse=True)
-def proxy_dir(tmp_path, settings):
-    """Each test's own proxy directory; a proxy a deploy started is stopped after."""
+def proxy_dir(request, tmp_path, settings):
+    """NORN_PROXY_DIR for this test.
+
+    Tests that run containers (they use busybox_image) or ask for
+    `proxy_service` share the session's proxy service; the routes they leave
+    are dropped afterwards, and a proxy a test stopped is started again.
+    Every other test gets a private directory that no proxy serves.
+    """
     from deployments import proxy
 
-    settings.NORN_PROXY_DIR = tmp_path / "proxy"
-    yield settings.NORN_PROXY_DIR
-    if settings.NORN_PROXY_DIR.exists():
-        proxy.stop(settings.NORN_PROXY_DIR)
+    if not {"busybox_image", "proxy_service"} & set(request.fixturenames):
+        settings.NORN_PROXY_DIR = tmp_path / "proxy"
+        yield settings.NORN_PROXY_DIR
+        return
+    service = request.getfixturevalue("proxy_service")
+    if not service.running:
+        service.start()
+    settings.NORN_PROXY_DIR = service.directory
+    yield service.directory
+    if not service.running:
+        service.kill()
+        service.start()
+    for app in proxy.read_routes(service.directory)[1]:
+        proxy.drop_route(app, service.directory)
 
 
 @pytest.fixture

@@ -305,7 +305,8 @@ def test_queued_deployment_warns_stops_on_ctrl_c_and_ends_when_cancelled(daphne,
             if cli.poll() is None:
                 cli.kill()
     deployment = Deployment.objects.get()
-    assert f"Stopped following; the deployment goes on. Cancel it with: manage.py cancel {deployment.public_id}" in out.read_text()
+    assert f"Stopped following; the deployment goes on (cancel it with: manage.py cancel {deployment.public_id})" in out.read_text()
+    assert "Traceback" not in out.read_text()
     assert deployment.status == "queued"
 
     follower = subprocess.Popen([sys.executable, "manage.py", "follow", str(deployment.public_id)], cwd=REPO_ROOT,

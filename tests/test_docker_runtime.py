@@ -4,12 +4,10 @@ container next to the old one, switches the proxy only once it is healthy and
 never interrupts the public port, even when the new container crashes, is
 unhealthy or the deploy is cancelled. Workers are replaced in place."""
 
-import fcntl
 import json
 import os
 import re
 import secrets
-import signal
 import socket
 import stat
 import threading
@@ -62,23 +60,6 @@ def images(busybox_image, tmp_path_factory):
     finally:
         for tag in built.values():
             docker(["rmi", "--force", tag], check=False)
-
-
-@pytest.fixture(autouse=True)
-def proxy_dir(tmp_path, settings):
-    """A private proxy directory; the proxy a test's deploys start is stopped afterwards."""
-    directory = tmp_path / "proxy"
-    settings.NORN_PROXY_DIR = directory
-    yield directory
-    stop_proxy(directory)
-
-
-def stop_proxy(directory):
-    try:
-        proxy.stop(directory)
-    except proxy.ProxyError:
-        # Hung: do not leave it holding ports for the next test.
-        os.kill(int((directory / proxy.PID_FILE).read_text()), signal.SIGKILL)
 
 
 def remove_app_containers(name):
@@ -202,7 +183,7 @@ def test_first_deploy_serves_the_public_port_through_the_proxy(tmp_path, images,
     assert ports == {f"{backend}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(backend)}]}
     assert proxy.route(app) == {"port": port, "backend": backend}
     lines = ctx.lines()
-    assert any(line.startswith("Started the Norn proxy (pid ") for line in lines)
+    assert not any("Started the Norn proxy" in line for line in lines)  # it is a service: never started by Norn
     assert f"GET http://127.0.0.1:{backend}/healthz: HTTP 200" in lines
 
 
@@ -478,36 +459,26 @@ def test_container_serving_the_public_port_itself_is_taken_over_by_the_proxy(tmp
     assert runtime.status(app)["backend_port"] not in (None, port)
 
 
-def test_a_crashed_proxy_is_restarted_by_the_next_deploy(tmp_path, images, app, port, proxy_dir):
+def test_a_deploy_fails_at_once_when_the_proxy_is_not_running(tmp_path, images, app, port, proxy_service):
     runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
-    pid = proxy.read_status(proxy_dir)["pid"]
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while not refused(port):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert not proxy.alive(proxy_dir)
+    proxy_service.stop()
+    assert refused(port)
 
-    ctx = make_ctx(tmp_path, app, images["v2"], port=port)
-    runtime.deploy(ctx)
-    new_pid = proxy.read_status(proxy_dir)["pid"]
-    assert new_pid != pid
-    assert f"Started the Norn proxy (pid {new_pid}); its output goes to {proxy_dir / 'proxy.log'}" in ctx.lines()
+    started = time.monotonic()
+    with pytest.raises(StepFailed) as failed:
+        runtime.deploy(make_ctx(tmp_path, app, images["v2"], port=port))
+    assert time.monotonic() - started < 5
+    assert str(failed.value).startswith(
+        "the Norn proxy is not running: start `manage.py proxy` (systemd: norn-proxy.service)."
+    )
+    # Nothing was started in its place, and nothing of the deploy was done.
+    assert not proxy.alive()
+    assert containers(app) == [f"norn-{app}"]
+
+    proxy_service.start()
+    assert fetch(port) == "v1\n"  # its route was kept
+    runtime.deploy(make_ctx(tmp_path, app, images["v2"], port=port))
     assert fetch(port) == "v2\n"
-
-
-def test_deploy_fails_clearly_when_the_proxy_cannot_start(tmp_path, images, app, port, proxy_dir):
-    proxy_dir.mkdir()
-    # Another proxy holds the directory's lock but never reports: the one
-    # the runtime starts refuses to run, and says why.
-    with open(proxy_dir / "proxy.lock", "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(StepFailed) as failed:
-            runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
-    message = str(failed.value)
-    assert "the Norn proxy, which serves the app's port, is not running and could not be started" in message
-    assert "another Norn proxy is already running" in message
-    assert containers(app) == []
 
 
 def test_two_apps_cannot_share_a_public_port(tmp_path, images, app, port):

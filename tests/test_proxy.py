@@ -1,6 +1,8 @@
 """Norn's TCP proxy as a real process (`manage.py proxy`) in front of real TCP
 backends: it forwards both ways, a route switch moves new connections only,
-its acknowledgement says when a switch is live, and it is restarted after a crash."""
+its acknowledgement says when a switch is live, started again after a crash it
+serves its routes, and it stops within seconds on SIGTERM to its process group.
+Norn itself never starts it: it is a service of its own."""
 
 import os
 import signal
@@ -15,6 +17,7 @@ import pytest
 from django.conf import settings
 
 from deployments import proxy
+from tests.support.proxyservice import ProxyService
 
 
 class Backend:
@@ -63,16 +66,17 @@ def backends():
 
 
 @pytest.fixture
-def directory(tmp_path, settings):
-    """A running proxy on a private directory; stopped afterwards."""
-    path = tmp_path / "proxy"
-    settings.NORN_PROXY_DIR = path
-    assert proxy.ensure_running() is not None
-    yield path
-    try:
-        proxy.stop(path)
-    except proxy.ProxyError:
-        os.kill(int((path / proxy.PID_FILE).read_text()), signal.SIGKILL)
+def service(tmp_path, settings):
+    """`manage.py proxy` as a service on a private directory; stopped afterwards."""
+    settings.NORN_PROXY_DIR = tmp_path / "proxy"
+    service = ProxyService(settings.NORN_PROXY_DIR).start()
+    yield service
+    service.kill()
+
+
+@pytest.fixture
+def directory(service):
+    return service.directory
 
 
 def free_port():
@@ -241,7 +245,7 @@ def test_two_apps_cannot_share_a_port(directory, backends):
         proxy.set_route("other", port, backends("B").port)
 
 
-def test_a_crashed_proxy_is_restarted_with_its_routes(directory, backends):
+def test_a_crashed_proxy_started_again_serves_its_routes(service, backends):
     a = backends("A")
     port = free_port()
     routed("web", port, a.port)
@@ -254,25 +258,34 @@ def test_a_crashed_proxy_is_restarted_with_its_routes(directory, backends):
         time.sleep(0.05)
     assert refused(port)
 
-    new_pid = proxy.ensure_running()
-    assert new_pid and new_pid != pid
-    assert proxy.ensure_running() is None  # alive: not started twice
+    service.start()  # what systemd's Restart=on-failure does
+    assert proxy.read_status()["pid"] not in (None, pid)
     client = Client(port)
     assert client.readline() == "A"
     client.close()
 
 
-def test_sigterm_stops_it_cleanly(directory, backends):
+def test_sigterm_to_its_process_group_stops_it_within_seconds(service, backends):
     port = free_port()
     routed("web", port, backends("A").port)
-    pid = int((directory / proxy.PID_FILE).read_text())
+    open_client = Client(port)  # an open connection must not hold the stop up
+    assert open_client.readline() == "A"
 
-    assert proxy.stop() == pid
-    assert not (directory / proxy.PID_FILE).exists()
-    assert not (directory / proxy.STATUS).exists()
+    assert service.stop() < 5
+    assert service.proc.returncode == 0
+    assert not (service.directory / proxy.PID_FILE).exists()
+    assert not (service.directory / proxy.STATUS).exists()
     assert not proxy.alive()
     assert refused(port)
-    assert "Norn proxy stopped" in (directory / proxy.LOG_FILE).read_text()
+    assert "Norn proxy stopped" in service.output()
+    open_client.close()
+
+
+def test_stop_helper_signals_the_proxy_named_in_its_pid_file(service, backends):
+    pid = int((service.directory / proxy.PID_FILE).read_text())
+    assert proxy.stop() == pid
+    assert not proxy.alive()
+    assert proxy.stop() is None  # nothing left to stop
 
 
 def test_only_one_proxy_runs_per_directory(directory):

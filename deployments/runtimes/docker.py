@@ -56,7 +56,7 @@ def deploy(ctx: StepContext) -> None:
     port = ctx.spec.port
     if port:
         # Before anything changes: without the proxy the switch cannot happen.
-        dockerswitch.ensure_proxy(ctx)
+        dockerswitch.require_proxy(ctx)
 
     _clear_leftover(ctx, name, next_name)
     previous = container(ctx, name)

@@ -33,15 +33,15 @@ from deployments.runtimes.dockerengine import (
 DRAIN_SECONDS = 5.0
 
 
-def ensure_proxy(ctx: StepContext) -> None:
-    try:
-        pid = proxy.ensure_running()
-    except proxy.ProxyError as exc:
+def require_proxy(ctx: StepContext) -> None:
+    """Fail the step at once, before anything changes, when the proxy that
+    serves the app's public port is not running. Norn never starts it: it is a
+    service of its own, and a process a worker started would outlive the worker."""
+    if not proxy.alive():
         raise StepFailed(
-            f"the Norn proxy, which serves the app's port, is not running and could not be started: {exc}"
-        ) from None
-    if pid:
-        ctx.log(f"Started the Norn proxy (pid {pid}); its output goes to {proxy.state_dir() / proxy.LOG_FILE}")
+            f"{proxy.NOT_RUNNING}. It serves the app's public port {ctx.spec.port} and switches it to the "
+            "new container; nothing was changed."
+        )
 
 
 def _free_backend_port(public_port):

@@ -1,13 +1,13 @@
 """`manage.py sync_apps`: read NORN_APPS_DIR and update the registry."""
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
 
 from apps_registry import discovery
 from apps_registry.models import App
+from norn_project.cli import Command as NornCommand
 
 
-class Command(BaseCommand):
+class Command(NornCommand):
     help = "Discover apps in NORN_APPS_DIR (*/infraspec.yaml) and update the registry."
 
     def add_arguments(self, parser):

@@ -9,12 +9,14 @@ traceback: the worst is one line saying the file could not be checked.
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from apps_registry import discovery, infraspec
+from norn_project.cli import BAD_REQUEST, FAILED
+from norn_project.cli import Command as NornCommand
 
 
-class Command(BaseCommand):
+class Command(NornCommand):
     help = (
         "Validate infraspec files: a path to a file or app directory, an app name "
         "in NORN_APPS_DIR, or (no argument) every app in NORN_APPS_DIR."
@@ -45,14 +47,14 @@ class Command(BaseCommand):
         summary = f"{len(files) - failed} valid, {failed} invalid"
         if failed:
             self.stderr.write(summary)
-            raise SystemExit(1)
+            raise SystemExit(FAILED)
         self.stdout.write(summary)
 
     def _files(self, target):
         if target is None:
             files = discovery.spec_files(settings.NORN_APPS_DIR)
             if not files:
-                raise CommandError(f"No */{infraspec.FILENAME} found in NORN_APPS_DIR ({settings.NORN_APPS_DIR}).")
+                raise CommandError(f"No */{infraspec.FILENAME} found in NORN_APPS_DIR ({settings.NORN_APPS_DIR}).", returncode=BAD_REQUEST)
             return files
         path = Path(target)
         if path.is_file():
@@ -60,11 +62,12 @@ class Command(BaseCommand):
         if path.is_dir():
             if (path / infraspec.FILENAME).is_file():
                 return [path / infraspec.FILENAME]
-            raise CommandError(f"{path} has no {infraspec.FILENAME}.")
+            raise CommandError(f"{path} has no {infraspec.FILENAME}.", returncode=BAD_REQUEST)
         candidate = Path(settings.NORN_APPS_DIR) / target / infraspec.FILENAME
         if "/" not in target and candidate.is_file():
             return [candidate]
         raise CommandError(
             f"{target!r} is neither a file, a directory with {infraspec.FILENAME}, "
-            f"nor an app in NORN_APPS_DIR ({settings.NORN_APPS_DIR})."
+            f"nor an app in NORN_APPS_DIR ({settings.NORN_APPS_DIR}).",
+            returncode=BAD_REQUEST,
         )

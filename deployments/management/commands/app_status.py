@@ -9,14 +9,16 @@ import json as jsonlib
 from datetime import datetime
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
 from django_q.models import Schedule
 
 from apps_registry.models import App
 from deployments import runtimes, scheduler
+from deployments.cli import Command as NornCommand
 from deployments.cli import find_app
 from deployments.models import CronJob
+from norn_project.cli import UNAVAILABLE
 
 
 def runtime_status(app: App) -> tuple[str, dict | None]:
@@ -28,7 +30,7 @@ def runtime_status(app: App) -> tuple[str, dict | None]:
             return name, runtime.status(app.name, app.infraspec.namespace)
         return name, runtime.status(app.name)
     except runtime.Error as exc:
-        raise CommandError(f"cannot ask the {name} runtime about {app.name}: {exc}") from None
+        raise CommandError(f"cannot ask the {name} runtime about {app.name}: {exc}", returncode=UNAVAILABLE) from None
 
 
 def cron_status(app: App) -> dict | None:
@@ -45,7 +47,7 @@ def cron_status(app: App) -> dict | None:
     }
 
 
-class Command(BaseCommand):
+class Command(NornCommand):
     help = (
         "Show what the runtime (NORN_RUNTIME) reports about an app now: whether it runs, its "
         "image, restarts, port or replicas, and a cron app's schedule."

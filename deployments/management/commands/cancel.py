@@ -2,13 +2,13 @@
 
 import getpass
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from deployments import transitions
-from deployments.cli import find_deployment
+from deployments.cli import FAILED, Command as NornCommand, find_deployment
 
 
-class Command(BaseCommand):
+class Command(NornCommand):
     help = "Cancel a deployment: a queued one ends at once, a running one stops its step and cleans up."
 
     def add_arguments(self, parser):
@@ -17,7 +17,7 @@ class Command(BaseCommand):
     def handle(self, *args, deployment, **options):
         target = find_deployment(deployment)
         if target.is_terminal:
-            raise CommandError(f"deployment {target.public_id} already ended: {target.status}")
+            raise CommandError(f"deployment {target.public_id} already ended: {target.status}", returncode=FAILED)
         who = f"{getpass.getuser()} (cli)"
         target.status = transitions.request_cancel(target, who)
         if target.is_terminal:

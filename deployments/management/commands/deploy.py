@@ -2,13 +2,12 @@
 
 import getpass
 
-from django.core.management.base import BaseCommand
-
+from deployments.cli import Command as NornCommand
 from deployments.cli import add_follow_arguments, queue_and_follow
 from deployments.requests import request_deployment
 
 
-class Command(BaseCommand):
+class Command(NornCommand):
     help = (
         "Deploy an app at a commit SHA, a branch or HEAD (the default), and follow its steps "
         "live from the Norn server at NORN_URL (with NORN_API_TOKEN), else from the database. "

@@ -1,16 +1,27 @@
 """`manage.py deployments`: the most recent deployments, newest first."""
 
-from django.core.management.base import BaseCommand
+import argparse
 
+from deployments.cli import Command as NornCommand
 from deployments.models import Deployment
 
 
-class Command(BaseCommand):
+def positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+class Command(NornCommand):
     help = "List recent deployments."
 
     def add_arguments(self, parser):
         parser.add_argument("--app", help="Only this app.")
-        parser.add_argument("--limit", type=int, default=20)
+        parser.add_argument("--limit", type=positive, default=20, help="How many (default 20).")
 
     def handle(self, *args, app=None, limit=20, **options):
         qs = Deployment.objects.select_related("app", "requested_by")

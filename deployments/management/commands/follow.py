@@ -1,12 +1,11 @@
 """`manage.py follow <deployment id>`: watch a deployment, running or finished."""
 
-from django.core.management.base import BaseCommand, CommandError
-
-from deployments.cli import FollowPrinter, add_follow_arguments, find_deployment
+from deployments.cli import FAILED, FollowPrinter, add_follow_arguments, find_deployment, following
+from deployments.cli import Command as NornCommand
 from deployments.models import DeploymentStatus
 
 
-class Command(BaseCommand):
+class Command(NornCommand):
     help = (
         "Print a deployment's steps from the start and follow it until it ends, live from the "
         "Norn server at NORN_URL (with NORN_API_TOKEN), else from the database. "
@@ -18,15 +17,12 @@ class Command(BaseCommand):
         add_follow_arguments(parser)
 
     def handle(self, *args, deployment, json=False, db=False, verbosity=1, **options):
-        try:
-            target = find_deployment(deployment)
-        except CommandError as exc:
-            # Same code as `deploy` uses for a request it cannot act on.
-            raise CommandError(str(exc), returncode=2) from None
+        target = find_deployment(deployment)
+        following(self, target)
         if not json:
             self.stdout.write(
                 f"Following {target.app.name} at {target.ref} (deployment {target.public_id}, {target.status})"
             )
         status = FollowPrinter(self, as_json=json, use_db=db, verbosity=verbosity).run(target)
         if status != DeploymentStatus.DEPLOYED:
-            raise SystemExit(1)
+            raise SystemExit(FAILED)

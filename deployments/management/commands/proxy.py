@@ -1,19 +1,21 @@
 """`manage.py proxy`: run Norn's TCP proxy (deployments/proxyserver.py) in the foreground.
 
-The Docker runtime starts it by itself when a deploy needs it; run it by hand
-(or under systemd) to have the apps' public ports served from boot.
+It is the service that serves the apps' public ports (norn-proxy.service, or a
+process of scripts/quickstart). Norn's workers never start it: a deploy that
+needs it while it is down fails at once and says to start it.
 """
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from deployments import proxy, proxyserver
+from deployments.cli import Command as NornCommand
 
 
-class Command(BaseCommand):
+class Command(NornCommand):
     help = (
         "Serve every app's public port (infraspec `port`) on 127.0.0.1 and forward it to the "
-        "app's current container, following the routes the Docker runtime writes. "
-        "Stops cleanly on SIGTERM or Ctrl-C."
+        "app's current container, following the routes the Docker runtime writes. Run it as "
+        "a service (deploy/systemd/norn-proxy.service). Stops cleanly on SIGTERM or Ctrl-C."
     )
     # The proxy serves traffic: a check about, say, the Kubernetes settings
     # must not keep every app's public port closed.

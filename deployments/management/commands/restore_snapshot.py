@@ -2,14 +2,15 @@
 
 import getpass
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from deployments.cli import Command as NornCommand
 from deployments.cli import add_follow_arguments, queue_and_follow
 from deployments.models import Snapshot
 from deployments.requests import request_restore
 
 
-class Command(BaseCommand):
+class Command(NornCommand):
     help = (
         "Restore a snapshot into its app's database with pg_restore --clean --if-exists "
         "--single-transaction, after taking a snapshot of the current state (so it can be "

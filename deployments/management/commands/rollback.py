@@ -2,13 +2,12 @@
 
 import getpass
 
-from django.core.management.base import BaseCommand, CommandError
-
+from deployments.cli import Command as NornCommand
 from deployments.cli import add_follow_arguments, find_deployment, queue_and_follow
 from deployments.requests import request_rollback
 
 
-class Command(BaseCommand):
+class Command(NornCommand):
     help = (
         "Roll an app back to its previous successfully deployed image, or to the image of "
         "the given deployment, and follow it. Exits 0 when rolled back, 1 when not, 2 for a bad request."
@@ -23,10 +22,7 @@ class Command(BaseCommand):
     def handle(self, *args, app, deployment=None, no_wait=False, json=False, db=False, verbosity=1, **options):
         target = None
         if deployment:
-            try:
-                target = find_deployment(deployment)
-            except CommandError as exc:
-                raise CommandError(str(exc), returncode=2) from None
+            target = find_deployment(deployment)
         queue_and_follow(
             self,
             lambda: request_rollback(app, target, name=getpass.getuser(), via="cli"),

@@ -7,14 +7,16 @@ cron runs stay: history is data, and a new deploy brings it back.
 """
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from deployments import runtimes, scheduler
-from deployments.cli import find_app
+from deployments.cli import FAILED, find_app
+from deployments.cli import Command as NornCommand
 from deployments.models import Deployment
+from norn_project.cli import UNAVAILABLE
 
 
-class Command(BaseCommand):
+class Command(NornCommand):
     help = (
         "Stop and remove an app's containers (or Kubernetes objects) and its cron schedule, "
         "after asking for confirmation. Refused while a deployment of the app is running."
@@ -32,7 +34,8 @@ class Command(BaseCommand):
             # nor the new version, and the deploy would then report success.
             raise CommandError(
                 f"deployment {running.short_id} of {app.name} is running ({running.status}); "
-                f"wait for it to finish or cancel it (manage.py cancel {running.short_id}) first"
+                f"wait for it to finish or cancel it (manage.py cancel {running.short_id}) first",
+                returncode=FAILED,
             )
         runtime_name = settings.NORN_RUNTIME
         spec = app.infraspec
@@ -44,7 +47,7 @@ class Command(BaseCommand):
             f"This stops {app.name} and removes it from {where}, and removes its cron schedule. "
             "Its deployment history stays. Continue? [y/N] "
         ):
-            raise CommandError("Nothing was changed.")
+            raise CommandError("Nothing was changed.", returncode=FAILED)
 
         runtime = runtimes.named(runtime_name)
         try:
@@ -53,7 +56,7 @@ class Command(BaseCommand):
             else:
                 removed = runtime.remove(app.name)
         except runtime.Error as exc:
-            raise CommandError(f"could not remove {app.name}: {exc}") from None
+            raise CommandError(f"could not remove {app.name}: {exc}", returncode=UNAVAILABLE) from None
         if scheduler.unregister(app.name):
             removed.append(f"cron schedule {scheduler.schedule_name(app.name)}")
         if removed:

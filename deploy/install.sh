@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# deploy/install.sh: run Norn for real, under systemd, as the unprivileged user norn.
+#
+#   sudo deploy/install.sh [--prefix /opt/norn] [--root /] [--user norn]
+#                          [--database-url URL] [--no-systemctl]
+#
+# - creates the system user `norn` (home /var/lib/norn, no login shell, in the
+#   group docker when it exists),
+# - copies this checkout to PREFIX (unless it is PREFIX) and makes PREFIX/.venv
+#   with requirements.txt (unless it has one),
+# - writes /etc/norn/norn.env, mode 0640 root:norn, with a generated SECRET_KEY,
+#   DEBUG off and the production settings; an existing env file is never
+#   touched (its key stays),
+# - creates the state directories under /var/lib/norn (owned by norn),
+# - runs migrate and collectstatic with that environment,
+# - installs deploy/systemd/*.service and norn.target (with PREFIX in their
+#   paths) and enables and starts norn.target.
+#
+# It can run again at any time (after an update, for instance): each step
+# does only what is missing. --root puts /etc, /var and the units under
+# another directory and --no-systemctl skips systemctl (tests; images built
+# without systemd running).
+set -euo pipefail
+
+SOURCE=$(cd "$(dirname "$0")/.." && pwd)
+PREFIX=/opt/norn
+ROOT=/
+NORN_USER=norn
+DATABASE_URL_DEFAULT="postgres://postgres@127.0.0.1:5432/norn"
+SYSTEMCTL=1
+
+usage() {
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --prefix) PREFIX=${2:?--prefix needs a directory}; shift 2 ;;
+        --root) ROOT=${2:?--root needs a directory}; shift 2 ;;
+        --user) NORN_USER=${2:?--user needs a name}; shift 2 ;;
+        --database-url) DATABASE_URL_DEFAULT=${2:?--database-url needs a URL}; shift 2 ;;
+        --no-systemctl) SYSTEMCTL=0; shift ;;
+        -h|--help) usage ;;
+        *) echo "install.sh: unknown argument $1" >&2; usage ;;
+    esac
+done
+case "$PREFIX" in /*) ;; *) echo "install.sh: --prefix must be an absolute path, not $PREFIX" >&2; exit 2 ;; esac
+case "$ROOT" in /*) ;; *) echo "install.sh: --root must be an absolute path, not $ROOT" >&2; exit 2 ;; esac
+case "$NORN_USER" in *[!a-z0-9_-]*|"") echo "install.sh: --user must be a plain user name, not $NORN_USER" >&2; exit 2 ;; esac
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: run it as root (it creates a user and writes /etc/norn)" >&2
+    exit 2
+fi
+
+ROOT=${ROOT%/}
+ETC_DIR="$ROOT/etc/norn"
+ENV_FILE="$ETC_DIR/norn.env"
+STATE_DIR="$ROOT/var/lib/norn"
+UNIT_DIR="$ROOT/etc/systemd/system"
+say() { echo "install.sh: $*"; }
+
+# --- the user ------------------------------------------------------------------
+if ! id "$NORN_USER" >/dev/null 2>&1; then
+    useradd --system --home-dir /var/lib/norn --no-create-home --shell /usr/sbin/nologin "$NORN_USER"
+    say "created the system user $NORN_USER"
+fi
+if getent group docker >/dev/null && ! id -nG "$NORN_USER" | tr ' ' '\n' | grep -qx docker; then
+    usermod -aG docker "$NORN_USER"
+    say "added $NORN_USER to the group docker"
+fi
+GROUP=$(id -gn "$NORN_USER")
+
+# --- the code and its Python ---------------------------------------------------
+if [ "$(cd "$SOURCE" && pwd -P)" != "$(mkdir -p "$PREFIX" && cd "$PREFIX" && pwd -P)" ]; then
+    # Root's, read-only for norn: a compromised worker cannot change Norn's code.
+    (cd "$SOURCE" && tar --exclude=./.venv --exclude=./var --exclude=./.git --exclude='__pycache__' -cf - .) \
+        | (cd "$PREFIX" && tar -xf -)
+    say "copied Norn to $PREFIX"
+fi
+if [ ! -x "$PREFIX/.venv/bin/python" ]; then
+    python3 -m venv "$PREFIX/.venv"
+    "$PREFIX/.venv/bin/pip" install --quiet -r "$PREFIX/requirements.txt"
+    say "installed Norn's Python packages into $PREFIX/.venv"
+fi
+
+# --- state directories ---------------------------------------------------------
+install -d -m 0750 -o "$NORN_USER" -g "$GROUP" "$STATE_DIR" "$STATE_DIR/apps" "$STATE_DIR/proxy" "$STATE_DIR/ssh"
+install -d -m 0700 -o "$NORN_USER" -g "$GROUP" "$STATE_DIR/work" "$STATE_DIR/snapshots"
+
+# --- the environment file ------------------------------------------------------
+install -d -m 0750 -o root -g "$GROUP" "$ETC_DIR"
+if [ -e "$ENV_FILE" ]; then
+    say "$ENV_FILE exists: kept as it is (its SECRET_KEY too)"
+else
+    SECRET=$("$PREFIX/.venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(50))')
+    TMP=$(mktemp "$ETC_DIR/.norn.env.XXXXXX")
+    cat > "$TMP" <<ENV
+# Norn's settings (README.md, Configuration). Read by the norn-* units; only
+# root and the group $GROUP may read it: it holds the secret key.
+SECRET_KEY=$SECRET
+DEBUG=false
+ALLOWED_HOSTS=localhost,127.0.0.1
+DATABASE_URL=$DATABASE_URL_DEFAULT
+REDIS_URL=redis://127.0.0.1:6379/0
+NORN_HOST=127.0.0.1
+NORN_PORT=8000
+NORN_APPS_DIR=/var/lib/norn/apps
+NORN_WORK_DIR=/var/lib/norn/work
+NORN_SNAPSHOT_DIR=/var/lib/norn/snapshots
+NORN_PROXY_DIR=/var/lib/norn/proxy
+NORN_GIT_KNOWN_HOSTS=/var/lib/norn/ssh/known_hosts
+NORN_RUNTIME=docker
+NORN_WORKERS=2
+# Seconds a deployment in flight may take after \`systemctl stop\` before it is
+# failed; keep it 20 s or more below norn-worker.service's TimeoutStopSec (90).
+NORN_STOP_GRACE=30
+# The apps' own PostgreSQL server (admin URL), for apps with services.postgres:
+#NORN_APP_DATABASES_URL=postgres://USER:PASSWORD@127.0.0.1:5433/postgres
+
+# Behind a TLS-terminating reverse proxy (recommended), also set:
+# Redirect every plain-HTTP request to HTTPS.
+#NORN_SECURE_SSL_REDIRECT=true
+# Send the session and CSRF cookies over HTTPS only.
+#NORN_SESSION_COOKIE_SECURE=true
+#NORN_CSRF_COOKIE_SECURE=true
+# Tell browsers to use HTTPS only for this many seconds (HSTS); start small.
+#NORN_SECURE_HSTS_SECONDS=3600
+# The origins forms are posted from, e.g. https://norn.example.com
+#NORN_CSRF_TRUSTED_ORIGINS=https://norn.example.com
+ENV
+    chown root:"$GROUP" "$TMP"
+    chmod 0640 "$TMP"
+    mv "$TMP" "$ENV_FILE"
+    say "wrote $ENV_FILE with a new SECRET_KEY (mode 0640, root:$GROUP)"
+fi
+
+# --- the database and static files ---------------------------------------------
+run_with_env() {
+    # The env file's variables, as systemd's EnvironmentFile= reads them
+    # (KEY=VALUE lines, # comments), never through a shell.
+    local -a vars=()
+    while IFS= read -r line || [ -n "$line" ]; do
+        case "$line" in ''|'#'*) continue ;; *=*) vars+=("$line") ;; esac
+    done < "$ENV_FILE"
+    (cd "$PREFIX" && env "${vars[@]}" "$@")
+}
+run_with_env "$PREFIX/.venv/bin/python" manage.py migrate --no-input -v 0
+run_with_env "$PREFIX/.venv/bin/python" manage.py collectstatic --no-input -v 0
+say "database migrated, static files collected"
+
+# --- the units -----------------------------------------------------------------
+install -d -m 0755 "$UNIT_DIR"
+for unit in "$SOURCE"/deploy/systemd/*.service "$SOURCE"/deploy/systemd/*.target; do
+    name=$(basename "$unit")
+    sed -e "s#/opt/norn#$PREFIX#g" -e "s#^User=norn\$#User=$NORN_USER#" -e "s#^Group=norn\$#Group=$GROUP#" \
+        "$unit" > "$UNIT_DIR/.$name.tmp"
+    chmod 0644 "$UNIT_DIR/.$name.tmp"
+    mv "$UNIT_DIR/.$name.tmp" "$UNIT_DIR/$name"
+done
+say "installed the units in $UNIT_DIR"
+if [ "$SYSTEMCTL" -eq 1 ]; then
+    systemctl daemon-reload
+    systemctl enable norn.target norn-web.service norn-worker.service norn-proxy.service
+    systemctl restart norn.target
+    say "started norn.target: systemctl status 'norn-*'"
+else
+    say "--no-systemctl: not enabled or started"
+fi

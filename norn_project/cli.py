@@ -1,0 +1,101 @@
+"""Unix manners for every `manage.py` command of Norn's (docs/cli.md): one exit
+code per situation, a quiet exit when stdout is closed early (`| head`), and
+one line, not a traceback, on Ctrl-C.
+
+Both apps' commands subclass `Command`; it lives here because apps_registry
+may not import deployments.
+"""
+
+import os
+import sys
+
+from django.core import checks
+from django.core.management.base import BaseCommand, SystemCheckError
+from django.db import InterfaceError, OperationalError
+
+# The exit codes, the same for the same situation in every command (docs/cli.md).
+OK = 0
+# It ran and did not succeed: a deployment failed, was cancelled or rolled
+# back; an infraspec is invalid; a confirmation was declined; the target's
+# state does not allow it (cancel of a finished deployment, undeploy during a deploy).
+FAILED = 1
+# Refused before anything happened: a usage error, an unknown or malformed
+# app, deployment or snapshot, a deploy/rollback/restore request Norn refuses.
+BAD_REQUEST = 2
+# A service it needs could not be reached: Norn's database, the Docker
+# engine or the Kubernetes API.
+UNAVAILABLE = 3
+# Ctrl-C (SIGINT), as a shell reports a program it ended.
+INTERRUPTED = 130
+# Whoever read stdout stopped reading (`| head`), as a shell reports a
+# program that SIGPIPE ended.
+BROKEN_PIPE = 141
+
+# The system checks that say a service is unreachable (norn_project/checks.py):
+# PostgreSQL, Redis.
+UNREACHABLE_CHECKS = {"norn.E001", "norn.E002"}
+
+
+class Command(BaseCommand):
+    """A management command with Norn's exit codes and manners.
+
+    `interrupted` is the line printed on Ctrl-C; commands that leave
+    something going on say what (follow: the deployment goes on).
+    """
+
+    interrupted = "interrupted"
+
+    def run_from_argv(self, argv):
+        try:
+            super().run_from_argv(argv)
+            # Output to a pipe is buffered: flush here, where a closed pipe
+            # is still ours to handle, not at interpreter exit.
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self._leave(BROKEN_PIPE)
+        except KeyboardInterrupt:
+            self._say(f"\n{self.interrupted}")
+            self._leave(INTERRUPTED)
+        except EOFError:
+            # input() found stdin closed: a question nobody can answer is a no.
+            self._say("CommandError: no answer on stdin, so nothing was changed; --yes skips the question")
+            self._leave(FAILED)
+        except (OperationalError, InterfaceError) as exc:
+            self._say(f"CommandError: cannot reach Norn's database (DATABASE_URL): {_first_line(exc)}")
+            self._leave(UNAVAILABLE)
+
+    def check(self, *args, **kwargs):
+        try:
+            super().check(*args, **kwargs)
+        except SystemCheckError as exc:
+            # The same situation as a query that cannot reach the database.
+            errors = [m for m in checks.run_checks(tags=["norn"]) if m.level >= checks.ERROR]
+            if errors and {m.id for m in errors} <= UNREACHABLE_CHECKS:
+                exc.returncode = UNAVAILABLE
+            raise
+
+    def _say(self, text):
+        try:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        except OSError:
+            pass
+
+    def _leave(self, code):
+        """Exit at once with `code`, saying nothing more.
+
+        os._exit: a closed stdout would make the interpreter's own flush at
+        exit print a traceback, and a background thread (a WebSocket reader,
+        a heartbeat) must not keep a command alive that has nothing more to do.
+        """
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        os._exit(code)
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
