@@ -10,12 +10,21 @@ def main():
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
+    from norn_project import cli
+
     try:
         execute_from_command_line(sys.argv)
     except ImproperlyConfigured as exc:
         # A bad environment value: say which and what is valid, no traceback.
         sys.stderr.write(f"Norn is misconfigured: {exc}\n")
-        sys.exit(2)
+        sys.exit(cli.BAD_REQUEST)
+    except KeyboardInterrupt:
+        # Ctrl-C before a command's own handler runs (while Django starts, or
+        # during the system checks): the same line and code as inside one.
+        sys.stderr.write(f"\n{cli.Command.interrupted}\n")
+        os._exit(cli.INTERRUPTED)
+    except BrokenPipeError:
+        os._exit(cli.BROKEN_PIPE)
 
 
 if __name__ == "__main__":
