@@ -1,4 +1,5 @@
-"""Removing the per-app Docker networks (norn-<app>) that tests' deployments create.
+"""Removing what tests' deployments leave on Docker: the apps' containers and
+their per-app networks (norn-<app>).
 
 Docker hands each bridge network a subnet from a small default pool (about 30
 of them), so tests must not leave theirs behind.
@@ -10,7 +11,11 @@ from tests.support.docker_images import docker
 
 
 def remove_app_network(app_name: str) -> None:
-    """Remove norn-<app>; fine when it is missing (or still in use: then it stays)."""
+    """Remove the app's containers, then norn-<app>; fine when they are missing."""
+    listed = docker(["ps", "-aq", "--filter", f"label=norn.app={app_name}"], check=False)
+    ids = listed.stdout.split() if listed.returncode == 0 else []
+    if ids:
+        docker(["rm", "-f", *ids], check=False)
     docker(["network", "rm", f"norn-{app_name}"], check=False)
 
 
