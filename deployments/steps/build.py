@@ -24,6 +24,8 @@ def run(ctx: Context) -> None:
     ctx.run(
         [
             "docker", "build",
+            # A failed RUN leaves no stopped container behind.
+            "--force-rm",
             "-f", dockerfile,
             "-t", ctx.local_image,
             "--label", f"norn.app={ctx.app_name}",
