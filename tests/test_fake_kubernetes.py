@@ -308,7 +308,7 @@ def test_merge_patch_and_json_patch(kube, apps):
 
     ops = [{"op": "test", "path": "/spec/replicas", "value": 2},
            {"op": "replace", "path": "/spec/replicas", "value": 4},
-           {"op": "add", "path": "/metadata/annotations", "value": {"a~b/c": "1"}}]
+           {"op": "add", "path": "/metadata/annotations", "value": {"example.com/note": "1"}}]
     json_patched = apps.patch_namespaced_deployment("web", "default", ops)
     assert kube.requests[-1].content_type == "application/json-patch+json"
     assert json_patched.spec.replicas == 4
