@@ -163,8 +163,10 @@ def _invalid(kind, name, errors):
     causes = [{"reason": r, "message": m, "field": f} for f, r, m in errors]
     summary = [f"{f}: {m}" for f, _, m in errors]
     text = summary[0] if len(summary) == 1 else "[" + ", ".join(summary) + "]"
+    # Unlike NotFound and friends, an Invalid status names the Kind (kubectl prints 'The Service "x" is invalid').
+    details = {**_details(kind, name, causes=causes), "kind": kind.kind}
     return KubeApiError(422, f'{kind.kind}{"." + kind.group if kind.group else ""} "{name}" is invalid: {text}',
-                        details=_details(kind, name, causes=causes))
+                        details=details)
 
 
 def _now():
@@ -1070,6 +1072,8 @@ class FakeKubernetes:
         if unknown := schema.prune_unknown(kind.plural, obj):
             directive = getattr(self._request, "validation", "Strict")
             if directive == "Strict":
+                if patched:  # the patched object is walked in key order rather than read as a document
+                    unknown = sorted(unknown)
                 message = "strict decoding error: " + ", ".join(f'unknown field "{path}"' for path in unknown)
                 if not patched:  # a decoded body names its type; a patched object is converted in place
                     message = f'{kind.kind} in version "v1" cannot be handled as a {kind.kind}: {message}'
