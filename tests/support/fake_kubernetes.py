@@ -20,9 +20,17 @@ gets stuck) over time.  Both clients therefore run their real code paths against
 It listens with TLS by default, because kubectl only sends kubeconfig
 credentials over TLS; the kubeconfig embeds the throwaway CA.  Behaviour was
 written from the real apiserver (messages, reasons, defaults and ``omitempty``
-fields mirror it), but only what Norn touches is covered: no ReplicaSets (and no
-pods for Deployments; only Jobs have them), no server-side apply, no Table rendering (kubectl falls back to
-NAME/AGE columns), and ``fieldValidation=Strict`` is accepted without a schema.
+fields mirror it).  Like the real one it says no: unknown fields are dropped and,
+per ``fieldValidation``, refused (Strict, kubectl's default), warned about in
+``Warning`` headers (Warn, the default without the parameter) or ignored, against
+the schema table in tests/support/fake_kube_schema.py; names (DNS-1123 subdomain,
+DNS-1035 label for Services, DNS-1123 label for Namespaces), label keys and values
+and annotation keys get 422s with ``details.causes``; probes, pod specs, strategies
+and Services are defaulted; ``generation`` follows the spec (pod template included);
+a paused Deployment's Progressing condition says DeploymentPaused.  Not covered: no
+ReplicaSets (and no pods for Deployments; only Jobs have them), no server-side apply,
+no duplicate-field detection, no type checks of leaf values, and no Table rendering
+(kubectl falls back to NAME/AGE columns).
 """
 from __future__ import annotations
 
