@@ -907,3 +907,57 @@ def test_pause_and_resume_show_in_the_progressing_condition(kube, apps, kubectl)
     done = kubectl("rollout", "status", "deployment/web", "--timeout=20s")
     assert done.returncode == 0, done.stdout + done.stderr
     assert progressing()[:2] == ("True", "NewReplicaSetAvailable")
+
+
+def test_containers_are_validated_like_the_apiserver(kube, apps):
+    body = deployment(images=(("app", "app:v1"),))
+    body["spec"]["template"]["spec"]["containers"][0].update(
+        ports=[{"containerPort": 70000}, {"containerPort": 80, "protocol": "tcp", "name": "web_http"}],
+        env=[{"name": "A=B", "value": "1"}, {"name": "", "value": "2"}, {"name": "SPACE OK", "value": "3"}],
+        imagePullPolicy="Sometimes",
+        readinessProbe={"periodSeconds": 5}, livenessProbe={"tcpSocket": {"port": 80}, "successThreshold": 2},
+        resources={"requests": {"cpu": "2", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}})
+    with pytest.raises(ApiException) as refused:
+        apps.create_namespaced_deployment("default", body)
+    base = "spec.template.spec.containers[0]"
+    assert causes(refused.value) == [
+        (f"{base}.ports[0].containerPort", "Invalid value: 70000: must be between 1 and 65535, inclusive"),
+        (f"{base}.ports[1].protocol", 'Unsupported value: "tcp": supported values: "SCTP", "TCP", "UDP"'),
+        (f"{base}.ports[1].name", 'Invalid value: "web_http": must contain only alpha-numeric characters (a-z, '
+                                  '0-9), and hyphens (-)'),
+        (f"{base}.env[0].name", "Invalid value: \"A=B\": a valid environment variable name must consist only of "
+                                "printable ASCII characters other than '='"),
+        (f"{base}.env[1].name", "Required value"),
+        (f"{base}.imagePullPolicy", 'Unsupported value: "Sometimes": supported values: "Always", "IfNotPresent", '
+                                    '"Never"'),
+        (f"{base}.livenessProbe.successThreshold", "Invalid value: 2: must be 1"),
+        (f"{base}.readinessProbe", "Required value: must specify a handler type"),
+        (f"{base}.resources.requests", 'Invalid value: "2": must be less than or equal to cpu limit of 1'),
+    ]
+    assert kube.get_object("deployments", "web") is None
+
+
+def test_unparseable_quantities_fail_decoding(kube):
+    body = deployment(images=(("app", "app:v1"),))
+    body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"memory": "lots"}}
+    code, _, status = raw(kube, "POST", DEPLOYMENTS, body)
+    assert (code, status["message"]) == (400, 'Deployment in version "v1" cannot be handled as a Deployment: '
+                                               "quantities must match the regular expression "
+                                               "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+    body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"memory": "1.5Gi", "cpu": 2},
+                                                                      "requests": {"cpu": "500m"}}
+    assert raw(kube, "POST", DEPLOYMENTS, body)[0] == 201
+
+
+@needs_kubectl
+def test_kubectl_set_resources_is_refused_when_requests_exceed_limits(kube, apps, kubectl):
+    apps.create_namespaced_deployment("default", deployment())
+    refused = kubectl("set", "resources", "deployment/web", "-c", "app", "--requests=cpu=2", "--limits=cpu=1")
+    assert refused.returncode != 0
+    assert ('spec.template.spec.containers[0].resources.requests: Invalid value: "2": must be less than or equal to '
+            'cpu limit of 1') in refused.stderr
+    accepted = kubectl("set", "resources", "deployment/web", "-c", "app", "--requests=cpu=250m,memory=64Mi",
+                       "--limits=cpu=1,memory=128Mi")
+    assert accepted.returncode == 0, accepted.stderr
+    resources = kube.get_object("deployments", "web")["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}}

@@ -123,6 +123,7 @@ def _container_errors(pod, base):
         seen.add(name)
         if not (isinstance(container, dict) and container.get("image")):
             errors.append((f"{where}.image", "FieldValueRequired", "Required value"))
+        errors += fk.schema.container_errors(container, where)
     return errors
 
 

@@ -8,10 +8,13 @@ string to T; or a leaf: ``"s"`` string, ``"i"`` integer, ``"b"`` boolean, ``"io"
 model field by field: its insides are neither checked nor pruned).  Every field Norn writes is
 here, plus the common ones around them, so that ``prune_unknown`` can do what the apiserver's
 decoder does with ``fieldValidation``: report the path of each unknown field
-(``spec.template.spec.containers[0].imagePullPolcy``) and drop it.  Leaf types are not checked.
+(``spec.template.spec.containers[0].imagePullPolcy``) and drop it.  Leaf types are not checked,
+except quantities, which the real decoder parses (an unparseable one fails the whole request).
 
-``label_errors``/``annotation_errors`` are apimachinery's ValidateLabels/ValidateAnnotations,
-with the real messages, as (field, reason, message) triples for fake_kubernetes._invalid.
+``label_errors``/``annotation_errors`` are apimachinery's ValidateLabels/ValidateAnnotations and
+``container_errors`` the part of ValidateContainers beyond names and images (ports, env names,
+pull policy, probes, resources), with the real messages, as (field, reason, message) triples for
+fake_kubernetes._invalid.
 """
 from __future__ import annotations
 
@@ -176,23 +179,26 @@ FIELD_VALIDATION = ("", "Ignore", "Strict", "Warn")  # sorted, as the apiserver 
 
 
 def prune_unknown(plural, obj):
-    """Drop the fields of ``obj`` (in place) that its kind does not have; returns their paths
-    in document order, spelled as the apiserver's strict decoder spells them."""
-    unknown = []
-    _prune(obj, KINDS[plural], "", unknown)
-    return unknown
+    """Drop the fields of ``obj`` (in place) that its kind does not have.  Returns (unknown, quantities):
+    the paths of the dropped fields in document order, spelled as the apiserver's strict decoder
+    spells them, and the paths of quantity fields whose value no resource.Quantity parses."""
+    unknown, quantities = [], []
+    _prune(obj, KINDS[plural], "", unknown, quantities)
+    return unknown, quantities
 
 
-def _prune(value, shape, path, unknown):
+def _prune(value, shape, path, unknown, quantities):
     if isinstance(shape, str):
         if shape.startswith("[") and isinstance(value, list):
             for n, item in enumerate(value):
-                _prune(item, shape[1:-1], f"{path}[{n}]", unknown)
+                _prune(item, shape[1:-1], f"{path}[{n}]", unknown, quantities)
         elif shape.startswith("{") and isinstance(value, dict):
             for key, item in value.items():
-                _prune(item, shape[1:-1], f"{path}[{key}]", unknown)
+                _prune(item, shape[1:-1], f"{path}[{key}]", unknown, quantities)
         elif shape in SCHEMA:
-            _prune(value, SCHEMA[shape], path, unknown)
+            _prune(value, SCHEMA[shape], path, unknown, quantities)
+        elif shape == "q" and value is not None and quantity_value(value) is None:
+            quantities.append(path)
         return
     if not isinstance(value, dict):  # a type mismatch; not this function's business
         return
@@ -202,7 +208,7 @@ def _prune(value, shape, path, unknown):
             unknown.append(sub)
             del value[key]
         else:
-            _prune(value[key], shape[key], sub, unknown)
+            _prune(value[key], shape[key], sub, unknown, quantities)
 
 
 # --------------------------------------------------------------------------- labels and annotations
@@ -317,3 +323,140 @@ def default_volumes(pod):
         for source in ("secret", "configMap"):
             if isinstance(volume, dict) and isinstance(volume.get(source), dict):
                 volume[source].setdefault("defaultMode", 0o644)
+
+
+# --------------------------------------------------------------------------- containers (ValidateContainers)
+QUANTITY = re.compile(r"([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)")
+QUANTITY_ERROR = ("quantities must match the regular expression "
+                  "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+_SUFFIXES = {"": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+             "E": 1e18, "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40, "Pi": 2 ** 50, "Ei": 2 ** 60}
+
+
+def quantity_value(text):
+    """The number a resource.Quantity string stands for, or None when the apiserver could not parse it."""
+    match = QUANTITY.fullmatch(str(text)) if isinstance(text, (str, int, float)) else None
+    if not match or match[1].count(".") > 1 or match[1] in (".", "+", "-"):
+        return None
+    number, suffix = float(match[1]), match[2]
+    if suffix in _SUFFIXES:
+        return number * _SUFFIXES[suffix]
+    if exponent := re.fullmatch(r"[eE]([-+]?[0-9]+)", suffix):
+        return number * 10 ** int(exponent[1])
+    return None
+
+
+_PORT_NAME = re.compile(r"[-a-z0-9]+")
+_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+_PROTOCOLS = ("SCTP", "TCP", "UDP")
+_HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc")
+
+
+def _supported(path, value, allowed):
+    listed = ", ".join(json.dumps(v) for v in allowed)
+    return (path, "FieldValueNotSupported", f"Unsupported value: {json.dumps(value)}: supported values: {listed}")
+
+
+def port_name_problems(name):
+    """validation.IsValidPortName (an IANA_SVC_NAME)."""
+    problems = ["must be no more than 15 characters"] if len(name) > 15 else []
+    if not _PORT_NAME.fullmatch(name):
+        problems.append("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
+    if "--" in name:
+        problems.append("must not contain consecutive hyphens")
+    if not re.search("[a-z]", name):
+        problems.append("must contain at least one letter (a-z)")
+    if name.startswith("-") or name.endswith("-"):
+        problems.append("must not begin or end with a hyphen")
+    return problems
+
+
+def _port_number_errors(path, port, allow_name):
+    if isinstance(port, str) and allow_name:
+        return [(path, "FieldValueInvalid", f"Invalid value: {json.dumps(port)}: {problem}")
+                for problem in port_name_problems(port)]
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        return [(path, "FieldValueInvalid", f"Invalid value: {json.dumps(port)}: must be between 1 and 65535, "
+                 "inclusive")]
+    return []
+
+
+def probe_errors(probe, path, kind):
+    """validateProbe with validateHandler: one handler, non-negative timings, valid ports."""
+    if not isinstance(probe, dict):
+        return []
+    handlers = [h for h in _HANDLERS if probe.get(h) is not None]
+    errors = []
+    if not handlers:
+        errors.append((path, "FieldValueRequired", "Required value: must specify a handler type"))
+    for extra in handlers[1:]:
+        errors.append((f"{path}.{extra}", "FieldValueForbidden", "Forbidden: may not specify more than 1 handler "
+                       "type"))
+    for key in ("initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"):
+        value = probe.get(key)
+        if isinstance(value, int) and value < 0:
+            errors.append((f"{path}.{key}", "FieldValueInvalid",
+                           f"Invalid value: {value}: must be greater than or equal to 0"))
+    if kind in ("livenessProbe", "startupProbe") and probe.get("successThreshold", 1) != 1:
+        errors.append((f"{path}.successThreshold", "FieldValueInvalid",
+                       f"Invalid value: {json.dumps(probe['successThreshold'])}: must be 1"))
+    http = probe.get("httpGet")
+    if isinstance(http, dict):
+        errors += _port_number_errors(f"{path}.httpGet.port", http.get("port"), True)
+        if http.get("scheme") not in ("HTTP", "HTTPS"):
+            errors.append(_supported(f"{path}.httpGet.scheme", http.get("scheme"), ("HTTP", "HTTPS")))
+    if isinstance(probe.get("tcpSocket"), dict):
+        errors += _port_number_errors(f"{path}.tcpSocket.port", probe["tcpSocket"].get("port"), True)
+    if isinstance(probe.get("grpc"), dict):
+        errors += _port_number_errors(f"{path}.grpc.port", probe["grpc"].get("port"), False)
+    return errors
+
+
+def container_errors(container, path):
+    """The checks of ValidateContainers beyond name and image, for one (defaulted) container."""
+    if not isinstance(container, dict):
+        return []
+    errors = []
+    for n, port in enumerate(container.get("ports") or []):
+        where = f"{path}.ports[{n}]"
+        if not port.get("containerPort"):
+            errors.append((f"{where}.containerPort", "FieldValueRequired", "Required value"))
+        else:
+            errors += _port_number_errors(f"{where}.containerPort", port["containerPort"], False)
+        if port.get("hostPort"):
+            errors += _port_number_errors(f"{where}.hostPort", port["hostPort"], False)
+        if port.get("protocol") not in _PROTOCOLS:
+            errors.append(_supported(f"{where}.protocol", port.get("protocol"), _PROTOCOLS))
+        if port.get("name"):
+            errors += [(f"{where}.name", "FieldValueInvalid", f"Invalid value: {json.dumps(port['name'])}: {p}")
+                       for p in port_name_problems(port["name"])]
+    for n, entry in enumerate(container.get("env") or []):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        where = f"{path}.env[{n}].name"
+        if not name:
+            errors.append((where, "FieldValueRequired", "Required value"))
+        elif any(ord(ch) > 126 or ord(ch) < 32 or ch == "=" for ch in name):
+            # IsRelaxedEnvVarName: RelaxedEnvironmentVariableValidation is on by default in 1.32.
+            errors.append((where, "FieldValueInvalid", f"Invalid value: {json.dumps(name)}: a valid environment "
+                           "variable name must consist only of printable ASCII characters other than '='"))
+        if isinstance(entry, dict) and entry.get("value") and entry.get("valueFrom"):
+            errors.append((f"{path}.env[{n}].valueFrom", "FieldValueInvalid", "Invalid value: \"\": may not be "
+                           "specified when `value` is not empty"))
+    if container.get("imagePullPolicy") not in _PULL_POLICIES:
+        errors.append(_supported(f"{path}.imagePullPolicy", container.get("imagePullPolicy"), _PULL_POLICIES))
+    for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+        errors += probe_errors(container.get(kind), f"{path}.{kind}", kind)
+    resources = container.get("resources") if isinstance(container.get("resources"), dict) else {}
+    limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
+    for part, values in (("limits", limits), ("requests", requests)):
+        for name, value in values.items():
+            amount = quantity_value(value)
+            if amount is not None and amount < 0:
+                errors.append((f"{path}.resources.{part}[{name}]", "FieldValueInvalid",
+                               f"Invalid value: {json.dumps(str(value))}: must be greater than or equal to 0"))
+    for name, value in requests.items():
+        limit = limits.get(name)
+        if limit is not None and (quantity_value(value) or 0) > (quantity_value(limit) or 0):
+            errors.append((f"{path}.resources.requests", "FieldValueInvalid", f"Invalid value: "
+                           f"{json.dumps(str(value))}: must be less than or equal to {name} limit of {limit}"))
+    return errors

@@ -641,6 +641,7 @@ def _validate_deployment(obj, old):
         seen.add(name)
         if not (isinstance(container, dict) and container.get("image")):
             errors.append((f"{base}.image", "FieldValueRequired", "Required value"))
+        errors += schema.container_errors(container, base)
     return errors
 
 
@@ -1077,7 +1078,12 @@ class FakeKubernetes:
                 raise _bad_request(f"json: cannot unmarshal {type(body[part]).__name__} into Go struct field "
                                    f"{kind.kind}.{part}")
         obj = copy.deepcopy(body)
-        if unknown := schema.prune_unknown(kind.plural, obj):
+        unknown, quantities = schema.prune_unknown(kind.plural, obj)
+        if quantities:  # resource.Quantity's UnmarshalJSON fails, so the whole body cannot be decoded
+            message = schema.QUANTITY_ERROR
+            raise _bad_request(message if patched else
+                               f'{kind.kind} in version "v1" cannot be handled as a {kind.kind}: {message}')
+        if unknown:
             directive = getattr(self._request, "validation", "Strict")
             if directive == "Strict":
                 if patched:  # the patched object is walked in key order rather than read as a document
