@@ -25,7 +25,8 @@ per ``fieldValidation``, refused (Strict, kubectl's default), warned about in
 ``Warning`` headers (Warn, the default without the parameter) or ignored, against
 the schema table in tests/support/fake_kube_schema.py; names (DNS-1123 subdomain,
 DNS-1035 label for Services, DNS-1123 label for Namespaces), label keys and values
-and annotation keys get 422s with ``details.causes``; probes, pod specs, strategies
+and annotation keys, container ports, env names, pull policies, probes and resource
+requests/limits get 422s with ``details.causes``; probes, pod specs, strategies
 and Services are defaulted; ``generation`` follows the spec (pod template included);
 a paused Deployment's Progressing condition says DeploymentPaused.  Not covered: no
 ReplicaSets (and no pods for Deployments; only Jobs have them), no server-side apply,
