@@ -76,7 +76,7 @@ def test_job_validation_matches_the_apiserver(batch):
 
     with pytest.raises(ApiException) as long_name:
         batch.create_namespaced_job("default", job(name="j" * 64))
-    assert long_name.value.status == 422 and "may not be more than 63" in long_name.value.body
+    assert long_name.value.status == 422 and "must be no more than 63 characters" in long_name.value.body
 
     with pytest.raises(ApiException) as no_image:
         batch.create_namespaced_job("default", job(container={"image": ""}, activeDeadlineSeconds=0))

@@ -308,7 +308,7 @@ def test_merge_patch_and_json_patch(kube, apps):
 
     ops = [{"op": "test", "path": "/spec/replicas", "value": 2},
            {"op": "replace", "path": "/spec/replicas", "value": 4},
-           {"op": "add", "path": "/metadata/annotations", "value": {"a~b/c": "1"}}]
+           {"op": "add", "path": "/metadata/annotations", "value": {"example.com/note": "1"}}]
     json_patched = apps.patch_namespaced_deployment("web", "default", ops)
     assert kube.requests[-1].content_type == "application/json-patch+json"
     assert json_patched.spec.replicas == 4
@@ -484,7 +484,7 @@ def test_secret_keys_must_be_config_keys(kube, core):
                "'[-._a-zA-Z0-9]+')")
     assert body["reason"] == "Invalid"
     assert body["message"] == f'Secret "db" is invalid: data[bad key]: {problem}'
-    assert body["details"] == {"name": "db", "kind": "secrets", "causes": [
+    assert body["details"] == {"name": "db", "kind": "Secret", "causes": [
         {"reason": "FieldValueInvalid", "message": problem, "field": "data[bad key]"}]}
 
 
@@ -640,3 +640,324 @@ def test_stop_ends_open_watches(kubeconfig, kube):
     wait_for(lambda: any(r.query.get("watch", "").lower() == "true" for r in kube.requests))
     kube.stop()
     assert finished.wait(5), "watch did not end when the server stopped"
+
+
+# --------------------------------------------------------------------------- strictness: fields, names, labels
+def raw(kube, method, path, body=None, content_type="application/json"):
+    """(status, Warning headers, parsed body) of one request sent without any client's help:
+    the Python client itself refuses unknown fields in dict bodies before sending them."""
+    connection = http.client.HTTPSConnection("127.0.0.1", kube.port,
+                                             context=ssl.create_default_context(cafile=kube.ca_path))
+    headers = {"Authorization": f"Bearer {kube.token}", "Content-Type": content_type}
+    connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+    response = connection.getresponse()
+    result = response.status, response.headers.get_all("Warning") or [], json.loads(response.read() or b"null")
+    connection.close()
+    return result
+
+
+DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"
+
+
+def typo_deployment(name="web"):
+    body = deployment(name, images=(("app", "app:v1"),))
+    body["spec"]["replica"] = 3
+    body["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Never"
+    return body
+
+
+@needs_kubectl
+def test_kubectl_apply_is_strict_about_unknown_fields(kube, apps, kubectl, tmp_path):
+    manifest = tmp_path / "web.json"
+    manifest.write_text(json.dumps(typo_deployment()))
+
+    refused = kubectl("apply", "-f", str(manifest))
+
+    assert refused.returncode != 0
+    assert ('Error from server (BadRequest): error when creating "' in refused.stderr
+            and 'Deployment in version "v1" cannot be handled as a Deployment: strict decoding error: unknown field '
+                '"spec.replica", unknown field "spec.template.spec.containers[0].imagePullPolcy"' in refused.stderr)
+    assert [r.query.get("fieldValidation") for r in kube.requests if r.method == "POST"] == ["Strict"]
+    assert kube.get_object("deployments", "web") is None  # nothing half-written
+
+    # On an existing object kubectl apply sends a strategic merge patch, refused the same way.
+    manifest.write_text(json.dumps(deployment(images=(("app", "app:v1"),))))
+    assert kubectl("apply", "-f", str(manifest)).returncode == 0
+    manifest.write_text(json.dumps(typo_deployment()))
+    patched = kubectl("apply", "-f", str(manifest))
+    assert patched.returncode != 0 and "error when applying patch" in patched.stderr
+    assert ('strict decoding error: unknown field "spec.replica", unknown field '
+            '"spec.template.spec.containers[0].imagePullPolcy"') in patched.stderr
+    stored = kube.get_object("deployments", "web")
+    assert "replica" not in stored["spec"] and stored["metadata"]["generation"] == 1
+
+
+@needs_kubectl
+def test_kubectl_validate_warn_and_false_drop_unknown_fields(kube, kubectl, tmp_path):
+    manifest = tmp_path / "web.json"
+    manifest.write_text(json.dumps(typo_deployment()))
+
+    warned = kubectl("apply", "--validate=warn", "-f", str(manifest))
+    assert warned.returncode == 0, warned.stderr
+    assert 'Warning: unknown field "spec.replica"' in warned.stderr
+    assert 'Warning: unknown field "spec.template.spec.containers[0].imagePullPolcy"' in warned.stderr
+    stored = kube.get_object("deployments", "web")
+    assert "replica" not in stored["spec"] and stored["spec"]["replicas"] == 2
+    assert stored["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+
+    manifest.write_text(json.dumps(typo_deployment("api")))
+    ignored = kubectl("apply", "--validate=false", "-f", str(manifest))
+    assert ignored.returncode == 0 and "Warning" not in ignored.stderr, ignored.stderr
+    assert "replica" not in kube.get_object("deployments", "api")["spec"]
+
+
+def test_field_validation_directives_over_raw_http(kube):
+    code, _, status = raw(kube, "POST", f"{DEPLOYMENTS}?fieldValidation=Strict", typo_deployment())
+    assert (code, status["reason"]) == (400, "BadRequest")
+    # In the order of the document (kubectl sorts keys; this body has "replica" after "template").
+    assert status["message"] == ('Deployment in version "v1" cannot be handled as a Deployment: strict decoding error: '
+                                 'unknown field "spec.template.spec.containers[0].imagePullPolcy", unknown field '
+                                 '"spec.replica"')
+
+    # No directive means Warn, the apiserver's default since 1.23: dropped, one Warning header per field.
+    code, warnings, created = raw(kube, "POST", DEPLOYMENTS, typo_deployment())
+    assert code == 201 and "replica" not in created["spec"]
+    assert warnings == ['299 - "unknown field \\"spec.template.spec.containers[0].imagePullPolcy\\""',
+                        '299 - "unknown field \\"spec.replica\\""']
+
+    code, _, status = raw(kube, "PATCH", f"{DEPLOYMENTS}/web?fieldValidation=Strict",
+                          {"spec": {"replica": 5, "template": {"metadata": {"labelz": {"a": "b"}}}}},
+                          "application/merge-patch+json")
+    assert (code, status["message"]) == (400, 'strict decoding error: unknown field "spec.replica", '
+                                               'unknown field "spec.template.metadata.labelz"')
+    code, warnings, patched = raw(kube, "PATCH", f"{DEPLOYMENTS}/web?fieldValidation=Ignore", {"spec": {"replica": 5}},
+                                  "application/strategic-merge-patch+json")
+    assert (code, warnings, "replica" in patched["spec"]) == (200, [], False)
+    assert patched["metadata"]["generation"] == 1  # an ignored field changes nothing
+
+    code, _, status = raw(kube, "PUT", f"{DEPLOYMENTS}/web?fieldValidation=Sometimes", created)
+    assert (code, status["reason"]) == (422, "Invalid")
+    assert status["message"] == ('UpdateOptions.meta.k8s.io "" is invalid: fieldValidation: Unsupported value: '
+                                 '"Sometimes": supported values: "", "Ignore", "Strict", "Warn"')
+
+    # Secrets too: a v1 Secret has no spec.
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "spec": {"x": 1},
+              "stringData": {"a": "b"}}
+    code, _, status = raw(kube, "POST", "/api/v1/namespaces/default/secrets?fieldValidation=Strict", secret)
+    assert (code, status["message"]) == (400, 'Secret in version "v1" cannot be handled as a Secret: strict decoding '
+                                              'error: unknown field "spec"')
+    code, warnings, stored = raw(kube, "POST", "/api/v1/namespaces/default/secrets", secret)
+    assert (code, warnings, "spec" in stored) == (201, ['299 - "unknown field \\"spec\\""'], False)
+
+
+def test_the_official_client_refuses_unknown_fields_before_sending(apps):
+    # Why the raw requests above: the client Norn uses validates dict bodies against its models.
+    with pytest.raises(Exception, match="replica"):
+        apps.create_namespaced_deployment("default", typo_deployment(), field_validation="Strict")
+
+
+def causes(exc):
+    return [(c["field"], c["message"]) for c in status_of(exc)["details"]["causes"]]
+
+
+def test_label_and_annotation_syntax_is_validated(kube, apps, core):
+    bad = deployment(labels={"app": "web"})
+    bad["metadata"]["labels"] = {"app": "bad value", "-team": "x", "a/b/c": "y", "Example.com/x": "z"}
+    bad["metadata"]["annotations"] = {"ok.example/note": "free text is fine", "not ok": "x"}
+    with pytest.raises(ApiException) as refused:
+        apps.create_namespaced_deployment("default", bad)
+    assert refused.value.status == 422 and status_of(refused.value)["reason"] == "Invalid"
+    found = causes(refused.value)
+    assert ("metadata.labels", 'Invalid value: "bad value": a valid label must be an empty string or consist of '
+            "alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. "
+            "'MyValue',  or 'my_value',  or '12345', regex used for validation is "
+            "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')") in found
+    assert ("metadata.labels", 'Invalid value: "-team": name part must consist of alphanumeric characters, \'-\', '
+            "'_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or "
+            "'123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')") in found
+    assert any(f == "metadata.labels" and m.startswith('Invalid value: "a/b/c": a qualified name must consist')
+               for f, m in found)
+    assert any(f == "metadata.labels" and m.startswith('Invalid value: "Example.com/x": prefix part a lowercase '
+                                                       "RFC 1123 subdomain") for f, m in found)
+    assert [f for f, m in found if "not ok" in m] == ["metadata.annotations"]
+    assert not any("ok.example/note" in m for _, m in found)
+    assert kube.get_object("deployments", "web") is None
+
+    long_value = deployment(labels={"app": "x" * 64})
+    with pytest.raises(ApiException) as too_long:
+        apps.create_namespaced_deployment("default", long_value)
+    fields = {f: m for f, m in causes(too_long.value) if "must be no more than 63 characters" in m}
+    assert set(fields) == {"metadata.labels", "spec.template.metadata.labels", "spec.selector.matchLabels"}
+
+    apps.create_namespaced_deployment("default", deployment())
+    with pytest.raises(ApiException) as relabel:
+        apps.patch_namespaced_deployment("web", "default", {"metadata": {"labels": {"tier": "front end"}}})
+    assert [f for f, _ in causes(relabel.value)] == ["metadata.labels"]
+
+    service = {"metadata": {"name": "web"}, "spec": {"selector": {"app": "no spaces"}, "ports": [{"port": 80}]}}
+    with pytest.raises(ApiException) as selector:
+        core.create_namespaced_service("default", service)
+    assert [f for f, _ in causes(selector.value)] == ["spec.selector"]
+
+
+@needs_kubectl
+def test_names_are_validated_per_kind(kube, kubectl, tmp_path):
+    manifest = tmp_path / "objects.json"
+
+    def apply(obj):
+        manifest.write_text(json.dumps(obj))
+        return kubectl("apply", "-f", str(manifest))
+
+    # A Service name is a DNS-1035 label: no leading digit, even though a Deployment may have one.
+    assert apply(deployment("9web")).returncode == 0
+    service = apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "9web"},
+                     "spec": {"selector": {"app": "9web"}, "ports": [{"port": 80}]}})
+    assert service.returncode != 0
+    assert ('The Service "9web" is invalid: metadata.name: Invalid value: "9web": a DNS-1035 label must consist of '
+            "lower case alphanumeric characters or '-', start with an alphabetic character") in service.stderr
+    # A Namespace name is a DNS-1123 label: no dots, which Deployments and Secrets may carry.
+    namespace = kubectl("create", "namespace", "team.web")
+    assert namespace.returncode != 0 and 'metadata.name: Invalid value: "team.web": a lowercase RFC 1123 label' \
+        in namespace.stderr
+    assert apply(deployment("team.web")).returncode == 0
+    trailing = kubectl("create", "deployment", "web-", "--image=app:v1")
+    assert trailing.returncode != 0 and 'metadata.name: Invalid value: "web-"' in trailing.stderr
+    long_name = apply(deployment("a" * 254))
+    assert long_name.returncode != 0 and "must be no more than 253 characters" in long_name.stderr
+
+
+# --------------------------------------------------------------------------- defaulting and generation
+@needs_kubectl
+def test_defaults_match_the_apiserver(kube, apps, core, kubectl):
+    body = deployment(images=(("app", "registry.example/app:v1"), ("sidecar", "proxy")))
+    body["spec"]["template"]["spec"]["containers"][0].update(
+        ports=[{"containerPort": 8000}],
+        readinessProbe={"httpGet": {"port": 8000}}, livenessProbe={"tcpSocket": {"port": 8000}},
+        env=[{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}])
+    apps.create_namespaced_deployment("default", body)
+    core.create_namespaced_service("default", {"metadata": {"name": "web"},
+                                               "spec": {"selector": {"app": "web"}, "ports": [{"port": 8000}]}})
+
+    got = json.loads(kubectl("get", "deployment", "web", "-o", "json").stdout)
+    spec = got["spec"]
+    assert (spec["strategy"], spec["revisionHistoryLimit"], spec["progressDeadlineSeconds"]) == (
+        {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}, 10, 600)
+    pod = spec["template"]["spec"]
+    assert {k: pod[k] for k in ("restartPolicy", "dnsPolicy", "schedulerName", "terminationGracePeriodSeconds",
+                                "securityContext")} == {
+        "restartPolicy": "Always", "dnsPolicy": "ClusterFirst", "schedulerName": "default-scheduler",
+        "terminationGracePeriodSeconds": 30, "securityContext": {}}
+    app, sidecar = pod["containers"]
+    assert app["readinessProbe"] == {"httpGet": {"path": "/", "port": 8000, "scheme": "HTTP"}, "timeoutSeconds": 1,
+                                     "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3}
+    assert app["livenessProbe"]["tcpSocket"] == {"port": 8000} and app["livenessProbe"]["failureThreshold"] == 3
+    assert app["env"][0]["valueFrom"]["fieldRef"] == {"apiVersion": "v1", "fieldPath": "metadata.name"}
+    assert app["ports"] == [{"containerPort": 8000, "protocol": "TCP"}]
+    assert (app["imagePullPolicy"], sidecar["imagePullPolicy"]) == ("IfNotPresent", "Always")
+    assert (app["terminationMessagePath"], app["terminationMessagePolicy"]) == ("/dev/termination-log", "File")
+
+    svc = json.loads(kubectl("get", "service", "web", "-o", "json").stdout)["spec"]
+    assert (svc["type"], svc["sessionAffinity"], svc["ports"]) == (
+        "ClusterIP", "None", [{"port": 8000, "targetPort": 8000, "protocol": "TCP"}])
+
+
+@needs_kubectl
+def test_generation_follows_the_spec_including_the_pod_template(kube, apps, kubectl):
+    kube.rollout_mode = "manual"
+    apps.create_namespaced_deployment("default", deployment())
+
+    def generation():
+        return kube.get_object("deployments", "web")["metadata"]["generation"]
+
+    assert kubectl("annotate", "deployment", "web", "note=metadata only").returncode == 0
+    assert kubectl("label", "deployment", "web", "team=core").returncode == 0
+    assert generation() == 1
+    # rollout restart writes spec.template.metadata.annotations: that is the pod template, so a new generation.
+    restarted = kubectl("rollout", "restart", "deployment/web")
+    assert restarted.returncode == 0, restarted.stderr
+    stored = kube.get_object("deployments", "web")
+    assert "kubectl.kubernetes.io/restartedAt" in stored["spec"]["template"]["metadata"]["annotations"]
+    assert stored["metadata"]["generation"] == 2
+    apps.patch_namespaced_deployment_status("web", "default", {"status": {"replicas": 1}})
+    assert generation() == 2
+
+
+@needs_kubectl
+def test_pause_and_resume_show_in_the_progressing_condition(kube, apps, kubectl):
+    apps.create_namespaced_deployment("default", deployment())
+
+    def progressing():
+        conditions = (kube.get_object("deployments", "web").get("status") or {}).get("conditions") or []
+        return next(((c["status"], c["reason"], c["message"]) for c in conditions if c["type"] == "Progressing"),
+                    None)
+
+    wait_for(lambda: (progressing() or ("",))[1:2] == ("NewReplicaSetAvailable",))
+    assert kubectl("rollout", "pause", "deployment/web").returncode == 0
+    wait_for(lambda: progressing() == ("Unknown", "DeploymentPaused", "Deployment is paused"))
+    assert kubectl("set", "image", "deployment/web", "app=app:v2").returncode == 0
+    time.sleep(0.3)  # a paused Deployment does not roll out its new template
+    assert progressing() == ("Unknown", "DeploymentPaused", "Deployment is paused")
+    status = kube.get_object("deployments", "web")["status"]
+    # Pausing is a spec change too (generation 2), the new image another (3): observed, not rolled out.
+    assert (status["observedGeneration"], status["replicas"], status["availableReplicas"]) == (3, 2, 2)
+
+    resumed = kubectl("rollout", "resume", "deployment/web")
+    assert resumed.returncode == 0, resumed.stderr
+    wait_for(lambda: progressing()[1] in ("DeploymentResumed", "ReplicaSetUpdated", "NewReplicaSetAvailable"))
+    done = kubectl("rollout", "status", "deployment/web", "--timeout=20s")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert progressing()[:2] == ("True", "NewReplicaSetAvailable")
+
+
+def test_containers_are_validated_like_the_apiserver(kube, apps):
+    body = deployment(images=(("app", "app:v1"),))
+    body["spec"]["template"]["spec"]["containers"][0].update(
+        ports=[{"containerPort": 70000}, {"containerPort": 80, "protocol": "tcp", "name": "web_http"}],
+        env=[{"name": "A=B", "value": "1"}, {"name": "", "value": "2"}, {"name": "SPACE OK", "value": "3"}],
+        imagePullPolicy="Sometimes",
+        readinessProbe={"periodSeconds": 5}, livenessProbe={"tcpSocket": {"port": 80}, "successThreshold": 2},
+        resources={"requests": {"cpu": "2", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}})
+    with pytest.raises(ApiException) as refused:
+        apps.create_namespaced_deployment("default", body)
+    base = "spec.template.spec.containers[0]"
+    assert causes(refused.value) == [
+        (f"{base}.ports[0].containerPort", "Invalid value: 70000: must be between 1 and 65535, inclusive"),
+        (f"{base}.ports[1].protocol", 'Unsupported value: "tcp": supported values: "SCTP", "TCP", "UDP"'),
+        (f"{base}.ports[1].name", 'Invalid value: "web_http": must contain only alpha-numeric characters (a-z, '
+                                  '0-9), and hyphens (-)'),
+        (f"{base}.env[0].name", "Invalid value: \"A=B\": a valid environment variable name must consist only of "
+                                "printable ASCII characters other than '='"),
+        (f"{base}.env[1].name", "Required value"),
+        (f"{base}.imagePullPolicy", 'Unsupported value: "Sometimes": supported values: "Always", "IfNotPresent", '
+                                    '"Never"'),
+        (f"{base}.livenessProbe.successThreshold", "Invalid value: 2: must be 1"),
+        (f"{base}.readinessProbe", "Required value: must specify a handler type"),
+        (f"{base}.resources.requests", 'Invalid value: "2": must be less than or equal to cpu limit of 1'),
+    ]
+    assert kube.get_object("deployments", "web") is None
+
+
+def test_unparseable_quantities_fail_decoding(kube):
+    body = deployment(images=(("app", "app:v1"),))
+    body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"memory": "lots"}}
+    code, _, status = raw(kube, "POST", DEPLOYMENTS, body)
+    assert (code, status["message"]) == (400, 'Deployment in version "v1" cannot be handled as a Deployment: '
+                                               "quantities must match the regular expression "
+                                               "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+    body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"memory": "1.5Gi", "cpu": 2},
+                                                                      "requests": {"cpu": "500m"}}
+    assert raw(kube, "POST", DEPLOYMENTS, body)[0] == 201
+
+
+@needs_kubectl
+def test_kubectl_set_resources_is_refused_when_requests_exceed_limits(kube, apps, kubectl):
+    apps.create_namespaced_deployment("default", deployment())
+    refused = kubectl("set", "resources", "deployment/web", "-c", "app", "--requests=cpu=2", "--limits=cpu=1")
+    assert refused.returncode != 0
+    assert ('spec.template.spec.containers[0].resources.requests: Invalid value: "2": must be less than or equal to '
+            'cpu limit of 1') in refused.stderr
+    accepted = kubectl("set", "resources", "deployment/web", "-c", "app", "--requests=cpu=250m,memory=64Mi",
+                       "--limits=cpu=1,memory=128Mi")
+    assert accepted.returncode == 0, accepted.stderr
+    resources = kube.get_object("deployments", "web")["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}}

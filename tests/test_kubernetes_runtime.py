@@ -120,7 +120,10 @@ def test_first_deploy_creates_deployment_and_service_and_waits_for_the_rollout(k
     [container] = spec["template"]["spec"]["containers"]
     assert (container["name"], container["image"]) == (APP, "registry.local/web:v1")
     assert container["ports"] == [{"containerPort": 8000, "protocol": "TCP"}]
-    assert container["readinessProbe"] == {"httpGet": {"path": "/healthz", "port": 8000}}
+    # As stored by the apiserver, which defaults the scheme and the probe's timings.
+    assert container["readinessProbe"] == {"httpGet": {"path": "/healthz", "port": 8000, "scheme": "HTTP"},
+                                           "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1,
+                                           "failureThreshold": 3}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["LOG_LEVEL"] == "info" and env["PORT"] == "8000"
     assert (env["NORN_APP"], env["NORN_DEPLOYMENT"]) == (APP, ctx.public_id)

@@ -91,6 +91,9 @@ def validate_job(obj, old):
         errors.append(("spec.activeDeadlineSeconds", "FieldValueInvalid",
                        f"Invalid value: {json.dumps(deadline)}: must be greater than 0"))
     labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    errors += fk.schema.metadata_errors((spec.get("template") or {}).get("metadata") or {}, "spec.template.metadata")
+    if spec.get("selector"):
+        errors += fk.schema.label_errors(spec["selector"].get("matchLabels"), "spec.selector.matchLabels")
     if not spec.get("selector"):
         errors.append(("spec.selector", "FieldValueRequired", "Required value"))
     elif not fk._selector_matches(spec["selector"], labels):
@@ -120,6 +123,7 @@ def _container_errors(pod, base):
         seen.add(name)
         if not (isinstance(container, dict) and container.get("image")):
             errors.append((f"{where}.image", "FieldValueRequired", "Required value"))
+        errors += fk.schema.container_errors(container, where)
     return errors
 
 

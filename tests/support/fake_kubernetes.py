@@ -20,9 +20,18 @@ gets stuck) over time.  Both clients therefore run their real code paths against
 It listens with TLS by default, because kubectl only sends kubeconfig
 credentials over TLS; the kubeconfig embeds the throwaway CA.  Behaviour was
 written from the real apiserver (messages, reasons, defaults and ``omitempty``
-fields mirror it), but only what Norn touches is covered: no ReplicaSets (and no
-pods for Deployments; only Jobs have them), no server-side apply, no Table rendering (kubectl falls back to
-NAME/AGE columns), and ``fieldValidation=Strict`` is accepted without a schema.
+fields mirror it).  Like the real one it says no: unknown fields are dropped and,
+per ``fieldValidation``, refused (Strict, kubectl's default), warned about in
+``Warning`` headers (Warn, the default without the parameter) or ignored, against
+the schema table in tests/support/fake_kube_schema.py; names (DNS-1123 subdomain,
+DNS-1035 label for Services, DNS-1123 label for Namespaces), label keys and values
+and annotation keys, container ports, env names, pull policies, probes and resource
+requests/limits get 422s with ``details.causes``; probes, pod specs, strategies
+and Services are defaulted; ``generation`` follows the spec (pod template included);
+a paused Deployment's Progressing condition says DeploymentPaused.  Not covered: no
+ReplicaSets (and no pods for Deployments; only Jobs have them), no server-side apply,
+no duplicate-field detection, no type checks of leaf values, and no Table rendering
+(kubectl falls back to NAME/AGE columns).
 """
 from __future__ import annotations
 
@@ -52,6 +61,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from tests.support import fake_jobs
+from tests.support import fake_kube_schema as schema
 
 SERVER_VERSION = "v1.32.4"
 ROLLOUT_MODES = ("complete", "stuck", "manual")
@@ -162,8 +172,10 @@ def _invalid(kind, name, errors):
     causes = [{"reason": r, "message": m, "field": f} for f, r, m in errors]
     summary = [f"{f}: {m}" for f, _, m in errors]
     text = summary[0] if len(summary) == 1 else "[" + ", ".join(summary) + "]"
+    # Unlike NotFound and friends, an Invalid status names the Kind (kubectl prints 'The Service "x" is invalid').
+    details = {**_details(kind, name, causes=causes), "kind": kind.kind}
     return KubeApiError(422, f'{kind.kind}{"." + kind.group if kind.group else ""} "{name}" is invalid: {text}',
-                        details=_details(kind, name, causes=causes))
+                        details=details)
 
 
 def _now():
@@ -572,6 +584,8 @@ def _default_pod_spec(pod):
         container.setdefault("terminationMessagePolicy", "File")
         for port in container.get("ports") or []:
             port.setdefault("protocol", "TCP")
+        schema.default_container(container)
+    schema.default_volumes(pod)
 
 
 def _name_errors(kind, name, path="metadata.name", detail_required="name or generateName is required"):
@@ -580,8 +594,9 @@ def _name_errors(kind, name, path="metadata.name", detail_required="name or gene
                  else "Required value")]
     pattern, limit, message = _NAME_RULES.get(kind, _RFC1123_LABEL)
     errors = []
-    if len(name) > limit:
-        errors.append((path, "FieldValueTooLong", f"Too long: may not be more than {limit} bytes"))
+    if len(name) > limit:  # IsDNS1123Subdomain & co report length as one more Invalid message
+        errors.append((path, "FieldValueInvalid", f"Invalid value: {json.dumps(name)}: must be no more than "
+                       f"{limit} characters"))
     if not re.fullmatch(pattern, name):
         errors.append((path, "FieldValueInvalid", f"Invalid value: {json.dumps(name)}: {message}"))
     return errors
@@ -596,6 +611,9 @@ def _validate_deployment(obj, old):
                        f"Invalid value: {json.dumps(replicas)}: must be greater than or equal to 0"))
     selector = spec.get("selector")
     labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    errors += schema.metadata_errors((spec.get("template") or {}).get("metadata") or {}, "spec.template.metadata")
+    if selector:
+        errors += schema.label_errors(selector.get("matchLabels"), "spec.selector.matchLabels")
     if not selector:
         errors.append(("spec.selector", "FieldValueRequired", "Required value"))
     elif not (selector.get("matchLabels") or selector.get("matchExpressions")):
@@ -624,12 +642,13 @@ def _validate_deployment(obj, old):
         seen.add(name)
         if not (isinstance(container, dict) and container.get("image")):
             errors.append((f"{base}.image", "FieldValueRequired", "Required value"))
+        errors += schema.container_errors(container, base)
     return errors
 
 
 def _validate_service(obj, old):
     spec = obj.get("spec") or {}
-    errors, ports = [], spec.get("ports") or []
+    errors, ports = schema.label_errors(spec.get("selector"), "spec.selector"), spec.get("ports") or []
     if spec.get("type") not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
         errors.append(("spec.type", "FieldValueNotSupported", f'Unsupported value: {json.dumps(spec.get("type"))}: '
                        'supported values: "ClusterIP", "ExternalName", "LoadBalancer", "NodePort"'))
@@ -709,8 +728,6 @@ def _convert_secret(obj):
         return _bad_request(f'Secret in version "v1" cannot be handled as a Secret: {detail}')
 
     data, string_data = obj.pop("data", None), obj.pop("stringData", None)
-    for unknown in set(obj) - {"apiVersion", "kind", "metadata", "type", "immutable"}:
-        del obj[unknown]  # v1.Secret has no spec or status: the decoder drops such fields
     for name, value, go_type in (("data", data, "map[string][]uint8"), ("stringData", string_data,
                                                                           "map[string]string")):
         if value is not None and not isinstance(value, dict):
@@ -884,6 +901,7 @@ class FakeKubernetes:
         self.failing_images = set(failing_images)
         self.internal_errors = []  # tracebacks of bugs in the fake itself, surfaced as 500s
         self._lock = threading.RLock()
+        self._request = threading.local()  # per HTTP request: fieldValidation and the warnings it collects
         self._changed = threading.Condition(self._lock)
         self._objects = {}  # (plural, namespace or "", name) -> object
         self._events = deque(maxlen=history_size)
@@ -1048,9 +1066,12 @@ class FakeKubernetes:
         self._changed.notify_all()
         return copy.deepcopy(obj)
 
-    @staticmethod
-    def _decode_object(kind, body):
-        """A private copy of a request object, refusing shapes the apiserver's decoder would reject."""
+    def _decode_object(self, kind, body, patched=False):
+        """A private copy of a request object, refusing shapes the apiserver's decoder would reject.
+
+        Unknown fields are dropped, and what else happens follows the request's fieldValidation:
+        Strict refuses the request naming every one of them, Warn (the default over HTTP) adds a
+        Warning header per field, Ignore says nothing.  The fake's own writes are Strict."""
         if not isinstance(body, dict):
             raise _bad_request("Object 'Kind' is missing in request body")
         for part in ("metadata", "spec", "status"):
@@ -1058,6 +1079,22 @@ class FakeKubernetes:
                 raise _bad_request(f"json: cannot unmarshal {type(body[part]).__name__} into Go struct field "
                                    f"{kind.kind}.{part}")
         obj = copy.deepcopy(body)
+        unknown, quantities = schema.prune_unknown(kind.plural, obj)
+        if quantities:  # resource.Quantity's UnmarshalJSON fails, so the whole body cannot be decoded
+            message = schema.QUANTITY_ERROR
+            raise _bad_request(message if patched else
+                               f'{kind.kind} in version "v1" cannot be handled as a {kind.kind}: {message}')
+        if unknown:
+            directive = getattr(self._request, "validation", "Strict")
+            if directive == "Strict":
+                if patched:  # the patched object is walked in key order rather than read as a document
+                    unknown = sorted(unknown)
+                message = "strict decoding error: " + ", ".join(f'unknown field "{path}"' for path in unknown)
+                if not patched:  # a decoded body names its type; a patched object is converted in place
+                    message = f'{kind.kind} in version "v1" cannot be handled as a {kind.kind}: {message}'
+                raise _bad_request(message)
+            if directive == "Warn":
+                self._request.warnings += [f'unknown field "{path}"' for path in unknown]
         if not kind.namespaced:  # cluster-scoped objects never carry a namespace
             obj.get("metadata", {}).pop("namespace", None)
         if kind.plural == "secrets":
@@ -1135,7 +1172,7 @@ class FakeKubernetes:
             name = meta.get("name") or ""
             # Before defaulting: a Job's generated selector is made of its uid.
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now())
-            errors = _name_errors(kind.plural, name) + self._prepare(kind, obj, None)
+            errors = _name_errors(kind.plural, name) + schema.metadata_errors(meta) + self._prepare(kind, obj, None)
             if errors:
                 raise _invalid(kind, name, errors)
             if (kind.plural, namespace, name) in self._objects:
@@ -1149,8 +1186,8 @@ class FakeKubernetes:
                 return obj
             return self._commit(kind, obj, "ADDED")
 
-    def _update(self, kind, namespace, name, body, subresource, dry_run, current=None):
-        obj = self._decode_object(kind, body)
+    def _update(self, kind, namespace, name, body, subresource, dry_run, current=None, patched=False):
+        obj = self._decode_object(kind, body, patched)
         with self._lock:
             current = current or self._objects.get((kind.plural, namespace, name))
             if current is None:
@@ -1170,7 +1207,7 @@ class FakeKubernetes:
             for key in ("name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion"):
                 if key in current["metadata"]:
                     obj["metadata"][key] = current["metadata"][key]
-            errors = self._prepare(kind, obj, current)
+            errors = schema.metadata_errors(obj["metadata"]) + self._prepare(kind, obj, current)
             if errors:
                 raise _invalid(kind, name, errors)
             if obj == current:  # no-op writes keep the resourceVersion and emit no event
@@ -1201,7 +1238,7 @@ class FakeKubernetes:
             if current is None:
                 raise _not_found(kind, name)
             patched = self._apply_patch(content_type, current, patch)
-            return self._update(kind, namespace, name, patched, subresource, dry_run, current)
+            return self._update(kind, namespace, name, patched, subresource, dry_run, current, patched=True)
 
     @staticmethod
     def _scale_of(deployment):
@@ -1421,6 +1458,19 @@ class FakeKubernetes:
             progressing = ("False", "ProgressDeadlineExceeded", f'ReplicaSet "{rs_name}" has timed out progressing.')
         else:
             progressing = ("True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.')
+        # The controller's checkPausedConditions: pausing says so (unless the rollout already timed
+        # out), resuming says so until the rollout progresses, completes or times out again.
+        was = next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Progressing"), {})
+        if spec.get("paused"):
+            if was.get("reason") == "ProgressDeadlineExceeded":
+                progressing = (was["status"], was["reason"], was["message"])
+            else:
+                progressing = ("Unknown", "DeploymentPaused", "Deployment is paused")
+        elif was.get("reason") == "DeploymentPaused" or (
+                was.get("reason") == "DeploymentResumed" and progressing[1] == "ReplicaSetUpdated" and not progressed):
+            progressing = ("Unknown", "DeploymentResumed", "Deployment is resumed")
+            if was.get("reason") == "DeploymentPaused":
+                ro.last_progress = now  # the progress deadline counts from the resume
         if available >= desired - max_unavailable:
             availability = ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
         else:
@@ -1533,6 +1583,18 @@ class FakeKubernetes:
         subresource = segments[2] if len(segments) > 2 else None
         ns = namespace or ""
         dry_run = query.get("dryRun") == "All"
+        if method in ("POST", "PUT", "PATCH"):
+            directive = query.get("fieldValidation", "")
+            if directive not in schema.FIELD_VALIDATION:
+                options = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions"}[method]
+                supported = ", ".join(json.dumps(v) for v in schema.FIELD_VALIDATION)
+                raise KubeApiError(422, f'{options}.meta.k8s.io "" is invalid: fieldValidation: Unsupported value: '
+                                   f'{json.dumps(directive)}: supported values: {supported}', details={
+                                       "group": "meta.k8s.io", "kind": options, "causes": [{
+                                           "reason": "FieldValueNotSupported", "field": "fieldValidation",
+                                           "message": f"Unsupported value: {json.dumps(directive)}: supported "
+                                                      f"values: {supported}"}]})
+            self._request.validation = directive or "Warn"  # the apiserver's default since 1.23
         if name is None:
             if method == "GET" and _as_bool(query.get("watch", "false")):
                 self._watch(handler, kind, namespace, query)
@@ -1568,6 +1630,7 @@ class FakeKubernetes:
         content_type = (handler.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         body, body_error = _decode_body(handler.read_body(), content_type)
         method = handler.command
+        self._request.validation, self._request.warnings = "Strict", []
         with self._lock:
             self._requests.append(RecordedRequest(method, url.path, query, content_type, body,
                                                   dict(handler.headers.items())))
@@ -1592,8 +1655,10 @@ class FakeKubernetes:
             self.internal_errors.append(traceback.format_exc())
             code, payload = 500, KubeApiError(500, "Internal error occurred: fake server bug; see "
                                               "FakeKubernetes.internal_errors").status
+        warnings, self._request.warnings = self._request.warnings, []
+        self._request.validation = "Strict"
         if payload is not None:
-            handler.send_json(code, payload)
+            handler.send_json(code, payload, warnings)
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -1636,9 +1701,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return data
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def send_json(self, code, payload):
+    def send_json(self, code, payload, warnings=()):
         data = json.dumps(payload).encode()
         self.send_response(code)
+        for warning in warnings:  # RFC 7234 warn-code 299, as the apiserver sends them
+            self.send_header("Warning", f"299 - {json.dumps(warning)}")
         self.send_header("Content-Type", "application/json")
         self.send_header("Cache-Control", "no-cache, private")
         self.send_header("Content-Length", str(len(data)))
