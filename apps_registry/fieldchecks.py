@@ -311,7 +311,7 @@ def quantity_value(text):
     if not match:
         return None
     number, suffix = Decimal(match["number"]), match["suffix"] or ""
-    if suffix[:1] in ("e", "E"):
+    if suffix not in QUANTITY_SUFFIXES:  # an exponent: e3, E-2 (E alone is exa, Ei exbi)
         return number.scaleb(int(suffix[1:]))
     return number * QUANTITY_SUFFIXES[suffix]
 
