@@ -278,7 +278,9 @@ def check_env_value(value):
 # a decimal number and a binary-SI, decimal-SI or exponent suffix. The
 # exponent is kept to two digits and the whole to MAX_QUANTITY characters so
 # no value makes Decimal arithmetic large.
-QUANTITY_RE = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE]|[eE][+-]?[0-9]{1,2})?$")
+QUANTITY_RE = re.compile(
+    r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE]|[eE][+-]?[0-9]{1,2})?$"
+)
 QUANTITY_SUFFIXES = {
     "": Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9,
     "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,

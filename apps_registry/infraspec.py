@@ -44,11 +44,11 @@ from apps_registry.fieldchecks import (  # noqa: F401 (HEX_RE, branch_name_probl
     check_retain,
     check_run_as_user,
     check_schedule,
+    quantity_text,
+    quantity_value,
     redact_url,
     repo_url_problem,
     shown,
-    quantity_text,
-    quantity_value,
     too_long,
 )
 from apps_registry.spec import Spec
@@ -168,7 +168,9 @@ SCHEMA = Mapping(
     }
 )
 
-TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list", dict: "a mapping"}
+TYPE_NAMES = {
+    str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list", dict: "a mapping",
+}
 
 
 def _type_ok(value, types):

@@ -163,7 +163,10 @@ class Spec:
             env={k: str(v) for k, v in (data.get("env") or {}).items()},
             auto_rollback=bool(auto_rollback),
             snapshots=Snapshots((data.get("snapshots") or {}).get("retain") or DEFAULT_RETAIN),
-            resources=Resources(Amounts.from_dict(resources.get("requests")), Amounts.from_dict(resources.get("limits"))),
+            resources=Resources(
+                requests=Amounts.from_dict(resources.get("requests")),
+                limits=Amounts.from_dict(resources.get("limits")),
+            ),
             security=Security(
                 run_as_user=security.get("runAsUser"),
                 run_as_non_root=security.get("runAsNonRoot") is not False,

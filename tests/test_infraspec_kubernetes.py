@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from apps_registry import fieldchecks, infraspec
+from apps_registry.spec import Spec
 from deployments import appdb, appenv
 from deployments.outcomes import StepFailed
 from deployments.runtimes import kubejobs, kubemanifests
@@ -107,6 +108,8 @@ def test_resources_are_normalized_kubernetes_quantities():
                                         "limits": {"cpu": "1", "memory": "1Gi"}}
     spec = result.spec
     assert spec.resources.requests.cpu == "0.25" and spec.resources.limits.memory == "1Gi"
+    assert Spec.from_dict(result.data).to_dict() == result.data  # what App.spec stores reads back the same
+    assert Spec.from_dict({"app": "web", "role": "worker"}).resources == Spec.from_dict(parsed(WEB).data).resources
     # Only what is given: a limit alone is fine (Kubernetes then requests as much).
     only_limit = parsed(WEB + "resources: {limits: {memory: 500M}}\n")
     assert only_limit.data["resources"] == {"requests": {}, "limits": {"memory": "500M"}}
