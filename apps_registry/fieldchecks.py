@@ -8,13 +8,18 @@ shown through `shown()`, so no message grows with its value.
 
 import re
 import reprlib
+from decimal import Decimal
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
 from croniter import croniter
 
 ROLES = ("webserver", "worker", "cron")
-APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# The app name is the name of the Deployment, the container and the Service, and
+# a label value. A Service name is the strictest: an RFC 1035 label (a letter
+# first, a letter or digit last); that is also a valid DNS-1123 label and label
+# value, so every object Norn derives from the name is accepted.
+APP_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
 # A Kubernetes namespace is a DNS-1123 label.
 NAMESPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -69,7 +74,8 @@ def check_app_name(value):
     if not APP_NAME_RE.match(value):
         return (
             f"{shown(value)} is not a valid app name; use lowercase letters, digits and '-', "
-            "starting with a letter or digit (it becomes a Kubernetes name)"
+            "starting with a letter and ending with a letter or digit (it names the app's "
+            "Kubernetes Service, which must be an RFC 1035 label)"
         )
     return None
 
@@ -263,4 +269,81 @@ def check_env_value(value):
         return f"{shown(value)} is not a string, number or boolean"
     if isinstance(value, str):
         return too_long(value, MAX_ENV_VALUE)
+    return None
+
+
+# --- resources and security (Kubernetes) -------------------------------------
+
+# Kubernetes' quantity syntax (k8s.io/apimachinery resource.Quantity), unsigned:
+# a decimal number and a binary-SI, decimal-SI or exponent suffix. The
+# exponent is kept to two digits and the whole to MAX_QUANTITY characters so
+# no value makes Decimal arithmetic large.
+QUANTITY_RE = re.compile(
+    r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE]|[eE][+-]?[0-9]{1,2})?$"
+)
+QUANTITY_SUFFIXES = {
+    "": Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}
+MAX_QUANTITY = 32
+# The apiserver keeps quantities as int64 milli-units at most.
+LARGEST_QUANTITY = Decimal(2 ** 63 - 1) / 1000
+# The least memory limit Docker (and runc under the kubelet) starts a container with.
+MIN_MEMORY_LIMIT = 6 * 2 ** 20
+RESOURCE_EXAMPLES = {"cpu": "250m, 0.5 or 2", "memory": "256Mi, 1Gi or 500M"}
+# What a uid may be in a securityContext (int32, not negative).
+MAX_UID = 2 ** 31 - 1
+
+
+def quantity_text(value):
+    """A YAML number or string as the quantity text Kubernetes reads (`0.5` -> "0.5")."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        # repr keeps 1e-05 as an exponent, which the quantity syntax allows; inf and nan fail the pattern.
+        return repr(value)
+    return str(value)
+
+
+def quantity_value(text):
+    """The Decimal a valid quantity stands for, or None for text that is not one."""
+    match = QUANTITY_RE.match(text) if len(text) <= MAX_QUANTITY else None
+    if not match:
+        return None
+    number, suffix = Decimal(match["number"]), match["suffix"] or ""
+    if suffix not in QUANTITY_SUFFIXES:  # an exponent: e3, E-2 (E alone is exa, Ei exbi)
+        return number.scaleb(int(suffix[1:]))
+    return number * QUANTITY_SUFFIXES[suffix]
+
+
+def check_quantity(resource, value, *, limit=False):
+    """The problem with `value` as a cpu or memory request/limit, or None."""
+    text = quantity_text(value)
+    amount = quantity_value(text) if text is not None else None
+    example = RESOURCE_EXAMPLES[resource]
+    if amount is None:
+        return (
+            f"{shown(value)} is not a Kubernetes quantity; use a number with an optional suffix "
+            f"(m, k, M, G, Ki, Mi, Gi ...), e.g. {example}"
+        )
+    if amount <= 0:
+        return f"{shown(value)} is not more than zero; use a positive amount, e.g. {example}"
+    if amount > LARGEST_QUANTITY:
+        return f"{shown(value)} is larger than Kubernetes can hold; use a real amount, e.g. {example}"
+    if resource == "cpu" and (amount * 1000) % 1:
+        return f"{shown(value)} is finer than 1m (a thousandth of a CPU); Kubernetes counts CPU in whole m"
+    if resource == "memory":
+        if amount % 1:
+            hint = " ('m' means thousandths; for mebibytes write Mi)" if text.endswith("m") else ""
+            return f"{shown(value)} is not a whole number of bytes{hint}; e.g. {example}"
+        if limit and amount < MIN_MEMORY_LIMIT:
+            return f"{shown(value)} is less than 6Mi, the least memory a container can start with"
+    return None
+
+
+def check_run_as_user(value):
+    if not 0 <= value <= MAX_UID:
+        return f"{shown(value)} is not a user id; use a number from 0 to {MAX_UID}"
     return None

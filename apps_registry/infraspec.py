@@ -11,7 +11,7 @@ of the same rules; keep them in step.
 """
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import yaml
@@ -37,11 +37,15 @@ from apps_registry.fieldchecks import (  # noqa: F401 (HEX_RE, branch_name_probl
     check_namespace,
     check_nonblank,
     check_port,
+    check_quantity,
     check_relative_path,
     check_repo_url,
     check_replicas,
     check_retain,
+    check_run_as_user,
     check_schedule,
+    quantity_text,
+    quantity_value,
     redact_url,
     repo_url_problem,
     shown,
@@ -118,6 +122,16 @@ class Mapping:
 STR = (str,)
 INT = (int,)
 BOOL = (bool,)
+# A Kubernetes quantity: `cpu: 0.5` and `memory: 1Gi` are both natural YAML.
+QUANTITY = (str, int, float)
+
+
+def _resources(limit):
+    return Mapping({
+        "cpu": Field(QUANTITY, check=partial(check_quantity, "cpu", limit=limit)),
+        "memory": Field(QUANTITY, check=partial(check_quantity, "memory", limit=limit)),
+    })
+
 
 SCHEMA = Mapping(
     {
@@ -149,10 +163,14 @@ SCHEMA = Mapping(
         "env": Field((dict,)),
         "autoRollback": Field(BOOL),
         "snapshots": Mapping({"retain": Field(INT, check=check_retain)}),
+        "resources": Mapping({"requests": _resources(False), "limits": _resources(True)}),
+        "security": Mapping({"runAsUser": Field(INT, check=check_run_as_user), "runAsNonRoot": Field(BOOL)}),
     }
 )
 
-TYPE_NAMES = {str: "a string", int: "a whole number", bool: "true or false", list: "a list", dict: "a mapping"}
+TYPE_NAMES = {
+    str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list", dict: "a mapping",
+}
 
 
 def _type_ok(value, types):
@@ -316,6 +334,13 @@ def _check_cross_fields(v, data, spec, directory_name):
         for name in ("schedule", "command"):
             if data.get(name) is not None:
                 v.error((name,), f"is only for cron apps; this app's role is {role}")
+    if role == "cron":
+        # Cron runs (and a cron app's migrations) are containers on Norn's Docker engine.
+        for name in ("resources", "security"):
+            if data.get(name) is not None:
+                v.error((name,), "is only for webserver and worker apps (cron runs on the Docker engine)")
+    _check_resources(v, spec)
+    _check_security(v, spec)
     if spec["healthcheck"] and data.get("port") is None:
         v.error(("healthcheck",), "needs a port to be probed on; add port")
     env = spec["env"]
@@ -334,6 +359,31 @@ def _check_cross_fields(v, data, spec, directory_name):
             else:
                 normalized[key] = str(value)
         spec["env"] = normalized
+
+
+def _check_resources(v, spec):
+    """Quantities as the text Kubernetes reads; each limit at least its request."""
+    resources = spec["resources"]
+    if not resources:
+        return
+    for kind in ("requests", "limits"):
+        for name, value in (resources[kind] or {}).items():
+            if value is not None:
+                resources[kind][name] = quantity_text(value)
+    requests, limits = resources["requests"] or {}, resources["limits"] or {}
+    for name in ("cpu", "memory"):
+        request, limit = requests.get(name), limits.get(name)
+        if request is not None and limit is not None and quantity_value(limit) < quantity_value(request):
+            v.error(("resources", "limits", name),
+                    f"{shown(limit)} is less than the request {shown(request)}; a limit must be at least its request")
+
+
+def _check_security(v, spec):
+    security = spec["security"]
+    if security and security["runAsUser"] == 0 and security["runAsNonRoot"] is not False:
+        v.error(("security", "runAsUser"),
+                "0 is root, which runAsNonRoot (true by default) forbids; use a non-root uid such as 1000, "
+                "or set runAsNonRoot: false as well")
 
 
 def load(path, directory_name=None, apps_dir=None):

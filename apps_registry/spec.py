@@ -54,6 +54,46 @@ class Snapshots:
 
 
 @dataclass(frozen=True)
+class Amounts:
+    """cpu and memory as Kubernetes quantity text ("250m", "256Mi"), or None."""
+
+    cpu: str | None = None
+    memory: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "Amounts":
+        data = data or {}
+        return cls(*(None if data.get(k) is None else str(data[k]) for k in ("cpu", "memory")))
+
+    def to_dict(self) -> dict[str, str]:
+        """Only the amounts given, as a container's resources.requests/limits take them."""
+        return {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v is not None}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """resources: the app container's requests and limits (Kubernetes runtime)."""
+
+    requests: Amounts = field(default_factory=Amounts)
+    limits: Amounts = field(default_factory=Amounts)
+
+    def __bool__(self) -> bool:
+        return bool(self.requests.to_dict() or self.limits.to_dict())
+
+
+@dataclass(frozen=True)
+class Security:
+    """security: overrides of the restricted securityContext (Kubernetes runtime).
+
+    By default pods run with runAsNonRoot: true, so the image's USER must be a
+    numeric uid other than 0, or run_as_user must give one.
+    """
+
+    run_as_user: int | None = None
+    run_as_non_root: bool = True
+
+
+@dataclass(frozen=True)
 class Spec:
     app: str
     role: str
@@ -73,6 +113,8 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
     auto_rollback: bool = False
     snapshots: Snapshots = field(default_factory=Snapshots)
+    resources: Resources = field(default_factory=Resources)
+    security: Security = field(default_factory=Security)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "Spec":
@@ -96,6 +138,8 @@ class Spec:
             # a broken site is worse than an old one.
             auto_rollback = role == "webserver"
         command = data.get("command")
+        resources = data.get("resources") or {}
+        security = data.get("security") or {}
         return cls(
             app=data.get("app") or "",
             role=role,
@@ -119,6 +163,14 @@ class Spec:
             env={k: str(v) for k, v in (data.get("env") or {}).items()},
             auto_rollback=bool(auto_rollback),
             snapshots=Snapshots((data.get("snapshots") or {}).get("retain") or DEFAULT_RETAIN),
+            resources=Resources(
+                requests=Amounts.from_dict(resources.get("requests")),
+                limits=Amounts.from_dict(resources.get("limits")),
+            ),
+            security=Security(
+                run_as_user=security.get("runAsUser"),
+                run_as_non_root=security.get("runAsNonRoot") is not False,
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +192,11 @@ class Spec:
             "env": dict(self.env),
             "autoRollback": self.auto_rollback,
             "snapshots": {"retain": self.snapshots.retain},
+            "resources": {
+                "requests": self.resources.requests.to_dict(),
+                "limits": self.resources.limits.to_dict(),
+            } if self.resources else None,
+            "security": {"runAsUser": self.security.run_as_user, "runAsNonRoot": self.security.run_as_non_root},
         }
 
     @property

@@ -9,6 +9,7 @@ never their arguments.
 """
 
 import hashlib
+import ipaddress
 import re
 from urllib.parse import quote
 
@@ -103,6 +104,39 @@ def container_env(app: str, database: str, *, host: str | None = None) -> dict[s
         "PGDATABASE": database,
         "DATABASE_URL": f"postgres://{user}:{quote(secret, safe='')}@{host}:{port}/{quote(database, safe='')}",
     }
+
+
+# Host names that mean "this machine": inside a pod, the pod itself.
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost names, 127.0.0.0/8, ::1 and a socket directory (a path)."""
+    host = host.strip().strip("[]").lower().rstrip(".")
+    if not host or host.startswith("/") or host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def kubernetes_host() -> str:
+    """Where pods reach the apps' server: NORN_KUBE_APP_DATABASES_HOST, else the admin
+    URL's host. Raises DatabaseProblem, naming the setting, when that is a loopback
+    address: a pod would connect to itself, and fail only once the app runs."""
+    configured = settings.NORN_KUBE_APP_DATABASES_HOST
+    host = configured or _admin()["host"]
+    if is_loopback(host):
+        where = (f"NORN_KUBE_APP_DATABASES_HOST is {host}" if configured
+                 else f"NORN_KUBE_APP_DATABASES_HOST is not set and NORN_APP_DATABASES_URL's host is {host}")
+        raise DatabaseProblem(
+            f"{where}, a loopback address: inside a pod that is the pod itself, so the app could not reach "
+            "its database. Set NORN_KUBE_APP_DATABASES_HOST to an address the cluster's pods reach the "
+            "apps' PostgreSQL server at (e.g. a Service name such as postgres.databases.svc.cluster.local, "
+            "or the server's IP address on the nodes' network)"
+        )
+    return host
 
 
 def secrets(spec=None) -> list[str]:

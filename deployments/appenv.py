@@ -13,6 +13,7 @@ from typing import Protocol
 
 from apps_registry.spec import Spec
 from deployments import appdb, runner
+from deployments.outcomes import StepFailed
 from deployments.runner import PASSTHROUGH_ENV
 
 
@@ -26,6 +27,8 @@ class StepContext(Protocol):
     app_name: str
     spec: Spec
     kind: str
+    # "docker", "kubernetes" or "cron": where the app's containers run.
+    runtime: str
     commit_sha: str
     image: str
     timeout: float | None
@@ -38,18 +41,26 @@ class StepContext(Protocol):
     def app_env(self, **extra) -> dict[str, str]: ...
 
 
-def database_env(spec: Spec) -> dict[str, str]:
+def database_env(spec: Spec, runtime: str = "docker") -> dict[str, str]:
     """DATABASE_URL and the PG* variables of the app's own database role, when it
     declares services.postgres: for use inside its containers and Jobs only.
 
     The role owns the app's database and nothing else; the snapshot step
     creates it (appdb.ensure_database). The host is NORN_APP_DATABASES_HOST
     (host.docker.internal, which the Docker runtime maps to the host's
-    gateway), never Norn's admin connection.
+    gateway), never Norn's admin connection; on the Kubernetes runtime it is
+    appdb.kubernetes_host(), and a loopback host fails the step (StepFailed)
+    before anything is written to the cluster.
     """
     if not spec.postgres:
         return {}
-    return appdb.container_env(spec.app, spec.postgres.database)
+    host = None
+    if runtime == "kubernetes":
+        try:
+            host = appdb.kubernetes_host()
+        except appdb.DatabaseProblem as exc:
+            raise StepFailed(str(exc)) from None
+    return appdb.container_env(spec.app, spec.postgres.database, host=host)
 
 
 def container_env(ctx: StepContext, *, database: bool = True, port: bool = True) -> dict[str, str]:
@@ -62,7 +73,7 @@ def container_env(ctx: StepContext, *, database: bool = True, port: bool = True)
     override the image's own PATH. A variable the infraspec sets itself is
     kept even when its name is one of those.
     """
-    extra = database_env(ctx.spec) if database else {}
+    extra = database_env(ctx.spec, ctx.runtime) if database else {}
     if port and ctx.spec.port:
         extra["PORT"] = ctx.spec.port
     env = ctx.app_env(**extra)

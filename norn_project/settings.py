@@ -248,6 +248,18 @@ NORN_APP_DATABASES = (
 # host.docker.internal to the host's gateway (--add-host
 # host.docker.internal:host-gateway). The port is the admin URL's.
 NORN_APP_DATABASES_HOST = env("NORN_APP_DATABASES_HOST") or "host.docker.internal"
+# Where pods on the Kubernetes runtime reach that server (a Service name, a
+# node's or the server's own address); unset: the admin URL's host. A
+# loopback host (localhost, 127.0.0.1, ::1) fails the deploy with an error
+# naming this setting: inside a pod it is the pod itself.
+NORN_KUBE_APP_DATABASES_HOST = env("NORN_KUBE_APP_DATABASES_HOST") or None
+if NORN_KUBE_APP_DATABASES_HOST and not re.fullmatch(
+    r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]", NORN_KUBE_APP_DATABASES_HOST
+):
+    raise ImproperlyConfigured(
+        f"NORN_KUBE_APP_DATABASES_HOST={NORN_KUBE_APP_DATABASES_HOST!r} is not a host name or address; "
+        "use e.g. postgres.databases.svc.cluster.local, 10.0.0.5 or [fd00::5]"
+    )
 # The key each app role's password is derived from (never stored); SECRET_KEY
 # when unset. Changing it changes every app's password at the app's next
 # deploy, which then hands the new one to the app's new containers.

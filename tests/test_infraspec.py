@@ -49,6 +49,8 @@ def test_minimal_spec_gets_defaults():
         "env": {},
         "autoRollback": True,
         "snapshots": {"retain": 5},
+        "resources": None,
+        "security": {"runAsUser": None, "runAsNonRoot": True},
     }
 
 
@@ -98,7 +100,7 @@ def test_repo_and_build_defaults():
     assert result.data["build"] == {"dockerfile": "Dockerfile", "test": None}
 
 
-@pytest.mark.parametrize("name", ["web", "a", "shop-2", "0web", "a" * 63])
+@pytest.mark.parametrize("name", ["web", "a", "shop-2", "a0", "a" * 63])
 def test_valid_app_names(name):
     assert parse_dict(with_field(app=name), directory=name).ok
 
@@ -110,6 +112,9 @@ def test_valid_app_names(name):
         ("-web", "not a valid app name"),
         ("web_app", "not a valid app name"),
         ("web.app", "not a valid app name"),
+        # The Service named after the app must be an RFC 1035 label.
+        ("0web", "starting with a letter"),
+        ("web-", "ending with a letter or digit"),
         ("a" * 64, "at most 63"),
         (12, "is not a string"),
     ],

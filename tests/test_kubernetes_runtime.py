@@ -585,3 +585,59 @@ def test_the_deploy_step_uses_the_runtime_the_deployment_was_queued_for(kube, tm
     [container] = kube.get_object("deployments", APP)["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "registry.local/web:v1"
     assert 'deployment "web" successfully rolled out' in ctx.lines()
+
+
+# --- resources, securityContext and the database host (infraspec resources/security) ---------
+
+
+RESOURCES = ("resources:\n  requests: {cpu: 250m, memory: 256Mi}\n  limits: {cpu: '1', memory: 512Mi}\n"
+             "security: {runAsUser: 1000}\n")
+
+
+@needs_kubectl
+def test_the_deployments_pods_get_the_resources_and_the_restricted_security_context(kube, tmp_path, kubectl):
+    ctx = make_ctx(tmp_path, replicas=1, extra=RESOURCES)
+
+    runtime.deploy(ctx)
+
+    # What the apiserver stored (and kubectl reads back), not only what Norn sent.
+    result = kubectl("get", "deployment", APP, "-o", "jsonpath={.spec.template.spec}")
+    assert result.returncode == 0, result.stderr
+    pod = json.loads(result.stdout)
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    [container] = pod["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"},
+                                      "limits": {"cpu": "1", "memory": "512Mi"}}
+    assert 'deployment "web" successfully rolled out' in ctx.lines()
+
+
+def test_a_loopback_database_host_fails_the_deploy_before_anything_is_written(kube, tmp_path, settings):
+    settings.NORN_KUBE_APP_DATABASES_HOST = None
+    settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "HOST": "127.0.0.1"}
+    ctx = make_ctx(tmp_path, extra=POSTGRES)
+    ctx.runtime = "kubernetes"
+
+    with pytest.raises(StepFailed) as failed:
+        runtime.deploy(ctx)
+
+    error = str(failed.value)
+    assert "NORN_KUBE_APP_DATABASES_HOST is not set and NORN_APP_DATABASES_URL's host is 127.0.0.1" in error
+    assert "Set NORN_KUBE_APP_DATABASES_HOST to an address the cluster's pods reach" in error
+    assert not [r for r in kube.requests if r.method in ("POST", "PUT", "PATCH")]
+    assert kube.get_object("deployments", APP) is None and kube.get_object("secrets", "web-norn-env") is None
+
+
+def test_pods_get_the_configured_database_host(kube, tmp_path, settings):
+    settings.NORN_KUBE_APP_DATABASES_HOST = "pg.databases.svc.cluster.local"
+    ctx = make_ctx(tmp_path, extra=POSTGRES)
+    ctx.runtime = "kubernetes"
+
+    runtime.deploy(ctx)
+
+    [container] = kube.get_object("deployments", APP)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PGHOST"] == "pg.databases.svc.cluster.local"
+    url = base64.b64decode(kube.get_object("secrets", "web-norn-env")["data"]["DATABASE_URL"]).decode()
+    assert url.startswith(f"postgres://{appdb.role_name(APP)}:") and "@pg.databases.svc.cluster.local:" in url

@@ -311,7 +311,7 @@ def test_migration_reaches_its_own_database_and_not_norns(tmp_path, app, app_rol
     own = {"PGHOST": containers.HOST_ALIAS, "PGPORT": "5433", "PGUSER": database, "PGPASSWORD": password,
            "PGDATABASE": database}
     # What appenv.database_env hands an app once it has a role of its own.
-    monkeypatch.setattr(appenv, "database_env", lambda spec: own)
+    monkeypatch.setattr(appenv, "database_env", lambda spec, runtime="docker": own)
     command = (
         'psql -v ON_ERROR_STOP=1 -c "CREATE TABLE migrated (i int)" && echo own-db ok; '
         'psql -h host.docker.internal -p 5432 -U postgres -c "SELECT 1" postgres >/dev/null 2>&1 '

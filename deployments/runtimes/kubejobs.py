@@ -218,7 +218,7 @@ def _follow(ctx, core, batch, job, purpose, deadline, limit):
                     if waiting and waiting.reason in CONFIG_REASONS:
                         raise StepFailed(
                             f'{purpose} job "{name}" cannot start: pod {pod.metadata.name} is in '
-                            f"{waiting.reason}: {waiting.message or 'no message'}")
+                            f"{waiting.reason}: {waiting.message or 'no message'}{_config_hint(waiting.message)}")
                     if state and (state.running or state.terminated) and pod.metadata.name not in followers:
                         follower = _LogFollower(core, namespace, pod.metadata.name, status.name, lines,
                                                 max(1.0, deadline - time.monotonic()))
@@ -238,6 +238,15 @@ def _follow(ctx, core, batch, job, purpose, deadline, limit):
         for follower in followers.values():
             follower.stop()
         drain()
+
+
+def _config_hint(message):
+    """What to change when the kubelet refused the restricted securityContext (kubemanifests.pod_security)."""
+    if "runAsNonRoot" in (message or ""):
+        return (". Norn runs pods with runAsNonRoot: true; give the image a numeric non-root USER (USER 1000 "
+                "in the Dockerfile), or set security.runAsUser in infraspec.yaml (security.runAsNonRoot: false "
+                "allows root)")
+    return ""
 
 
 def _failure(name, purpose, condition, pods, job):

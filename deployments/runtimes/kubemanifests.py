@@ -1,10 +1,15 @@
 """The Kubernetes objects Norn writes for an app, as plain manifests: the Deployment
 `<app>`, the strategic-merge patch that changes only its image, the Service for its
 port and the Secret for the environment values that hold passwords. No API calls.
+
+Every pod Norn makes (the Deployment's, a migration Job's) runs with the infraspec's
+`resources` and a securityContext that the "restricted" Pod Security Standard admits,
+unless infraspec `security` relaxes it.
 """
 
 import base64
 
+from apps_registry.spec import Spec
 from deployments.appenv import StepContext
 
 NAME_LABEL = "app.kubernetes.io/name"
@@ -41,13 +46,43 @@ def split_env(env: dict[str, str], secret_ref: str, passwords: list[str]) -> tup
     return entries, secret
 
 
+def pod_security(spec: Spec) -> dict:
+    """The pod's securityContext: non-root (unless security.runAsNonRoot: false) and the
+    runtime's default seccomp profile, as the restricted Pod Security Standard asks.
+
+    runAsNonRoot makes the kubelet refuse to start an image whose USER is root or
+    a name (it cannot tell a name's uid): such images need security.runAsUser.
+    """
+    context = {"runAsNonRoot": spec.security.run_as_non_root, "seccompProfile": {"type": "RuntimeDefault"}}
+    if spec.security.run_as_user is not None:
+        context["runAsUser"] = spec.security.run_as_user
+    return context
+
+
+def container_security() -> dict:
+    """Each container's securityContext: no setuid escalation and no capabilities, as
+    the Docker runtime's --security-opt no-new-privileges and --cap-drop ALL."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def container(ctx: StepContext, env_entries: list[dict]) -> dict:
+    """The app's container of ctx.image: its env, resources and securityContext."""
+    body = {"name": ctx.app_name, "image": ctx.image, "env": env_entries,
+            "securityContext": container_security()}
+    resources = {kind: amounts.to_dict() for kind, amounts in (
+        ("requests", ctx.spec.resources.requests), ("limits", ctx.spec.resources.limits)) if amounts.to_dict()}
+    if resources:
+        body["resources"] = resources
+    return body
+
+
 def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dict:
-    container = {"name": ctx.app_name, "image": ctx.image, "env": env_entries}
+    container_body = container(ctx, env_entries)
     port = ctx.spec.port
     if port:
-        container["ports"] = [{"containerPort": port, "protocol": "TCP"}]
+        container_body["ports"] = [{"containerPort": port, "protocol": "TCP"}]
         if ctx.spec.healthcheck:
-            container["readinessProbe"] = {"httpGet": {"path": ctx.spec.healthcheck, "port": port}}
+            container_body["readinessProbe"] = {"httpGet": {"path": ctx.spec.healthcheck, "port": port}}
     replicas = ctx.spec.replicas
     return {
         "apiVersion": "apps/v1",
@@ -65,7 +100,7 @@ def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dic
             "selector": {"matchLabels": {NAME_LABEL: ctx.app_name}},
             "template": {
                 "metadata": {"labels": labels(ctx.app_name)},
-                "spec": {"containers": [container]},
+                "spec": {"securityContext": pod_security(ctx.spec), "containers": [container_body]},
             },
         },
     }
@@ -167,12 +202,8 @@ def job(ctx: StepContext, namespace: str, name: str, purpose: str, command: str,
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "containers": [{
-                        "name": ctx.app_name,
-                        "image": ctx.image,
-                        "command": ["sh", "-c", command],
-                        "env": env_entries,
-                    }],
+                    "securityContext": pod_security(ctx.spec),
+                    "containers": [{**container(ctx, env_entries), "command": ["sh", "-c", command]}],
                 },
             },
         },
