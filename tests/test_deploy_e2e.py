@@ -178,7 +178,7 @@ def test_cancel_command_stops_a_running_deploy(cluster, make_app):
 
 def test_different_apps_in_parallel_same_app_in_fifo_order(tmp_path, norn_dirs, apps_dir, busybox_image, make_app):
     for name in ("alpha", "beta"):
-        make_app(name, f"app: {name}\nrole: worker\nbuild:\n  test: sleep 3; exit 1\n", {"Dockerfile": "FROM norn-busybox:1\n"})
+        make_app(name, f"app: {name}\nrole: worker\nbuild:\n  test: sleep 6; exit 1\n", {"Dockerfile": "FROM norn-busybox:1\n"})
     with Cluster(tmp_path / "qcluster.log", workers=2) as cluster:
         ids = [manage(cluster, "deploy", name, "--no-wait").stdout.strip() for name in ("alpha", "beta", "alpha")]
         a1, b1, a2 = (Deployment.objects.get(public_id=i) for i in ids)
