@@ -259,7 +259,8 @@ def apply(current, applied, manager, force, api_version, plural):
     result = _merge(copy.deepcopy(current) if current else {}, applied)
     others = set().union(*[e[3] for e in entries if e is not own] or [set()])
     owned = others | wanted
-    for path in sorted(previous - wanted, key=len, reverse=True):
+    # Shortest first: a removed list item goes whole, before its fields would stop it matching its key.
+    for path in sorted(previous - wanted, key=len):
         if path in others or any(p[:len(path)] == path for p in owned):
             continue
         _delete(result, _bound(path, owned))
