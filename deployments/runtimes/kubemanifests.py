@@ -108,7 +108,7 @@ def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dic
             },
         },
     }
-    if ctx.spec.replicas is not None:
+    if ctx.spec.replicas_declared:
         body["spec"]["replicas"] = ctx.spec.replicas
     return body
 
