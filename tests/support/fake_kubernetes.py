@@ -6,7 +6,8 @@ the API rather than the API, so this module serves the real HTTP contract on
 127.0.0.1 instead: discovery (plus the sliver of OpenAPI v3 kubectl insists
 on), apps/v1 Deployments with their status and scale subresources, core/v1
 Services, Namespaces and Secrets, batch/v1 Jobs whose Pods really run on the local
-Docker engine (tests/support/fake_jobs.py), the three PATCH flavours, watches, real
+Docker engine (tests/support/fake_jobs.py), the three PATCH flavours and server-side
+apply with managedFields (tests/support/fake_kube_apply.py), watches, real
 ``Status`` errors, and a simulated deployment controller that rolls pods out (or
 gets stuck) over time.  Both clients therefore run their real code paths against it.
 
@@ -29,8 +30,7 @@ and annotation keys, container ports, env names, pull policies, probes and resou
 requests/limits get 422s with ``details.causes``; probes, pod specs, strategies
 and Services are defaulted; ``generation`` follows the spec (pod template included);
 a paused Deployment's Progressing condition says DeploymentPaused.  Not covered: no
-ReplicaSets (and no pods for Deployments; only Jobs have them), no server-side apply,
-no duplicate-field detection, no type checks of leaf values, and no Table rendering
+ReplicaSets (and no pods for Deployments; only Jobs have them), no duplicate-field detection, no type checks of leaf values, and no Table rendering
 (kubectl falls back to NAME/AGE columns).
 """
 from __future__ import annotations
