@@ -240,3 +240,18 @@ def test_the_recorded_manifest_holds_no_password(kube, app, tmp_path, settings):
 
     assert appdb.password(APP) not in str(row.kube_applied)
     assert kube.get_object("secrets", "web-norn-env")["metadata"]["managedFields"][0]["manager"] == "norn"
+
+
+def test_a_deployment_someone_else_made_keeps_its_selector_and_stays_theirs(kube, app, tmp_path):
+    labels = {"app": "legacy"}
+    kube.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": APP, "labels": labels},
+                 "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+                     "metadata": {"labels": labels}, "spec": {"containers": [{"name": APP, "image": "old:1"}]}}}})
+
+    row, _ = deploy(app, tmp_path, image="registry.local/web:v2")
+
+    deployment = kube.get_object("deployments", APP)
+    assert deployment["spec"]["selector"] == {"matchLabels": labels}  # immutable: not Norn's to change
+    assert container(kube)["image"] == "registry.local/web:v2"
+    assert "app.kubernetes.io/managed-by" not in deployment["metadata"]["labels"]
+    assert "selector" not in row.kube_applied["deployment"]["spec"]

@@ -78,7 +78,7 @@ def deploy(ctx: StepContext) -> None:
                 else:
                     manifest = kubemanifests.deployment(ctx, namespace, env_entries)
                     service = kubemanifests.service(ctx.app_name, namespace, ctx.spec.port) if ctx.spec.port else None
-                written = _apply_deployment(ctx, apps, namespace, manifest)
+                written, manifest = _apply_deployment(ctx, apps, namespace, manifest)
                 _apply_service(ctx, core, namespace, service)
                 if row is not None:
                     Deployment.objects.filter(pk=row["pk"]).update(
@@ -125,14 +125,17 @@ def _apply(ctx: StepContext, kind: str, name: str, namespace: str, send):
 
 
 def _apply_deployment(ctx: StepContext, apps: client.AppsV1Api, namespace: str, manifest: dict):
-    """Apply the Deployment manifest; returns it as the apiserver stored it."""
+    """Apply the Deployment manifest; returns (the Deployment as the apiserver stored it,
+    the manifest as sent)."""
     name = ctx.app_name
     current = read_deployment(apps, name, namespace)
     if current is not None and (current.metadata.labels or {}).get(MANAGED_BY_LABEL) != MANAGED_BY:
         # Someone else's Deployment: Norn runs its image in it, but does not label it as
-        # Norn's, so that `manage.py undeploy` keeps leaving it alone.
+        # Norn's, so that `manage.py undeploy` keeps leaving it alone, and keeps its
+        # selector, which is immutable (Norn's template labels are added to theirs).
         manifest = {**manifest, "metadata": {**manifest["metadata"], "labels": {
-            k: v for k, v in manifest["metadata"]["labels"].items() if k != MANAGED_BY_LABEL}}}
+            k: v for k, v in manifest["metadata"]["labels"].items() if k != MANAGED_BY_LABEL}},
+            "spec": {k: v for k, v in manifest["spec"].items() if k != "selector"}}
         containers = current.spec.template.spec.containers or []
         if not any(c.name == ctx.app_name for c in containers):
             # Applying would add Norn's container next to someone else's app.
@@ -150,7 +153,7 @@ def _apply_deployment(ctx: StepContext, apps: client.AppsV1Api, namespace: str, 
     else:
         ctx.log(f'Applied deployment "{name}" ({replicas} replicas) running {ctx.image} '
                 f"(generation {current.metadata.generation} -> {written.metadata.generation})")
-    return written
+    return written, manifest
 
 
 def write_env(ctx: StepContext, core: client.CoreV1Api, namespace: str) -> list[dict]:
