@@ -1,7 +1,8 @@
 """The Kubernetes runtime against the fake API server (tests/support/fake_kubernetes.py),
-through the real `kubernetes` client, and cross-checked with the real kubectl: the first
-deploy creates the Deployment and Service, later ones patch only the app's container,
-and the rollout is judged the way `kubectl rollout status` judges it."""
+through the real `kubernetes` client, and cross-checked with the real kubectl: every
+deploy server-side applies the Deployment and Service (tests/test_kubernetes_reconcile.py
+has what that changes and keeps), and the rollout is judged the way `kubectl rollout
+status` judges it."""
 
 import base64
 import json
