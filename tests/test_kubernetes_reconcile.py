@@ -4,6 +4,8 @@ runtime server-side applies the whole Deployment, Service and Secret as field ma
 (tests/support/fake_kube_apply.py). Fields someone else owns survive; a namespace change
 moves the app once the new rollout succeeded; a rollback applies the earlier template."""
 
+import os
+
 import pytest
 from kubernetes import client, config
 
@@ -32,8 +34,6 @@ def kube(tmp_path, monkeypatch):
 @pytest.fixture
 def apps(kube):
     """Another client of the cluster: an autoscaler, someone with kubectl."""
-    import os
-
     configuration = client.Configuration()
     config.load_kube_config(config_file=os.environ["KUBECONFIG"], client_configuration=configuration)
     with client.ApiClient(configuration) as api:
@@ -255,3 +255,61 @@ def test_a_deployment_someone_else_made_keeps_its_selector_and_stays_theirs(kube
     assert container(kube)["image"] == "registry.local/web:v2"
     assert "app.kubernetes.io/managed-by" not in deployment["metadata"]["labels"]
     assert "selector" not in row.kube_applied["deployment"]["spec"]
+
+
+# --- through the whole pipeline: an automatic rollback after a failed rollout ---------------
+
+
+@pytest.fixture
+def minikube_cluster(tmp_path, settings, monkeypatch):
+    """The fake cluster behind a "minikube" context and a `minikube` on PATH that records
+    its arguments (the build step loads images with it; no VM can run here)."""
+    settings.NORN_RUNTIME = "kubernetes"
+    settings.NORN_REGISTRY_URL = ""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "minikube").write_text("#!/bin/sh\necho loaded\n")
+    (bin_dir / "minikube").chmod(0o700)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with FakeKubernetes(progress_deadline_scale=0.002) as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kubeconfig", context="minikube")))
+        yield fake
+        assert not fake.internal_errors, fake.internal_errors
+
+
+PIPELINE_SPEC = ("app: kweb\nrole: webserver\nrepo:\n  url: {url}\nbuild: {{}}\nport: 8000\nreplicas: {replicas}\n"
+                 "env:\n  FEATURE: '{feature}'\n")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_automatic_rollback_restores_the_earlier_template_through_the_pipeline(
+        minikube_cluster, make_app, deploy_now, busybox_image, tmp_path):
+    from deployments import pipeline
+    from tests.support.git_servers import make_repo
+
+    kube = minikube_cluster
+    repo = make_repo(tmp_path / "repos", "kweb", {"Dockerfile": 'FROM norn-busybox:1\nCMD ["sh", "-c", "sleep 3600"]\n'})
+    make_app("kweb", PIPELINE_SPEC.format(url=repo.file_url, replicas=2, feature="off"))
+    first = deploy_now("kweb")
+    assert first.status == "deployed", first.error
+
+    make_app("kweb", PIPELINE_SPEC.format(url=repo.file_url, replicas=3, feature="on"))
+    repo.commit({"README": "two\n"}, "two")
+    kube.rollout_mode = "stuck"
+    failed = deploy_now("kweb")
+    assert failed.status == "failed" and "rolling back automatically" in failed.error, failed.error
+    stored = kube.get_object("deployments", "kweb")
+    assert stored["spec"]["replicas"] == 3  # the failed deploy's template reached the cluster
+
+    kube.rollout_mode = "complete"
+    rollback = Deployment.objects.get(app__name="kweb", kind="rollback")
+    pipeline.execute(rollback.pk)
+    rollback.refresh_from_db()
+
+    assert rollback.status == "deployed", rollback.error
+    stored = kube.get_object("deployments", "kweb")
+    [body] = stored["spec"]["template"]["spec"]["containers"]
+    assert (stored["spec"]["replicas"], body["image"]) == (2, first.image)
+    assert {e["name"]: e.get("value") for e in body["env"]}["FEATURE"] == "off"
+    assert stored["metadata"]["annotations"]["norn.dev/deployment"] == str(rollback.public_id)
