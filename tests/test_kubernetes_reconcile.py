@@ -289,7 +289,8 @@ def test_an_automatic_rollback_restores_the_earlier_template_through_the_pipelin
     from tests.support.git_servers import make_repo
 
     kube = minikube_cluster
-    repo = make_repo(tmp_path / "repos", "kweb", {"Dockerfile": 'FROM norn-busybox:1\nCMD ["sh", "-c", "sleep 3600"]\n'})
+    dockerfile = 'FROM norn-busybox:1\nCMD ["sh", "-c", "sleep 3600"]\n'
+    repo = make_repo(tmp_path / "repos", "kweb", {"Dockerfile": dockerfile})
     make_app("kweb", PIPELINE_SPEC.format(url=repo.file_url, replicas=2, feature="off"))
     first = deploy_now("kweb")
     assert first.status == "deployed", first.error
