@@ -105,6 +105,9 @@ class Spec:
     healthcheck: str | None = None
     # None for cron apps; 1 by default for the others.
     replicas: int | None = None
+    # Whether infraspec says `replicas`: without it the Kubernetes runtime leaves the
+    # field to whoever scales the app (an autoscaler), and the normalized dict says None.
+    replicas_declared: bool = False
     namespace: str = DEFAULT_NAMESPACE
     schedule: str | None = None
     # A shell command string, or an argv tuple.
@@ -130,6 +133,7 @@ class Spec:
         postgres = (data.get("services") or {}).get("postgres")
         migrations = data.get("migrations")
         replicas = data.get("replicas")
+        replicas_declared = replicas is not None
         if replicas is None and role in LONG_RUNNING_ROLES:
             replicas = DEFAULT_REPLICAS
         auto_rollback = data.get("autoRollback")
@@ -157,6 +161,7 @@ class Spec:
             port=data.get("port"),
             healthcheck=data.get("healthcheck"),
             replicas=replicas,
+            replicas_declared=replicas_declared,
             namespace=data.get("namespace") or DEFAULT_NAMESPACE,
             schedule=data.get("schedule"),
             command=tuple(command) if isinstance(command, list | tuple) else command,
@@ -185,7 +190,7 @@ class Spec:
             "migrations": {"command": self.migrations.command} if self.migrations else None,
             "port": self.port,
             "healthcheck": self.healthcheck,
-            "replicas": self.replicas,
+            "replicas": self.replicas if self.replicas_declared else None,
             "namespace": self.namespace,
             "schedule": self.schedule,
             "command": list(self.command) if isinstance(self.command, tuple) else self.command,

@@ -170,6 +170,11 @@ class Deployment(models.Model):
     # Where the request came from: "cli", "admin", "dashboard", "autodeploy".
     requested_via = models.CharField(max_length=32, default="cli")
     runtime = models.CharField(max_length=16, blank=True)
+    # What the Kubernetes runtime applied (runtimes/kubernetes.py): {"namespace",
+    # "deployment", "service"} manifests, env values that hold passwords only as
+    # references to the app's Secret. A rollback applies its target's again; a
+    # later deploy to another namespace deletes what was left in this one.
+    kube_applied = models.JSONField(null=True, blank=True)
     queued_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -159,10 +159,14 @@ def test_kubectl_get_json_matches_the_stored_object(kube, apps, kubectl):
     apps.create_namespaced_deployment("default", deployment())
     wait_for(lambda: kube.get_object("deployments", "web")["status"].get("availableReplicas") == 2)
 
-    result = kubectl("get", "deployment", "web", "-o", "json")
+    result = kubectl("get", "deployment", "web", "-o", "json", "--show-managed-fields")
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == kube.get_object("deployments", "web")
+    # Without --show-managed-fields kubectl hides them, as from a real apiserver.
+    hidden = json.loads(kubectl("get", "deployment", "web", "-o", "json").stdout)
+    assert "managedFields" not in hidden["metadata"]
+    assert "managedFields" in kube.get_object("deployments", "web")["metadata"]
     table = kubectl("get", "deployments")
     assert table.returncode == 0 and "web" in table.stdout
 

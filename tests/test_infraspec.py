@@ -42,7 +42,7 @@ def test_minimal_spec_gets_defaults():
         "migrations": None,
         "port": None,
         "healthcheck": None,
-        "replicas": 1,
+        "replicas": None,  # not declared: Spec.replicas is 1, and Kubernetes leaves the field to an autoscaler
         "namespace": "default",
         "schedule": None,
         "command": None,

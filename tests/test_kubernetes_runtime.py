@@ -1,7 +1,8 @@
 """The Kubernetes runtime against the fake API server (tests/support/fake_kubernetes.py),
-through the real `kubernetes` client, and cross-checked with the real kubectl: the first
-deploy creates the Deployment and Service, later ones patch only the app's container,
-and the rollout is judged the way `kubectl rollout status` judges it."""
+through the real `kubernetes` client, and cross-checked with the real kubectl: every
+deploy server-side applies the Deployment and Service (tests/test_kubernetes_reconcile.py
+has what that changes and keeps), and the rollout is judged the way `kubectl rollout
+status` judges it."""
 
 import base64
 import json
@@ -21,6 +22,9 @@ from deployments.runtimes import kubernetes as runtime
 from deployments.outcomes import StepFailed
 from tests.support.contexts import parse_spec, step_context
 from tests.support.fake_kubernetes import FakeKubernetes
+
+# The runtime reads and records its deployment's row (Deployment.kube_applied); here there is none.
+pytestmark = pytest.mark.django_db
 
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
@@ -181,7 +185,8 @@ def test_second_deploy_patches_only_the_app_container_and_keeps_the_sidecar(kube
     assert (status["observedGeneration"], status["updatedReplicas"], status["replicas"]) == (2, 2, 2)
 
     [patch] = writes(kube, "PATCH", f"/deployments/{APP}")
-    assert patch.content_type == "application/strategic-merge-patch+json"
+    assert patch.content_type == "application/apply-patch+yaml"  # server-side apply
+    assert patch.query["fieldManager"] == "norn" and patch.query["force"] == "true"
     assert [c["name"] for c in patch.body["spec"]["template"]["spec"]["containers"]] == [APP]
     assert writes(kube, "POST", "/deployments") == []
     assert "generation 1 -> 2" in "".join(ctx.lines())
@@ -281,7 +286,7 @@ def test_changed_password_updates_the_secret_on_the_next_deploy(kube, tmp_path, 
 
     data = kube.get_object("secrets", "web-norn-env")["data"]
     assert base64.b64decode(data["PGPASSWORD"]).decode() == appdb.password(APP)
-    assert len(writes(kube, "PUT", "/secrets/web-norn-env")) == 1
+    assert len(writes(kube, "PATCH", "/secrets/web-norn-env")) == 2  # applied on each deploy
 
 
 # --- rollouts that do not finish -----------------------------------------------------
@@ -346,11 +351,11 @@ def test_cancel_during_the_wait_raises_cancelled(kube, tmp_path):
 
 def test_transient_500s_are_retried(kube, tmp_path):
     kube.fail_next("GET", rf"/deployments/{APP}$", status_code=500, count=2)
-    kube.fail_next("POST", r"/deployments$", status_code=503, count=1)
+    kube.fail_next("PATCH", rf"/deployments/{APP}\?", status_code=503, count=1)
 
     runtime.deploy(make_ctx(tmp_path))
 
-    assert len(writes(kube, "POST", "/deployments")) == 2
+    assert len(writes(kube, "PATCH", f"/deployments/{APP}")) == 2
     assert len([r for r in writes(kube, "GET", f"/deployments/{APP}") if not r.query]) >= 3
     assert kube.get_object("deployments", APP)["status"]["availableReplicas"] == 3
 
@@ -370,20 +375,20 @@ def test_persistent_500s_fail_clearly(kube, tmp_path, fast_retries):
 
 def test_conflict_is_retried_with_a_fresh_read(kube, tmp_path):
     kube.create(seeded_deployment())
-    kube.fail_next("PATCH", rf"/deployments/{APP}$", status_code=409, count=1)
+    kube.fail_next("PATCH", rf"/deployments/{APP}\?", status_code=409, count=1)
     ctx = make_ctx(tmp_path, image="registry.local/web:v2", replicas=2)
 
     runtime.deploy(ctx)
 
     assert len(writes(kube, "PATCH", f"/deployments/{APP}")) == 2
-    assert "reading it again (attempt 2 of 5)" in "".join(ctx.lines())
+    assert "applying again (attempt 2 of 5)" in "".join(ctx.lines())
     assert kube.get_object("deployments", APP)["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "registry.local/web:v2")
 
 
 def test_persistent_conflicts_fail_clearly(kube, tmp_path, fast_retries):
     kube.create(seeded_deployment())
-    kube.fail_next("PATCH", rf"/deployments/{APP}$", status_code=409, count=100)
+    kube.fail_next("PATCH", rf"/deployments/{APP}\?", status_code=409, count=100)
 
     with pytest.raises(StepFailed) as failed:
         runtime.deploy(make_ctx(tmp_path, image="registry.local/web:v2"))

@@ -1,6 +1,8 @@
 """The Kubernetes objects Norn writes for an app, as plain manifests: the Deployment
-`<app>`, the strategic-merge patch that changes only its image, the Service for its
-port and the Secret for the environment values that hold passwords. No API calls.
+`<app>`, the Service for its port and the Secret for the environment values that hold
+passwords. No API calls. Each is Norn's whole desired state for the fields it owns,
+sent with server-side apply (runtimes/kubernetes.py): a field left out here is one
+Norn leaves to others (or, when Norn applied it before, removes).
 
 Every pod Norn makes (the Deployment's, a migration Job's) runs with the infraspec's
 `resources` and a securityContext that the "restricted" Pod Security Standard admits,
@@ -8,6 +10,7 @@ unless infraspec `security` relaxes it.
 """
 
 import base64
+import copy
 
 from apps_registry.spec import Spec
 from deployments.appenv import StepContext
@@ -77,14 +80,16 @@ def container(ctx: StepContext, env_entries: list[dict]) -> dict:
 
 
 def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dict:
+    """The Deployment <app>. Without infraspec `replicas` the field is left out, so that
+    whoever scales the app (an HorizontalPodAutoscaler, `kubectl scale`) owns it; a new
+    Deployment then starts with the apiserver's default of 1."""
     container_body = container(ctx, env_entries)
     port = ctx.spec.port
     if port:
         container_body["ports"] = [{"containerPort": port, "protocol": "TCP"}]
         if ctx.spec.healthcheck:
             container_body["readinessProbe"] = {"httpGet": {"path": ctx.spec.healthcheck, "port": port}}
-    replicas = ctx.spec.replicas
-    return {
+    body = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
@@ -94,7 +99,6 @@ def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dic
             "annotations": {DEPLOYMENT_ANNOTATION: ctx.public_id},
         },
         "spec": {
-            "replicas": 1 if replicas is None else replicas,
             # Only the name label: the selector is immutable, so it must not
             # depend on anything that might ever change.
             "selector": {"matchLabels": {NAME_LABEL: ctx.app_name}},
@@ -104,32 +108,22 @@ def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dic
             },
         },
     }
+    if ctx.spec.replicas_declared:
+        body["spec"]["replicas"] = ctx.spec.replicas
+    return body
 
 
-def image_patch(ctx: StepContext, resource_version: str) -> dict:
-    """A strategic merge patch that changes only the app's own container.
-
-    Containers merge by name, so sidecars are left as they are. The
-    resourceVersion makes it a compare-and-swap against the read that
-    confirmed the container exists: if the Deployment changed since, the
-    apiserver answers 409 instead of the patch re-adding a removed container.
-    NORN_COMMIT and NORN_DEPLOYMENT merge by name into the container's env so
-    they keep describing what runs; nothing else of the env is touched.
-    """
-    return {
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": {DEPLOYMENT_ANNOTATION: ctx.public_id},
-        },
-        "spec": {"template": {"spec": {"containers": [{
-            "name": ctx.app_name,
-            "image": ctx.image,
-            "env": [
-                {"name": "NORN_COMMIT", "value": ctx.commit_sha},
-                {"name": "NORN_DEPLOYMENT", "value": ctx.public_id},
-            ],
-        }]}}},
-    }
+def restamped(manifest: dict, ctx: StepContext) -> dict:
+    """An earlier deployment's Deployment manifest (Deployment.kube_applied) as a
+    rollback applies it: its template and image, marked as applied by ctx's deployment."""
+    body = copy.deepcopy(manifest)
+    body["metadata"].setdefault("annotations", {})[DEPLOYMENT_ANNOTATION] = ctx.public_id
+    for container_body in body["spec"]["template"]["spec"]["containers"]:
+        if container_body.get("name") == ctx.app_name:
+            for entry in container_body.get("env") or []:
+                if entry.get("name") == "NORN_DEPLOYMENT" and "value" in entry:
+                    entry["value"] = ctx.public_id
+    return body
 
 
 def secret(app_name: str, namespace: str, data: dict[str, str]) -> dict:
@@ -144,13 +138,13 @@ def secret(app_name: str, namespace: str, data: dict[str, str]) -> dict:
 
 
 def service(app_name: str, namespace: str, port: int) -> dict:
-    """A ClusterIP Service <app> for the app's declared port."""
+    """The Service <app> for the app's declared port. Its type is left out: the apiserver
+    defaults it to ClusterIP, and whoever makes it a LoadBalancer keeps that."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": app_name, "namespace": namespace, "labels": labels(app_name)},
         "spec": {
-            "type": "ClusterIP",
             "selector": {NAME_LABEL: app_name},
             "ports": [{"port": port, "targetPort": port, "protocol": "TCP"}],
         },

@@ -1,10 +1,13 @@
 """The Kubernetes runtime: each app is a Deployment `<app>` (plus a Service `<app>` when it
-has a port) in its infraspec namespace, driven through the official `kubernetes` client.
+has a port, and a Secret `<app>-norn-env` for the env values that hold passwords) in its
+infraspec namespace, driven through the official `kubernetes` client.
 
-`deploy(ctx)` creates them on the first deploy, afterwards changes only the image of the
-app's own container, then waits for the rollout by the rules `kubectl rollout status` uses
-(kuberollout.py). The objects are in kubemanifests.py, the client and its errors in
-kubeclient.py.
+`deploy(ctx)` sends the whole desired state of those objects on every deploy with
+server-side apply (field manager "norn", force), so infraspec changes reach the cluster and
+fields Norn no longer sets are removed while fields other managers own are kept; then it
+waits for the rollout by the rules `kubectl rollout status` uses (kuberollout.py). A
+rollback applies the manifests its target deployment applied (Deployment.kube_applied). The
+objects are in kubemanifests.py, the client and its errors in kubeclient.py.
 """
 
 import time
@@ -15,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from deployments import appdb
 from deployments.appenv import StepContext, container_env
+from deployments.models import Deployment
 from deployments.outcomes import StepFailed
 from deployments.runtimes import kubeclient, kubemanifests, kuberollout
 from deployments.runtimes.kubeclient import REQUEST_TIMEOUT, KubernetesError, api_error, is_not_found
@@ -26,8 +30,15 @@ __all__ = ["Error", "KubernetesError", "deploy", "remove", "status", "write_env"
 # What status() and remove() raise when the API cannot be asked.
 Error = KubernetesError
 
-# A 409 means someone else wrote the Deployment between our read and our write
-# (another client, or a controller racing a create); a few fresh reads settle it.
+# Server-side apply as `kubectl apply --server-side --field-manager=norn --force-conflicts`:
+# infraspec is the source of truth for every field Norn sends, so a conflict with another
+# manager (someone's `kubectl edit` of the image) is resolved in infraspec's favour rather
+# than failing the deploy; fields Norn does not send stay with their owners.
+FIELD_MANAGER = "norn"
+APPLY = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": "application/apply-patch+yaml",
+         "_request_timeout": REQUEST_TIMEOUT}
+# A 409 on an apply means the apiserver lost an optimistic-concurrency race with another
+# writer while merging; the apply is simply sent again, a bounded number of times.
 WRITE_ATTEMPTS = 5
 # How long to wait for the rollout when the step has no timeout of its own.
 DEFAULT_TIMEOUT = 600
@@ -39,76 +50,110 @@ DEFAULT_TIMEOUT = 600
 def deploy(ctx: StepContext) -> None:
     """Put ctx.image into service as the Deployment <app> and wait for the rollout.
 
-    First deploy: create the Secret <app>-norn-env (only when the database URL
-    holds a password), the Deployment and, with a port, the Service. Later
-    deploys: refresh that Secret and patch the image of container <app>.
-    Raises StepFailed with the reason when the API refuses, the rollout exceeds
-    its progress deadline or ctx.timeout passes; runner.Cancelled on cancel.
+    Applies the Secret <app>-norn-env (when the database URL holds a password),
+    the Deployment and, with a port, the Service; without a port a Service Norn
+    made is deleted. A rollback applies its target's recorded manifests instead
+    of ones made from the current infraspec. After the rollout, what Norn left
+    in other namespaces the app was deployed to is deleted. Raises StepFailed
+    with the reason when the API refuses, the rollout exceeds its progress
+    deadline or ctx.timeout passes; runner.Cancelled on cancel.
     """
     if not ctx.image:
         raise StepFailed("there is no image to run: the build step did not produce one")
     limit = ctx.timeout or DEFAULT_TIMEOUT
     deadline = time.monotonic() + limit
-    namespace = ctx.spec.namespace
+    row, earlier = _history(ctx)
+    namespace = earlier["namespace"] if earlier else ctx.spec.namespace
     try:
         api, host, source = kubeclient.api_client()
         with api:
             ctx.log(f"Kubernetes API {host} ({source}), namespace {namespace}")
             try:
-                written = _apply(ctx, api, namespace)
-                if ctx.spec.port:
-                    _ensure_service(ctx, api, namespace)
+                apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+                env_entries = write_env(ctx, core, namespace)
+                if earlier:
+                    ctx.log(f"Rolling back to the Deployment and Service applied by deployment "
+                            f"{earlier['deployment']['metadata']['annotations'][DEPLOYMENT_ANNOTATION]}")
+                    manifest, service = kubemanifests.restamped(earlier["deployment"], ctx), earlier["service"]
+                else:
+                    manifest = kubemanifests.deployment(ctx, namespace, env_entries)
+                    service = kubemanifests.service(ctx.app_name, namespace, ctx.spec.port) if ctx.spec.port else None
+                written, manifest = _apply_deployment(ctx, apps, namespace, manifest)
+                _apply_service(ctx, core, namespace, service)
+                if row is not None:
+                    Deployment.objects.filter(pk=row["pk"]).update(
+                        kube_applied={"namespace": namespace, "deployment": manifest, "service": service})
                 kuberollout.wait(ctx, api, written, deadline, limit)
+                if row is not None:
+                    _leave_other_namespaces(ctx, api, row["app_id"], namespace)
             except urllib3.exceptions.HTTPError as exc:
                 raise kubeclient.connection_error(exc, host, "deploy") from None
     except (KubernetesError, kuberollout.RolloutFailed) as exc:
         raise StepFailed(str(exc)) from None
 
 
-def _apply(ctx: StepContext, api: client.ApiClient, namespace: str) -> client.V1Deployment:
-    """Create or patch the Deployment; returns it as the apiserver accepted it."""
-    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    name = ctx.app_name
-    env_entries = write_env(ctx, core, namespace)
+def _history(ctx: StepContext) -> tuple[dict | None, dict | None]:
+    """(this deployment's row as {pk, app_id}, or None when there is none, e.g. a runtime
+    used on its own; for a rollback, what its target applied, else None)."""
+    row = Deployment.objects.filter(pk=ctx.deployment_id).values("pk", "app_id", "rollback_to__kube_applied").first()
+    if row is None:
+        return None, None
+    earlier = row.pop("rollback_to__kube_applied") if ctx.kind == "rollback" else None
+    if ctx.kind == "rollback" and not earlier:
+        ctx.log("The deployment rolled back to has no recorded Kubernetes manifests (it predates them, or ran "
+                "on another runtime): applying the current infraspec with its image")
+    return row, earlier or None
 
+
+def _apply(ctx: StepContext, kind: str, name: str, namespace: str, send):
+    """send() the apply, again after a 409 (bounded); returns its result."""
     for attempt in range(1, WRITE_ATTEMPTS + 1):
-        current = read_deployment(apps, name, namespace)
         try:
-            if current is None:
-                written = apps.create_namespaced_deployment(
-                    namespace, kubemanifests.deployment(ctx, namespace, env_entries), _request_timeout=REQUEST_TIMEOUT
-                )
-                ctx.log(f'Created deployment "{name}" ({written.spec.replicas} replicas) running {ctx.image}')
-                return written
-            containers = current.spec.template.spec.containers or []
-            if not any(c.name == ctx.app_name for c in containers):
-                raise KubernetesError(
-                    f'deployment "{name}" in namespace "{namespace}" has no container named '
-                    f'"{ctx.app_name}" (it has: {", ".join(c.name for c in containers) or "none"}). '
-                    "Norn deploys by setting the image of the container named after the app and "
-                    "does not add containers to an existing Deployment; rename the app's container."
-                )
-            written = apps.patch_namespaced_deployment(
-                name, namespace, kubemanifests.image_patch(ctx, current.metadata.resource_version),
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-            ctx.log(
-                f'Set the image of container "{ctx.app_name}" in deployment "{name}" to {ctx.image} '
-                f"(generation {current.metadata.generation} -> {written.metadata.generation})"
-            )
-            return written
+            return send()
         except ApiException as exc:
             if exc.status != 409 or attempt == WRITE_ATTEMPTS:
-                action = f'{"create" if current is None else "update"} deployment "{name}"'
+                action = f'apply {kind} "{name}"'
                 if exc.status == 409:
                     action += f" ({WRITE_ATTEMPTS} attempts, each losing a race with another writer)"
                 raise api_error(exc, action, namespace) from None
             message, reason, _ = kubeclient.status_of(exc)
-            ctx.log(f'Deployment "{name}" changed while Norn was writing it ({reason or 409}: {message}); '
-                    f"reading it again (attempt {attempt + 1} of {WRITE_ATTEMPTS})")
+            ctx.log(f'The {kind} "{name}" changed while Norn was writing it ({reason or 409}: {message}); '
+                    f"applying again (attempt {attempt + 1} of {WRITE_ATTEMPTS})")
             kuberollout.check_cancel(ctx)
             time.sleep(kubeclient.RETRY_BACKOFF * attempt)
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _apply_deployment(ctx: StepContext, apps: client.AppsV1Api, namespace: str, manifest: dict):
+    """Apply the Deployment manifest; returns (the Deployment as the apiserver stored it,
+    the manifest as sent)."""
+    name = ctx.app_name
+    current = read_deployment(apps, name, namespace)
+    if current is not None and (current.metadata.labels or {}).get(MANAGED_BY_LABEL) != MANAGED_BY:
+        # Someone else's Deployment: Norn runs its image in it, but does not label it as
+        # Norn's, so that `manage.py undeploy` keeps leaving it alone, and keeps its
+        # selector, which is immutable (Norn's template labels are added to theirs).
+        manifest = {**manifest, "metadata": {**manifest["metadata"], "labels": {
+            k: v for k, v in manifest["metadata"]["labels"].items() if k != MANAGED_BY_LABEL}},
+            "spec": {k: v for k, v in manifest["spec"].items() if k != "selector"}}
+        containers = current.spec.template.spec.containers or []
+        if not any(c.name == ctx.app_name for c in containers):
+            # Applying would add Norn's container next to someone else's app.
+            raise KubernetesError(
+                f'deployment "{name}" in namespace "{namespace}" has no container named '
+                f'"{ctx.app_name}" (it has: {", ".join(c.name for c in containers) or "none"}). '
+                "Norn deploys the container named after the app and does not add containers "
+                "to a Deployment it did not create; rename the app's container."
+            )
+    written = _apply(ctx, "deployment", name, namespace, lambda: apps.patch_namespaced_deployment(
+        name, namespace, manifest, **APPLY))
+    replicas = "default" if written.spec.replicas is None else written.spec.replicas
+    if current is None:
+        ctx.log(f'Created deployment "{name}" ({replicas} replicas) running {ctx.image}')
+    else:
+        ctx.log(f'Applied deployment "{name}" ({replicas} replicas) running {ctx.image} '
+                f"(generation {current.metadata.generation} -> {written.metadata.generation})")
+    return written, manifest
 
 
 def write_env(ctx: StepContext, core: client.CoreV1Api, namespace: str) -> list[dict]:
@@ -122,53 +167,61 @@ def write_env(ctx: StepContext, core: client.CoreV1Api, namespace: str) -> list[
         container_env(ctx), secret_name(ctx.app_name), appdb.secrets(ctx.spec)
     )
     if secret_data:
-        _write_secret(ctx, core, namespace, secret_data)
+        name = secret_name(ctx.app_name)
+        body = kubemanifests.secret(ctx.app_name, namespace, secret_data)
+        # Applied whole: a changed password reaches new pods, a key Norn no longer writes goes.
+        _apply(ctx, "secret", name, namespace, lambda: core.patch_namespaced_secret(name, namespace, body, **APPLY))
+        ctx.log(f'Applied secret "{name}" for {", ".join(secret_data)}')
     return env_entries
 
 
-def _write_secret(ctx: StepContext, core: client.CoreV1Api, namespace: str, data: dict[str, str]) -> None:
-    """Create or replace the Secret holding the env values that contain passwords."""
-    name = secret_name(ctx.app_name)
-    body = kubemanifests.secret(ctx.app_name, namespace, data)
-    try:
-        core.create_namespaced_secret(namespace, body, _request_timeout=REQUEST_TIMEOUT)
-        ctx.log(f'Created secret "{name}" for {", ".join(data)}')
-        return
-    except ApiException as exc:
-        if exc.status != 409:
-            raise api_error(exc, f'create secret "{name}"', namespace) from None
-    # It exists: replace it whole, so a changed password reaches new pods.
-    # Secrets may be updated without a resourceVersion; last writer wins,
-    # and every writer writes the same current values.
-    try:
-        core.replace_namespaced_secret(name, namespace, body, _request_timeout=REQUEST_TIMEOUT)
-    except ApiException as exc:
-        raise api_error(exc, f'update secret "{name}"', namespace) from None
-    ctx.log(f'Updated secret "{name}" for {", ".join(data)}')
+def _apply_service(ctx: StepContext, core: client.CoreV1Api, namespace: str, service: dict | None) -> None:
+    """Apply the Service <app> for the port; without one, delete the Service Norn made.
 
-
-def _ensure_service(ctx: StepContext, api: client.ApiClient, namespace: str) -> None:
-    """Create the Service <app> for the declared port unless one exists already.
-
-    An existing Service is left alone: someone may have shaped it (type,
-    extra ports, annotations for a load balancer) on purpose.
+    Fields Norn does not send (its type, extra ports, annotations for a load
+    balancer) stay as whoever set them left them.
     """
-    core = client.CoreV1Api(api)
-    name, port = ctx.app_name, ctx.spec.port
-    try:
-        core.read_namespaced_service(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    name = ctx.app_name
+    if service is not None:
+        port = service["spec"]["ports"][0]["port"]
+        _apply(ctx, "service", name, namespace, lambda: core.patch_namespaced_service(
+            name, namespace, service, **APPLY))
+        ctx.log(f'Applied service "{name}" (port {port} -> {port})')
         return
+    try:
+        current = core.read_namespaced_service(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as exc:
+        if is_not_found(exc):
+            return
+        raise api_error(exc, f'read service "{name}"', namespace) from None
+    if (current.metadata.labels or {}).get(MANAGED_BY_LABEL) != MANAGED_BY:
+        return
+    try:
+        core.delete_namespaced_service(name, namespace, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as exc:
         if not is_not_found(exc):
-            raise api_error(exc, f'read service "{name}"', namespace) from None
-    body = kubemanifests.service(name, namespace, port)
-    try:
-        core.create_namespaced_service(namespace, body, _request_timeout=REQUEST_TIMEOUT)
-    except ApiException as exc:
-        if exc.status == 409:  # created concurrently: that is what we wanted
-            return
-        raise api_error(exc, f'create service "{name}"', namespace) from None
-    ctx.log(f'Created service "{name}" (ClusterIP, port {port} -> {port})')
+            raise api_error(exc, f'delete service "{name}"', namespace) from None
+    ctx.log(f'Deleted service "{name}": infraspec declares no port any more')
+
+
+def _leave_other_namespaces(ctx: StepContext, api: client.ApiClient, app_id: int, namespace: str) -> None:
+    """After a successful rollout in `namespace`, delete what Norn made for the app in the
+    other namespaces it was ever applied to (a namespace change moves the app).
+
+    The new objects already serve, so a failure here is logged, not a failed deploy.
+    """
+    others = (Deployment.objects.filter(app_id=app_id).exclude(kube_applied=None)
+              .exclude(kube_applied__namespace=namespace)
+              .values_list("kube_applied__namespace", flat=True).distinct())
+    for other in sorted(set(others)):
+        try:
+            removed = _delete_managed(api, ctx.app_name, other, gone_namespace_ok=True)
+        except (KubernetesError, urllib3.exceptions.HTTPError) as exc:
+            ctx.log(f'Could not delete what Norn left in namespace "{other}": {exc}; '
+                    f"run manage.py undeploy for it there")
+            continue
+        if removed:
+            ctx.log(f'Moved from namespace "{other}": deleted {", ".join(removed)} there')
 
 
 # --- status and removal (manage.py app_status, manage.py undeploy) ---------------------------------------------------------
@@ -230,33 +283,33 @@ def remove(app_name: str, namespace: str = "default") -> list[str]:
     were made by someone else and are left alone. Returns what was deleted,
     as "kind/name" strings; raises KubernetesError when the API fails.
     """
+    return _outside_step(f'remove app "{app_name}"', lambda api: _delete_managed(api, app_name, namespace))
 
-    def delete(api):
-        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-        targets = (
-            ("deployment", app_name, apps.read_namespaced_deployment,
-             apps.delete_namespaced_deployment),
-            ("service", app_name, core.read_namespaced_service, core.delete_namespaced_service),
-            ("secret", secret_name(app_name), core.read_namespaced_secret, core.delete_namespaced_secret),
-        )
-        removed = []
-        for kind, name, read, delete_one in targets:
-            try:
-                current = read(name, namespace, _request_timeout=REQUEST_TIMEOUT)
-            except ApiException as exc:
-                if is_not_found(exc):
-                    continue
-                raise api_error(exc, f'read {kind} "{name}"', namespace) from None
-            if (current.metadata.labels or {}).get(MANAGED_BY_LABEL) != MANAGED_BY:
+
+def _delete_managed(api: client.ApiClient, app_name: str, namespace: str,
+                    gone_namespace_ok: bool = False) -> list[str]:
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    targets = (
+        ("deployment", app_name, apps.read_namespaced_deployment, apps.delete_namespaced_deployment),
+        ("service", app_name, core.read_namespaced_service, core.delete_namespaced_service),
+        ("secret", secret_name(app_name), core.read_namespaced_secret, core.delete_namespaced_secret),
+    )
+    removed = []
+    for kind, name, read, delete_one in targets:
+        try:
+            current = read(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if is_not_found(exc) or (gone_namespace_ok and exc.status == 404):
                 continue
-            try:
-                # Background: the ReplicaSets and pods go too, without making us wait for them.
-                delete_one(name, namespace, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT)
-            except ApiException as exc:
-                if is_not_found(exc):
-                    continue
-                raise api_error(exc, f'delete {kind} "{name}"', namespace) from None
-            removed.append(f"{kind}/{name}")
-        return removed
-
-    return _outside_step(f'remove app "{app_name}"', delete)
+            raise api_error(exc, f'read {kind} "{name}"', namespace) from None
+        if (current.metadata.labels or {}).get(MANAGED_BY_LABEL) != MANAGED_BY:
+            continue
+        try:
+            # Background: the ReplicaSets and pods go too, without making us wait for them.
+            delete_one(name, namespace, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if is_not_found(exc) or (gone_namespace_ok and exc.status == 404):
+                continue
+            raise api_error(exc, f'delete {kind} "{name}"', namespace) from None
+        removed.append(f"{kind}/{name}")
+    return removed

@@ -6,7 +6,8 @@ the API rather than the API, so this module serves the real HTTP contract on
 127.0.0.1 instead: discovery (plus the sliver of OpenAPI v3 kubectl insists
 on), apps/v1 Deployments with their status and scale subresources, core/v1
 Services, Namespaces and Secrets, batch/v1 Jobs whose Pods really run on the local
-Docker engine (tests/support/fake_jobs.py), the three PATCH flavours, watches, real
+Docker engine (tests/support/fake_jobs.py), the three PATCH flavours and server-side
+apply with managedFields (tests/support/fake_kube_apply.py), watches, real
 ``Status`` errors, and a simulated deployment controller that rolls pods out (or
 gets stuck) over time.  Both clients therefore run their real code paths against it.
 
@@ -29,8 +30,7 @@ and annotation keys, container ports, env names, pull policies, probes and resou
 requests/limits get 422s with ``details.causes``; probes, pod specs, strategies
 and Services are defaulted; ``generation`` follows the spec (pod template included);
 a paused Deployment's Progressing condition says DeploymentPaused.  Not covered: no
-ReplicaSets (and no pods for Deployments; only Jobs have them), no server-side apply,
-no duplicate-field detection, no type checks of leaf values, and no Table rendering
+ReplicaSets (and no pods for Deployments; only Jobs have them), no duplicate-field detection, no type checks of leaf values, and no Table rendering
 (kubectl falls back to NAME/AGE columns).
 """
 from __future__ import annotations
@@ -56,11 +56,13 @@ import threading
 import time
 import traceback
 import uuid
+import yaml
 from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from tests.support import fake_jobs
+from tests.support import fake_kube_apply
 from tests.support import fake_kube_schema as schema
 
 SERVER_VERSION = "v1.32.4"
@@ -525,6 +527,11 @@ def _decode_body(raw, content_type):
             return {**type_meta, **_proto_message(envelope.get("raw", b""), type_meta["kind"])}, None
         except (ValueError, IndexError, KeyError) as exc:
             return raw, KubeApiError(415, f"FakeKubernetes cannot decode this protobuf body ({exc}); send JSON")
+    if content_type == fake_kube_apply.APPLY_CONTENT_TYPE:  # server-side apply: YAML (or JSON, which is YAML)
+        try:
+            return yaml.safe_load(raw), None
+        except yaml.YAMLError as exc:
+            return raw.decode(errors="replace"), _bad_request(f"error decoding YAML: {exc}")
     if content_type and "json" not in content_type:  # no Content-Type means JSON to the apiserver
         return raw, KubeApiError(415, "the body of the request was in an unknown format - accepted media types "
                                  "include: application/json, application/vnd.kubernetes.protobuf")
@@ -1182,6 +1189,7 @@ class FakeKubernetes:
                 meta["namespace"] = namespace
             if kind.has_generation:
                 meta["generation"] = 1
+            self._track_fields(kind, None, obj, "")
             if dry_run:
                 return obj
             return self._commit(kind, obj, "ADDED")
@@ -1210,6 +1218,7 @@ class FakeKubernetes:
             errors = schema.metadata_errors(obj["metadata"]) + self._prepare(kind, obj, current)
             if errors:
                 raise _invalid(kind, name, errors)
+            self._track_fields(kind, current, obj, subresource or "")
             if obj == current:  # no-op writes keep the resourceVersion and emit no event
                 return copy.deepcopy(current)
             if kind.has_generation and obj.get("spec") != current.get("spec"):
@@ -1239,6 +1248,38 @@ class FakeKubernetes:
                 raise _not_found(kind, name)
             patched = self._apply_patch(content_type, current, patch)
             return self._update(kind, namespace, name, patched, subresource, dry_run, current, patched=True)
+
+    def _track_fields(self, kind, current, obj, subresource):
+        """Set obj's metadata.managedFields (fake_kube_apply): the apply's own, or an Update entry."""
+        fields = getattr(self._request, "applied_fields", None)
+        if fields is None:
+            fields = fake_kube_apply.record_update(current, obj, getattr(self._request, "field_manager", None),
+                                                   kind.api_version, kind.plural, subresource)
+        obj["metadata"].pop("managedFields", None)
+        if fields:
+            obj["metadata"]["managedFields"] = fields
+
+    def _server_side_apply(self, kind, namespace, name, body, query, dry_run):
+        """PATCH application/apply-patch+yaml: create or merge, with field ownership (fake_kube_apply)."""
+        try:
+            fake_kube_apply.check_request(body, query, kind.kind, kind.api_version, name)
+            with self._lock:
+                self._require_namespace(namespace)
+                current = self._objects.get((kind.plural, namespace, name))
+                merged, fields = fake_kube_apply.apply(current, body, query["fieldManager"],
+                                                       _as_bool(query.get("force", "false")), kind.api_version,
+                                                       kind.plural)
+                merged.setdefault("metadata", {})["name"] = name
+                self._request.applied_fields = fields
+                try:
+                    if current is None:
+                        merged["metadata"].pop("managedFields", None)
+                        return 201, self._create(kind, namespace, merged, dry_run)
+                    return 200, self._update(kind, namespace, name, merged, None, dry_run, current, patched=True)
+                finally:
+                    self._request.applied_fields = None
+        except fake_kube_apply.ApplyError as exc:
+            raise KubeApiError(exc.code, exc.message, reason=exc.reason, details=exc.details) from None
 
     @staticmethod
     def _scale_of(deployment):
@@ -1615,6 +1656,8 @@ class FakeKubernetes:
             return 200, self._write_scale(ns, name, content_type if method == "PATCH" else None, body, dry_run)
         elif method == "PUT":
             return 200, self._update(kind, ns, name, body, subresource, dry_run)
+        elif method == "PATCH" and content_type == fake_kube_apply.APPLY_CONTENT_TYPE and subresource is None:
+            return self._server_side_apply(kind, ns, name, body, query, dry_run)
         elif method == "PATCH":
             return 200, self._patch(kind, ns, name, content_type, body, subresource, dry_run)
         elif method == "DELETE" and subresource is None:
@@ -1631,6 +1674,10 @@ class FakeKubernetes:
         body, body_error = _decode_body(handler.read_body(), content_type)
         method = handler.command
         self._request.validation, self._request.warnings = "Strict", []
+        # Who an Update is recorded for in managedFields: ?fieldManager, else the User-Agent's program name.
+        self._request.field_manager = query.get("fieldManager") or (
+            handler.headers.get("User-Agent") or "unknown").split("/")[0]
+        self._request.applied_fields = None
         with self._lock:
             self._requests.append(RecordedRequest(method, url.path, query, content_type, body,
                                                   dict(handler.headers.items())))
@@ -1656,7 +1703,7 @@ class FakeKubernetes:
             code, payload = 500, KubeApiError(500, "Internal error occurred: fake server bug; see "
                                               "FakeKubernetes.internal_errors").status
         warnings, self._request.warnings = self._request.warnings, []
-        self._request.validation = "Strict"
+        self._request.validation, self._request.field_manager = "Strict", None
         if payload is not None:
             handler.send_json(code, payload, warnings)
 
