@@ -9,6 +9,8 @@ unless infraspec `security` relaxes it.
 
 import base64
 
+from django.conf import settings
+
 from apps_registry.spec import Spec
 from deployments.appenv import StepContext
 
@@ -84,6 +86,11 @@ def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dic
         if ctx.spec.healthcheck:
             container_body["readinessProbe"] = {"httpGet": {"path": ctx.spec.healthcheck, "port": port}}
     replicas = ctx.spec.replicas
+    spec_extra = {}
+    if "readinessProbe" not in container_body:
+        # No probe says when a pod is ready, so it is ready when it starts; make it stay up a while
+        # before it counts, or an app that crashes a second after starting would be "deployed".
+        spec_extra["minReadySeconds"] = settings.NORN_KUBE_MIN_READY_SECONDS
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -95,6 +102,7 @@ def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dic
         },
         "spec": {
             "replicas": 1 if replicas is None else replicas,
+            **spec_extra,
             # Only the name label: the selector is immutable, so it must not
             # depend on anything that might ever change.
             "selector": {"matchLabels": {NAME_LABEL: ctx.app_name}},

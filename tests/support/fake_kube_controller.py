@@ -8,7 +8,8 @@ How a pod fares is read from what its writer put in it (the conventions tests re
 - image: pulled when ``load_image(name)`` loaded it, or when it lives in the registry at
   ``registry_url`` (NORN_REGISTRY_URL) and a HEAD of its manifest answers 200; otherwise
   ErrImagePull then ImagePullBackOff, with the kubelet's Failed/BackOff events, retried.
-- crash: env ``FAKE_KUBE_EXIT_AFTER=<seconds>`` makes the container exit 1 that long after it
+- crash: env ``FAKE_KUBE_EXIT_AFTER=<seconds>``, in the container's env or in the image's config
+  (a Dockerfile ``ENV``, read from the registry), makes the container exit 1 that long after it
   starts; it is restarted after a back-off (CrashLoopBackOff, restartCount, BackOff events).
 - readiness: a readinessProbe whose httpGet path contains "fail" (or an exec command containing
   "false") always fails: Unhealthy events every periodSeconds, the pod stays NotReady.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import re
 import secrets
 import time
@@ -143,6 +145,7 @@ class DeploymentController:
         self._pods = {}  # (namespace, pod name, uid) -> _PodSim
         self._progress = {}  # deployment uid -> (signature, monotonic time of the last change)
         self._pull_cache = {}  # image -> (pullable, error, checked at)
+        self._image_env = {}  # image -> the Env of its config in the registry
 
     def load_image(self, name):
         """Make an image pullable without a registry, as `kind load` / `minikube image load` do."""
@@ -204,11 +207,29 @@ class DeploymentController:
                                          headers={"Accept": _MANIFEST_TYPES})
         try:
             with urllib.request.urlopen(request, timeout=2):
-                return True, ""
+                pass
+            self._image_env[image] = self._registry_env(host, repo, ref)
+            return True, ""
         except urllib.error.HTTPError as exc:
             return False, not_found if exc.code == 404 else f"unexpected status from HEAD request: {exc.code}"
         except OSError as exc:
             return False, f'failed to do request: Head "http://{host}/v2/{repo}/manifests/{ref}": {exc}'
+
+    @staticmethod
+    def _registry_env(host, repo, ref):
+        """The image config's Env ({name: value}), following an index to its linux/amd64 manifest."""
+        def get(path, accept=_MANIFEST_TYPES):
+            request = urllib.request.Request(f"http://{host}/v2/{repo}/{path}", headers={"Accept": accept})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read())
+
+        manifest = get(f"manifests/{ref}")
+        if "manifests" in manifest:  # an index: pick the platform this fake node runs
+            chosen = next((m for m in manifest["manifests"] if (m.get("platform") or {}).get("os") == "linux"
+                           and (m.get("platform") or {}).get("architecture") == "amd64"), manifest["manifests"][0])
+            manifest = get(f'manifests/{chosen["digest"]}')
+        config = get(f'blobs/{manifest["config"]["digest"]}', accept="*/*")
+        return dict(item.partition("=")[::2] for item in (config.get("config") or {}).get("Env") or [])
 
     # ---------------------------------------------------------------- the garbage collector
     def collect(self):
@@ -439,7 +460,8 @@ class DeploymentController:
             box.next_probe = now + (probe.get("initialDelaySeconds", 0) * self.time_scale) if probe else None
             self._event(pod, "Normal", "Created", f'Created container: {c["name"]}', field_path=path)
             self._event(pod, "Normal", "Started", f'Started container {c["name"]}', field_path=path)
-        exit_after = next((e.get("value") for e in c.get("env") or [] if e.get("name") == EXIT_AFTER_ENV), None)
+        exit_after = next((e.get("value") for e in c.get("env") or [] if e.get("name") == EXIT_AFTER_ENV),
+                          self._image_env.get(image, {}).get(EXIT_AFTER_ENV))
         if exit_after is not None and now - box.running_since >= float(exit_after):
             box.restarts += 1
             backoff = min(300.0, CRASH_BACKOFF * 2 ** (box.restarts - 1))
