@@ -617,25 +617,27 @@ def _cells(kind, obj):
     if kind == "ReplicaSet":
         return [meta["name"], spec.get("replicas", 0), status.get("replicas", 0), status.get("readyReplicas", 0),
                 age, *_containers(spec), _selector(spec)]
-    if kind == "Pod":
-        statuses = status.get("containerStatuses") or []
-        return [meta["name"], f'{sum(bool(s.get("ready")) for s in statuses)}/{len(spec.get("containers") or [])}',
-                _pod_status(obj), str(sum(s.get("restartCount", 0) for s in statuses)), age,
-                status.get("podIP") or "<none>", spec.get("nodeName") or "<none>", "<none>", "<none>"]
-    return [meta["name"], meta.get("creationTimestamp")]
+    statuses = status.get("containerStatuses") or []  # a Pod
+    return [meta["name"], f'{sum(bool(s.get("ready")) for s in statuses)}/{len(spec.get("containers") or [])}',
+            _pod_status(obj), str(sum(s.get("restartCount", 0) for s in statuses)), age,
+            status.get("podIP") or "<none>", spec.get("nodeName") or "<none>", "<none>", "<none>"]
 
 
-def wants_table(accept):
-    return "as=Table" in (accept or "") and "g=meta.k8s.io" in (accept or "")
+def wants_table(accept, payload):
+    """Whether to answer with a Table: asked for, and of a kind whose columns this fake knows.
+    Other kinds are sent as they are, and kubectl falls back to NAME and AGE for them."""
+    kind = str(payload.get("kind", ""))
+    return "as=Table" in (accept or "") and "g=meta.k8s.io" in (accept or "") and (
+        kind in _COLUMNS or (kind.endswith("List") and kind[:-4] in _COLUMNS and "items" in payload))
 
 
 def table(payload, include_object="Metadata"):
-    """A meta.k8s.io/v1 Table for a GET's object or list, with the real columns for Deployments,
-    ReplicaSets and Pods and the apiserver's default (Name, Created At) for other kinds."""
+    """A meta.k8s.io/v1 Table of a Deployment, ReplicaSet or Pod (or a list of them), with the
+    columns the real apiserver's printers send."""
     listed = payload.get("kind", "").endswith("List") and "items" in payload
     kind = payload["kind"][:-4] if listed else payload.get("kind")
     items = payload["items"] if listed else [payload]
-    columns = _COLUMNS.get(kind) or [_NAME, _col("Created At", fmt="date", description=_AGE["description"])]
+    columns = _COLUMNS[kind]
     rows = []
     for item in items:
         row = {"cells": _cells(kind, item)}

@@ -1672,7 +1672,7 @@ class FakeKubernetes:
                 raise body_error
             code, payload = self._route(handler, method, url.path, query, content_type, body)
             if method == "GET" and code == 200 and isinstance(payload, dict) and "metadata" in payload \
-                    and fake_kube_controller.wants_table(handler.headers.get("Accept")):
+                    and fake_kube_controller.wants_table(handler.headers.get("Accept"), payload):
                 payload = fake_kube_controller.table(payload, query.get("includeObject", "Metadata"))
         except KubeApiError as exc:
             code, payload = exc.code, exc.status
