@@ -28,10 +28,13 @@ DNS-1035 label for Services, DNS-1123 label for Namespaces), label keys and valu
 and annotation keys, container ports, env names, pull policies, probes and resource
 requests/limits get 422s with ``details.causes``; probes, pod specs, strategies
 and Services are defaulted; ``generation`` follows the spec (pod template included);
-a paused Deployment's Progressing condition says DeploymentPaused.  Not covered: no
-ReplicaSets (and no pods for Deployments; only Jobs have them), no server-side apply,
-no duplicate-field detection, no type checks of leaf values, and no Table rendering
-(kubectl falls back to NAME/AGE columns).
+a paused Deployment's Progressing condition says DeploymentPaused.  With ``pods=True``,
+Deployments get ReplicaSets and simulated pods that can fail to pull, crash-loop, fail
+readiness or be refused by PodSecurity, and `kubectl get` of Deployments, ReplicaSets and
+Pods receives Table output (tests/support/fake_kube_controller.py; ``load_image``,
+``registry_url``, ``time_scale``); without it, Deployments roll out by pod counts alone.
+Not covered: no server-side apply, no duplicate-field detection, no type checks of leaf
+values, and no Table rendering of other kinds (kubectl falls back to NAME/AGE columns).
 """
 from __future__ import annotations
 
