@@ -231,7 +231,11 @@ class PodGate:
         self.next_check = time.monotonic() + POD_CHECK_SECONDS
         try:
             cause = self.diagnose(deployment)
+        except urllib3.exceptions.HTTPError:
+            return  # the watch notices a broken connection and retries; the next check may do better
         except ApiException as exc:
+            if exc.status not in (401, 403, 404):
+                return  # transient (a 500, a 429): try again at the next check
             self.enabled = False
             message, reason, _ = kubeclient.status_of(exc)
             self.ctx.log(f"Cannot read the new pods ({reason or exc.status}: {message}); the rollout is judged "
@@ -296,7 +300,8 @@ class PodGate:
             threshold = probe.failure_threshold or DEFAULT_FAILURE_THRESHOLD
             unhealthy = [e for e in self._events(pod) if e.reason == "Unhealthy"
                          and (e.message or "").startswith("Readiness probe failed")]
-            failures = sum(e.count or 1 for e in unhealthy)
+            # Newer kubelets report repeats in series.count, older ones in count.
+            failures = sum(max(e.count or 1, (e.series.count or 0) if e.series else 0) for e in unhealthy)
             if failures >= threshold:
                 return (f"readiness probe failing ({_describe_probe(probe)}): failed {failures} times, "
                         f"failureThreshold {threshold}: {unhealthy[-1].message}")

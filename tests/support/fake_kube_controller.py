@@ -18,6 +18,8 @@ How a pod fares is read from what its writer put in it (the conventions tests re
   (FailedCreate) and a FailedCreate event.  ResourceQuota is not modelled.
 - time: probe periods, initialDelaySeconds, minReadySeconds and the 10 s crash back-off are
   multiplied by ``time_scale``; progressDeadlineSeconds by FakeKubernetes.progress_deadline_scale.
+``set_rollout_mode(name, "manual")`` still stops the controller for one Deployment; the "stuck"
+mode and ``failing_images`` belong to the pod-count simulation of pods=False and do nothing here.
 Simplified: the new ReplicaSet is scaled to the full count at once (maxSurge ignored) and the old
 ones to 0 once it is available; deletion always cascades (the garbage collector removes RSs and
 pods whose owner is gone); one restart back-off per container, no pod termination grace.
