@@ -311,6 +311,9 @@ NORN_KUBECONFIG = env("NORN_KUBECONFIG") or None
 if NORN_KUBECONFIG and not Path(NORN_KUBECONFIG).expanduser().is_file():
     raise ImproperlyConfigured(f"NORN_KUBECONFIG={NORN_KUBECONFIG!r} is not a file; set it to a kubeconfig path")
 NORN_KUBE_CONTEXT = env("NORN_KUBE_CONTEXT") or None
+# How long a new pod of an app without a health check must stay up before the rollout
+# counts it available (the Deployment's minReadySeconds): catches crash-on-start.
+NORN_KUBE_MIN_READY_SECONDS = envint("NORN_KUBE_MIN_READY_SECONDS", 10, minimum=0, maximum=3600)
 # Known-hosts file for SSH clones; new hosts are accepted once, then pinned.
 NORN_GIT_KNOWN_HOSTS = Path(
     env("NORN_GIT_KNOWN_HOSTS") or BASE_DIR / "var" / "ssh" / "known_hosts"

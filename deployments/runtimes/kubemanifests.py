@@ -12,6 +12,8 @@ unless infraspec `security` relaxes it.
 import base64
 import copy
 
+from django.conf import settings
+
 from apps_registry.spec import Spec
 from deployments.appenv import StepContext
 
@@ -110,6 +112,10 @@ def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dic
     }
     if ctx.spec.replicas_declared:
         body["spec"]["replicas"] = ctx.spec.replicas
+    if "readinessProbe" not in container_body:
+        # No probe says when a pod is ready, so it is ready when it starts; make it stay up a while
+        # before it counts, or an app that crashes a second after starting would be "deployed".
+        body["spec"]["minReadySeconds"] = settings.NORN_KUBE_MIN_READY_SECONDS
     return body
 
 

@@ -1,6 +1,8 @@
 """The Kubernetes rollout gate: follow a Deployment until its rollout is complete,
 judged by the rules `kubectl rollout status` uses, within the deploy step's time,
-and stop early for a cancel, a paused Deployment or a passed progress deadline.
+and stop early for a cancel, a paused Deployment, a passed progress deadline, or a
+new pod that cannot become ready (read from the new ReplicaSet, its pods and their
+events: image pulls, crash loops, failing readiness, refused pod creation).
 """
 
 import contextlib
@@ -21,6 +23,18 @@ from deployments.runtimes.kubeclient import KubernetesError
 WATCH_SLICE_SECONDS = 2
 # Consecutive failed watch slices (each already retried by urllib3) before giving up.
 WATCH_ATTEMPTS = 4
+# The new pods are looked at no more often than this: their troubles often leave the
+# Deployment itself unchanged (ErrImagePull -> ImagePullBackOff), so every slice checks.
+POD_CHECK_SECONDS = 1.0
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+# Container waiting reasons that a rollout does not recover from without a new image or
+# spec: the kubelet keeps retrying, but the step's timeout would only delay the verdict.
+FATAL_WAITING = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CrashLoopBackOff",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+})
+# Readiness failures tolerated when the probe names no failureThreshold (the API's default).
+DEFAULT_FAILURE_THRESHOLD = 3
 
 
 class RolloutFailed(Exception):
@@ -78,10 +92,13 @@ def wait(ctx: StepContext, api: client.ApiClient, deployment: client.V1Deploymen
     watcher = watch.Watch()
     last_message = None
     failures = 0
+    pods = PodGate(ctx, api)
+    latest = deployment
 
     def observe(obj):
         """Log what changed; True when the rollout is complete."""
-        nonlocal last_message
+        nonlocal last_message, latest
+        latest = obj
         state, message = rollout_status(obj)
         if message != last_message:
             ctx.log(message)
@@ -100,6 +117,8 @@ def wait(ctx: StepContext, api: client.ApiClient, deployment: client.V1Deploymen
                 f"{message}{detail}. The pods of the previous version keep serving; look at the new "
                 f"pods (kubectl describe deployment/{name} -n {namespace}) for the cause."
             )
+        if state != "complete":
+            pods.check(obj)
         return state == "complete"
 
     if observe(deployment):
@@ -107,6 +126,7 @@ def wait(ctx: StepContext, api: client.ApiClient, deployment: client.V1Deploymen
     resource_version = deployment.metadata.resource_version
     while True:
         check_cancel(ctx)
+        pods.check(latest)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RolloutFailed(
@@ -184,3 +204,127 @@ def read_deployment(apps: client.AppsV1Api, name: str, namespace: str) -> client
         if kubeclient.is_not_found(exc):
             return None
         raise kubeclient.api_error(exc, f'read deployment "{name}"', namespace) from None
+
+
+class PodGate:
+    """Names the first new pod that cannot become ready, from what the cluster says about it.
+
+    Reads the Deployment's current ReplicaSet (the one carrying its revision), that
+    ReplicaSet's ReplicaFailure condition, its pods' container states and their
+    events, and raises RolloutFailed naming the pod, the container and the reason.
+    Where the API refuses to show ReplicaSets, pods or events (RBAC), the gate says
+    so once and the rollout is judged by the Deployment alone, as before.
+    """
+
+    def __init__(self, ctx: StepContext, api: client.ApiClient):
+        self.ctx = ctx
+        self.apps, self.core = client.AppsV1Api(api), client.CoreV1Api(api)
+        self.next_check = 0.0
+        self.enabled = True
+
+    def check(self, deployment: client.V1Deployment) -> None:
+        if not self.enabled or time.monotonic() < self.next_check:
+            return
+        status = deployment.status or client.V1DeploymentStatus()
+        if (deployment.metadata.generation or 0) > (status.observed_generation or 0):
+            return  # the controller has not made the new ReplicaSet yet
+        self.next_check = time.monotonic() + POD_CHECK_SECONDS
+        try:
+            cause = self.diagnose(deployment)
+        except urllib3.exceptions.HTTPError:
+            return  # the watch notices a broken connection and retries; the next check may do better
+        except ApiException as exc:
+            if exc.status not in (401, 403, 404):
+                return  # transient (a 500, a 429): try again at the next check
+            self.enabled = False
+            message, reason, _ = kubeclient.status_of(exc)
+            self.ctx.log(f"Cannot read the new pods ({reason or exc.status}: {message}); the rollout is judged "
+                         "by the Deployment's status alone, so a pod that cannot start is noticed only at the "
+                         "progress deadline.")
+            return
+        if cause:
+            name, namespace = deployment.metadata.name, deployment.metadata.namespace
+            raise RolloutFailed(
+                f'deployment "{name}" cannot finish rolling out: {cause}. The pods of the previous version keep '
+                f"serving; kubectl describe deployment/{name} -n {namespace} shows more."
+            )
+
+    def diagnose(self, deployment: client.V1Deployment) -> str | None:
+        """What keeps the new pods from becoming ready, or None when nothing (yet) does."""
+        meta = deployment.metadata
+        revision = (meta.annotations or {}).get(REVISION_ANNOTATION)
+        selector = _selector(deployment.spec.selector)
+        if not revision or not selector:
+            return None
+        sets = self.apps.list_namespaced_replica_set(meta.namespace, label_selector=selector,
+                                                     _request_timeout=kubeclient.REQUEST_TIMEOUT).items
+        new = next((rs for rs in sets if (rs.metadata.annotations or {}).get(REVISION_ANNOTATION) == revision
+                    and any(ref.uid == meta.uid and ref.controller for ref in rs.metadata.owner_references or [])),
+                   None)
+        if new is None:
+            return None
+        for condition in (new.status.conditions if new.status else None) or []:
+            if condition.type == "ReplicaFailure" and condition.status == "True":
+                return (f'replica set "{new.metadata.name}" cannot create pods ({condition.reason}): '
+                        f"{condition.message}")
+        pods = self.core.list_namespaced_pod(meta.namespace, label_selector=_selector(new.spec.selector),
+                                             _request_timeout=kubeclient.REQUEST_TIMEOUT).items
+        probes = {c.name: c.readiness_probe for c in new.spec.template.spec.containers or []}
+        for pod in sorted(pods, key=lambda p: p.metadata.name):
+            if not any(ref.uid == new.metadata.uid for ref in pod.metadata.owner_references or []):
+                continue
+            statuses = (pod.status.init_container_statuses or []) + (pod.status.container_statuses or [])
+            for container in statuses:
+                cause = self._container_cause(pod, container, probes.get(container.name))
+                if cause:
+                    return f'pod "{pod.metadata.name}", container "{container.name}": {cause}'
+        return None
+
+    def _container_cause(self, pod, container, probe) -> str | None:
+        state = container.state or client.V1ContainerState()
+        waiting = state.waiting
+        if waiting and waiting.reason in FATAL_WAITING:
+            detail = waiting.message or ""
+            if waiting.reason in ("ErrImagePull", "ImagePullBackOff"):
+                # The status says only "Back-off pulling image"; the kubelet's event says why.
+                failed = [e for e in self._events(pod) if e.reason == "Failed"
+                          and (e.message or "").startswith("Failed to pull image")]
+                detail = failed[-1].message if failed else detail
+            elif waiting.reason == "CrashLoopBackOff":
+                last = (container.last_state.terminated if container.last_state else None)
+                exit_text = f", last exit code {last.exit_code} ({last.reason})" if last else ""
+                detail = f"restarted {container.restart_count} times{exit_text}; kubectl logs --previous " \
+                         f"pod/{pod.metadata.name} -c {container.name} -n {pod.metadata.namespace} shows why"
+            return f"{waiting.reason}: {detail}" if detail else waiting.reason
+        if state.running and not container.ready and probe is not None:
+            threshold = probe.failure_threshold or DEFAULT_FAILURE_THRESHOLD
+            unhealthy = [e for e in self._events(pod) if e.reason == "Unhealthy"
+                         and (e.message or "").startswith("Readiness probe failed")]
+            # Newer kubelets report repeats in series.count, older ones in count.
+            failures = sum(max(e.count or 1, (e.series.count or 0) if e.series else 0) for e in unhealthy)
+            if failures >= threshold:
+                return (f"readiness probe failing ({_describe_probe(probe)}): failed {failures} times, "
+                        f"failureThreshold {threshold}: {unhealthy[-1].message}")
+        return None
+
+    def _events(self, pod) -> list:
+        events = self.core.list_namespaced_event(
+            pod.metadata.namespace, field_selector=f"involvedObject.name={pod.metadata.name}",
+            _request_timeout=kubeclient.REQUEST_TIMEOUT).items
+        return [e for e in events if not e.involved_object.uid or e.involved_object.uid == pod.metadata.uid]
+
+
+def _selector(selector: client.V1LabelSelector | None) -> str:
+    """A LabelSelector's matchLabels as a labelSelector query ("" when it has none)."""
+    labels = (selector.match_labels if selector else None) or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _describe_probe(probe: client.V1Probe) -> str:
+    if probe.http_get:
+        return f"GET {probe.http_get.path or '/'} on port {probe.http_get.port}"
+    if probe.tcp_socket:
+        return f"TCP port {probe.tcp_socket.port}"
+    if probe.exec and probe.exec.command:
+        return "exec " + " ".join(probe.exec.command)
+    return "probe"

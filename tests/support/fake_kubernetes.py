@@ -29,9 +29,14 @@ DNS-1035 label for Services, DNS-1123 label for Namespaces), label keys and valu
 and annotation keys, container ports, env names, pull policies, probes and resource
 requests/limits get 422s with ``details.causes``; probes, pod specs, strategies
 and Services are defaulted; ``generation`` follows the spec (pod template included);
-a paused Deployment's Progressing condition says DeploymentPaused.  Not covered: no
-ReplicaSets (and no pods for Deployments; only Jobs have them), no duplicate-field detection, no type checks of leaf values, and no Table rendering
-(kubectl falls back to NAME/AGE columns).
+a paused Deployment's Progressing condition says DeploymentPaused.  With ``pods=True``,
+Deployments get ReplicaSets and simulated pods that can fail to pull, crash-loop, fail
+readiness or be refused by PodSecurity, and `kubectl get` of Deployments, ReplicaSets and
+Pods receives Table output (tests/support/fake_kube_controller.py; ``load_image``,
+``registry_url``, ``time_scale``); without it, Deployments roll out by pod counts alone.
+Server-side apply with field ownership is in tests/support/fake_kube_apply.py.
+Not covered: no duplicate-field detection, no type checks of leaf
+values, and no Table rendering of other kinds (kubectl falls back to NAME/AGE columns).
 """
 from __future__ import annotations
 
@@ -63,6 +68,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.support import fake_jobs
 from tests.support import fake_kube_apply
+from tests.support import fake_kube_controller
 from tests.support import fake_kube_schema as schema
 
 SERVER_VERSION = "v1.32.4"
@@ -103,6 +109,8 @@ _KINDS = {k.plural: k for k in (
     _Kind("jobs", "Job", "batch", True, (), True, categories=("all",)),
     _Kind("pods", "Pod", "", True, ("po",), False, categories=("all",)),
     _Kind("events", "Event", "", True, ("ev",), False, has_status=False),
+    # ReplicaSets and the Deployments' pods: tests/support/fake_kube_controller.py (pods=True).
+    _Kind("replicasets", "ReplicaSet", "apps", True, ("rs",), True, categories=("all",)),
 )}
 
 # Strategic merge patch merge keys (the Go structs' patchMergeKey tags), by
@@ -130,6 +138,7 @@ _RFC1035_LABEL = (r"[a-z]([-a-z0-9]*[a-z0-9])?", 63,
                   "regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')")
 _NAME_RULES = {"deployments": _RFC1123_SUBDOMAIN, "services": _RFC1035_LABEL, "namespaces": _RFC1123_LABEL,
                "secrets": _RFC1123_SUBDOMAIN, "pods": _RFC1123_SUBDOMAIN, "events": _RFC1123_SUBDOMAIN,
+               "replicasets": _RFC1123_SUBDOMAIN,
                # A Job's name becomes the value of its pods' job-name label, so it is held to 63 bytes.
                "jobs": (_RFC1123_SUBDOMAIN[0], 63, _RFC1123_SUBDOMAIN[2])}
 
@@ -232,10 +241,11 @@ def _field_selector(text):
         m = re.fullmatch(r"([\w.]+)\s*(==|=|!=)\s*(.*)", req)
         if not m:
             raise _bad_request(f"invalid selector: '{text}'; can't understand '{req}'")
-        if m[1] not in ("metadata.name", "metadata.namespace"):
+        if m[1] not in ("metadata.name", "metadata.namespace") and not m[1].startswith("involvedObject."):
             raise _bad_request(f'field label not supported: {m[1]}')
-        attr = m[1].split(".")[1]
-        checks.append(lambda o, a=attr, op=m[2], v=m[3]: (o["metadata"].get(a, "") == v) != (op == "!="))
+        section, attr = m[1].split(".", 1)  # involvedObject.* is served for events (kubectl describe)
+        checks.append(lambda o, s=section, a=attr, op=m[2], v=m[3]: (str((o.get(s) or {}).get(a, "")) == v)
+                      != (op == "!="))
     return lambda obj: all(check(obj) for check in checks)
 
 
@@ -896,7 +906,8 @@ class FakeKubernetes:
     """An in-process Kubernetes API server on 127.0.0.1 (see the module docstring)."""
 
     def __init__(self, token=None, rollout_mode="complete", step_interval=0.05, progress_deadline_scale=0.01,
-                 failing_images=(), history_size=1000, require_auth=True, tls=True):
+                 failing_images=(), history_size=1000, require_auth=True, tls=True, pods=False,
+                 registry_url=None, time_scale=1.0):
         self.token = token or secrets.token_hex(16)
         self.tls = tls
         self.ca_path = None  # PEM file of the CA that signed the serving certificate (when tls)
@@ -922,6 +933,11 @@ class FakeKubernetes:
         self._tmpdir = None
         self._threads = []
         self.jobs = fake_jobs.JobController(self)  # the job controller and kubelet of batch/v1 Jobs
+        # pods=True: ReplicaSets and simulated pods that can fail (fake_kube_controller.py); without
+        # it, Deployments roll out by the pod counts of _reconcile and serve no ReplicaSets.
+        self.controller = fake_kube_controller.DeploymentController(
+            self, registry_url if registry_url is not None else os.environ.get("NORN_REGISTRY_URL"),
+            time_scale) if pods else None
         for ns in ("default", "kube-system", "kube-public"):
             self.create({"metadata": {"name": ns}}, plural="namespaces")
 
@@ -1021,6 +1037,10 @@ class FakeKubernetes:
                        else f"injected failure ({status_code})")
         with self._lock:
             self._injections.append(_Injection(method.upper(), re.compile(path_regex), status_code, count, message))
+
+    def load_image(self, name):
+        """Make ``name`` pullable by the pods of this cluster (pods=True), as `kind load` does."""
+        self.controller.load_image(name)
 
     def set_rollout_mode(self, name, mode, namespace="default"):
         """Override ``rollout_mode`` for one deployment (``None`` removes the override)."""
@@ -1148,6 +1168,8 @@ class FakeKubernetes:
             if default:
                 default(obj, old)
             errors = validate(obj, old)
+        elif kind.plural == "replicasets":
+            errors = fake_kube_controller.prepare_replicaset(obj, old)
         elif kind.plural == "secrets":
             if not obj.get("type"):  # SetDefaults_Secret; an update that omits it therefore hits immutability
                 obj["type"] = "Opaque"
@@ -1437,11 +1459,16 @@ class FakeKubernetes:
     def _controller_loop(self):
         while not self._stopping.wait(self.step_interval):
             with self._lock:
+                if self.controller:
+                    try:
+                        self.controller.collect()
+                    except Exception:
+                        self.internal_errors.append(traceback.format_exc())
                 for key in [k for k in self._objects if k[0] == "deployments"]:
                     if self.rollout_modes.get((key[1], key[2]), self.rollout_mode) == "manual":
                         continue
                     try:
-                        self._reconcile(key, 1)
+                        self.controller.sync(key) if self.controller else self._reconcile(key, 1)
                     except Exception:  # keep the controller alive; the test sees the bug via internal_errors
                         self.internal_errors.append(traceback.format_exc())
 
@@ -1696,6 +1723,9 @@ class FakeKubernetes:
             if body_error is not None:
                 raise body_error
             code, payload = self._route(handler, method, url.path, query, content_type, body)
+            if method == "GET" and code == 200 and isinstance(payload, dict) and "metadata" in payload \
+                    and fake_kube_controller.wants_table(handler.headers.get("Accept"), payload):
+                payload = fake_kube_controller.table(payload, query.get("includeObject", "Metadata"))
         except KubeApiError as exc:
             code, payload = exc.code, exc.status
         except Exception:  # a bug in the fake: report it loudly to the client and to the test
