@@ -54,7 +54,7 @@ def test_deploy_to_kubernetes_end_to_end(cluster, minikube, make_app, deploy_now
     assert deployment.runtime == "kubernetes"
     sha = repo.head()
     assert deployment.image == f"kweb:{sha}"
-    assert minikube.read_text().split("\n")[0] == f"image load kweb:{sha}"
+    assert minikube.read_text().split("\n")[0] == f"image load kweb:{sha} --profile minikube"
     obj = cluster.get_object("deployments", "kweb")
     assert obj["spec"]["template"]["spec"]["containers"][0]["image"] == f"kweb:{sha}"
     assert obj["status"]["availableReplicas"] == 2
