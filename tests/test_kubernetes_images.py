@@ -18,7 +18,7 @@ from deployments.steps import build
 from deployments.outcomes import StepFailed
 from tests.support.contexts import parse_spec, step_context
 from tests.support.docker_images import image_exists
-from tests.support.fake_kubernetes import FakeKubernetes
+from tests.support import kube_target
 from tests.test_settings import run_manage
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -226,7 +226,7 @@ def test_pull_secrets_go_on_every_pod_spec(tmp_path, settings):
     assert "imagePullSecrets" not in kubemanifests.deployment(ctx, "default", [])["spec"]["template"]["spec"]
 
 
-def test_the_cluster_stores_the_pull_secrets(tmp_path, settings, monkeypatch):
+def test_the_cluster_stores_the_pull_secrets(kube_cluster, tmp_path, settings):
     from deployments.runtimes import kubernetes as runtime
 
     kubectl = shutil.which("kubectl")
@@ -234,17 +234,15 @@ def test_the_cluster_stores_the_pull_secrets(tmp_path, settings, monkeypatch):
         pytest.skip("kubectl is not installed")
     settings.NORN_KUBE_IMAGE_PULL_SECRETS = ["registry-creds"]
     settings.NORN_KUBECONFIG = settings.NORN_KUBE_CONTEXT = None
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with FakeKubernetes(progress_deadline_scale=0.002) as kube:
-        config = kube.write_kubeconfig(tmp_path / "kubeconfig")
-        monkeypatch.setenv("KUBECONFIG", config)
-        runtime.deploy(manifest_ctx(tmp_path))
-        out = subprocess.run([kubectl, f"--kubeconfig={config}", f"--cache-dir={tmp_path / 'cache'}", "get",
-                              "deployment", "web", "-o", "json"], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
-        assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout)["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]
-        assert not kube.internal_errors, kube.internal_errors
+    ctx = manifest_ctx(tmp_path)
+    if kube_target.is_real(kube_cluster):
+        ctx.image = kube_cluster.load_image("registry.local/web:v1")
+    runtime.deploy(ctx)
+    out = subprocess.run([kubectl, f"--kubeconfig={os.environ['KUBECONFIG']}", f"--cache-dir={tmp_path / 'cache'}",
+                          "get", "deployment", "web", "-o", "json"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]
 
 
 @pytest.mark.parametrize("value", ["Registry", "creds,-bad", "a_b", "x" * 254])

@@ -20,7 +20,7 @@ from deployments.runtimes import kubeclient, kuberollout
 from deployments.runtimes import kubernetes as runtime
 from deployments.outcomes import StepFailed
 from tests.support.contexts import parse_spec, step_context
-from tests.support.fake_kubernetes import FakeKubernetes
+from tests.support import kube_target
 
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
@@ -29,18 +29,18 @@ APP = "web"
 
 
 @pytest.fixture
-def kube(tmp_path, monkeypatch):
-    """A fake cluster that the runtime finds through $KUBECONFIG.
+def kube(kube_cluster):
+    """The fake cluster (or NORN_TEST_KUBECONFIG's real one) that the runtime finds through $KUBECONFIG.
 
-    progress_deadline_scale turns the default 600 s progress deadline into
-    1.2 s, so stuck rollouts fail fast while healthy ones (a step every
-    50 ms) never come near it.
+    The fake's progress_deadline_scale turns the default 600 s progress
+    deadline into 1.2 s, so stuck rollouts fail fast while healthy ones (a
+    step every 50 ms) never come near it. A real cluster gets the images
+    the tests name loaded into it.
     """
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with FakeKubernetes(progress_deadline_scale=0.002) as fake:
-        monkeypatch.setenv("KUBECONFIG", fake.write_kubeconfig(tmp_path / "kubeconfig"))
-        yield fake
-        assert not fake.internal_errors, fake.internal_errors
+    if kube_target.is_real(kube_cluster):
+        for image in ("registry.local/web:v1", "registry.local/web:v2", "registry.local/web:0123abc", "envoy:1.31"):
+            kube_cluster.load_image(image)
+    return kube_cluster
 
 
 @pytest.fixture
@@ -106,6 +106,7 @@ def writes(kube, method, path_end):
 # --- first and later deploys ---------------------------------------------------------
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_first_deploy_creates_deployment_and_service_and_waits_for_the_rollout(kube, tmp_path):
     ctx = make_ctx(tmp_path, env={"LOG_LEVEL": "info"})
 
@@ -147,6 +148,7 @@ def test_first_deploy_creates_deployment_and_service_and_waits_for_the_rollout(k
     assert (default.host, default.api_key) == (client.Configuration().host, {})
 
 
+@pytest.mark.fake_kube_only("compares with the fake's token")
 def test_progress_lines_appear_once_each_in_the_output(kube, tmp_path):
     ctx = make_ctx(tmp_path)
 
@@ -161,6 +163,7 @@ def test_progress_lines_appear_once_each_in_the_output(kube, tmp_path):
     assert kube.token not in "".join(lines)
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_second_deploy_patches_only_the_app_container_and_keeps_the_sidecar(kube, tmp_path):
     kube.create(seeded_deployment())
     wait_for(lambda: (kube.get_object("deployments", APP)["status"].get("availableReplicas") == 2))
@@ -200,6 +203,7 @@ def test_redeploy_of_a_norn_deployment_keeps_its_service(kube, tmp_path):
         "registry.local/web:v2")
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_deployment_without_the_app_container_fails_and_is_left_alone(kube, tmp_path):
     kube.create(seeded_deployment(images=(("main", "other:1"), ("proxy", "envoy:1.31"))))
     before = kube.get_object("deployments", APP)
@@ -244,6 +248,7 @@ def test_deploys_into_the_infraspec_namespace(kube, tmp_path):
 POSTGRES = "services:\n  postgres:\n    database: web_db\n"
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_database_password_is_kept_in_a_secret_not_in_the_deployment(kube, tmp_path, settings):
     password = appdb.password(APP)  # the app's own role's, never the admin's
     ctx = make_ctx(tmp_path, extra=POSTGRES)
@@ -272,6 +277,7 @@ def test_database_password_is_kept_in_a_secret_not_in_the_deployment(kube, tmp_p
     assert password not in "".join(ctx.lines())
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_changed_password_updates_the_secret_on_the_next_deploy(kube, tmp_path, settings):
     settings.NORN_APP_DATABASES_KEY = "first-key"
     runtime.deploy(make_ctx(tmp_path, extra=POSTGRES))
@@ -287,6 +293,7 @@ def test_changed_password_updates_the_secret_on_the_next_deploy(kube, tmp_path, 
 # --- rollouts that do not finish -----------------------------------------------------
 
 
+@pytest.mark.fake_kube_only("makes a rollout stick")
 @pytest.mark.parametrize("how", ["failing image", "stuck mode"])
 def test_stuck_rollout_fails_with_the_progress_deadline(kube, tmp_path, how):
     if how == "failing image":
@@ -303,6 +310,7 @@ def test_stuck_rollout_fails_with_the_progress_deadline(kube, tmp_path, how):
     assert "has timed out progressing" in str(failed.value)  # the controller's own words
 
 
+@pytest.mark.fake_kube_only("holds a rollout still")
 def test_timeout_of_the_step_bounds_the_wait(kube, tmp_path):
     kube.set_rollout_mode(APP, "manual")  # no progress, but no deadline verdict either
     started = time.monotonic()
@@ -325,6 +333,7 @@ def test_paused_deployment_fails_instead_of_waiting(kube, tmp_path):
     assert "kubectl rollout resume deployment/web -n default" in str(failed.value)
 
 
+@pytest.mark.fake_kube_only("holds a rollout still")
 def test_cancel_during_the_wait_raises_cancelled(kube, tmp_path):
     kube.set_rollout_mode(APP, "manual")
     cancel = threading.Event()
@@ -344,6 +353,7 @@ def test_cancel_during_the_wait_raises_cancelled(kube, tmp_path):
 # --- API errors ----------------------------------------------------------------------
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_transient_500s_are_retried(kube, tmp_path):
     kube.fail_next("GET", rf"/deployments/{APP}$", status_code=500, count=2)
     kube.fail_next("POST", r"/deployments$", status_code=503, count=1)
@@ -355,6 +365,7 @@ def test_transient_500s_are_retried(kube, tmp_path):
     assert kube.get_object("deployments", APP)["status"]["availableReplicas"] == 3
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_persistent_500s_fail_clearly(kube, tmp_path, fast_retries):
     kube.fail_next("GET", rf"/deployments/{APP}$", status_code=500, count=100)
 
@@ -368,6 +379,7 @@ def test_persistent_500s_fail_clearly(kube, tmp_path, fast_retries):
     assert len(writes(kube, "GET", f"/deployments/{APP}")) == kubeclient.API_RETRIES + 1
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_conflict_is_retried_with_a_fresh_read(kube, tmp_path):
     kube.create(seeded_deployment())
     kube.fail_next("PATCH", rf"/deployments/{APP}$", status_code=409, count=1)
@@ -381,6 +393,7 @@ def test_conflict_is_retried_with_a_fresh_read(kube, tmp_path):
         "registry.local/web:v2")
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_persistent_conflicts_fail_clearly(kube, tmp_path, fast_retries):
     kube.create(seeded_deployment())
     kube.fail_next("PATCH", rf"/deployments/{APP}$", status_code=409, count=100)
@@ -393,6 +406,7 @@ def test_persistent_conflicts_fail_clearly(kube, tmp_path, fast_retries):
     assert len(writes(kube, "PATCH", f"/deployments/{APP}")) == runtime.WRITE_ATTEMPTS
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_watch_failures_are_followed_by_a_fresh_read(kube, tmp_path, fast_retries):
     # One whole watch request fails, urllib3's retries included; the next one works.
     kube.fail_next("GET", r"watch=true", status_code=500, count=kubeclient.API_RETRIES + 1)
@@ -404,6 +418,7 @@ def test_watch_failures_are_followed_by_a_fresh_read(kube, tmp_path, fast_retrie
     assert 'deployment "web" successfully rolled out' in ctx.lines()
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_persistent_watch_failures_fail_clearly(kube, tmp_path, fast_retries):
     kube.set_rollout_mode(APP, "manual")
     kube.fail_next("GET", r"watch=true", status_code=500, count=1000)
@@ -416,6 +431,7 @@ def test_persistent_watch_failures_fail_clearly(kube, tmp_path, fast_retries):
     assert "Internal error occurred: injected failure" in message
 
 
+@pytest.mark.fake_kube_only("rotates the fake's token")
 def test_wrong_token_fails_with_a_credentials_message(kube, tmp_path):
     kube.token = "rotated-" + uuid.uuid4().hex  # the kubeconfig still holds the old one
     ctx = make_ctx(tmp_path)
@@ -430,6 +446,7 @@ def test_wrong_token_fails_with_a_credentials_message(kube, tmp_path):
     assert old_token not in message and old_token not in "".join(ctx.lines())
 
 
+@pytest.mark.fake_kube_only("stops the API server")
 def test_unreachable_api_fails_clearly(kube, tmp_path, fast_retries):
     kube.stop()
 
@@ -484,6 +501,7 @@ def test_status_reports_image_replicas_and_availability(kube, tmp_path):
     assert current["message"] == 'deployment "web" successfully rolled out'
 
 
+@pytest.mark.fake_kube_only("makes an image fail")
 def test_status_of_a_stuck_rollout_says_so(kube, tmp_path):
     kube.failing_images.add("broken")
     with pytest.raises(StepFailed):
@@ -514,6 +532,7 @@ def test_remove_leaves_objects_norn_did_not_create(kube, tmp_path):
     assert kube.get_object("deployments", APP) is not None
 
 
+@pytest.mark.fake_kube_only("rotates the fake's token")
 def test_status_and_remove_raise_kubernetes_error_on_api_failure(kube, fast_retries):
     kube.token = "rotated"
 
@@ -542,6 +561,7 @@ def test_kubectl_agrees_that_norns_rollout_finished(kube, tmp_path, kubectl):
 
 
 @needs_kubectl
+@pytest.mark.fake_kube_only("makes an image fail")
 def test_kubectl_agrees_that_a_stuck_rollout_failed(kube, tmp_path, kubectl):
     kube.failing_images.add("broken")
     with pytest.raises(StepFailed) as failed:
@@ -555,6 +575,7 @@ def test_kubectl_agrees_that_a_stuck_rollout_failed(kube, tmp_path, kubectl):
 
 
 @needs_kubectl
+@pytest.mark.fake_kube_only("steps the rollout by hand")
 def test_kubectl_sees_norns_progress_lines_verbatim(kube, tmp_path, kubectl):
     """Mid-rollout, Norn's rollout_status and kubectl print the same line."""
     kube.set_rollout_mode(APP, "manual")
@@ -613,6 +634,7 @@ def test_the_deployments_pods_get_the_resources_and_the_restricted_security_cont
     assert 'deployment "web" successfully rolled out' in ctx.lines()
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_a_loopback_database_host_fails_the_deploy_before_anything_is_written(kube, tmp_path, settings):
     settings.NORN_KUBE_APP_DATABASES_HOST = None
     settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "HOST": "127.0.0.1"}

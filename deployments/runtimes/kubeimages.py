@@ -47,11 +47,15 @@ class Loader:
 
 def current_target() -> Target:
     """The context Norn deploys to and the cluster entry it names."""
-    context = current_context_name()
+    return read_target(kubeconfig_path(), current_context_name())
+
+
+def read_target(path: str, context: str | None) -> Target:
+    """The cluster entry that `context` names in the kubeconfig(s) at `path` (":"-separated)."""
     if context is None:
         return Target(None, None, None, {})
     try:
-        merged = KubeConfigMerger(kubeconfig_path()).config
+        merged = KubeConfigMerger(path).config
         document = merged.value if merged is not None else {}
     except (ConfigException, OSError, ValueError, yaml.YAMLError):
         return Target(context, None, None, {})
