@@ -42,6 +42,7 @@ NORN_KINDS = ("deployments", "services", "secrets", "jobs")
 # The image a test names is built from this when the local engine lacks it: busybox's httpd
 # answers every usual port (readiness probes get a 200 for /healthz and /ready), as a
 # numeric non-root user, so the restricted securityContext Norn sets admits it.
+_LOADED = set()  # (kubeconfig, context, image) loaded during this test session
 TEST_IMAGE_DOCKERFILE = """FROM {base}
 RUN mkdir -p /www && echo ok > /www/healthz && echo ok > /www/ready && echo ok > /www/index.html
 USER 1000
@@ -109,7 +110,6 @@ class RealCluster:
                                                  persist_config=False)
         self._created = []  # (plural, namespace, name) the test created through create()
         self._namespaces = {"default"}
-        self._loaded = set()
         self._scratch = Path(tempfile.mkdtemp(prefix="norn-real-cluster-"))
 
     def __getattr__(self, name):
@@ -162,7 +162,8 @@ class RealCluster:
     def load_image(self, name):
         """Make `name` runnable on the cluster: built locally from the test image if the engine lacks
         it, then loaded the way this cluster takes images (kind, k3d, minikube)."""
-        if name in self._loaded:
+        key = (self.source, self.context, name)
+        if key in _LOADED:  # a real cluster keeps what was loaded for the tests that follow
             return name
         if not image_exists(name):
             build_test_image(name)
@@ -176,7 +177,7 @@ class RealCluster:
             ) from None
         result = subprocess.run(loader.argv, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{' '.join(loader.argv)} failed: {result.stderr[-2000:]}"
-        self._loaded.add(name)
+        _LOADED.add(key)
         return name
 
     # --- afterwards -----------------------------------------------------------------------
@@ -210,11 +211,15 @@ class RealCluster:
         return f"{path}/{name}" if name else path
 
     def _call(self, method, path, body=None, query=()):
-        response = self.api.call_api(path, method, query_params=list(query), body=body, header_params={"Content-Type": "application/json",
-                                                                            "Accept": "application/json"},
-                                     auth_settings=["BearerToken"], _preload_content=False,
-                                     _return_http_data_only=True, _request_timeout=30)
-        return json.loads(response.data or b"{}")
+        request = self.api.param_serialize(
+            method, path, query_params=list(query), body=body, auth_settings=["BearerToken"],
+            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        response = self.api.call_api(*request, _request_timeout=30)
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason, body=data.decode(errors="replace"))
+        return json.loads(data or b"{}")
 
     def _delete(self, plural, namespace, name):
         try:
