@@ -314,6 +314,16 @@ NORN_KUBE_CONTEXT = env("NORN_KUBE_CONTEXT") or None
 # How long a new pod of an app without a health check must stay up before the rollout
 # counts it available (the Deployment's minReadySeconds): catches crash-on-start.
 NORN_KUBE_MIN_READY_SECONDS = envint("NORN_KUBE_MIN_READY_SECONDS", 10, minimum=0, maximum=3600)
+# Secrets (in the app's namespace) the kubelet pulls the app's images with.
+NORN_KUBE_IMAGE_PULL_SECRETS = [
+    name.strip() for name in env("NORN_KUBE_IMAGE_PULL_SECRETS", "").split(",") if name.strip()
+]
+for _name in NORN_KUBE_IMAGE_PULL_SECRETS:
+    if len(_name) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", _name):
+        raise ImproperlyConfigured(
+            f"NORN_KUBE_IMAGE_PULL_SECRETS: {_name!r} is not a Secret name (lowercase letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters); give names separated by commas"
+        )
 # Known-hosts file for SSH clones; new hosts are accepted once, then pinned.
 NORN_GIT_KNOWN_HOSTS = Path(
     env("NORN_GIT_KNOWN_HOSTS") or BASE_DIR / "var" / "ssh" / "known_hosts"

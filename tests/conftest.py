@@ -1,4 +1,5 @@
-"""Shared fixtures: an apps directory per test, and a clean registry cache."""
+"""Shared fixtures: an apps directory per test, a clean registry cache, and the Kubernetes
+cluster the Kubernetes tests talk to (the fake, or NORN_TEST_KUBECONFIG's)."""
 
 import textwrap
 from pathlib import Path
@@ -6,6 +7,34 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "fake_kube_only(why): uses the fake Kubernetes API server's test controls; skipped when "
+        "NORN_TEST_KUBECONFIG names a real cluster",
+    )
+
+
+def pytest_runtest_setup(item):
+    from tests.support import kube_target
+
+    mark = item.get_closest_marker(kube_target.MARK)
+    if mark and kube_target.real_kubeconfig():
+        why = mark.args[0] if mark.args else "it uses the fake's test controls"
+        pytest.skip(f"fake Kubernetes API server only ({why}); {kube_target.VARIABLE} names a real cluster")
+
+
+@pytest.fixture
+def kube_cluster(tmp_path, monkeypatch):
+    """The cluster Kubernetes tests deploy to, found by the runtime through $KUBECONFIG: the fake
+    API server (its progress deadline scaled to 1.2 s, so stuck rollouts fail fast), or, with
+    NORN_TEST_KUBECONFIG set, that real cluster (tests/support/kube_target.py)."""
+    from tests.support.kube_target import kube_cluster
+
+    with kube_cluster(tmp_path, monkeypatch, progress_deadline_scale=0.002) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -17,22 +17,22 @@ from deployments.outcomes import StepFailed
 from deployments.runtimes import kubejobs, kubemanifests
 from tests.support.contexts import parse_spec, step_context
 from tests.support.docker_images import docker_build, find_static_busybox
-from tests.support.fake_kubernetes import FakeKubernetes
+from tests.support import kube_target
 
 APP = "mig"
 
 
 @pytest.fixture
-def kube(tmp_path, monkeypatch, busybox_image):
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with FakeKubernetes() as fake:
-        monkeypatch.setenv("KUBECONFIG", fake.write_kubeconfig(tmp_path / "kubeconfig"))
-        yield fake
-        assert not fake.internal_errors, fake.internal_errors
+def kube(kube_cluster, busybox_image):
+    kube_target.make_available(kube_cluster, busybox_image)
+    return kube_cluster
 
 
 def make_ctx(tmp_path, image, *, database=None, timeout=60, cancel_reason=None, env=None):
     text = f"app: {APP}\nrole: worker\nnamespace: default\n"
+    if kube_target.real_kubeconfig():
+        # norn-busybox has no USER; a real kubelet refuses root under runAsNonRoot.
+        text += "security:\n  runAsUser: 1000\n"
     if env:
         text += "env:\n" + "".join(f"  {k}: {v!r}\n" for k, v in env.items())
     if database:
@@ -60,10 +60,13 @@ def wait_for(predicate, timeout=15.0):
 def assert_job_gone(kube, ctx):
     name = kubemanifests.job_name(APP, "migrate", ctx.public_id)
     assert kube.get_object("jobs", name) is None
+    if kube_target.is_real(kube):
+        return  # a real cluster's garbage collector removes the pods in the background
     assert not [k for k in kube._objects if k[0] == "pods"], "the Job's pods must go with it"
     wait_for(lambda: not job_containers(kube))
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests and the fake kubelet's docker runs")
 def test_successful_migration_streams_its_log_and_deletes_the_job(kube, tmp_path, busybox_image):
     ctx = make_ctx(tmp_path, busybox_image, env={"GREETING": "hello from the app"})
 
@@ -149,6 +152,7 @@ def test_job_deadline_is_the_step_timeout(kube, tmp_path, busybox_image):
     assert_job_gone(kube, ctx)
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_job_gets_the_apps_secret_env_and_none_of_norns(kube, tmp_path, busybox_image, monkeypatch, settings):
     # Norn's own secrets, in the environment of the process that starts the Job.
     monkeypatch.setenv("SECRET_KEY", "norn-secret-key-canary")
@@ -186,6 +190,7 @@ def test_job_gets_the_apps_secret_env_and_none_of_norns(kube, tmp_path, busybox_
     assert entry["valueFrom"] == {"secretKeyRef": {"name": f"{APP}-norn-env", "key": "DATABASE_URL"}}
 
 
+@pytest.mark.fake_kube_only("a scratch image as root, and the fake kubelet's StartError wording")
 def test_image_without_a_shell_says_what_the_image_needs(kube, tmp_path):
     context = tmp_path / "noshell"
     context.mkdir()
@@ -205,6 +210,7 @@ def test_image_without_a_shell_says_what_the_image_needs(kube, tmp_path):
     assert_job_gone(kube, ctx)
 
 
+@pytest.mark.fake_kube_only("watches the fake kubelet's containers")
 def test_a_job_left_by_an_earlier_attempt_is_replaced(kube, tmp_path, busybox_image):
     ctx = make_ctx(tmp_path, busybox_image)
     name = kubemanifests.job_name(APP, "migrate", ctx.public_id)
@@ -226,6 +232,7 @@ def test_job_name_is_a_dns_label_of_at_most_63_characters():
     assert kubemanifests.job_name("web", "migrate", public_id) == f"web-migrate-{public_id.replace('-', '')[:8]}"
 
 
+@pytest.mark.fake_kube_only("the fake kubelet's Docker bridge network and host.docker.internal")
 def test_hostile_migration_reaches_nothing_of_norns(kube, tmp_path, busybox_image, monkeypatch, settings):
     """App code in the Job tries Norn's secrets, database, Redis and files: every attempt fails,
     while the apps' database cluster (the positive control) is reachable."""
@@ -247,6 +254,7 @@ def test_hostile_migration_reaches_nothing_of_norns(kube, tmp_path, busybox_imag
     assert "no norn dirs" in lines
 
 
+@pytest.mark.fake_kube_only("watches the fake kubelet's containers")
 def test_remove_jobs_deletes_what_a_dead_worker_left_running(kube, tmp_path, busybox_image):
     ctx = make_ctx(tmp_path, busybox_image)
     name = kubemanifests.job_name(APP, "migrate", ctx.public_id)

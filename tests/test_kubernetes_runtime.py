@@ -21,7 +21,7 @@ from deployments.runtimes import kubeclient, kuberollout
 from deployments.runtimes import kubernetes as runtime
 from deployments.outcomes import StepFailed
 from tests.support.contexts import parse_spec, step_context
-from tests.support.fake_kubernetes import FakeKubernetes
+from tests.support import kube_target
 
 # The runtime reads and records its deployment's row (Deployment.kube_applied); here there is none.
 pytestmark = pytest.mark.django_db
@@ -33,18 +33,18 @@ APP = "web"
 
 
 @pytest.fixture
-def kube(tmp_path, monkeypatch):
-    """A fake cluster that the runtime finds through $KUBECONFIG.
+def kube(kube_cluster):
+    """The fake cluster (or NORN_TEST_KUBECONFIG's real one) that the runtime finds through $KUBECONFIG.
 
-    progress_deadline_scale turns the default 600 s progress deadline into
-    1.2 s, so stuck rollouts fail fast while healthy ones (a step every
-    50 ms) never come near it.
+    The fake's progress_deadline_scale turns the default 600 s progress
+    deadline into 1.2 s, so stuck rollouts fail fast while healthy ones (a
+    step every 50 ms) never come near it. A real cluster gets the images
+    the tests name loaded into it.
     """
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with FakeKubernetes(progress_deadline_scale=0.002) as fake:
-        monkeypatch.setenv("KUBECONFIG", fake.write_kubeconfig(tmp_path / "kubeconfig"))
-        yield fake
-        assert not fake.internal_errors, fake.internal_errors
+    if kube_target.is_real(kube_cluster):
+        for image in ("registry.local/web:v1", "registry.local/web:v2", "registry.local/web:0123abc", "envoy:1.31"):
+            kube_cluster.load_image(image)
+    return kube_cluster
 
 
 @pytest.fixture
@@ -110,6 +110,7 @@ def writes(kube, method, path_end):
 # --- first and later deploys ---------------------------------------------------------
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_first_deploy_creates_deployment_and_service_and_waits_for_the_rollout(kube, tmp_path):
     ctx = make_ctx(tmp_path, env={"LOG_LEVEL": "info"})
 
@@ -151,6 +152,7 @@ def test_first_deploy_creates_deployment_and_service_and_waits_for_the_rollout(k
     assert (default.host, default.api_key) == (client.Configuration().host, {})
 
 
+@pytest.mark.fake_kube_only("compares with the fake's token")
 def test_progress_lines_appear_once_each_in_the_output(kube, tmp_path):
     ctx = make_ctx(tmp_path)
 
@@ -165,6 +167,7 @@ def test_progress_lines_appear_once_each_in_the_output(kube, tmp_path):
     assert kube.token not in "".join(lines)
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_second_deploy_patches_only_the_app_container_and_keeps_the_sidecar(kube, tmp_path):
     kube.create(seeded_deployment())
     wait_for(lambda: (kube.get_object("deployments", APP)["status"].get("availableReplicas") == 2))
@@ -205,6 +208,7 @@ def test_redeploy_of_a_norn_deployment_keeps_its_service(kube, tmp_path):
         "registry.local/web:v2")
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_deployment_without_the_app_container_fails_and_is_left_alone(kube, tmp_path):
     kube.create(seeded_deployment(images=(("main", "other:1"), ("proxy", "envoy:1.31"))))
     before = kube.get_object("deployments", APP)
@@ -249,6 +253,7 @@ def test_deploys_into_the_infraspec_namespace(kube, tmp_path):
 POSTGRES = "services:\n  postgres:\n    database: web_db\n"
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_database_password_is_kept_in_a_secret_not_in_the_deployment(kube, tmp_path, settings):
     password = appdb.password(APP)  # the app's own role's, never the admin's
     ctx = make_ctx(tmp_path, extra=POSTGRES)
@@ -277,6 +282,7 @@ def test_database_password_is_kept_in_a_secret_not_in_the_deployment(kube, tmp_p
     assert password not in "".join(ctx.lines())
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_changed_password_updates_the_secret_on_the_next_deploy(kube, tmp_path, settings):
     settings.NORN_APP_DATABASES_KEY = "first-key"
     runtime.deploy(make_ctx(tmp_path, extra=POSTGRES))
@@ -292,6 +298,7 @@ def test_changed_password_updates_the_secret_on_the_next_deploy(kube, tmp_path, 
 # --- rollouts that do not finish -----------------------------------------------------
 
 
+@pytest.mark.fake_kube_only("makes a rollout stick")
 @pytest.mark.parametrize("how", ["failing image", "stuck mode"])
 def test_stuck_rollout_fails_with_the_progress_deadline(kube, tmp_path, how):
     if how == "failing image":
@@ -308,6 +315,7 @@ def test_stuck_rollout_fails_with_the_progress_deadline(kube, tmp_path, how):
     assert "has timed out progressing" in str(failed.value)  # the controller's own words
 
 
+@pytest.mark.fake_kube_only("holds a rollout still")
 def test_timeout_of_the_step_bounds_the_wait(kube, tmp_path):
     kube.set_rollout_mode(APP, "manual")  # no progress, but no deadline verdict either
     started = time.monotonic()
@@ -330,6 +338,7 @@ def test_paused_deployment_fails_instead_of_waiting(kube, tmp_path):
     assert "kubectl rollout resume deployment/web -n default" in str(failed.value)
 
 
+@pytest.mark.fake_kube_only("holds a rollout still")
 def test_cancel_during_the_wait_raises_cancelled(kube, tmp_path):
     kube.set_rollout_mode(APP, "manual")
     cancel = threading.Event()
@@ -349,6 +358,7 @@ def test_cancel_during_the_wait_raises_cancelled(kube, tmp_path):
 # --- API errors ----------------------------------------------------------------------
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_transient_500s_are_retried(kube, tmp_path):
     kube.fail_next("GET", rf"/deployments/{APP}$", status_code=500, count=2)
     kube.fail_next("PATCH", rf"/deployments/{APP}\?", status_code=503, count=1)
@@ -360,6 +370,7 @@ def test_transient_500s_are_retried(kube, tmp_path):
     assert kube.get_object("deployments", APP)["status"]["availableReplicas"] == 3
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_persistent_500s_fail_clearly(kube, tmp_path, fast_retries):
     kube.fail_next("GET", rf"/deployments/{APP}$", status_code=500, count=100)
 
@@ -373,6 +384,7 @@ def test_persistent_500s_fail_clearly(kube, tmp_path, fast_retries):
     assert len(writes(kube, "GET", f"/deployments/{APP}")) == kubeclient.API_RETRIES + 1
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_conflict_is_retried_with_a_fresh_read(kube, tmp_path):
     kube.create(seeded_deployment())
     kube.fail_next("PATCH", rf"/deployments/{APP}\?", status_code=409, count=1)
@@ -386,6 +398,7 @@ def test_conflict_is_retried_with_a_fresh_read(kube, tmp_path):
         "registry.local/web:v2")
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_persistent_conflicts_fail_clearly(kube, tmp_path, fast_retries):
     kube.create(seeded_deployment())
     kube.fail_next("PATCH", rf"/deployments/{APP}\?", status_code=409, count=100)
@@ -398,6 +411,7 @@ def test_persistent_conflicts_fail_clearly(kube, tmp_path, fast_retries):
     assert len(writes(kube, "PATCH", f"/deployments/{APP}")) == runtime.WRITE_ATTEMPTS
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_watch_failures_are_followed_by_a_fresh_read(kube, tmp_path, fast_retries):
     # One whole watch request fails, urllib3's retries included; the next one works.
     kube.fail_next("GET", r"watch=true", status_code=500, count=kubeclient.API_RETRIES + 1)
@@ -409,6 +423,7 @@ def test_watch_failures_are_followed_by_a_fresh_read(kube, tmp_path, fast_retrie
     assert 'deployment "web" successfully rolled out' in ctx.lines()
 
 
+@pytest.mark.fake_kube_only("injects API failures")
 def test_persistent_watch_failures_fail_clearly(kube, tmp_path, fast_retries):
     kube.set_rollout_mode(APP, "manual")
     kube.fail_next("GET", r"watch=true", status_code=500, count=1000)
@@ -421,6 +436,7 @@ def test_persistent_watch_failures_fail_clearly(kube, tmp_path, fast_retries):
     assert "Internal error occurred: injected failure" in message
 
 
+@pytest.mark.fake_kube_only("rotates the fake's token")
 def test_wrong_token_fails_with_a_credentials_message(kube, tmp_path):
     kube.token = "rotated-" + uuid.uuid4().hex  # the kubeconfig still holds the old one
     ctx = make_ctx(tmp_path)
@@ -435,6 +451,7 @@ def test_wrong_token_fails_with_a_credentials_message(kube, tmp_path):
     assert old_token not in message and old_token not in "".join(ctx.lines())
 
 
+@pytest.mark.fake_kube_only("stops the API server")
 def test_unreachable_api_fails_clearly(kube, tmp_path, fast_retries):
     kube.stop()
 
@@ -489,6 +506,7 @@ def test_status_reports_image_replicas_and_availability(kube, tmp_path):
     assert current["message"] == 'deployment "web" successfully rolled out'
 
 
+@pytest.mark.fake_kube_only("makes an image fail")
 def test_status_of_a_stuck_rollout_says_so(kube, tmp_path):
     kube.failing_images.add("broken")
     with pytest.raises(StepFailed):
@@ -519,6 +537,7 @@ def test_remove_leaves_objects_norn_did_not_create(kube, tmp_path):
     assert kube.get_object("deployments", APP) is not None
 
 
+@pytest.mark.fake_kube_only("rotates the fake's token")
 def test_status_and_remove_raise_kubernetes_error_on_api_failure(kube, fast_retries):
     kube.token = "rotated"
 
@@ -547,6 +566,7 @@ def test_kubectl_agrees_that_norns_rollout_finished(kube, tmp_path, kubectl):
 
 
 @needs_kubectl
+@pytest.mark.fake_kube_only("makes an image fail")
 def test_kubectl_agrees_that_a_stuck_rollout_failed(kube, tmp_path, kubectl):
     kube.failing_images.add("broken")
     with pytest.raises(StepFailed) as failed:
@@ -560,6 +580,7 @@ def test_kubectl_agrees_that_a_stuck_rollout_failed(kube, tmp_path, kubectl):
 
 
 @needs_kubectl
+@pytest.mark.fake_kube_only("steps the rollout by hand")
 def test_kubectl_sees_norns_progress_lines_verbatim(kube, tmp_path, kubectl):
     """Mid-rollout, Norn's rollout_status and kubectl print the same line."""
     kube.set_rollout_mode(APP, "manual")
@@ -618,6 +639,7 @@ def test_the_deployments_pods_get_the_resources_and_the_restricted_security_cont
     assert 'deployment "web" successfully rolled out' in ctx.lines()
 
 
+@pytest.mark.fake_kube_only("reads the recorded requests")
 def test_a_loopback_database_host_fails_the_deploy_before_anything_is_written(kube, tmp_path, settings):
     settings.NORN_KUBE_APP_DATABASES_HOST = None
     settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "HOST": "127.0.0.1"}

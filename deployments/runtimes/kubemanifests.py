@@ -14,6 +14,8 @@ import copy
 
 from django.conf import settings
 
+from django.conf import settings
+
 from apps_registry.spec import Spec
 from deployments.appenv import StepContext
 
@@ -81,6 +83,12 @@ def container(ctx: StepContext, env_entries: list[dict]) -> dict:
     return body
 
 
+def image_pull_secrets() -> dict:
+    """The pod spec's imagePullSecrets from NORN_KUBE_IMAGE_PULL_SECRETS (none: no field at all)."""
+    names = settings.NORN_KUBE_IMAGE_PULL_SECRETS
+    return {"imagePullSecrets": [{"name": name} for name in names]} if names else {}
+
+
 def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dict:
     """The Deployment <app>. Without infraspec `replicas` the field is left out, so that
     whoever scales the app (an HorizontalPodAutoscaler, `kubectl scale`) owns it; a new
@@ -106,7 +114,8 @@ def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dic
             "selector": {"matchLabels": {NAME_LABEL: ctx.app_name}},
             "template": {
                 "metadata": {"labels": labels(ctx.app_name)},
-                "spec": {"securityContext": pod_security(ctx.spec), "containers": [container_body]},
+                "spec": {"securityContext": pod_security(ctx.spec), "containers": [container_body],
+                         **image_pull_secrets()},
             },
         },
     }
@@ -204,6 +213,7 @@ def job(ctx: StepContext, namespace: str, name: str, purpose: str, command: str,
                     "enableServiceLinks": False,
                     "securityContext": pod_security(ctx.spec),
                     "containers": [{**container(ctx, env_entries), "command": ["sh", "-c", command]}],
+                    **image_pull_secrets(),
                 },
             },
         },
