@@ -24,6 +24,9 @@ from tests.support.fake_kubernetes import FakeKubernetes
 from tests.support.git_servers import make_repo
 from tests.test_kubernetes_runtime import APP, make_ctx
 
+# The runtime reads and records its deployment's row (what it applied).
+pytestmark = pytest.mark.django_db
+
 REGISTRY = "127.0.0.1:5000"
 GOOD = "norn-gate/web:good"  # loaded into the fake cluster, like `kind load docker-image`
 # Well below the step timeout used here and the 600 s default.

@@ -226,6 +226,7 @@ def test_pull_secrets_go_on_every_pod_spec(tmp_path, settings):
     assert "imagePullSecrets" not in kubemanifests.deployment(ctx, "default", [])["spec"]["template"]["spec"]
 
 
+@pytest.mark.django_db  # the runtime records what it applied on its deployment's row
 def test_the_cluster_stores_the_pull_secrets(kube_cluster, tmp_path, settings):
     from deployments.runtimes import kubernetes as runtime
 

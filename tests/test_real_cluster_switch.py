@@ -54,6 +54,7 @@ def test_without_the_variable_the_tests_get_the_fake(tmp_path, monkeypatch):
         assert str(kube.port) in (tmp_path / "kubeconfig").read_text()
 
 
+@pytest.mark.django_db  # the runtime records what it applied on its deployment's row
 def test_the_variable_points_the_tests_at_that_cluster(outside_cluster, tmp_path, monkeypatch, kind_shim):
     monkeypatch.setenv(kube_target.VARIABLE, outside_cluster.kubeconfig)
     with kube_target.kube_cluster(tmp_path, monkeypatch) as kube:
@@ -134,9 +135,10 @@ def test_the_runtime_tests_run_against_the_given_cluster(outside_cluster, tmp_pa
     assert ("fake Kubernetes API server only (injects API failures); NORN_TEST_KUBECONFIG names a real cluster"
             in output)
     # The passing tests talked to the outside server, through the kubeconfig they were given …
-    posts = [r.path for r in outside_cluster.requests if r.method == "POST"]
-    assert "/apis/apps/v1/namespaces/default/deployments" in posts
-    assert "/apis/apps/v1/namespaces/shop-prod/deployments" in posts
+    # (server-side apply: a PATCH of the Deployment by name creates it too)
+    applied = [r.path.split("?")[0] for r in outside_cluster.requests if r.method == "PATCH"]
+    assert "/apis/apps/v1/namespaces/default/deployments/web" in applied
+    assert "/apis/apps/v1/namespaces/shop-prod/deployments/web" in applied
     # … loaded their images the kind way …
     assert "load docker-image registry.local/web:v1 --name switch" in kind_shim.read_text().splitlines()
     # … and left it as they found it.

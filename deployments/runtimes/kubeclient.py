@@ -2,7 +2,7 @@
 with bounded retries, and ApiExceptions turned into errors that say what to do.
 
 Used by the Kubernetes runtime (deployments/runtimes/kubernetes.py), its rollout gate
-(kuberollout.py) and the build step (is this a minikube cluster?).
+(kuberollout.py) and the image loading of the build step (kubeimages.py: which kind of local cluster is this?).
 """
 
 import json
