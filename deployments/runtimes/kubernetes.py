@@ -16,7 +16,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from deployments import appdb
+from deployments import appdb, transitions
 from deployments.appenv import StepContext, container_env
 from deployments.models import Deployment
 from deployments.outcomes import StepFailed
@@ -81,8 +81,8 @@ def deploy(ctx: StepContext) -> None:
                 written, manifest = _apply_deployment(ctx, apps, namespace, manifest)
                 _apply_service(ctx, core, namespace, service)
                 if row is not None:
-                    Deployment.objects.filter(pk=row["pk"]).update(
-                        kube_applied={"namespace": namespace, "deployment": manifest, "service": service})
+                    transitions.set_fields(
+                        row["pk"], kube_applied={"namespace": namespace, "deployment": manifest, "service": service})
                 kuberollout.wait(ctx, api, written, deadline, limit)
                 if row is not None:
                     _leave_other_namespaces(ctx, api, row["app_id"], namespace)
