@@ -20,6 +20,7 @@ from deployments.runtimes import kubernetes as kubernetes_runtime
 from tests.support.contexts import step_context
 from tests.support.docker_images import docker, docker_build
 from tests.support.fake_kubernetes import FakeKubernetes
+from tests.support.networks import remove_app_network
 
 pytestmark = pytest.mark.django_db
 
@@ -68,9 +69,7 @@ def web_app(tmp_path, settings, web_image):
     ctx = step_context(spec, workdir=tmp_path, app_dir=tmp_path, image=web_image, timeout=30)
     docker_runtime.deploy(ctx)
     yield name, port, ctx
-    ids = docker(["ps", "--all", "--quiet", "--filter", f"label=norn.app={name}"]).stdout.split()
-    if ids:
-        docker(["rm", "--force", *ids], check=False)
+    remove_app_network(name)  # its containers, then its network norn-<app>
 
 
 def test_app_status_reports_the_running_container_image_and_port(web_app, web_image):
