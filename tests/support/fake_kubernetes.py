@@ -906,7 +906,7 @@ class FakeKubernetes:
     """An in-process Kubernetes API server on 127.0.0.1 (see the module docstring)."""
 
     def __init__(self, token=None, rollout_mode="complete", step_interval=0.05, progress_deadline_scale=0.01,
-                 failing_images=(), history_size=1000, require_auth=True, tls=True, pods=False,
+                 failing_images=(), history_size=1000, require_auth=True, tls=True, pods=True,
                  registry_url=None, time_scale=1.0):
         self.token = token or secrets.token_hex(16)
         self.tls = tls
@@ -1039,8 +1039,12 @@ class FakeKubernetes:
             self._injections.append(_Injection(method.upper(), re.compile(path_regex), status_code, count, message))
 
     def load_image(self, name):
-        """Make ``name`` pullable by the pods of this cluster (pods=True), as `kind load` does."""
+        """Make ``name`` pullable by the pods of this cluster, as `kind load` does; returns ``name``
+        (as RealCluster.load_image does)."""
+        if self.controller is None:
+            raise RuntimeError("load_image needs the pod controller; this fake was made with pods=False")
         self.controller.load_image(name)
+        return name
 
     def set_rollout_mode(self, name, mode, namespace="default"):
         """Override ``rollout_mode`` for one deployment (``None`` removes the override)."""

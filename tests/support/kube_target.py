@@ -60,10 +60,9 @@ def is_real(kube) -> bool:
 
 
 def make_available(kube, image):
-    """Load a locally built image into a real cluster; the fake's kubelet runs local images as they are."""
-    if is_real(kube):
-        kube.load_image(image)
-    return image
+    """Make ``image`` pullable by the cluster's pods: loaded into a real cluster (built locally first if
+    need be), or marked loaded on the fake, whose kubelet otherwise fails to pull what nobody pushed."""
+    return kube.load_image(image)
 
 
 @contextlib.contextmanager
