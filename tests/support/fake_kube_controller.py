@@ -144,6 +144,9 @@ class DeploymentController:
         self.time_scale = time_scale
         self.pull_backoff = pull_backoff
         self.loaded = set()
+        # Files a stand-in `minikube`/`kind` appends the images it was asked to load to, one a line
+        # (kube_target.stand_in_loader): an image reaches the pods only if Norn ran the load for it.
+        self.load_logs = []
         self._pods = {}  # (namespace, pod name, uid) -> _PodSim
         self._progress = {}  # deployment uid -> (signature, monotonic time of the last change)
         self._pull_cache = {}  # image -> (pullable, error, checked at)
@@ -185,7 +188,7 @@ class DeploymentController:
 
     def _pull(self, image):
         """(pullable, error text). Registry answers are cached for a second: the fake's lock is held."""
-        if image in self.loaded:
+        if image in self.loaded or self._logged(image):
             return True, ""
         cached = self._pull_cache.get(image)
         if cached and (cached[0] or time.monotonic() - cached[2] < 1.0):
@@ -193,6 +196,16 @@ class DeploymentController:
         result = self._check_registry(image)
         self._pull_cache[image] = (*result, time.monotonic())
         return result
+
+    def _logged(self, image):
+        for path in self.load_logs:
+            try:
+                with open(path) as fh:
+                    if image in fh.read().split():
+                        return True
+            except FileNotFoundError:
+                continue
+        return False
 
     def _check_registry(self, image):
         not_found = (f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '

@@ -65,6 +65,24 @@ def make_available(kube, image):
     return kube.load_image(image)
 
 
+def stand_in_loader(fake, bin_dir, tool="minikube", log=None):
+    """Put a `minikube` (or `kind`, `k3d`) on bin_dir that loads images into ``fake`` as the real tool
+    loads them into its cluster: the image named in `minikube image load <image> ...`, `kind load
+    docker-image <image> ...` or `k3d image import <image> ...` becomes pullable by the fake's pods.
+    Each call's arguments are appended to ``log`` too, when given. Returns the script's path."""
+    bin_dir = Path(bin_dir)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    loaded = bin_dir / f"{tool}-loaded-images"
+    fake.controller.load_logs.append(os.fspath(loaded))
+    record = f'echo "$*" >> "{log}"\n' if log else ""
+    script = bin_dir / tool
+    script.write_text(f'#!/bin/sh\n{record}case "$1 $2" in\n'
+                      f'  "image load"|"load docker-image"|"image import") echo "$3" >> "{loaded}";;\n'
+                      f'esac\necho loaded\n')
+    script.chmod(0o700)
+    return script
+
+
 @contextlib.contextmanager
 def kube_cluster(tmp_path, monkeypatch, **fake_options):
     """The cluster a Kubernetes test talks to, found by the runtime through $KUBECONFIG.
