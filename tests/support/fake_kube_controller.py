@@ -1,11 +1,12 @@
-"""The Deployment controller and a simulated kubelet for FakeKubernetes(pods=True): each pod
+"""The Deployment controller and a simulated kubelet of FakeKubernetes (on unless pods=False): each pod
 template revision gets a ReplicaSet <deployment>-<pod-template-hash> (owner reference,
 ``deployment.kubernetes.io/revision``, revisionHistoryLimit) and Pods whose status says what a
 kubelet would, so `kubectl rollout history/undo`, `kubectl get pods` and Norn's rollout gate see
 the failures a real cluster shows.  No container runs: the pods are simulated.
 
 How a pod fares is read from what its writer put in it (the conventions tests rely on):
-- image: pulled when ``load_image(name)`` loaded it, or when it lives in the registry at
+- image: pulled when ``load_image(name)`` loaded it (or a stand-in ``minikube``/``kind`` listed it
+  in one of ``load_logs``, tests/support/kube_target.stand_in_loader), or when it lives in the registry at
   ``registry_url`` (NORN_REGISTRY_URL) and a HEAD of its manifest answers 200; otherwise
   ErrImagePull then ImagePullBackOff, with the kubelet's Failed/BackOff events, retried.
 - crash: env ``FAKE_KUBE_EXIT_AFTER=<seconds>``, in the container's env or in the image's config

@@ -9,12 +9,12 @@ Services, Namespaces and Secrets, batch/v1 Jobs whose Pods really run on the loc
 Docker engine (tests/support/fake_jobs.py), the three PATCH flavours and server-side
 apply with managedFields (tests/support/fake_kube_apply.py), watches, real
 ``Status`` errors, and a simulated deployment controller that rolls pods out (or
-gets stuck) over time.  Both clients therefore run their real code paths against it.
+fails to) over time.  Both clients therefore run their real code paths against it.
 
-    with FakeKubernetes() as kube:
+    with FakeKubernetes(time_scale=0.01) as kube:
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        kube.load_image("registry.local/web:v1")  # else its pods fail to pull it, as on a real cluster
         ...  # kubectl --kubeconfig / kubernetes.config.load_kube_config(config_file=...)
-        kube.set_rollout_mode("web", "stuck")   # or kube.rollout_mode / kube.failing_images
         kube.fail_next("PATCH", r"/deployments/web$", status_code=500)
         assert kube.requests[-1].content_type == "application/strategic-merge-patch+json"
 
@@ -29,11 +29,15 @@ DNS-1035 label for Services, DNS-1123 label for Namespaces), label keys and valu
 and annotation keys, container ports, env names, pull policies, probes and resource
 requests/limits get 422s with ``details.causes``; probes, pod specs, strategies
 and Services are defaulted; ``generation`` follows the spec (pod template included);
-a paused Deployment's Progressing condition says DeploymentPaused.  With ``pods=True``,
-Deployments get ReplicaSets and simulated pods that can fail to pull, crash-loop, fail
-readiness or be refused by PodSecurity, and `kubectl get` of Deployments, ReplicaSets and
-Pods receives Table output (tests/support/fake_kube_controller.py; ``load_image``,
-``registry_url``, ``time_scale``); without it, Deployments roll out by pod counts alone.
+a paused Deployment's Progressing condition says DeploymentPaused.  By default (``pods=True``),
+Deployments get ReplicaSets and simulated pods that can fail to pull (any image neither
+``load_image``-ed nor in the registry at ``registry_url``), crash-loop, fail readiness or be
+refused by PodSecurity, and `kubectl get` of Deployments, ReplicaSets and Pods receives Table
+output (tests/support/fake_kube_controller.py; ``time_scale`` shortens minReadySeconds, probe
+periods and back-offs).  So a test passes against it only if what it deploys could run.
+``pods=False`` is kept for the tests of the older pod-count simulation alone
+(tests/test_fake_kubernetes.py): Deployments roll out by counts, steered by
+``set_rollout_mode(name, "stuck"|"manual")``, ``advance()`` and ``failing_images``.
 Server-side apply with field ownership is in tests/support/fake_kube_apply.py.
 Not covered: no duplicate-field detection, no type checks of leaf
 values, and no Table rendering of other kinds (kubectl falls back to NAME/AGE columns).
@@ -1050,6 +1054,11 @@ class FakeKubernetes:
         """Override ``rollout_mode`` for one deployment (``None`` removes the override)."""
         if mode is not None and mode not in ROLLOUT_MODES:
             raise ValueError(f"rollout mode must be one of {ROLLOUT_MODES}")
+        if mode == "stuck" and self.controller is not None:
+            # The pod controller has no "stuck" mode; a silently ignored one would let a test pass.
+            raise ValueError('the "stuck" rollout mode belongs to FakeKubernetes(pods=False); with the pod '
+                             "controller make a rollout stick for real (an image nobody loaded, a failing "
+                             "readiness probe, a long minReadySeconds)")
         with self._lock:
             if mode is None:
                 self.rollout_modes.pop((namespace, name), None)
