@@ -115,6 +115,8 @@ _KINDS = {k.plural: k for k in (
     _Kind("events", "Event", "", True, ("ev",), False, has_status=False),
     # ReplicaSets and the Deployments' pods: tests/support/fake_kube_controller.py (pods=True).
     _Kind("replicasets", "ReplicaSet", "apps", True, ("rs",), True, categories=("all",)),
+    # Compute quotas the pod controller enforces: tests/support/fake_kube_controller.py.
+    _Kind("resourcequotas", "ResourceQuota", "", True, ("quota",), False),
 )}
 
 # Strategic merge patch merge keys (the Go structs' patchMergeKey tags), by
@@ -1183,6 +1185,8 @@ class FakeKubernetes:
             errors = validate(obj, old)
         elif kind.plural == "replicasets":
             errors = fake_kube_controller.prepare_replicaset(obj, old)
+        elif kind.plural == "resourcequotas":
+            errors = fake_kube_controller.prepare_quota(obj, old)
         elif kind.plural == "secrets":
             if not obj.get("type"):  # SetDefaults_Secret; an update that omits it therefore hits immutability
                 obj["type"] = "Opaque"
@@ -1475,6 +1479,7 @@ class FakeKubernetes:
                 if self.controller:
                     try:
                         self.controller.collect()
+                        self.controller.count_quotas()
                     except Exception:
                         self.internal_errors.append(traceback.format_exc())
                 for key in [k for k in self._objects if k[0] == "deployments"]:
