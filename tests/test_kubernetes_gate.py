@@ -1,7 +1,7 @@
 """The Kubernetes rollout gate names a failed rollout's cause within seconds: the runtime
 against the fake API server with its Deployment controller (pods=True), whose pods fail to
 pull images that are in neither the local registry nor loaded, crash-loop, fail readiness
-or are refused by PodSecurity, and through the pipeline, where auto-rollback follows.
+or are refused by PodSecurity or a ResourceQuota, and through the pipeline, where auto-rollback follows.
 
 Every failure assertion names text only the controller produces (a kubelet reason, a pod
 name with its ReplicaSet's hash), so none of these could pass against a fake that lets
