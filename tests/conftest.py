@@ -33,7 +33,9 @@ def kube_cluster(tmp_path, monkeypatch):
     NORN_TEST_KUBECONFIG set, that real cluster (tests/support/kube_target.py)."""
     from tests.support.kube_target import kube_cluster
 
-    with kube_cluster(tmp_path, monkeypatch, progress_deadline_scale=0.002) as cluster:
+    # time_scale=0.01: the 10 s minReadySeconds Norn sets on probe-less apps (and the kubelet's probe
+    # periods and back-offs) pass in a hundredth of the time, so the suite does not wait them out.
+    with kube_cluster(tmp_path, monkeypatch, progress_deadline_scale=0.002, time_scale=0.01) as cluster:
         yield cluster
 
 

@@ -148,7 +148,8 @@ def test_undeploy_is_refused_while_a_deployment_of_the_app_runs(web_app):
 def kube(tmp_path, monkeypatch, settings):
     settings.NORN_RUNTIME = "kubernetes"
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with FakeKubernetes(progress_deadline_scale=0.002) as fake:
+    with FakeKubernetes(progress_deadline_scale=0.002, time_scale=0.01) as fake:
+        fake.load_image("registry.local/kweb:v1")  # what kube_app deploys: its pods pull it
         monkeypatch.setenv("KUBECONFIG", fake.write_kubeconfig(tmp_path / "kubeconfig"))
         yield fake
         assert not fake.internal_errors, fake.internal_errors

@@ -40,7 +40,9 @@ def manifest(replicas=2, env=None, annotations=None, image="app:v1"):
 
 @pytest.fixture
 def kube():
-    with FakeKubernetes(progress_deadline_scale=0.002) as fake:
+    with FakeKubernetes(progress_deadline_scale=0.002, time_scale=0.01) as fake:
+        for image in ("app:v1", "app:v2", "proxy:1"):  # what the manifests here run
+            fake.load_image(image)
         yield fake
         assert not fake.internal_errors, fake.internal_errors
 

@@ -1,10 +1,11 @@
 """The fake API server's Deployment controller (tests/support/fake_kube_controller.py), each
 behaviour cross-checked with the real kubectl: ReplicaSets per template revision, `kubectl
 rollout history/undo`, revisionHistoryLimit, pods that fail to pull, crash-loop, fail readiness
-or are refused by PodSecurity, the progress deadline, Table output and cascading deletes."""
+or are refused by PodSecurity or a ResourceQuota, the progress deadline, Table output and cascading deletes."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -46,8 +47,10 @@ def kubectl(kube, tmp_path):
 
 
 def create(kubectl, tmp_path, name="web", image=GOOD, replicas=2, env=None, probe=None, namespace="default",
-           **spec):
+           resources=None, **spec):
     container = {"name": name, "image": image}
+    if resources:
+        container["resources"] = resources
     if env:  # no empty list: the real apiserver would drop it (omitempty), and the template hash with it
         container["env"] = [{"name": k, "value": v} for k, v in env.items()]
     if probe:
@@ -205,3 +208,56 @@ def test_deleting_the_deployment_removes_its_replica_sets_and_pods(kube, kubectl
     kubectl("rollout", "status", "deployment/web", "--timeout=20s")
     kubectl("delete", "deployment/web")
     wait_for(lambda: not kubectl("get", "rs,pods", "-o", "name").stdout.strip())
+
+
+def quota(kubectl, tmp_path, hard, name="compute"):
+    path = tmp_path / f"quota-{name}.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": name},
+                                "spec": {"hard": hard}}))
+    return kubectl("create", "-f", str(path), check=False)
+
+
+def test_a_resource_quota_refuses_the_pod_that_would_exceed_it(kube, kubectl, tmp_path):
+    assert quota(kubectl, tmp_path, {"requests.memory": "256Mi", "pods": "4"}).returncode == 0
+    create(kubectl, tmp_path, replicas=1, resources={"requests": {"memory": "512Mi"}})
+
+    condition = wait_for(lambda: json.loads(kubectl("get", "rs", "-o", "json").stdout)["items"][0]
+                         .get("status", {}).get("conditions"))
+    assert (condition[0]["type"], condition[0]["reason"]) == ("ReplicaFailure", "FailedCreate")
+    assert re.fullmatch(r'pods "web-[a-z0-9]+-[a-z0-9]{5}" is forbidden: exceeded quota: compute, requested: '
+                        r"requests.memory=512Mi, used: requests.memory=0, limited: requests.memory=256Mi",
+                        condition[0]["message"]), condition[0]["message"]
+    assert kubectl("get", "pods", "-o", "name").stdout == ""
+    described = kubectl("describe", "rs").stdout
+    assert re.search(r"Warning\s+FailedCreate\s+.*Error creating: pods \"web-.*exceeded quota: compute", described), \
+        described
+    # The quota's status: kubectl describe reads status.hard and status.used.
+    lines = [line.split() for line in kubectl("describe", "resourcequota", "compute").stdout.splitlines()]
+    assert ["requests.memory", "0", "256Mi"] in lines and ["pods", "0", "4"] in lines, lines
+
+
+def test_quota_status_counts_the_running_pods_and_the_last_pod_over_it_is_refused(kube, kubectl, tmp_path):
+    assert quota(kubectl, tmp_path, {"pods": "2", "requests.cpu": "1", "limits.memory": "1Gi"}).returncode == 0
+    create(kubectl, tmp_path, replicas=3, resources={"requests": {"cpu": "250m"}, "limits": {"memory": "256Mi"}})
+
+    wait_for(lambda: len(kubectl("get", "pods", "-o", "name").stdout.split()) == 2)
+    used = wait_for(lambda: (q := json.loads(kubectl("get", "resourcequota", "compute", "-o", "json").stdout))
+                    ["status"]["used"].get("pods") == "2" and q["status"])
+    assert used == {"hard": {"pods": "2", "requests.cpu": "1", "limits.memory": "1Gi"},
+                    "used": {"pods": "2", "requests.cpu": "500m", "limits.memory": "512Mi"}}
+    message = wait_for(lambda: (json.loads(kubectl("get", "rs", "-o", "json").stdout)["items"][0]["status"]
+                                .get("conditions") or [{}])[0].get("message"))
+    assert message.endswith("exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2"), message
+    assert len(kubectl("get", "pods", "-o", "name").stdout.split()) == 2
+
+
+@pytest.mark.parametrize("value, error", [
+    ("lots", 'ResourceQuota in version "v1" cannot be handled as a ResourceQuota: quantities must match the '
+             "regular expression"),
+    ("-1Gi", "spec.hard[requests.memory]: Invalid value: \"-1Gi\": must be greater than or equal to 0"),
+])
+def test_a_quota_with_a_bad_quantity_is_refused_naming_the_field(kube, kubectl, tmp_path, value, error):
+    refused = quota(kubectl, tmp_path, {"requests.memory": value})
+    assert refused.returncode != 0
+    assert error in refused.stderr, refused.stderr
+    assert kube.get_object("resourcequotas", "compute") is None

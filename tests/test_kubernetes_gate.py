@@ -1,7 +1,7 @@
 """The Kubernetes rollout gate names a failed rollout's cause within seconds: the runtime
 against the fake API server with its Deployment controller (pods=True), whose pods fail to
 pull images that are in neither the local registry nor loaded, crash-loop, fail readiness
-or are refused by PodSecurity, and through the pipeline, where auto-rollback follows.
+or are refused by PodSecurity or a ResourceQuota, and through the pipeline, where auto-rollback follows.
 
 Every failure assertion names text only the controller produces (a kubelet reason, a pod
 name with its ReplicaSet's hash), so none of these could pass against a fake that lets
@@ -195,3 +195,15 @@ def test_a_crashing_release_fails_in_seconds_and_is_rolled_back(make_app, tmp_pa
         image = kube.get_object("deployments", "kweb")["spec"]["template"]["spec"]["containers"][0]["image"]
         assert image == good.image
         assert not kube.internal_errors, kube.internal_errors
+
+
+def test_a_deploy_refused_by_a_resource_quota_fails_in_seconds_naming_the_quota(kube, tmp_path):
+    kube.create({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "compute"},
+                 "spec": {"hard": {"requests.memory": "256Mi"}}}, plural="resourcequotas")
+    ctx = make_ctx(tmp_path, image=GOOD, replicas=1, timeout=60,
+                   extra="resources:\n  requests:\n    memory: 512Mi\n")
+    error = deploy_fails(ctx)
+    assert "cannot create pods (FailedCreate)" in error, error
+    assert re.search(f'pods "{APP}-[a-z0-9]+-[a-z0-9]{{5}}" is forbidden: exceeded quota: compute, requested: '
+                     r"requests.memory=512Mi, used: requests.memory=0, limited: requests.memory=256Mi", error), error
+    assert not pod_names(kube)

@@ -236,8 +236,7 @@ def test_the_cluster_stores_the_pull_secrets(kube_cluster, tmp_path, settings):
     settings.NORN_KUBE_IMAGE_PULL_SECRETS = ["registry-creds"]
     settings.NORN_KUBECONFIG = settings.NORN_KUBE_CONTEXT = None
     ctx = manifest_ctx(tmp_path)
-    if kube_target.is_real(kube_cluster):
-        ctx.image = kube_cluster.load_image("registry.local/web:v1")
+    ctx.image = kube_target.make_available(kube_cluster, "registry.local/web:v1")
     runtime.deploy(ctx)
     out = subprocess.run([kubectl, f"--kubeconfig={os.environ['KUBECONFIG']}", f"--cache-dir={tmp_path / 'cache'}",
                           "get", "deployment", "web", "-o", "json"], capture_output=True, text=True, timeout=60,

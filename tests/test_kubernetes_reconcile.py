@@ -15,17 +15,23 @@ from deployments.outcomes import StepFailed
 from deployments.runtimes import kubernetes as runtime
 from tests.support.contexts import parse_spec, step_context
 from tests.support.fake_kube_apply import from_fields_v1
+from tests.support.fake_kube_controller import EXIT_AFTER_ENV
 from tests.support.fake_kubernetes import FakeKubernetes
+from tests.support.kube_target import stand_in_loader
 
 pytestmark = pytest.mark.django_db
 
 APP = "web"
+IMAGES = ("registry.local/web:v1", "registry.local/web:v2", "registry.local/web:v3", "envoy:1.31", "old:1")
 
 
 @pytest.fixture
 def kube(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with FakeKubernetes(progress_deadline_scale=0.002) as fake:
+    # The pods of a deploy pull its image: the ones these tests name are loaded into the cluster.
+    with FakeKubernetes(progress_deadline_scale=0.002, time_scale=0.01) as fake:
+        for image in IMAGES:
+            fake.load_image(image)
         monkeypatch.setenv("KUBECONFIG", fake.write_kubeconfig(tmp_path / "kubeconfig"))
         yield fake
         assert not fake.internal_errors, fake.internal_errors
@@ -193,10 +199,10 @@ def test_a_namespace_change_moves_the_app_and_deletes_the_old_objects(kube, app,
 def test_the_old_namespace_is_kept_when_the_new_rollout_fails(kube, app, tmp_path):
     kube.create({"metadata": {"name": "shop"}}, plural="namespaces")
     deploy(app, tmp_path)
-    kube.set_rollout_mode(APP, "stuck", namespace="shop")
 
-    with pytest.raises(StepFailed, match="progress deadline"):
-        deploy(app, tmp_path, image="registry.local/web:v2", namespace="shop")
+    # An image nobody loaded: the new namespace's pods cannot pull it.
+    with pytest.raises(StepFailed, match="ErrImagePull|ImagePullBackOff"):
+        deploy(app, tmp_path, image="registry.local/web:never-loaded", namespace="shop")
 
     assert container(kube)["image"] == "registry.local/web:v1"  # still serving where it was
     assert kube.get_object("services", APP) is not None
@@ -268,18 +274,16 @@ def minikube_cluster(tmp_path, settings, monkeypatch):
     settings.NORN_REGISTRY_URL = ""
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "minikube").write_text("#!/bin/sh\necho loaded\n")
-    (bin_dir / "minikube").chmod(0o700)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    with FakeKubernetes(progress_deadline_scale=0.002) as fake:
+    with FakeKubernetes(progress_deadline_scale=0.002, time_scale=0.01) as fake:
+        stand_in_loader(fake, bin_dir)  # the images the build step loads are what the pods can pull
         monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kubeconfig", context="minikube")))
         yield fake
         assert not fake.internal_errors, fake.internal_errors
 
 
 PIPELINE_SPEC = ("app: kweb\nrole: webserver\nrepo:\n  url: {url}\nbuild: {{}}\nport: 8000\nreplicas: {replicas}\n"
-                 "env:\n  FEATURE: '{feature}'\n")
+                 "env:\n  FEATURE: '{feature}'\n{more_env}")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -291,19 +295,20 @@ def test_an_automatic_rollback_restores_the_earlier_template_through_the_pipelin
     kube = minikube_cluster
     dockerfile = 'FROM norn-busybox:1\nCMD ["sh", "-c", "sleep 3600"]\n'
     repo = make_repo(tmp_path / "repos", "kweb", {"Dockerfile": dockerfile})
-    make_app("kweb", PIPELINE_SPEC.format(url=repo.file_url, replicas=2, feature="off"))
+    make_app("kweb", PIPELINE_SPEC.format(url=repo.file_url, replicas=2, feature="off", more_env=""))
     first = deploy_now("kweb")
     assert first.status == "deployed", first.error
 
-    make_app("kweb", PIPELINE_SPEC.format(url=repo.file_url, replicas=3, feature="on"))
+    # The second release's container exits as it starts (the fake's kubelet reads FAKE_KUBE_EXIT_AFTER).
+    make_app("kweb", PIPELINE_SPEC.format(url=repo.file_url, replicas=3, feature="on",
+                                          more_env=f"  {EXIT_AFTER_ENV}: '0'\n"))
     repo.commit({"README": "two\n"}, "two")
-    kube.rollout_mode = "stuck"
     failed = deploy_now("kweb")
     assert failed.status == "failed" and "rolling back automatically" in failed.error, failed.error
+    assert "CrashLoopBackOff" in failed.error
     stored = kube.get_object("deployments", "kweb")
     assert stored["spec"]["replicas"] == 3  # the failed deploy's template reached the cluster
 
-    kube.rollout_mode = "complete"
     rollback = Deployment.objects.get(app__name="kweb", kind="rollback")
     pipeline.execute(rollback.pk)
     rollback.refresh_from_db()

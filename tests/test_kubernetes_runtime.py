@@ -30,6 +30,9 @@ KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 
 APP = "web"
+# The images the tests deploy: loaded into the cluster, so their pods pull them (an image nobody
+# pushed nor loaded fails to pull, on the fake as on a real cluster).
+IMAGES = ("registry.local/web:v1", "registry.local/web:v2", "registry.local/web:0123abc", "envoy:1.31")
 
 
 @pytest.fixture
@@ -41,9 +44,8 @@ def kube(kube_cluster):
     step every 50 ms) never come near it. A real cluster gets the images
     the tests name loaded into it.
     """
-    if kube_target.is_real(kube_cluster):
-        for image in ("registry.local/web:v1", "registry.local/web:v2", "registry.local/web:0123abc", "envoy:1.31"):
-            kube_cluster.load_image(image)
+    for image in IMAGES:
+        kube_target.make_available(kube_cluster, image)
     return kube_cluster
 
 
@@ -154,14 +156,17 @@ def test_first_deploy_creates_deployment_and_service_and_waits_for_the_rollout(k
 
 @pytest.mark.fake_kube_only("compares with the fake's token")
 def test_progress_lines_appear_once_each_in_the_output(kube, tmp_path):
-    ctx = make_ctx(tmp_path)
+    if not kube_target.is_real(kube):
+        # minReadySeconds (10 s, no health check here) lasts 1 s on the fake instead of 0.1 s, so the
+        # wait sees the ready pods before they count as available, as it does on a real cluster.
+        kube.controller.time_scale = 0.1
+    ctx = make_ctx(tmp_path, healthcheck=None)
 
     runtime.deploy(ctx)
 
     lines = ctx.lines()
     progress = [line for line in lines if line.startswith("Waiting for deployment") or "rolled out" in line]
-    assert 'Waiting for deployment "web" rollout to finish: 1 out of 3 new replicas have been updated...' in lines
-    assert 'Waiting for deployment "web" rollout to finish: 2 of 3 updated replicas are available...' in lines
+    assert 'Waiting for deployment "web" rollout to finish: 0 of 3 updated replicas are available...' in lines
     assert progress[-1] == 'deployment "web" successfully rolled out'
     assert all(a != b for a, b in zip(progress, progress[1:])), "a line is logged only when it changes"
     assert kube.token not in "".join(lines)
@@ -298,18 +303,18 @@ def test_changed_password_updates_the_secret_on_the_next_deploy(kube, tmp_path, 
 # --- rollouts that do not finish -----------------------------------------------------
 
 
-@pytest.mark.fake_kube_only("makes a rollout stick")
-@pytest.mark.parametrize("how", ["failing image", "stuck mode"])
-def test_stuck_rollout_fails_with_the_progress_deadline(kube, tmp_path, how):
-    if how == "failing image":
-        kube.failing_images.add("broken")
-        image = "registry.local/web:broken"
-    else:
-        kube.set_rollout_mode(APP, "stuck")
-        image = "registry.local/web:v1"
+def stuck_ctx(tmp_path, settings):
+    """A rollout that stops making progress with nothing wrong in its pods (the gate names no pod):
+    they run and are ready, but an hour of minReadySeconds keeps them from counting as available,
+    so only the controller's progress deadline (1.2 s on the fake) ends the wait."""
+    settings.NORN_KUBE_MIN_READY_SECONDS = 3600
+    return make_ctx(tmp_path, healthcheck=None)
 
+
+@pytest.mark.fake_kube_only("scales the progress deadline down")
+def test_stuck_rollout_fails_with_the_progress_deadline(kube, tmp_path, settings):
     with pytest.raises(StepFailed) as failed:
-        runtime.deploy(make_ctx(tmp_path, image=image))
+        runtime.deploy(stuck_ctx(tmp_path, settings))
 
     assert 'deployment "web" exceeded its progress deadline' in str(failed.value)
     assert "has timed out progressing" in str(failed.value)  # the controller's own words
@@ -506,11 +511,10 @@ def test_status_reports_image_replicas_and_availability(kube, tmp_path):
     assert current["message"] == 'deployment "web" successfully rolled out'
 
 
-@pytest.mark.fake_kube_only("makes an image fail")
-def test_status_of_a_stuck_rollout_says_so(kube, tmp_path):
-    kube.failing_images.add("broken")
+@pytest.mark.fake_kube_only("scales the progress deadline down")
+def test_status_of_a_stuck_rollout_says_so(kube, tmp_path, settings):
     with pytest.raises(StepFailed):
-        runtime.deploy(make_ctx(tmp_path, image="registry.local/web:broken"))
+        runtime.deploy(stuck_ctx(tmp_path, settings))
 
     current = runtime.status(APP)
 
@@ -566,11 +570,10 @@ def test_kubectl_agrees_that_norns_rollout_finished(kube, tmp_path, kubectl):
 
 
 @needs_kubectl
-@pytest.mark.fake_kube_only("makes an image fail")
-def test_kubectl_agrees_that_a_stuck_rollout_failed(kube, tmp_path, kubectl):
-    kube.failing_images.add("broken")
+@pytest.mark.fake_kube_only("scales the progress deadline down")
+def test_kubectl_agrees_that_a_stuck_rollout_failed(kube, tmp_path, kubectl, settings):
     with pytest.raises(StepFailed) as failed:
-        runtime.deploy(make_ctx(tmp_path, image="registry.local/web:broken"))
+        runtime.deploy(stuck_ctx(tmp_path, settings))
 
     result = kubectl("rollout", "status", f"deployment/{APP}", "--timeout=20s")
 
@@ -668,3 +671,15 @@ def test_pods_get_the_configured_database_host(kube, tmp_path, settings):
     assert env["PGHOST"] == "pg.databases.svc.cluster.local"
     url = base64.b64decode(kube.get_object("secrets", "web-norn-env")["data"]["DATABASE_URL"]).decode()
     assert url.startswith(f"postgres://{appdb.role_name(APP)}:") and "@pg.databases.svc.cluster.local:" in url
+
+
+@pytest.mark.fake_kube_only("uses the fake's own kubelet")
+def test_the_default_fake_refuses_an_image_nobody_pushed_or_loaded(kube, tmp_path):
+    """The fake these tests run against does not accept everything: an image neither loaded into it
+    nor in a registry fails to pull, so a runtime test passes only if its images could run."""
+    with pytest.raises(StepFailed) as failed:
+        runtime.deploy(make_ctx(tmp_path, image="registry.local/web:never-loaded", timeout=30))
+
+    assert 'Failed to pull image "registry.local/web:never-loaded"' in str(failed.value)
+    assert "ErrImagePull" in str(failed.value) or "ImagePullBackOff" in str(failed.value)
+    assert kube.get_object("deployments", APP)["status"].get("availableReplicas", 0) == 0

@@ -4,7 +4,6 @@ the fixture, plays it: the tests must reach it through the given kubeconfig, ski
 fake can do, load their images the cluster's way (a recording `kind` here) and clean up after."""
 
 import os
-import stat
 import subprocess
 import sys
 import uuid
@@ -22,21 +21,19 @@ from tests.support.fake_kubernetes import FakeKubernetes
 @pytest.fixture
 def outside_cluster(tmp_path):
     """A fake API server that stands for a real cluster: its kubeconfig names the cluster kind-switch."""
-    with FakeKubernetes() as fake:
+    with FakeKubernetes(time_scale=0.01) as fake:
         fake.kubeconfig = fake.write_kubeconfig(tmp_path / "real-kubeconfig", context="kind-switch")
         yield fake
         assert not fake.internal_errors, fake.internal_errors
 
 
 @pytest.fixture
-def kind_shim(tmp_path, monkeypatch):
-    """A `kind` on PATH recording each call's argv (one line per call)."""
+def kind_shim(tmp_path, monkeypatch, outside_cluster):
+    """A `kind` on PATH recording each call's argv (one line per call), and loading the image into the
+    outside cluster as `kind load docker-image` does: its pods can pull only what was loaded."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     log = tmp_path / "kind.log"
-    script = bin_dir / "kind"
-    script.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
-    script.chmod(stat.S_IRWXU)
+    kube_target.stand_in_loader(outside_cluster, bin_dir, tool="kind", log=log)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     return log
 
@@ -62,8 +59,13 @@ def test_the_variable_points_the_tests_at_that_cluster(outside_cluster, tmp_path
         assert os.environ["KUBECONFIG"] == str(tmp_path / "kubeconfig")
         kube.create({"metadata": {"name": "shop-prod"}}, plural="namespaces")
         kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "someone-elses"}, "type": "Opaque"})
-
-        runtime.deploy(ctx_for(tmp_path, "registry.local/web:v1"))
+        built = not image_exists("registry.local/web:v1")
+        try:
+            runtime.deploy(ctx_for(tmp_path, kube.load_image("registry.local/web:v1")))  # pods pull only that
+        finally:
+            if built:
+                subprocess.run(["docker", "image", "rm", "-f", "registry.local/web:v1"], capture_output=True,
+                               timeout=60)
 
         # Norn wrote to the outside server, and the test reads it back from there.
         written = outside_cluster.get_object("deployments", "web")

@@ -12,6 +12,7 @@ from apps_registry.spec import Spec
 from deployments import appdb, pipeline, retention, transitions
 from deployments.models import CronJob, Deployment, Snapshot
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
+from tests.support.fake_kube_controller import EXIT_AFTER_ENV
 from tests.support.fake_kubernetes import FakeKubernetes
 from tests.support.git_servers import make_repo
 
@@ -243,7 +244,8 @@ def kube_web(make_app, tmp_path, norn_dirs, busybox_image, settings, monkeypatch
     settings.NORN_RUNTIME = "kubernetes"
     settings.NORN_REGISTRY_URL = "127.0.0.1:5000/norn-autorollback"
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with FakeKubernetes(progress_deadline_scale=0.002) as kube:
+    # Its pods pull what the build pushed to the local registry, and read the images' ENV from there.
+    with FakeKubernetes(progress_deadline_scale=0.002, registry_url="127.0.0.1:5000", time_scale=0.01) as kube:
         monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
         repo = make_repo(tmp_path / "repos", "kweb", {"Dockerfile": DOCKERFILE})
 
@@ -259,11 +261,11 @@ def test_auto_rollback_after_a_failed_rollout_on_kubernetes(kube_web, tmp_path):
     add_app()
     good = run(request_deployment("kweb"))
     assert good.status == "deployed", good.error
-    bad_sha = repo.commit({"Dockerfile": DOCKERFILE + "ENV BROKEN=1\n"}, "broken")
-    kube.failing_images = {bad_sha}
+    # The next release's container exits as it starts (the fake's kubelet reads the image's ENV).
+    repo.commit({"Dockerfile": DOCKERFILE + f"ENV {EXIT_AFTER_ENV}=0\n"}, "broken")
     bad = run(request_deployment("kweb"))
     assert bad.status == "failed"
-    assert "exceeded its progress deadline" in bad.error
+    assert 'container "kweb": CrashLoopBackOff' in bad.error
     assert f"rolling back automatically to {good.image}" in bad.error
     rollback = Deployment.objects.get(kind="rollback")
     assert (rollback.requested_via, rollback.rollback_to, rollback.replaces) == ("auto-rollback", good, bad)
@@ -286,8 +288,7 @@ def test_auto_rollback_can_be_turned_off(kube_web):
     kube, repo, add_app = kube_web
     add_app("autoRollback: false\n")
     assert run(request_deployment("kweb")).status == "deployed"
-    kube.rollout_mode = "stuck"
-    repo.commit({"Dockerfile": DOCKERFILE + "ENV X=1\n"}, "x")
+    repo.commit({"Dockerfile": DOCKERFILE + f"ENV {EXIT_AFTER_ENV}=0\n"}, "crashes on start")
     bad = run(request_deployment("kweb"))
     assert bad.status == "failed" and "rolling back" not in bad.error
     assert not Deployment.objects.filter(kind="rollback").exists()

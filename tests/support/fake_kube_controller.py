@@ -1,11 +1,12 @@
-"""The Deployment controller and a simulated kubelet for FakeKubernetes(pods=True): each pod
+"""The Deployment controller and a simulated kubelet of FakeKubernetes (on unless pods=False): each pod
 template revision gets a ReplicaSet <deployment>-<pod-template-hash> (owner reference,
 ``deployment.kubernetes.io/revision``, revisionHistoryLimit) and Pods whose status says what a
 kubelet would, so `kubectl rollout history/undo`, `kubectl get pods` and Norn's rollout gate see
 the failures a real cluster shows.  No container runs: the pods are simulated.
 
 How a pod fares is read from what its writer put in it (the conventions tests rely on):
-- image: pulled when ``load_image(name)`` loaded it, or when it lives in the registry at
+- image: pulled when ``load_image(name)`` loaded it (or a stand-in ``minikube``/``kind`` listed it
+  in one of ``load_logs``, tests/support/kube_target.stand_in_loader), or when it lives in the registry at
   ``registry_url`` (NORN_REGISTRY_URL) and a HEAD of its manifest answers 200; otherwise
   ErrImagePull then ImagePullBackOff, with the kubelet's Failed/BackOff events, retried.
 - crash: env ``FAKE_KUBE_EXIT_AFTER=<seconds>``, in the container's env or in the image's config
@@ -15,7 +16,12 @@ How a pod fares is read from what its writer put in it (the conventions tests re
   "false") always fails: Unhealthy events every periodSeconds, the pod stays NotReady.
 - PodSecurity: a namespace labelled ``pod-security.kubernetes.io/enforce=restricted`` refuses
   pods the restricted profile forbids; the ReplicaSet (and Deployment) get ReplicaFailure
-  (FailedCreate) and a FailedCreate event.  ResourceQuota is not modelled.
+  (FailedCreate) and a FailedCreate event.
+- ResourceQuota: a pod that would take the namespace past a quota's ``spec.hard`` for pods,
+  requests.cpu/memory or limits.cpu/memory (cpu/memory meaning requests) is refused the same way,
+  with the admission plugin's "exceeded quota" message; ``status.used`` follows the live pods.
+  Not modelled: scopes, object counts other than pods, and the "must specify" refusal of a pod
+  without the requests or limits a quota tracks (such a pod counts 0 for them).
 - time: probe periods, initialDelaySeconds, minReadySeconds and the 10 s crash back-off are
   multiplied by ``time_scale``; progressDeadlineSeconds by FakeKubernetes.progress_deadline_scale.
 ``set_rollout_mode(name, "manual")`` still stops the controller for one Deployment; the "stuck"
@@ -74,6 +80,65 @@ def prepare_replicaset(obj, old):
         errors.append(("spec.template.metadata.labels", "FieldValueInvalid",
                        "Invalid value: `selector` does not match template `labels`"))
     return errors
+
+
+# v1 ResourceQuota, with the compute resources the controller enforces (object counts other than
+# pods, scopes and scopeSelector are not modelled: the schema keeps them, the controller ignores them).
+QUOTA_RESOURCES = ("pods", "requests.cpu", "requests.memory", "limits.cpu", "limits.memory", "cpu", "memory")
+schema.SCHEMA.setdefault("ResourceQuotaSpec", {"hard": "{q}", "scopes": "[s]", "scopeSelector": "*"})
+schema.SCHEMA.setdefault("ResourceQuotaStatus", {"hard": "{q}", "used": "{q}"})
+schema.KINDS.setdefault("resourcequotas", {"apiVersion": "s", "kind": "s", "metadata": "ObjectMeta",
+                                           "spec": "ResourceQuotaSpec", "status": "ResourceQuotaStatus"})
+
+
+def prepare_quota(obj, old):
+    """Validation of a ResourceQuota write (ValidateResourceQuota's hard-quantity checks; a value no
+    resource.Quantity parses was already refused by the decoder, fake_kube_schema)."""
+    errors = []
+    hard = (obj.setdefault("spec", {}).get("hard") or {})
+    for name, value in hard.items():
+        field = f"spec.hard[{name}]"
+        amount = schema.quantity_value(value)
+        if amount < 0:
+            errors.append((field, "FieldValueInvalid", f"Invalid value: {json.dumps(value)}: must be greater "
+                           "than or equal to 0"))
+        elif name in ("pods",) and amount != int(amount):
+            errors.append((field, "FieldValueInvalid", f"Invalid value: {json.dumps(value)}: must be an integer"))
+    # The quota controller fills status in; until it has, hard is copied and nothing is used.
+    obj["status"] = {"hard": dict(hard), "used": (old or {}).get("status", {}).get("used") or
+                     {name: "0" for name in hard}}
+    return errors
+
+
+def _pod_usage(pod_spec):
+    """What one pod counts against a quota, by resource name (as numbers)."""
+    usage = {"pods": 1.0}
+    for c in pod_spec.get("containers") or []:
+        resources = c.get("resources") or {}
+        for part in ("requests", "limits"):
+            for res in ("cpu", "memory"):
+                value = (resources.get(part) or {}).get(res)
+                if value is None and part == "requests":  # requests default to the limits
+                    value = (resources.get("limits") or {}).get(res)
+                amount = schema.quantity_value(value) if value is not None else 0.0
+                usage[f"{part}.{res}"] = usage.get(f"{part}.{res}", 0.0) + (amount or 0.0)
+    usage["cpu"], usage["memory"] = usage.get("requests.cpu", 0.0), usage.get("requests.memory", 0.0)
+    return usage
+
+
+def quantity_text(resource, amount):
+    """``amount`` as resource.Quantity prints it: cores as "2" or "500m", bytes as "256Mi"/"1Gi" (or plain)."""
+    if resource.endswith("cpu"):
+        millis = round(amount * 1000)
+        return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+    if resource.endswith("memory"):
+        whole = round(amount)
+        for suffix, size in (("Ei", 2 ** 60), ("Pi", 2 ** 50), ("Ti", 2 ** 40), ("Gi", 2 ** 30), ("Mi", 2 ** 20),
+                             ("Ki", 2 ** 10)):
+            if whole and whole % size == 0:
+                return f"{whole // size}{suffix}"
+        return str(whole)
+    return str(round(amount))
 
 
 def restricted_violations(pod_spec):
@@ -144,6 +209,9 @@ class DeploymentController:
         self.time_scale = time_scale
         self.pull_backoff = pull_backoff
         self.loaded = set()
+        # Files a stand-in `minikube`/`kind` appends the images it was asked to load to, one a line
+        # (kube_target.stand_in_loader): an image reaches the pods only if Norn ran the load for it.
+        self.load_logs = []
         self._pods = {}  # (namespace, pod name, uid) -> _PodSim
         self._progress = {}  # deployment uid -> (signature, monotonic time of the last change)
         self._pull_cache = {}  # image -> (pullable, error, checked at)
@@ -185,7 +253,7 @@ class DeploymentController:
 
     def _pull(self, image):
         """(pullable, error text). Registry answers are cached for a second: the fake's lock is held."""
-        if image in self.loaded:
+        if image in self.loaded or self._logged(image):
             return True, ""
         cached = self._pull_cache.get(image)
         if cached and (cached[0] or time.monotonic() - cached[2] < 1.0):
@@ -193,6 +261,16 @@ class DeploymentController:
         result = self._check_registry(image)
         self._pull_cache[image] = (*result, time.monotonic())
         return result
+
+    def _logged(self, image):
+        for path in self.load_logs:
+            try:
+                with open(path) as fh:
+                    if image in fh.read().split():
+                        return True
+            except FileNotFoundError:
+                continue
+        return False
 
     def _check_registry(self, image):
         not_found = (f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
@@ -232,6 +310,44 @@ class DeploymentController:
             manifest = get(f'manifests/{chosen["digest"]}')
         config = get(f'blobs/{manifest["config"]["digest"]}', accept="*/*")
         return dict(item.partition("=")[::2] for item in (config.get("config") or {}).get("Env") or [])
+
+    # ---------------------------------------------------------------- resource quotas
+    def _quota_used(self, namespace):
+        used = {}
+        for pod in self._objects("pods", namespace):
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue  # terminated pods no longer count, as in the real quota evaluator
+            for res, amount in _pod_usage(pod["spec"]).items():
+                used[res] = used.get(res, 0.0) + amount
+        return used
+
+    def quota_refusal(self, namespace, pod_name, pod_spec):
+        """The admission error creating this pod gets from the namespace's quotas, or None."""
+        used = self._quota_used(namespace)
+        requested = _pod_usage(pod_spec)
+        for quota in sorted(self._objects("resourcequotas", namespace), key=lambda q: q["metadata"]["name"]):
+            hard = {k: schema.quantity_value(v) for k, v in (quota["spec"].get("hard") or {}).items()
+                    if k in QUOTA_RESOURCES}
+            over = sorted(r for r, limit in hard.items()
+                          if requested.get(r, 0.0) and used.get(r, 0.0) + requested[r] > limit)
+            if over:
+                def listing(values):
+                    return ",".join(f"{r}={quantity_text(r, values.get(r, 0.0))}" for r in over)
+                return (f'pods "{pod_name}" is forbidden: exceeded quota: {quota["metadata"]["name"]}, '
+                        f"requested: {listing(requested)}, used: {listing(used)}, "
+                        f"limited: {listing(hard)}")
+        return None
+
+    def count_quotas(self):
+        """The quota controller: status.hard follows spec.hard, status.used what the pods take."""
+        for quota in [o for (p, _, _), o in self.kube._objects.items() if p == "resourcequotas"]:
+            hard = dict(quota["spec"].get("hard") or {})
+            used = self._quota_used(quota["metadata"]["namespace"])
+            status = {"hard": hard, "used": {r: quantity_text(r, used.get(r, 0.0)) if r in QUOTA_RESOURCES
+                                             else (quota.get("status") or {}).get("used", {}).get(r, "0")
+                                             for r in hard}}
+            if quota.get("status") != status:
+                self._write_status("resourcequotas", quota, status)
 
     # ---------------------------------------------------------------- the garbage collector
     def collect(self):
@@ -341,6 +457,9 @@ class DeploymentController:
             if violations:
                 failure = (f'pods "{pod_name}" is forbidden: violates PodSecurity "restricted:latest": '
                            + ", ".join(violations))
+            else:
+                failure = self.quota_refusal(ns, pod_name, rs["spec"]["template"]["spec"])
+            if failure:
                 self._event(rs, "Warning", "FailedCreate", f"Error creating: {failure}",
                             component="replicaset-controller")
                 break

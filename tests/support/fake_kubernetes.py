@@ -9,12 +9,12 @@ Services, Namespaces and Secrets, batch/v1 Jobs whose Pods really run on the loc
 Docker engine (tests/support/fake_jobs.py), the three PATCH flavours and server-side
 apply with managedFields (tests/support/fake_kube_apply.py), watches, real
 ``Status`` errors, and a simulated deployment controller that rolls pods out (or
-gets stuck) over time.  Both clients therefore run their real code paths against it.
+fails to) over time.  Both clients therefore run their real code paths against it.
 
-    with FakeKubernetes() as kube:
+    with FakeKubernetes(time_scale=0.01) as kube:
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        kube.load_image("registry.local/web:v1")  # else its pods fail to pull it, as on a real cluster
         ...  # kubectl --kubeconfig / kubernetes.config.load_kube_config(config_file=...)
-        kube.set_rollout_mode("web", "stuck")   # or kube.rollout_mode / kube.failing_images
         kube.fail_next("PATCH", r"/deployments/web$", status_code=500)
         assert kube.requests[-1].content_type == "application/strategic-merge-patch+json"
 
@@ -29,11 +29,15 @@ DNS-1035 label for Services, DNS-1123 label for Namespaces), label keys and valu
 and annotation keys, container ports, env names, pull policies, probes and resource
 requests/limits get 422s with ``details.causes``; probes, pod specs, strategies
 and Services are defaulted; ``generation`` follows the spec (pod template included);
-a paused Deployment's Progressing condition says DeploymentPaused.  With ``pods=True``,
-Deployments get ReplicaSets and simulated pods that can fail to pull, crash-loop, fail
-readiness or be refused by PodSecurity, and `kubectl get` of Deployments, ReplicaSets and
-Pods receives Table output (tests/support/fake_kube_controller.py; ``load_image``,
-``registry_url``, ``time_scale``); without it, Deployments roll out by pod counts alone.
+a paused Deployment's Progressing condition says DeploymentPaused.  By default (``pods=True``),
+Deployments get ReplicaSets and simulated pods that can fail to pull (any image neither
+``load_image``-ed nor in the registry at ``registry_url``), crash-loop, fail readiness or be
+refused by PodSecurity, and `kubectl get` of Deployments, ReplicaSets and Pods receives Table
+output (tests/support/fake_kube_controller.py; ``time_scale`` shortens minReadySeconds, probe
+periods and back-offs).  So a test passes against it only if what it deploys could run.
+``pods=False`` is kept for the tests of the older pod-count simulation alone
+(tests/test_fake_kubernetes.py): Deployments roll out by counts, steered by
+``set_rollout_mode(name, "stuck"|"manual")``, ``advance()`` and ``failing_images``.
 Server-side apply with field ownership is in tests/support/fake_kube_apply.py.
 Not covered: no duplicate-field detection, no type checks of leaf
 values, and no Table rendering of other kinds (kubectl falls back to NAME/AGE columns).
@@ -111,6 +115,8 @@ _KINDS = {k.plural: k for k in (
     _Kind("events", "Event", "", True, ("ev",), False, has_status=False),
     # ReplicaSets and the Deployments' pods: tests/support/fake_kube_controller.py (pods=True).
     _Kind("replicasets", "ReplicaSet", "apps", True, ("rs",), True, categories=("all",)),
+    # Compute quotas the pod controller enforces: tests/support/fake_kube_controller.py.
+    _Kind("resourcequotas", "ResourceQuota", "", True, ("quota",), False),
 )}
 
 # Strategic merge patch merge keys (the Go structs' patchMergeKey tags), by
@@ -906,7 +912,7 @@ class FakeKubernetes:
     """An in-process Kubernetes API server on 127.0.0.1 (see the module docstring)."""
 
     def __init__(self, token=None, rollout_mode="complete", step_interval=0.05, progress_deadline_scale=0.01,
-                 failing_images=(), history_size=1000, require_auth=True, tls=True, pods=False,
+                 failing_images=(), history_size=1000, require_auth=True, tls=True, pods=True,
                  registry_url=None, time_scale=1.0):
         self.token = token or secrets.token_hex(16)
         self.tls = tls
@@ -1039,13 +1045,22 @@ class FakeKubernetes:
             self._injections.append(_Injection(method.upper(), re.compile(path_regex), status_code, count, message))
 
     def load_image(self, name):
-        """Make ``name`` pullable by the pods of this cluster (pods=True), as `kind load` does."""
+        """Make ``name`` pullable by the pods of this cluster, as `kind load` does; returns ``name``
+        (as RealCluster.load_image does)."""
+        if self.controller is None:
+            raise RuntimeError("load_image needs the pod controller; this fake was made with pods=False")
         self.controller.load_image(name)
+        return name
 
     def set_rollout_mode(self, name, mode, namespace="default"):
         """Override ``rollout_mode`` for one deployment (``None`` removes the override)."""
         if mode is not None and mode not in ROLLOUT_MODES:
             raise ValueError(f"rollout mode must be one of {ROLLOUT_MODES}")
+        if mode == "stuck" and self.controller is not None:
+            # The pod controller has no "stuck" mode; a silently ignored one would let a test pass.
+            raise ValueError('the "stuck" rollout mode belongs to FakeKubernetes(pods=False); with the pod '
+                             "controller make a rollout stick for real (an image nobody loaded, a failing "
+                             "readiness probe, a long minReadySeconds)")
         with self._lock:
             if mode is None:
                 self.rollout_modes.pop((namespace, name), None)
@@ -1170,6 +1185,8 @@ class FakeKubernetes:
             errors = validate(obj, old)
         elif kind.plural == "replicasets":
             errors = fake_kube_controller.prepare_replicaset(obj, old)
+        elif kind.plural == "resourcequotas":
+            errors = fake_kube_controller.prepare_quota(obj, old)
         elif kind.plural == "secrets":
             if not obj.get("type"):  # SetDefaults_Secret; an update that omits it therefore hits immutability
                 obj["type"] = "Opaque"
@@ -1462,6 +1479,7 @@ class FakeKubernetes:
                 if self.controller:
                     try:
                         self.controller.collect()
+                        self.controller.count_quotas()
                     except Exception:
                         self.internal_errors.append(traceback.format_exc())
                 for key in [k for k in self._objects if k[0] == "deployments"]:

@@ -60,10 +60,27 @@ def is_real(kube) -> bool:
 
 
 def make_available(kube, image):
-    """Load a locally built image into a real cluster; the fake's kubelet runs local images as they are."""
-    if is_real(kube):
-        kube.load_image(image)
-    return image
+    """Make ``image`` pullable by the cluster's pods: loaded into a real cluster (built locally first if
+    need be), or marked loaded on the fake, whose kubelet otherwise fails to pull what nobody pushed."""
+    return kube.load_image(image)
+
+
+def stand_in_loader(fake, bin_dir, tool="minikube", log=None):
+    """Put a `minikube` (or `kind`, `k3d`) on bin_dir that loads images into ``fake`` as the real tool
+    loads them into its cluster: the image named in `minikube image load <image> ...`, `kind load
+    docker-image <image> ...` or `k3d image import <image> ...` becomes pullable by the fake's pods.
+    Each call's arguments are appended to ``log`` too, when given. Returns the script's path."""
+    bin_dir = Path(bin_dir)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    loaded = bin_dir / f"{tool}-loaded-images"
+    fake.controller.load_logs.append(os.fspath(loaded))
+    record = f'echo "$*" >> "{log}"\n' if log else ""
+    script = bin_dir / tool
+    script.write_text(f'#!/bin/sh\n{record}case "$1 $2" in\n'
+                      f'  "image load"|"load docker-image"|"image import") echo "$3" >> "{loaded}";;\n'
+                      f'esac\necho loaded\n')
+    script.chmod(0o700)
+    return script
 
 
 @contextlib.contextmanager
