@@ -319,3 +319,31 @@ def test_an_automatic_rollback_restores_the_earlier_template_through_the_pipelin
     assert (stored["spec"]["replicas"], body["image"]) == (2, first.image)
     assert {e["name"]: e.get("value") for e in body["env"]}["FEATURE"] == "off"
     assert stored["metadata"]["annotations"]["norn.dev/deployment"] == str(rollback.public_id)
+
+
+def test_the_secret_goes_once_the_app_no_longer_needs_it_and_not_before(kube, app, tmp_path, settings):
+    settings.NORN_KUBE_APP_DATABASES_HOST = "postgres.databases.svc.cluster.local"
+    with_db = spec_text() + "services:\n  postgres:\n    database: web_db\n"
+    row = Deployment.objects.create(app=app, image="registry.local/web:v1", runtime="kubernetes")
+    ctx = step_context(parse_spec(with_db), workdir=tmp_path, app_dir=tmp_path, image=row.image,
+                       deployment_id=row.pk, public_id=str(row.public_id), runtime="kubernetes")
+    runtime.deploy(ctx)
+    refs = [e for e in container(kube).get("env", []) if "valueFrom" in e]
+    assert refs and all(e["valueFrom"]["secretKeyRef"]["name"] == "web-norn-env" for e in refs)
+
+    # A rollout that fails keeps the Secret: the old pods still take their values from it.
+    with pytest.raises(StepFailed):
+        deploy(app, tmp_path, image="registry.local/never-pushed:v1")
+    assert kube.get_object("secrets", "web-norn-env") is not None
+
+    _, ctx = deploy(app, tmp_path)  # services.postgres gone from infraspec
+    assert not [e for e in container(kube).get("env", []) if "valueFrom" in e]
+    assert kube.get_object("secrets", "web-norn-env") is None
+    assert 'Deleted secret "web-norn-env": no value of the environment needs it any more' in ctx.lines()
+
+
+def test_a_secret_someone_else_made_under_that_name_is_kept(kube, app, tmp_path):
+    kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-norn-env"}, "type": "Opaque"},
+                plural="secrets")
+    deploy(app, tmp_path)
+    assert kube.get_object("secrets", "web-norn-env") is not None

@@ -86,6 +86,8 @@ def deploy(ctx: StepContext) -> None:
                 kuberollout.wait(ctx, api, written, deadline, limit)
                 if row is not None:
                     _leave_other_namespaces(ctx, api, row["app_id"], namespace)
+                if not _refers_to_secret(manifest, secret_name(ctx.app_name)):
+                    _drop_unused_secret(ctx, core, namespace)
             except urllib3.exceptions.HTTPError as exc:
                 raise kubeclient.connection_error(exc, host, "deploy") from None
     except (KubernetesError, kuberollout.RolloutFailed) as exc:
@@ -173,6 +175,36 @@ def write_env(ctx: StepContext, core: client.CoreV1Api, namespace: str) -> list[
         _apply(ctx, "secret", name, namespace, lambda: core.patch_namespaced_secret(name, namespace, body, **APPLY))
         ctx.log(f'Applied secret "{name}" for {", ".join(secret_data)}')
     return env_entries
+
+
+def _refers_to_secret(manifest: dict, name: str) -> bool:
+    """Whether any container of the Deployment manifest takes a value from Secret `name`."""
+    for container_body in manifest["spec"]["template"]["spec"]["containers"]:
+        for entry in container_body.get("env") or []:
+            if ((entry.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name") == name:
+                return True
+    return False
+
+
+def _drop_unused_secret(ctx: StepContext, core: client.CoreV1Api, namespace: str) -> None:
+    """After a rollout whose pods refer to no Secret: delete the Secret <app>-norn-env Norn
+    made (e.g. infraspec no longer has services.postgres). Only now, so that the pods of the
+    previous rollout kept finding their values until they were replaced. The new pods
+    already serve, so a failure here is logged, not a failed deploy."""
+    name = secret_name(ctx.app_name)
+    try:
+        current = core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        if (current.metadata.labels or {}).get(MANAGED_BY_LABEL) != MANAGED_BY:
+            return
+        core.delete_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as exc:
+        if not is_not_found(exc):
+            ctx.log(f'Could not delete the secret "{name}" no pod uses any more: {api_error(exc, "delete", namespace)}')
+        return
+    except urllib3.exceptions.HTTPError as exc:
+        ctx.log(f'Could not delete the secret "{name}" no pod uses any more: {exc}')
+        return
+    ctx.log(f'Deleted secret "{name}": no value of the environment needs it any more')
 
 
 def _apply_service(ctx: StepContext, core: client.CoreV1Api, namespace: str, service: dict | None) -> None:
