@@ -185,6 +185,16 @@ def test_unknown_cluster_without_registry_fails_before_building(kubeconfig, shim
     assert shims() == {}
 
 
+def test_a_kubeconfig_that_cannot_be_used_fails_the_build_with_its_reason(tmp_path, settings, shims, app_name):
+    broken = tmp_path / "broken-kubeconfig"
+    broken.write_text("this: [is not a kubeconfig\n")
+    settings.NORN_KUBECONFIG = str(broken)
+    ctx = build_ctx(tmp_path, app_name)
+    with pytest.raises(StepFailed, match=r"cannot use NORN_KUBECONFIG: kubeconfig .*broken-kubeconfig"):
+        build.run(ctx)
+    assert "docker build" not in ctx.text() and shims() == {}
+
+
 def test_missing_tool_is_named(kubeconfig, tmp_path, monkeypatch, app_name):
     kubeconfig("dev", "k3d-norn")
     empty = tmp_path / "empty-bin"

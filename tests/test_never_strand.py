@@ -188,8 +188,12 @@ def test_a_runtime_that_cannot_be_built_fails_the_deploy_step(make_app, norn_dir
     def break_it(deployment):
         Deployment.objects.filter(app=deployment.app).update(runtime="kubernetes")
 
+    # With a registry the build pushes there, so the deploy step is the first
+    # to need the cluster (without one the build step fails at once, with the
+    # same reason: tests/test_kubernetes_images.py).
     first, second, _ = run_two(tmp_path, "kubeless", break_it,
-                               env={"NORN_KUBECONFIG": str(bad_config), "KUBECONFIG": str(bad_config)})
+                               env={"NORN_KUBECONFIG": str(bad_config), "KUBECONFIG": str(bad_config),
+                                    "NORN_REGISTRY_URL": "127.0.0.1:5000"})
     assert_failed_at_once(first, "deploy failed: ")
     assert "kubeconfig" in first.error.lower() or "NORN_KUBECONFIG" in first.error
     assert first.steps.get(name="deploy").status == "failed"

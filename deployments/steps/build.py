@@ -9,7 +9,7 @@ the infraspec has no build section (the image must then exist already).
 
 import shutil
 
-from deployments.runtimes import kubeimages
+from deployments.runtimes import kubeclient, kubeimages
 from deployments.steps import Context, Skip, StepFailed
 
 
@@ -25,7 +25,12 @@ def run(ctx: Context) -> None:
     loader = None
     if ctx.runtime == "kubernetes" and not ctx.registry:
         # Decided before the build: a cluster that could never pull the
-        # image should not cost a whole build to find out.
+        # image should not cost a whole build to find out, nor should a
+        # kubeconfig that cannot be used at all (its own error says why).
+        try:
+            kubeclient.load_configuration()
+        except kubeclient.KubernetesError as exc:
+            raise StepFailed(str(exc)) from None
         target = kubeimages.current_target()
         try:
             loader = kubeimages.loader_for(ctx.local_image, target)
