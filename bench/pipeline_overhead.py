@@ -137,6 +137,8 @@ def main():
         "NORN_RUNTIME": "docker",
         "NORN_WORKERS": "1",
         "NORN_LOG_LEVEL": "WARNING",
+        # DEBUG is off by default, so Norn needs a key (as the other benches give it).
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or "norn-bench-" + os.urandom(16).hex(),
     }
     os.environ.update(env)
     os.environ["DJANGO_SETTINGS_MODULE"] = "norn_project.settings"
