@@ -457,3 +457,25 @@ class ApiToken(models.Model):
             return None
         cls.objects.filter(pk=row.pk).update(last_used_at=timezone.now())
         return row.user
+
+
+class IngressRoute(models.Model):
+    """Where the single host's ingress (Caddy) sends an app's traffic: one row
+    per app in service behind it. Caddy's whole config is built from these rows
+    (deployments/ingress.py), so they are what a restored or reinstalled
+    ingress is given back."""
+
+    app_name = models.CharField(max_length=63, primary_key=True)
+    backend = models.PositiveIntegerField(help_text="The container's port on 127.0.0.1 ($PORT).")
+    port = models.PositiveIntegerField(null=True, blank=True, unique=True, help_text="The app's own public port.")
+    domains = models.JSONField(default=list, blank=True)
+    https = models.CharField(max_length=8, default="redirect")
+    deployment = models.CharField(max_length=64, blank=True, help_text="The deployment whose container serves it.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["app_name"]
+        verbose_name = "ingress route"
+
+    def __str__(self):
+        return f"{self.app_name} -> 127.0.0.1:{self.backend}"

@@ -28,8 +28,8 @@ def recover_and_dispatch():
 def on_worker_spawn(sender, proc_name=None, **kwargs):
     """django-q2 post_spawn: a worker (re)started, maybe after a crash.
 
-    It starts nothing that would outlive it: the proxy that serves the apps'
-    ports is a service of its own (`manage.py proxy`, norn-proxy.service).
+    It starts nothing that would outlive it: the ingress that serves the
+    apps (Caddy) is a service of its own (norn-ingress.service).
     """
     workerstop.on_worker_spawn()
     try:

@@ -205,3 +205,50 @@ def proxy_ssl_header_from_env(name):
             "proxy sets on HTTPS requests, e.g. 'X-Forwarded-Proto: https'"
         )
     return ("HTTP_" + header.upper().replace("-", "_"), value)
+
+
+def ingress_admin_from_env(name, default):
+    """Caddy's admin address: unix//ABSOLUTE/PATH or HOST:PORT (never a URL)."""
+    raw = (os.environ.get(name) or default).strip()
+    if raw.startswith("unix//"):
+        if not raw[len("unix/"):].startswith("/") or len(raw) <= len("unix//"):
+            raise ImproperlyConfigured(f"{name}={raw!r}: use unix//ABSOLUTE/PATH/TO/admin.sock")
+        return raw
+    host, _, port = raw.rpartition(":")
+    if not host or "/" in raw or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not an admin address; use unix//ABSOLUTE/PATH (recommended) or HOST:PORT, "
+            "e.g. 127.0.0.1:2019"
+        )
+    return raw
+
+
+def addresses_from_env(name):
+    """Listen addresses (IPv4/IPv6 literals or host names), comma-separated; [] = all interfaces."""
+    addresses = envlist(name)
+    for address in addresses:
+        if not re.fullmatch(r"[0-9A-Za-z.:\-\[\]]{1,253}", address) or address.count(":") == 1:
+            raise ImproperlyConfigured(
+                f"{name}: {address!r} is not an address to listen on; give addresses without ports, "
+                "separated by commas, e.g. 127.0.0.1,::1 (empty: all interfaces)"
+            )
+    return [address.strip("[]") for address in addresses]
+
+
+def https_url_from_env(name):
+    """An https:// URL (an ACME directory), or '' when unset."""
+    raw = (os.environ.get(name) or "").strip()
+    if raw and (urlsplit(raw).scheme != "https" or not urlsplit(raw).netloc):
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an https:// URL (an ACME directory)")
+    return raw
+
+
+def file_from_env(name):
+    """An existing file's absolute Path, or None when unset."""
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    path = Path(raw).expanduser().resolve()
+    if not path.is_file():
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a file")
+    return path

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from norn_project.envsettings import (
+    addresses_from_env,
     database_from_env,
     env,
     envbool,
@@ -23,7 +24,10 @@ from norn_project.envsettings import (
     envint,
     envlist,
     envpath,
+    file_from_env,
     git_credentials_from_env,
+    https_url_from_env,
+    ingress_admin_from_env,
     origins_from_env,
     proxy_ssl_header_from_env,
     redis_url_from_env,
@@ -209,8 +213,17 @@ NORN_APPS_DIR = envpath("NORN_APPS_DIR", "~/projects")
 NORN_SNAPSHOT_DIR = envpath("NORN_SNAPSHOT_DIR", BASE_DIR / "var" / "snapshots")
 # Per-deployment work directories (clones); crash recovery removes leftovers.
 NORN_WORK_DIR = envpath("NORN_WORK_DIR", BASE_DIR / "var" / "work")
-# The single-host runtime's proxy: its routes, status and log (manage.py proxy).
-NORN_PROXY_DIR = envpath("NORN_PROXY_DIR", BASE_DIR / "var" / "proxy")
+# The single-host runtime's ingress: Caddy, its own service, driven through its
+# admin API (deployments/ingress.py; docs/production.md, "The ingress").
+NORN_INGRESS_ADMIN = ingress_admin_from_env("NORN_INGRESS_ADMIN", "unix//run/norn-ingress/admin.sock")
+NORN_INGRESS_LISTEN = addresses_from_env("NORN_INGRESS_LISTEN")  # [] = every interface
+NORN_INGRESS_HTTP_PORT = envint("NORN_INGRESS_HTTP_PORT", 80, minimum=1, maximum=65535)
+NORN_INGRESS_HTTPS_PORT = envint("NORN_INGRESS_HTTPS_PORT", 443, minimum=1, maximum=65535)
+NORN_INGRESS_TLS = envchoice("NORN_INGRESS_TLS", "acme", ("acme", "internal", "off"))
+NORN_ACME_EMAIL = env("NORN_ACME_EMAIL", "")
+NORN_ACME_CA = https_url_from_env("NORN_ACME_CA")  # '' = Let's Encrypt
+NORN_ACME_CA_ROOT = file_from_env("NORN_ACME_CA_ROOT")
+NORN_INGRESS_CERTIFICATES = envpath("NORN_INGRESS_CERTIFICATES", "") if env("NORN_INGRESS_CERTIFICATES") else None
 # Where images are pushed; empty means images stay on the local engine.
 NORN_REGISTRY_URL = registry_from_env("NORN_REGISTRY_URL")
 # Where the deploy step puts the app: a Kubernetes cluster or the local Docker

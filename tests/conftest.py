@@ -40,42 +40,42 @@ def kube_cluster(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def proxy_service(tmp_path_factory):
-    """`manage.py proxy` running as its own service for the test session, as
-    norn-proxy.service runs it: Norn's workers never start it. Stopped with
-    SIGTERM to its process group at the end."""
-    from tests.support.proxyservice import ProxyService
+def ingress_service(tmp_path_factory):
+    """Caddy running as its own service for the test session, as
+    norn-ingress.service runs it: Norn's workers never start it. Stopped with
+    SIGTERM to its process group at the end (tests/support/ingress.py)."""
+    from tests.support.ingress import IngressService
 
-    service = ProxyService(tmp_path_factory.mktemp("proxy-service") / "proxy").start()
+    service = IngressService(tmp_path_factory.mktemp("ingress")).start()
     yield service
     service.stop()
 
 
 @pytest.fixture(autouse=True)
-def proxy_dir(request, tmp_path, settings):
-    """NORN_PROXY_DIR for this test.
+def ingress_settings(request, tmp_path, settings):
+    """The ingress this test talks to.
 
     Tests that run containers (they use busybox_image) or ask for
-    `proxy_service` share the session's proxy service; the routes they leave
-    are dropped afterwards, and a proxy a test stopped is started again.
-    Every other test gets a private directory that no proxy serves.
+    `ingress_service` share the session's Caddy; the routes they leave are
+    taken out of it afterwards, and a Caddy a test stopped is started again.
+    Every other test gets an admin socket where nothing answers.
     """
-    from deployments import proxy
-
-    if not {"busybox_image", "proxy_service"} & set(request.fixturenames):
-        settings.NORN_PROXY_DIR = tmp_path / "proxy"
-        yield settings.NORN_PROXY_DIR
+    if not {"busybox_image", "ingress_service"} & set(request.fixturenames):
+        settings.NORN_INGRESS_ADMIN = f"unix/{tmp_path}/no-ingress.sock"
+        yield None
         return
-    service = request.getfixturevalue("proxy_service")
+    service = request.getfixturevalue("ingress_service")
     if not service.running:
         service.start()
-    settings.NORN_PROXY_DIR = service.directory
-    yield service.directory
+    for name, value in service.settings.items():
+        setattr(settings, name, value)
+    yield service
     if not service.running:
         service.kill()
         service.start()
-    for app in proxy.read_routes(service.directory)[1]:
-        proxy.drop_route(app, service.directory)
+    from deployments import caddy
+
+    caddy.load(caddy.build([]))
 
 
 @pytest.fixture

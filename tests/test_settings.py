@@ -160,7 +160,6 @@ def test_check_deploy_passes_with_the_documented_production_environment(tmp_path
         "NORN_APPS_DIR": str(apps),
         "NORN_SNAPSHOT_DIR": str(tmp_path / "snapshots"),
         "NORN_WORK_DIR": str(tmp_path / "work"),
-        "NORN_PROXY_DIR": str(tmp_path / "proxy"),
         "NORN_GIT_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
     }
     assert set(local) - {"REDIS_URL"} <= set(documented)

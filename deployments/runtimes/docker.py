@@ -1,18 +1,18 @@
 """The single-host runtime: each app is one container, `norn-<app>`, on the local Docker engine.
 
-An app with a port is served by Norn's proxy (deployments/proxy.py) on its
-public port; `deploy(ctx)` starts the new container next to the old one on a
-backend port, switches the proxy to it once it is healthy, then retires the old
-one (dockerswitch.py). Apps without a port are stopped and replaced in place.
-dockerengine.py has the container basics.
+An app with a port or domains is served by the ingress (Caddy,
+deployments/ingress.py); `deploy(ctx)` starts the new container next to the
+old one on a port of its own, switches the ingress to it once it is ready,
+then retires the old one (dockerswitch.py). Apps that serve nothing (workers)
+are stopped and replaced in place. dockerengine.py has the container basics.
 """
 
 import dataclasses
 
-from deployments import containers, proxy, runner
+from deployments import containers, ingress, runner
 from deployments.appenv import StepContext, container_env, env_problem
 from deployments.outcomes import StepFailed
-from deployments.runtimes import dockerswitch
+from deployments.runtimes import dockerready, dockerswitch
 from deployments.runtimes.dockerengine import (
     COMMAND_TIMEOUT,
     STOP_GRACE,
@@ -39,9 +39,10 @@ Error = DockerError
 def deploy(ctx: StepContext) -> None:
     """Put ctx.image into service as the container norn-<app>.
 
-    An app with a port is replaced behind the proxy (_replace_behind_proxy):
-    the old container serves until the new one is up, so there is no gap and
-    a failed deploy never takes the app down. Without a port (workers) the old
+    An app with a port or domains is replaced behind the ingress
+    (dockerswitch.replace_behind_ingress): the old container serves until the
+    new one is ready, so there is no gap and a failed deploy never takes the
+    app down. An app that serves nothing (a worker): the old
     container is stopped, the new one started, and the old one started again
     when the new one does not come up (_replace_in_place).
     """
@@ -53,23 +54,26 @@ def deploy(ctx: StepContext) -> None:
     problem = env_problem(env)
     if problem:
         raise StepFailed(problem)
-    port = ctx.spec.port
-    if port:
-        # Before anything changes: without the proxy the switch cannot happen.
-        dockerswitch.require_proxy(ctx)
+    served = bool(ctx.spec.port or ctx.spec.domains)
+    if served:
+        # Before anything changes: without the ingress the switch cannot happen.
+        dockerswitch.require_ingress(ctx)
 
     _clear_leftover(ctx, name, next_name)
     previous = container(ctx, name)
     if ctx.kind == "rollback" and dockerswitch.already_in_service(ctx, name, previous):
         return
-    if port:
-        dockerswitch.replace_behind_proxy(ctx, name, next_name, previous, env, port)
+    if served:
+        dockerswitch.replace_behind_ingress(ctx, name, next_name, previous, env)
         return
     _replace_in_place(ctx, name, next_name, previous, env)
-    if proxy.route(ctx.app_name):
-        # It used to declare a port; nothing answers on it any more.
-        proxy.drop_route(ctx.app_name)
-        ctx.log(f"{ctx.app_name} no longer declares a port: the proxy stopped serving its old one")
+    if ingress.route(ctx.app_name):
+        # It used to declare a port or domains; nothing answers there any more.
+        try:
+            ingress.drop_route(ctx.app_name)
+            ctx.log(f"{ctx.app_name} no longer declares a port or domains: the ingress stopped serving them")
+        except ingress.IngressError as exc:
+            ctx.log(f"{ctx.app_name} no longer declares a port or domains, but the ingress kept its old route: {exc}")
 
 
 def _replace_in_place(ctx, name, next_name, previous, env):
@@ -88,7 +92,7 @@ def _replace_in_place(ctx, name, next_name, previous, env):
             ctx.run(["docker", "stop", "--timeout", str(STOP_GRACE), name], timeout=STOP_GRACE + COMMAND_TIMEOUT)
         ctx.log(f"Starting {next_name}")
         ctx.run(["docker", "start", next_name], timeout=COMMAND_TIMEOUT)
-        dockerswitch.wait_until_ready(ctx, next_name)
+        dockerready.wait_until_ready(ctx, next_name)
     except NotReady as exc:
         tail, restored = _roll_back(ctx, name, next_name, previous, was_running)
         message = f"{exc}. {restored}"
@@ -131,16 +135,16 @@ def _clear_leftover(ctx, name, next_name):
     """Deal with a norn-<app>-next that an interrupted deploy left behind.
 
     It is the live app, not litter, when the deploy died after the switch:
-    the proxy routes to it, or (without a port) the old container is already
+    the ingress routes to it, or (serving nothing) the old container is already
     gone. Then the promotion is finished; otherwise it is removed.
     """
     leftover = container(ctx, next_name)
     if leftover is None:
         return
     current = container(ctx, name)
-    route = proxy.route(ctx.app_name)
+    route = ingress.route(ctx.app_name)
     backend = label_int(leftover, "norn.backend-port")
-    routed_here = bool(route and backend is not None and route["backend"] == backend)
+    routed_here = bool(route and backend is not None and route.backend == backend)
     if leftover["state"].get("Running") and (current is None or routed_here):
         ctx.log(f"{next_name} is the one in service: finishing an interrupted deploy")
         if current is not None:
@@ -159,10 +163,10 @@ def status(app_name: str) -> dict | None:
 
     A dict: container, image (as deployed), image_id, deployment (its public
     id), state (docker's: running, exited, restarting...), running,
-    started_at, finished_at, exit_code, restarts, port (the public port the
-    proxy serves it on) and backend_port (where the container itself
-    listens; both None for apps without a port). Raises DockerError when the
-    engine cannot be asked.
+    started_at, finished_at, exit_code, restarts, port (its own public port
+    on the ingress), domains, and backend_port (where the container itself
+    listens on 127.0.0.1; None for apps that serve nothing). Raises
+    DockerError when the engine cannot be asked.
     """
     name = container_name(app_name)
     info = inspect(cli, name)
@@ -181,19 +185,24 @@ def status(app_name: str) -> dict | None:
         "exit_code": state.get("ExitCode"),
         "restarts": info["restarts"],
         "port": label_int(info, "norn.port"),
+        "domains": [d for d in labels.get("norn.domains", "").split(",") if d],
         "backend_port": label_int(info, "norn.backend-port"),
     }
 
 
 def remove(app_name: str) -> list[str]:
-    """Stop serving the app's public port, and stop and remove its container
-    (and a leftover -next one) and its network.
+    """Stop serving the app's domains and port, and stop and remove its
+    container (and a leftover -next one) and its network.
 
-    Returns the names removed; raises DockerError when docker fails.
+    Returns the names removed; raises DockerError when docker fails or the
+    ingress does not take the change (then nothing is removed).
     """
-    # The route first: the proxy closes the port (connection refused) rather
-    # than accepting connections for a backend that is going away.
-    proxy.drop_route(app_name)
+    # The route first: the ingress stops sending requests (its port closes,
+    # its domains answer 404) rather than to a container that is going away.
+    try:
+        ingress.drop_route(app_name)
+    except ingress.IngressError as exc:
+        raise DockerError(f"the ingress kept the route of {app_name}: {exc}") from None
     removed = []
     for name in (container_name(app_name), f"{container_name(app_name)}-next"):
         if inspect(cli, name) is None:
@@ -209,3 +218,26 @@ def remove(app_name: str) -> list[str]:
     except (OSError, runner.CommandError) as exc:
         raise DockerError(str(exc)) from exc
     return removed
+
+
+def served_containers() -> list[tuple[ingress.Route, str]]:
+    """(route, deployment id) for every running norn-<app> container that
+    serves a port or domains, read from its labels (manage.py ingress adopt)."""
+    returncode, output = cli(["ps", "--filter", "label=norn.backend-port", "--format", "{{.Names}}"])
+    if returncode != 0:
+        raise DockerError(f"docker ps failed: {output.strip()}")
+    found = []
+    for name in sorted(output.split()):
+        info = inspect(cli, name)
+        labels = (info or {}).get("labels") or {}
+        app = labels.get("norn.app", "")
+        if not info or name != container_name(app) or not info["state"].get("Running"):
+            continue
+        found.append((ingress.Route(
+            app=app,
+            backend=label_int(info, "norn.backend-port"),
+            port=label_int(info, "norn.port"),
+            domains=tuple(d for d in labels.get("norn.domains", "").split(",") if d),
+            https=labels.get("norn.https") or "redirect",
+        ), labels.get("norn.deployment", "")))
+    return found

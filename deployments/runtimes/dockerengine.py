@@ -7,16 +7,14 @@ import dataclasses
 import json
 from collections.abc import Callable
 
-from deployments import containers, proxy, runner
+from deployments import containers, runner
 from deployments.appenv import StepContext, env_file
 from deployments.outcomes import StepFailed
 from deployments.runner import host_env
 
-# The new container must stay up this long before it counts as started: an app
-# that dies on a bad setting usually does so within a second or two, and with
-# `--restart unless-stopped` a crash shows up as a restart, not as "exited".
-SETTLE_SECONDS = 2.0
-POLL_INTERVAL = 0.5
+# Where a served app's container is published (its $PORT), for the ingress
+# and the health checks: this host's loopback only.
+BACKEND_HOST = "127.0.0.1"
 # How long to wait for the new container when the step has no timeout of its own.
 DEFAULT_WAIT = 60
 # One health-check request; the whole wait is bounded separately.
@@ -55,7 +53,7 @@ def create(ctx: StepContext, next_name: str, env: dict[str, str], labels: dict |
     It joins the app's own network (containers.ensure_network), never the
     host's: Norn's database, Redis and web port are not reachable from it,
     nor are other apps' containers. `backend` (it listens on $PORT = backend)
-    is published on 127.0.0.1 only, where the proxy and the health checks
+    is published on 127.0.0.1 only, where the ingress and the health checks
     reach it.
     """
     try:
@@ -80,7 +78,7 @@ def create(ctx: StepContext, next_name: str, env: dict[str, str], labels: dict |
         "--label", f"norn.image={ctx.image}",
     ]
     if backend is not None:
-        argv += ["--publish", f"{proxy.BACKEND_HOST}:{backend}:{backend}"]
+        argv += ["--publish", f"{BACKEND_HOST}:{backend}:{backend}"]
     for key, value in (labels or {}).items():
         argv += ["--label", f"{key}={value}"]
     with env_file(env) as path:

@@ -86,8 +86,10 @@ class Command(NornCommand):
             self.stdout.write(f"  running since {s['started_at']}, {s['restarts']} restart(s)")
         else:
             self.stdout.write(f"  exited with status {s['exit_code']} at {s['finished_at']}, {s['restarts']} restart(s)")
+        for domain in s["domains"]:
+            self.stdout.write(f"  domain: {domain} (the ingress) -> 127.0.0.1:{s['backend_port']}")
         if s["port"]:
-            self.stdout.write(f"  port: 127.0.0.1:{s['port']} (Norn's proxy) -> backend 127.0.0.1:{s['backend_port']}")
+            self.stdout.write(f"  port: {s['port']} (the ingress) -> 127.0.0.1:{s['backend_port']}")
 
     def _kubernetes(self, app, s):
         self.stdout.write(f"{app.name}: {s['state']} (deployment {s['namespace']}/{s['name']} on Kubernetes)")

@@ -1,7 +1,7 @@
 """`manage.py undeploy <app> [--yes]`: take an app out of service.
 
 Stops and removes what the runtime NORN_RUNTIME names runs of it (Docker: its
-containers and its route in Norn's proxy; Kubernetes: the Deployment, Service
+containers and its route in the ingress; Kubernetes: the Deployment, Service
 and Secret Norn created) and its cron schedule. Its deployments, snapshots and
 cron runs stay: history is data, and a new deploy brings it back.
 """

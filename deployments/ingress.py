@@ -1,0 +1,161 @@
+"""The single host's ingress: which app answers where, kept in the database
+(IngressRoute) and pushed whole to Caddy (deployments/caddy.py) on every change.
+
+An app is reached through its `domains` (by Host, on the ingress's HTTP and
+HTTPS ports, NORN_INGRESS_HTTP_PORT/HTTPS_PORT) and/or its own `port`; the
+ingress forwards to the app's current container on 127.0.0.1:<backend>. The
+Docker runtime switches an app's route only once the new container passed its
+health check (runtimes/dockerswitch.py), then waits for the old container's
+requests to finish (wait_drained).
+
+Every change runs under one PostgreSQL advisory lock, reads all rows, loads
+the config they make and commits only when Caddy took it: two workers
+switching two apps never load each other's stale table, and a config Caddy
+refuses (a port something else holds) leaves the rows and the running config
+as they were.
+
+Norn never starts Caddy: it is a service of its own (norn-ingress.service).
+"""
+
+import time
+
+from django.db import connection, transaction
+
+from deployments import caddy
+from deployments.caddy import AdminError, Route
+from deployments.models import IngressRoute
+
+__all__ = ["AdminError", "IngressError", "Route", "alive", "apply", "drop_route", "route", "routes", "set_route"]
+
+# pg_advisory_xact_lock key: "norn-ingress".
+_LOCK_KEY = 0x6E6F726E_1A
+DRAIN_POLL = 0.05
+
+
+class IngressError(Exception):
+    """The route cannot be set: another app has the domain or port, or Caddy refused or is down."""
+
+
+def _route(row: IngressRoute) -> Route:
+    return Route(app=row.app_name, backend=row.backend, port=row.port, domains=tuple(row.domains), https=row.https)
+
+
+def routes() -> list[Route]:
+    return [_route(row) for row in IngressRoute.objects.all()]
+
+
+def route(app: str) -> Route | None:
+    row = IngressRoute.objects.filter(app_name=app).first()
+    return _route(row) if row else None
+
+
+def alive() -> str | None:
+    """None when Caddy's admin API answers, else why not (a sentence for the user)."""
+    try:
+        caddy.request("GET", "/config/admin", timeout=3.0)
+    except AdminError as exc:
+        return str(exc)
+    return None
+
+
+def claims_problem(new: Route) -> str | None:
+    """Why `new` cannot be served (a domain or port another app has, or one of
+    the ingress's own ports), or None."""
+    from django.conf import settings
+
+    if new.port in (settings.NORN_INGRESS_HTTP_PORT, settings.NORN_INGRESS_HTTPS_PORT):
+        return (
+            f"port {new.port} is the ingress's own HTTP/HTTPS port, where apps are reached by their "
+            "domains: use domains, or another port"
+        )
+    for other in IngressRoute.objects.exclude(app_name=new.app):
+        if new.port and other.port == new.port:
+            return (
+                f"port {new.port} is already the public port of the app {other.app_name}; two apps cannot "
+                "share one: change `port` in one of their infraspecs"
+            )
+        taken = sorted(set(new.domains) & set(other.domains))
+        if taken:
+            return (
+                f"the domain {taken[0]} is already served by the app {other.app_name}; a domain belongs to "
+                "one app: remove it from one of their infraspecs"
+            )
+    return None
+
+
+def _load_all() -> None:
+    try:
+        caddy.load(caddy.build(routes()))
+    except AdminError as exc:
+        raise IngressError(str(exc)) from None
+
+
+def apply() -> None:
+    """Push the routes as they are to Caddy (manage.py ingress sync)."""
+    with transaction.atomic():
+        _lock()
+        _load_all()
+
+
+def _lock() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+
+
+def set_route(new: Route, deployment: str = "") -> Route | None:
+    """Serve `new` from now on; returns the app's previous route (None if it
+    had none). Raises IngressError and changes nothing when a domain or port
+    is another app's, or Caddy refuses the config or does not answer."""
+    with transaction.atomic():
+        _lock()
+        problem = claims_problem(new)
+        if problem:
+            raise IngressError(problem)
+        row = IngressRoute.objects.filter(app_name=new.app).first()
+        previous = _route(row) if row else None
+        IngressRoute.objects.update_or_create(app_name=new.app, defaults={
+            "backend": new.backend, "port": new.port, "domains": list(new.domains),
+            "https": new.https, "deployment": deployment,
+        })
+        _load_all()
+    return previous
+
+
+def put_back(app: str, previous: Route | None, deployment: str = "") -> None:
+    """Undo a set_route: the previous route again, or none."""
+    if previous is None:
+        drop_route(app)
+    else:
+        set_route(previous, deployment)
+
+
+def drop_route(app: str) -> bool:
+    """Stop serving the app (its domains answer 404, its port closes); False
+    if it had no route. Raises IngressError (and keeps the route) when Caddy
+    does not take the change."""
+    with transaction.atomic():
+        _lock()
+        deleted, _ = IngressRoute.objects.filter(app_name=app).delete()
+        if deleted:
+            _load_all()
+    return bool(deleted)
+
+
+def in_flight(backend: int) -> int:
+    """Requests Caddy is still sending to 127.0.0.1:<backend> (0 when it no
+    longer knows that upstream)."""
+    return caddy.upstreams().get(f"127.0.0.1:{backend}", 0)
+
+
+def wait_drained(backend: int, timeout: float) -> int:
+    """Wait until no request to 127.0.0.1:<backend> is in flight, at most
+    `timeout` seconds; returns how many still were at the end (0: drained)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            left = in_flight(backend)
+        except AdminError:
+            return 0
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(DRAIN_POLL)
