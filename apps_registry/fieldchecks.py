@@ -6,6 +6,7 @@ sentence fragment that names the value and what would be valid. Values are
 shown through `shown()`, so no message grows with its value.
 """
 
+import ipaddress
 import re
 import reprlib
 from decimal import Decimal
@@ -45,6 +46,9 @@ MAX_DATABASE = 63
 MAX_SCHEDULE = 255
 MAX_ENV_NAME = 255
 MAX_ENV_VALUE = 32 * 1024
+# A DNS name is at most 253 characters (RFC 1035, written without the root dot).
+MAX_DOMAIN = 253
+MAX_DOMAINS = 100
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = _repr.maxlong = 80
@@ -269,6 +273,82 @@ def check_env_value(value):
         return f"{shown(value)} is not a string, number or boolean"
     if isinstance(value, str):
         return too_long(value, MAX_ENV_VALUE)
+    return None
+
+
+# --- domains and https ---------------------------------------------------------
+
+HTTPS_MODES = ("redirect", "both", "off")
+DOMAIN_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+DOMAIN_EXAMPLE = "shop.example.com"
+
+
+def _is_ip_address(value):
+    try:
+        ipaddress.ip_address(value[1:-1] if value.startswith("[") and value.endswith("]") else value)
+    except ValueError:
+        return False
+    return True
+
+
+def domain_problem(value):
+    """Why `value` (lower-cased) is not a host name an app may be served on, or None.
+
+    RFC 1123 names as the ingress (Caddy's Host matcher, a Kubernetes Ingress
+    rule) and an ACME CA take them: ASCII labels of letters, digits and '-',
+    no wildcard, no address, at least two labels (or NAME.localhost).
+    """
+    if not value:
+        return "is empty"
+    if len(value) > MAX_DOMAIN:
+        return f"is {len(value)} characters long; a host name has at most {MAX_DOMAIN}"
+    if "://" in value:
+        return f"is a URL; give the host name only, like {DOMAIN_EXAMPLE}"
+    if _is_ip_address(value):
+        return "is an IP address; domains are host names (use port: for an address)"
+    if "*" in value:
+        return "is a wildcard; wildcard domains need DNS challenges, which Norn does not configure; list each name"
+    if "/" in value:
+        return f"has a path; give the host name only, like {DOMAIN_EXAMPLE}"
+    if ":" in value:
+        return "has a port; the ingress serves domains on its HTTP and HTTPS ports (use port: for another port)"
+    if not value.isascii():
+        try:
+            hint = f" ({value.encode('idna').decode('ascii')})"
+        except UnicodeError:
+            hint = ""
+        return f"is not ASCII; write an international name in its xn-- form{hint}"
+    if value.endswith("."):
+        return "ends with '.'; write the name without the trailing dot"
+    labels = value.split(".")
+    for label in labels:
+        if not label:
+            return "has an empty label ('..' or a leading '.')"
+        if len(label) > 63 or not DOMAIN_LABEL_RE.match(label):
+            return (
+                f"has the label {shown(label)}; each label is 1 to 63 letters, digits and '-', "
+                "not starting or ending with '-'"
+            )
+    if len(labels) < 2 and value != "localhost":
+        return f"is a single label; use a full host name like {DOMAIN_EXAMPLE} (or NAME.localhost)"
+    if labels[-1].isdigit():
+        return "ends in an all-digit label, which no top-level domain is; use a host name (or port: for an address)"
+    return None
+
+
+def check_domain(value):
+    problem = domain_problem(value.lower())
+    if problem:
+        return f"{shown(value)} {problem}"
+    return None
+
+
+def check_https(value):
+    if value not in HTTPS_MODES:
+        return (
+            f"{shown(value)} is not an https mode; use redirect (HTTPS, plain HTTP redirected), "
+            "both (HTTPS and plain HTTP) or off (plain HTTP only)"
+        )
     return None
 
 

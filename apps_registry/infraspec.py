@@ -18,37 +18,11 @@ import yaml
 
 from apps_registry import appfiles, yamlsafe
 from apps_registry.fieldchecks import (  # noqa: F401 (HEX_RE, branch_name_problem, redact_url: imported from here by deployments)
-    HEX_RE,
-    MAX_BRANCH,
-    MAX_COMMAND,
-    MAX_HTTP_PATH,
-    MAX_PATH,
-    MAX_REPO_URL,
-    MAX_SCHEDULE,
-    ROLES,
-    branch_name_problem,
-    check_app_name,
-    check_branch,
-    check_command,
-    check_database,
-    check_env_name,
-    check_env_value,
-    check_healthcheck,
-    check_namespace,
-    check_nonblank,
-    check_port,
-    check_quantity,
-    check_relative_path,
-    check_repo_url,
-    check_replicas,
-    check_retain,
-    check_run_as_user,
-    check_schedule,
-    quantity_text,
-    quantity_value,
-    redact_url,
-    repo_url_problem,
-    shown,
+    HEX_RE, MAX_BRANCH, MAX_COMMAND, MAX_DOMAINS, MAX_HTTP_PATH, MAX_PATH, MAX_REPO_URL, MAX_SCHEDULE,
+    ROLES, branch_name_problem, check_app_name, check_branch, check_command, check_database, check_domain,
+    check_env_name, check_env_value, check_healthcheck, check_https, check_namespace, check_nonblank,
+    check_port, check_quantity, check_relative_path, check_repo_url, check_replicas, check_retain,
+    check_run_as_user, check_schedule, quantity_text, quantity_value, redact_url, repo_url_problem, shown,
     too_long,
 )
 from apps_registry.spec import Spec
@@ -155,6 +129,8 @@ SCHEMA = Mapping(
         ),
         "migrations": Mapping({"command": Field(STR, required=True, check=check_nonblank, max_length=MAX_COMMAND)}),
         "port": Field(INT, check=check_port),
+        "domains": Field((list,)),
+        "https": Field(STR, check=check_https),
         "healthcheck": Field(STR, check=check_healthcheck, max_length=MAX_HTTP_PATH),
         "replicas": Field(INT, check=check_replicas),
         "namespace": Field(STR, check=check_namespace),
@@ -192,7 +168,7 @@ class _Validator:
         while line is None and probe:
             probe = probe[:-1]
             line = self.lines.get(probe)
-        self.errors.append(SpecError(self.file, line, ".".join(path), message))
+        self.errors.append(SpecError(self.file, line, _field_name(path), message))
 
     def mapping(self, value, schema, path):
         if not isinstance(value, dict):
@@ -234,8 +210,14 @@ class _Validator:
         return value
 
 
+def _field_name(path):
+    """A field path as errors show it: keys joined by '.', list indexes as [i]."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if i else p for i, p in enumerate(path))
+
+
 def _key_lines(node, path=(), lines=None, duplicates=None):
-    """Map each field path to its 1-based line, and find duplicate keys.
+    """Map each field path (a list item's: its index, an int) to its 1-based
+    line, and find duplicate keys.
 
     PyYAML keeps the last of two equal keys without a word; in a deploy spec
     that hides a typo, so duplicates are reported as errors. Recursion is
@@ -255,6 +237,9 @@ def _key_lines(node, path=(), lines=None, duplicates=None):
             seen.add(key)
             lines[key_path] = key_node.start_mark.line + 1
             _key_lines(value_node, key_path, lines, duplicates)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _key_lines(item, path + (index,), lines, duplicates)
     return lines, duplicates
 
 
@@ -285,7 +270,7 @@ def parse(text, file, directory_name=None):
     validator = _Validator(file, lines)
     for path, line in duplicates:
         validator.errors.append(
-            SpecError(file, line, ".".join(path), "appears twice; keep one")
+            SpecError(file, line, _field_name(path), "appears twice; keep one")
         )
     spec = validator.mapping(data, SCHEMA, ())
     if spec is not None:
@@ -341,8 +326,9 @@ def _check_cross_fields(v, data, spec, directory_name):
                 v.error((name,), "is only for webserver and worker apps (cron runs on the Docker engine)")
     _check_resources(v, spec)
     _check_security(v, spec)
-    if spec["healthcheck"] and data.get("port") is None:
-        v.error(("healthcheck",), "needs a port to be probed on; add port")
+    _check_domains(v, role, spec)
+    if spec["healthcheck"] and data.get("port") is None and not data.get("domains"):
+        v.error(("healthcheck",), "needs port or domains (the new version is probed on its $PORT); add one")
     env = spec["env"]
     if env is not None:
         normalized = {}
@@ -359,6 +345,34 @@ def _check_cross_fields(v, data, spec, directory_name):
             else:
                 normalized[key] = str(value)
         spec["env"] = normalized
+
+
+def _check_domains(v, role, spec):
+    """domains: unique lower-cased host names, for webservers; https only with them."""
+    domains = spec["domains"]
+    if domains is None:
+        if spec["https"] is not None:
+            v.error(("https",), "applies to domains; add domains")
+        return
+    if role in ("worker", "cron"):
+        v.error(("domains",), f"is only for webserver apps; this app's role is {role}")
+        return
+    if not domains or len(domains) > MAX_DOMAINS:
+        v.error(("domains",), f"has {len(domains)} names; list from 1 to {MAX_DOMAINS}, or leave domains out")
+        return
+    seen = {}
+    for index, name in enumerate(domains):
+        if not isinstance(name, str):
+            problem = f"{shown(name)} is not a string; give a host name like shop.example.com"
+        elif name.lower() in seen:
+            problem = f"{shown(name)} is listed twice (also domains[{seen[name.lower()]}]); keep one"
+        else:
+            problem = check_domain(name)
+        if problem:
+            v.error(("domains", index), problem)
+        else:
+            seen[name.lower()] = index
+    spec["domains"] = list(seen)
 
 
 def _check_resources(v, spec):

@@ -15,6 +15,8 @@ DEFAULT_DOCKERFILE = "Dockerfile"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_RETAIN = 5
 DEFAULT_REPLICAS = 1
+# https: redirect (HTTPS, plain HTTP redirected with 308), both, or off (plain HTTP only).
+DEFAULT_HTTPS = "redirect"
 # Roles whose apps run all the time (and so have replicas); cron apps run on a schedule.
 LONG_RUNNING_ROLES = ("webserver", "worker")
 
@@ -102,6 +104,9 @@ class Spec:
     services: Services = field(default_factory=Services)
     migrations: Migrations | None = None
     port: int | None = None
+    # Host names the app is served on (lower-case, unique, in the file's order).
+    domains: tuple[str, ...] = ()
+    https: str = DEFAULT_HTTPS
     healthcheck: str | None = None
     # None for cron apps; 1 by default for the others.
     replicas: int | None = None
@@ -159,6 +164,8 @@ class Spec:
             services=Services(Postgres(postgres["database"]) if postgres else None),
             migrations=Migrations(migrations["command"]) if migrations and migrations.get("command") else None,
             port=data.get("port"),
+            domains=tuple(data.get("domains") or ()),
+            https=data.get("https") or DEFAULT_HTTPS,
             healthcheck=data.get("healthcheck"),
             replicas=replicas,
             replicas_declared=replicas_declared,
@@ -189,6 +196,8 @@ class Spec:
             "services": {"postgres": {"database": self.postgres.database}} if self.postgres else None,
             "migrations": {"command": self.migrations.command} if self.migrations else None,
             "port": self.port,
+            "domains": list(self.domains),
+            "https": self.https,
             "healthcheck": self.healthcheck,
             "replicas": self.replicas if self.replicas_declared else None,
             "namespace": self.namespace,

@@ -41,6 +41,8 @@ def test_minimal_spec_gets_defaults():
         "services": None,
         "migrations": None,
         "port": None,
+        "domains": [],
+        "https": "redirect",
         "healthcheck": None,
         "replicas": None,  # not declared: Spec.replicas is 1, and Kubernetes leaves the field to an autoscaler
         "namespace": "default",
@@ -269,9 +271,9 @@ def test_healthcheck(path, ok):
         assert only_error(result).field == "healthcheck"
 
 
-def test_healthcheck_needs_a_port():
+def test_healthcheck_needs_a_port_or_domains():
     error = only_error(parse_dict(with_field(healthcheck="/healthz")))
-    assert error.message == "needs a port to be probed on; add port"
+    assert error.message == "needs port or domains (the new version is probed on its $PORT); add one"
 
 
 @pytest.mark.parametrize("replicas, ok", [(0, True), (5, True), (1000, True), (-1, False), (1001, False), ("three", False), (1.5, False)])

@@ -69,6 +69,10 @@ def checked(text, directory="web"):
             assert len(spec.schedule) <= fieldchecks.MAX_SCHEDULE  # CronJob.schedule
         if spec.postgres:
             assert len(spec.postgres.database) <= fieldchecks.MAX_DATABASE  # Snapshot.database
+        # Host names as the ingress and an Ingress rule take them.
+        assert len(spec.domains) <= fieldchecks.MAX_DOMAINS and len(set(spec.domains)) == len(spec.domains)
+        assert all(name == name.lower() and fieldchecks.domain_problem(name) is None for name in spec.domains)
+        assert spec.https in fieldchecks.HTTPS_MODES
     else:
         assert result.data is None and result.errors
         assert all(isinstance(error, infraspec.SpecError) for error in result.errors)
@@ -307,6 +311,8 @@ services:
 migrations:
   command: ./manage.py migrate --noinput
 port: 8000
+domains: [shop.example.com, www.example.com]
+https: both
 healthcheck: /healthz
 replicas: 2
 env: {LOG_LEVEL: info, WORKERS: 4}
@@ -326,6 +332,36 @@ def test_edits_of_a_valid_file(edits):
         else:
             text = text[:position] + char + text[position + 1:]
     checked(text)
+
+
+LABEL = st.from_regex(r"\A[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?\Z")
+GOOD_DOMAIN = st.builds(lambda labels, tld: ".".join(labels + [tld]), st.lists(LABEL, min_size=1, max_size=4),
+                        st.sampled_from(["com", "example", "localhost", "xn--p1ai", "io"]))
+ANY_DOMAIN = st.one_of(
+    GOOD_DOMAIN, st.text(max_size=300), st.integers(), st.none(), st.sampled_from(TRICKY_SCALARS),
+    GOOD_DOMAIN.map(lambda name: f"*.{name}"), GOOD_DOMAIN.map(lambda name: f"https://{name}/"),
+    st.ip_addresses().map(str), GOOD_DOMAIN.map(lambda name: name + "."),
+)
+
+
+@settings(max_examples=300, **FAST)
+@given(names=st.lists(ANY_DOMAIN, max_size=120), https=st.sampled_from([None, "redirect", "both", "off", "on"]), flow=st.booleans())
+def test_any_list_of_domains(names, https, flow):
+    data = {"app": "web", "role": "webserver", "domains": names}
+    if https is not None:
+        data["https"] = https
+    result = checked(dump(data, flow))
+    if result.ok:
+        assert list(result.spec.domains) == list(dict.fromkeys(name.lower() for name in names))
+        assert result.spec.https == (https or "redirect")
+
+
+@settings(max_examples=200, **FAST)
+@given(names=st.lists(GOOD_DOMAIN, min_size=1, max_size=100, unique_by=str.lower))
+def test_good_domains_are_accepted_lower_cased(names):
+    result = checked(dump({"app": "web", "role": "webserver", "domains": names}, False))
+    assert result.ok, result.errors
+    assert result.spec.domains == tuple(name.lower() for name in names)
 
 
 def test_the_example_itself_is_valid():
