@@ -344,7 +344,11 @@ def check_domain(value):
 
 
 def check_https(value):
-    if value not in HTTPS_MODES:
+    """One of HTTPS_MODES, or false: YAML 1.1 reads a plain `off` (and no, false) as false."""
+    if value is True:
+        return ("true is not an https mode (YAML reads on, yes and true as true); use redirect (HTTPS, "
+                "plain HTTP redirected), both (HTTPS and plain HTTP) or off (plain HTTP only)")
+    if value is not False and value not in HTTPS_MODES:
         return (
             f"{shown(value)} is not an https mode; use redirect (HTTPS, plain HTTP redirected), "
             "both (HTTPS and plain HTTP) or off (plain HTTP only)"

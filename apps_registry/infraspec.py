@@ -130,7 +130,7 @@ SCHEMA = Mapping(
         "migrations": Mapping({"command": Field(STR, required=True, check=check_nonblank, max_length=MAX_COMMAND)}),
         "port": Field(INT, check=check_port),
         "domains": Field((list,)),
-        "https": Field(STR, check=check_https),
+        "https": Field((str, bool), check=check_https),
         "healthcheck": Field(STR, check=check_healthcheck, max_length=MAX_HTTP_PATH),
         "replicas": Field(INT, check=check_replicas),
         "namespace": Field(STR, check=check_namespace),
@@ -360,6 +360,8 @@ def _check_domains(v, role, spec):
     if not domains or len(domains) > MAX_DOMAINS:
         v.error(("domains",), f"has {len(domains)} names; list from 1 to {MAX_DOMAINS}, or leave domains out")
         return
+    if spec["https"] is False:
+        spec["https"] = "off"
     seen = {}
     for index, name in enumerate(domains):
         if not isinstance(name, str):

@@ -337,6 +337,18 @@ for _name in NORN_KUBE_IMAGE_PULL_SECRETS:
             f"NORN_KUBE_IMAGE_PULL_SECRETS: {_name!r} is not a Secret name (lowercase letters, digits, '-' and '.', "
             "starting and ending with a letter or digit, at most 253 characters); give names separated by commas"
         )
+# Kubernetes Ingress for infraspec `domains`: its ingressClassName (empty: the cluster's
+# default class) and the cert-manager ClusterIssuer that issues <app>-tls (empty: the
+# operator provides that Secret).
+NORN_KUBE_INGRESS_CLASS = env("NORN_KUBE_INGRESS_CLASS", "").strip()
+NORN_KUBE_TLS_ISSUER = env("NORN_KUBE_TLS_ISSUER", "").strip()
+for _name, _value in (("NORN_KUBE_INGRESS_CLASS", NORN_KUBE_INGRESS_CLASS), ("NORN_KUBE_TLS_ISSUER", NORN_KUBE_TLS_ISSUER)):
+    if _value and (len(_value) > 253 or not re.fullmatch(
+            r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", _value)):
+        raise ImproperlyConfigured(
+            f"{_name}={_value!r} is not a Kubernetes object name (lowercase letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters)"
+        )
 # Known-hosts file for SSH clones; new hosts are accepted once, then pinned.
 NORN_GIT_KNOWN_HOSTS = Path(
     env("NORN_GIT_KNOWN_HOSTS") or BASE_DIR / "var" / "ssh" / "known_hosts"

@@ -72,9 +72,33 @@ def test_an_unknown_https_mode_names_the_valid_ones(mode):
     assert "both" in error.message and "off" in error.message
 
 
-def test_https_true_is_not_a_string():
-    error = only_error(parse_dict({"domains": ["shop.example.com"], "https": True}))
-    assert (error.field, error.message) == ("https", "True is not a string")
+@pytest.mark.parametrize("plain", ["off", "Off", "no", "false"])
+def test_a_plain_off_which_yaml_reads_as_false_is_off(plain):
+    result = parse(f"""
+        app: web
+        role: webserver
+        domains: [shop.example.com]
+        https: {plain}
+    """)
+    assert result.ok, [str(e) for e in result.errors]
+    assert (result.data["https"], result.spec.https) == ("off", "off")
+
+
+@pytest.mark.parametrize("plain", ["on", "yes", "true"])
+def test_a_plain_on_which_yaml_reads_as_true_is_an_error(plain):
+    error = only_error(parse(f"""
+        app: web
+        role: webserver
+        domains: [shop.example.com]
+        https: {plain}
+    """))
+    assert (error.line, error.field) == (5, "https")
+    assert error.message.startswith("true is not an https mode (YAML reads on, yes and true as true); use redirect")
+
+
+def test_https_must_be_a_string():
+    error = only_error(parse_dict({"domains": ["shop.example.com"], "https": 443}))
+    assert (error.field, error.message) == ("https", "443 is not a string or true or false")
 
 
 def test_https_without_domains_is_an_error():

@@ -345,7 +345,8 @@ ANY_DOMAIN = st.one_of(
 
 
 @settings(max_examples=300, **FAST)
-@given(names=st.lists(ANY_DOMAIN, max_size=120), https=st.sampled_from([None, "redirect", "both", "off", "on"]), flow=st.booleans())
+@given(names=st.lists(ANY_DOMAIN, max_size=120), https=st.sampled_from([None, "redirect", "both", "off", "on", False, True]),
+       flow=st.booleans())
 def test_any_list_of_domains(names, https, flow):
     data = {"app": "web", "role": "webserver", "domains": names}
     if https is not None:
@@ -353,7 +354,7 @@ def test_any_list_of_domains(names, https, flow):
     result = checked(dump(data, flow))
     if result.ok:
         assert list(result.spec.domains) == list(dict.fromkeys(name.lower() for name in names))
-        assert result.spec.https == (https or "redirect")
+        assert result.spec.https == {None: "redirect", False: "off"}.get(https, https)
 
 
 @settings(max_examples=200, **FAST)

@@ -170,7 +170,7 @@ def test_removing_the_port_deletes_the_service_and_the_probe(kube, app, tmp_path
     body = container(kube)
     assert "ports" not in body and "readinessProbe" not in body
     assert "PORT" not in env_of(kube)
-    assert 'Deleted service "web": infraspec declares no port any more' in ctx.lines()
+    assert 'Deleted service "web": infraspec declares neither port nor domains any more' in ctx.lines()
 
 
 def test_a_service_someone_else_made_is_not_deleted_when_the_port_goes(kube, app, tmp_path):
@@ -229,7 +229,7 @@ def test_rollback_puts_back_the_earlier_template_not_only_the_image(kube, app, t
     assert deployment["metadata"]["annotations"]["norn.dev/deployment"] == str(rollback.public_id)
     assert env_of(kube)["NORN_DEPLOYMENT"] == str(rollback.public_id)
     assert rollback.kube_applied["deployment"]["spec"]["replicas"] == 2
-    assert any(line.startswith("Rolling back to the Deployment and Service applied by deployment "
+    assert any(line.startswith("Rolling back to the Deployment, Service and Ingress applied by deployment "
                                f"{first.public_id}") for line in ctx.lines())
 
 

@@ -1,6 +1,6 @@
 """The Kubernetes objects Norn writes for an app, as plain manifests: the Deployment
-`<app>`, the Service for its port and the Secret for the environment values that hold
-passwords. No API calls. Each is Norn's whole desired state for the fields it owns,
+`<app>`, the Service for its port, the Ingress for its domains and the Secret for the
+environment values that hold passwords. No API calls. Each is Norn's whole desired state for the fields it owns,
 sent with server-side apply (runtimes/kubernetes.py): a field left out here is one
 Norn leaves to others (or, when Norn applied it before, removes).
 
@@ -14,8 +14,6 @@ import copy
 
 from django.conf import settings
 
-from django.conf import settings
-
 from apps_registry.spec import Spec
 from deployments.appenv import StepContext
 
@@ -23,10 +21,25 @@ NAME_LABEL = "app.kubernetes.io/name"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "norn"
 DEPLOYMENT_ANNOTATION = "norn.dev/deployment"
+# The port a webserver with domains and no infraspec `port` listens on ($PORT) in its pods.
+DOMAINS_PORT = 8080
+# ingress-nginx's redirect of plain HTTP to HTTPS; other controllers have their own annotation.
+SSL_REDIRECT_ANNOTATION = "nginx.ingress.kubernetes.io/ssl-redirect"
+ISSUER_ANNOTATION = "cert-manager.io/cluster-issuer"
 
 
 def secret_name(app_name: str) -> str:
     return f"{app_name}-norn-env"
+
+
+def tls_secret_name(app_name: str) -> str:
+    return f"{app_name}-tls"
+
+
+def container_port(spec: Spec) -> int | None:
+    """The port the app listens on in its pods ($PORT), with a Service for it: infraspec
+    `port`, else DOMAINS_PORT for a webserver with domains, else none."""
+    return spec.port or (DOMAINS_PORT if spec.domains else None)
 
 
 def labels(app_name: str) -> dict[str, str]:
@@ -94,7 +107,7 @@ def deployment(ctx: StepContext, namespace: str, env_entries: list[dict]) -> dic
     whoever scales the app (an HorizontalPodAutoscaler, `kubectl scale`) owns it; a new
     Deployment then starts with the apiserver's default of 1."""
     container_body = container(ctx, env_entries)
-    port = ctx.spec.port
+    port = container_port(ctx.spec)
     if port:
         container_body["ports"] = [{"containerPort": port, "protocol": "TCP"}]
         if ctx.spec.healthcheck:
@@ -164,6 +177,32 @@ def service(app_name: str, namespace: str, port: int) -> dict:
             "ports": [{"port": port, "targetPort": port, "protocol": "TCP"}],
         },
     }
+
+
+def ingress(app_name: str, namespace: str, spec: Spec) -> dict | None:
+    """The Ingress <app> for infraspec `domains` (None without them): a rule per name, path
+    / to the Service <app>, and unless `https: off` TLS from the Secret <app>-tls, which
+    cert-manager issues when NORN_KUBE_TLS_ISSUER names a ClusterIssuer (else the operator
+    provides it). The redirect of plain HTTP is said as ingress-nginx reads it."""
+    if not spec.domains:
+        return None
+    backend = {"service": {"name": app_name, "port": {"number": container_port(spec)}}}
+    annotations = {SSL_REDIRECT_ANNOTATION: "true" if spec.https == "redirect" else "false"}
+    body = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": app_name, "namespace": namespace, "labels": labels(app_name),
+                     "annotations": annotations},
+        "spec": {"rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}
+                           for host in spec.domains]},
+    }
+    if settings.NORN_KUBE_INGRESS_CLASS:
+        body["spec"]["ingressClassName"] = settings.NORN_KUBE_INGRESS_CLASS
+    if spec.https != "off":
+        body["spec"]["tls"] = [{"hosts": list(spec.domains), "secretName": tls_secret_name(app_name)}]
+        if settings.NORN_KUBE_TLS_ISSUER:
+            annotations[ISSUER_ANNOTATION] = settings.NORN_KUBE_TLS_ISSUER
+    return body
 
 
 APP_LABEL = "norn.dev/app"

@@ -1,6 +1,7 @@
 """The Kubernetes runtime: each app is a Deployment `<app>` (plus a Service `<app>` when it
-has a port, and a Secret `<app>-norn-env` for the env values that hold passwords) in its
-infraspec namespace, driven through the official `kubernetes` client.
+has a port or domains, an Ingress `<app>` for its domains, and a Secret `<app>-norn-env`
+for the env values that hold passwords) in its infraspec namespace, driven through the
+official `kubernetes` client.
 
 `deploy(ctx)` sends the whole desired state of those objects on every deploy with
 server-side apply (field manager "norn", force), so infraspec changes reach the cluster and
@@ -51,9 +52,10 @@ def deploy(ctx: StepContext) -> None:
     """Put ctx.image into service as the Deployment <app> and wait for the rollout.
 
     Applies the Secret <app>-norn-env (when the database URL holds a password),
-    the Deployment and, with a port, the Service; without a port a Service Norn
-    made is deleted. A rollback applies its target's recorded manifests instead
-    of ones made from the current infraspec. After the rollout, what Norn left
+    the Deployment, with a port (or domains) the Service and with domains the
+    Ingress; without them, a Service or Ingress Norn made is deleted. A
+    rollback applies its target's recorded manifests instead of ones made from
+    the current infraspec. After the rollout, what Norn left
     in other namespaces the app was deployed to is deleted. Raises StepFailed
     with the reason when the API refuses, the rollout exceeds its progress
     deadline or ctx.timeout passes; runner.Cancelled on cancel.
@@ -72,17 +74,22 @@ def deploy(ctx: StepContext) -> None:
                 apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
                 env_entries = write_env(ctx, core, namespace)
                 if earlier:
-                    ctx.log(f"Rolling back to the Deployment and Service applied by deployment "
+                    ctx.log(f"Rolling back to the Deployment, Service and Ingress applied by deployment "
                             f"{earlier['deployment']['metadata']['annotations'][DEPLOYMENT_ANNOTATION]}")
-                    manifest, service = kubemanifests.restamped(earlier["deployment"], ctx), earlier["service"]
+                    manifest = kubemanifests.restamped(earlier["deployment"], ctx)
+                    # A record made before Norn wrote Ingresses had none.
+                    service, ingress = earlier["service"], earlier.get("ingress")
                 else:
                     manifest = kubemanifests.deployment(ctx, namespace, env_entries)
-                    service = kubemanifests.service(ctx.app_name, namespace, ctx.spec.port) if ctx.spec.port else None
+                    port = kubemanifests.container_port(ctx.spec)
+                    service = kubemanifests.service(ctx.app_name, namespace, port) if port else None
+                    ingress = kubemanifests.ingress(ctx.app_name, namespace, ctx.spec)
                 written, manifest = _apply_deployment(ctx, apps, namespace, manifest)
                 _apply_service(ctx, core, namespace, service)
+                _apply_ingress(ctx, client.NetworkingV1Api(api), namespace, ingress)
                 if row is not None:
-                    transitions.set_fields(
-                        row["pk"], kube_applied={"namespace": namespace, "deployment": manifest, "service": service})
+                    transitions.set_fields(row["pk"], kube_applied={
+                        "namespace": namespace, "deployment": manifest, "service": service, "ingress": ingress})
                 kuberollout.wait(ctx, api, written, deadline, limit)
                 if row is not None:
                     _leave_other_namespaces(ctx, api, row["app_id"], namespace)
@@ -165,9 +172,11 @@ def write_env(ctx: StepContext, core: client.CoreV1Api, namespace: str) -> list[
     Called before creating anything that runs the image (the Deployment, a
     migration Job): its pods must find the values they refer to.
     """
-    env_entries, secret_data = kubemanifests.split_env(
-        container_env(ctx), secret_name(ctx.app_name), appdb.secrets(ctx.spec)
-    )
+    env = container_env(ctx)
+    port = kubemanifests.container_port(ctx.spec)
+    if port:  # the port of infraspec, or the one a domains-only webserver listens on
+        env["PORT"] = str(port)
+    env_entries, secret_data = kubemanifests.split_env(env, secret_name(ctx.app_name), appdb.secrets(ctx.spec))
     if secret_data:
         name = secret_name(ctx.app_name)
         body = kubemanifests.secret(ctx.app_name, namespace, secret_data)
@@ -213,27 +222,49 @@ def _apply_service(ctx: StepContext, core: client.CoreV1Api, namespace: str, ser
     Fields Norn does not send (its type, extra ports, annotations for a load
     balancer) stay as whoever set them left them.
     """
-    name = ctx.app_name
     if service is not None:
         port = service["spec"]["ports"][0]["port"]
-        _apply(ctx, "service", name, namespace, lambda: core.patch_namespaced_service(
-            name, namespace, service, **APPLY))
-        ctx.log(f'Applied service "{name}" (port {port} -> {port})')
+        _apply(ctx, "service", ctx.app_name, namespace, lambda: core.patch_namespaced_service(
+            ctx.app_name, namespace, service, **APPLY))
+        ctx.log(f'Applied service "{ctx.app_name}" (port {port} -> {port})')
         return
+    _delete_own(ctx, "service", namespace, core.read_namespaced_service, core.delete_namespaced_service,
+                "infraspec declares neither port nor domains any more")
+
+
+def _apply_ingress(ctx: StepContext, networking: client.NetworkingV1Api, namespace: str,
+                   ingress: dict | None) -> None:
+    """Apply the Ingress <app> for the domains; without them, delete the Ingress Norn made.
+    Annotations and fields others set (a controller's own settings) are kept."""
+    if ingress is not None:
+        hosts = ", ".join(rule["host"] for rule in ingress["spec"]["rules"])
+        _apply(ctx, "ingress", ctx.app_name, namespace, lambda: networking.patch_namespaced_ingress(
+            ctx.app_name, namespace, ingress, **APPLY))
+        tls = ingress["spec"].get("tls")
+        ctx.log(f'Applied ingress "{ctx.app_name}" for {hosts} '
+                + (f'(TLS from secret "{tls[0]["secretName"]}")' if tls else "(plain HTTP only)"))
+        return
+    _delete_own(ctx, "ingress", namespace, networking.read_namespaced_ingress,
+                networking.delete_namespaced_ingress, "infraspec declares no domains any more")
+
+
+def _delete_own(ctx: StepContext, kind: str, namespace: str, read, delete_one, why: str) -> None:
+    """Delete the <kind> <app> if Norn made it (labelled managed-by=norn); someone else's stays."""
+    name = ctx.app_name
     try:
-        current = core.read_namespaced_service(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        current = read(name, namespace, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as exc:
         if is_not_found(exc):
             return
-        raise api_error(exc, f'read service "{name}"', namespace) from None
+        raise api_error(exc, f'read {kind} "{name}"', namespace) from None
     if (current.metadata.labels or {}).get(MANAGED_BY_LABEL) != MANAGED_BY:
         return
     try:
-        core.delete_namespaced_service(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        delete_one(name, namespace, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as exc:
         if not is_not_found(exc):
-            raise api_error(exc, f'delete service "{name}"', namespace) from None
-    ctx.log(f'Deleted service "{name}": infraspec declares no port any more')
+            raise api_error(exc, f'delete {kind} "{name}"', namespace) from None
+    ctx.log(f'Deleted {kind} "{name}": {why}')
 
 
 def _leave_other_namespaces(ctx: StepContext, api: client.ApiClient, app_id: int, namespace: str) -> None:
@@ -309,7 +340,7 @@ def status(app_name: str, namespace: str = "default") -> dict | None:
 
 
 def remove(app_name: str, namespace: str = "default") -> list[str]:
-    """Delete the app's Deployment, Service and Secret: those Norn created.
+    """Delete the app's Deployment, Service, Ingress and Secret: those Norn created.
 
     Objects of those names without the app.kubernetes.io/managed-by=norn label
     were made by someone else and are left alone. Returns what was deleted,
@@ -320,9 +351,10 @@ def remove(app_name: str, namespace: str = "default") -> list[str]:
 
 def _delete_managed(api: client.ApiClient, app_name: str, namespace: str,
                     gone_namespace_ok: bool = False) -> list[str]:
-    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    apps, core, networking = client.AppsV1Api(api), client.CoreV1Api(api), client.NetworkingV1Api(api)
     targets = (
         ("deployment", app_name, apps.read_namespaced_deployment, apps.delete_namespaced_deployment),
+        ("ingress", app_name, networking.read_namespaced_ingress, networking.delete_namespaced_ingress),
         ("service", app_name, core.read_namespaced_service, core.delete_namespaced_service),
         ("secret", secret_name(app_name), core.read_namespaced_secret, core.delete_namespaced_secret),
     )

@@ -725,12 +725,40 @@ _COLUMNS = {
                    _col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)],
     "Pod": [_NAME, _col("Ready"), _col("Status"), _col("Restarts"), _AGE, _col("IP", priority=1),
             _col("Node", priority=1), _col("Nominated Node", priority=1), _col("Readiness Gates", priority=1)],
+    "Ingress": [_NAME, _col("Class", description="The name of the IngressClass resource that should be used for "
+                                                 "additional configuration"),
+                _col("Hosts", description="Hosts that incoming requests are matched against before the ingress "
+                                          "rule"),
+                _col("Address", description="Address is a list containing ingress points for the load-balancer"),
+                _col("Ports", description="Ports of TLS configurations that open"), _AGE],
 }
+
+
+def _ingress_hosts(rules):
+    """formatHosts of the apiserver's printers: the first three hosts, then "+ N more..."; "*" for none."""
+    hosts, more = [], False
+    for rule in rules:
+        more = more or len(hosts) == 3
+        if not more and rule.get("host"):
+            hosts.append(rule["host"])
+    if not hosts:
+        return "*"
+    return ",".join(hosts) + (f" + {len(rules) - 3} more..." if more else "")
+
+
+def _ingress_cells(obj, age):
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    balancers = (status.get("loadBalancer") or {}).get("ingress") or []
+    address = ",".join(b.get("ip") or b.get("hostname") or "" for b in balancers)
+    return [obj["metadata"]["name"], spec.get("ingressClassName") or "<none>", _ingress_hosts(spec.get("rules") or []),
+            address, "80, 443" if spec.get("tls") else "80", age]
 
 
 def _cells(kind, obj):
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     age = _age(meta.get("creationTimestamp"))
+    if kind == "Ingress":
+        return _ingress_cells(obj, age)
     if kind == "Deployment":
         return [meta["name"], f'{status.get("readyReplicas", 0)}/{spec.get("replicas", 1)}',
                 status.get("updatedReplicas", 0), status.get("availableReplicas", 0), age, *_containers(spec),
@@ -753,7 +781,7 @@ def wants_table(accept, payload):
 
 
 def table(payload, include_object="Metadata"):
-    """A meta.k8s.io/v1 Table of a Deployment, ReplicaSet or Pod (or a list of them), with the
+    """A meta.k8s.io/v1 Table of a Deployment, ReplicaSet, Pod or Ingress (or a list of them), with the
     columns the real apiserver's printers send."""
     listed = payload.get("kind", "").endswith("List") and "items" in payload
     kind = payload["kind"][:-4] if listed else payload.get("kind")

@@ -8,16 +8,19 @@ string to T; or a leaf: ``"s"`` string, ``"i"`` integer, ``"b"`` boolean, ``"io"
 model field by field: its insides are neither checked nor pruned).  Every field Norn writes is
 here, plus the common ones around them, so that ``prune_unknown`` can do what the apiserver's
 decoder does with ``fieldValidation``: report the path of each unknown field
-(``spec.template.spec.containers[0].imagePullPolcy``) and drop it.  Leaf types are not checked,
-except quantities, which the real decoder parses (an unparseable one fails the whole request).
+(``spec.template.spec.containers[0].imagePullPolcy``) and drop it, and so that ``type_error`` can
+refuse what encoding/json cannot store (a string where an integer, boolean, list or object
+belongs), as the real decoder does; quantities are parsed (an unparseable one fails the whole
+request); timestamps and free-form fields are not checked.
 
 ``label_errors``/``annotation_errors`` are apimachinery's ValidateLabels/ValidateAnnotations and
 ``container_errors`` the part of ValidateContainers beyond names and images (ports, env names,
-pull policy, probes, resources), with the real messages, as (field, reason, message) triples for
-fake_kubernetes._invalid.
+pull policy, probes, resources) and ``ingress_errors`` ValidateIngress, with the real messages, as
+(field, reason, message) triples for fake_kubernetes._invalid.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 
@@ -160,6 +163,19 @@ SCHEMA = {
     "JobStatus": {"conditions": "[Condition]", "startTime": "t", "completionTime": "t", "active": "i",
                   "succeeded": "i", "failed": "i", "terminating": "i", "completedIndexes": "s", "failedIndexes": "s",
                   "uncountedTerminatedPods": {"succeeded": "[s]", "failed": "[s]"}, "ready": "i"},
+    # ---------------------------------------------------------------- networking.k8s.io/v1 Ingress
+    "IngressSpec": {"ingressClassName": "s", "defaultBackend": "IngressBackend", "tls": "[IngressTLS]",
+                    "rules": "[IngressRule]"},
+    "IngressBackend": {"service": "IngressServiceBackend", "resource": "TypedLocalObjectReference"},
+    "IngressServiceBackend": {"name": "s", "port": "ServiceBackendPort"},
+    "ServiceBackendPort": {"name": "s", "number": "i"},
+    "TypedLocalObjectReference": {"apiGroup": "s", "kind": "s", "name": "s"},
+    "IngressTLS": {"hosts": "[s]", "secretName": "s"},
+    "IngressRule": {"host": "s", "http": "HTTPIngressRuleValue"},
+    "HTTPIngressRuleValue": {"paths": "[HTTPIngressPath]"},
+    "HTTPIngressPath": {"path": "s", "pathType": "s", "backend": "IngressBackend"},
+    "IngressStatus": {"loadBalancer": {"ingress": "[IngressLoadBalancerIngress]"}},
+    "IngressLoadBalancerIngress": {"ip": "s", "hostname": "s", "ports": "[*]"},
 }
 _TYPE_META = {"apiVersion": "s", "kind": "s", "metadata": "ObjectMeta"}
 # The top-level fields of each served kind, by plural.
@@ -169,6 +185,7 @@ KINDS = {
     "namespaces": {**_TYPE_META, "spec": {"finalizers": "[s]"}, "status": {"phase": "s", "conditions": "[*]"}},
     "secrets": {**_TYPE_META, "data": "{s}", "stringData": "{s}", "type": "s", "immutable": "b"},
     "jobs": {**_TYPE_META, "spec": "JobSpec", "status": "JobStatus"},
+    "ingresses": {**_TYPE_META, "spec": "IngressSpec", "status": "IngressStatus"},
     "pods": {**_TYPE_META, "spec": "PodSpec", "status": "PodStatus"},
     "events": {**_TYPE_META, "involvedObject": "ObjectReference", "reason": "s", "message": "s",
                "source": {"component": "s", "host": "s"}, "firstTimestamp": "t", "lastTimestamp": "t", "count": "i",
@@ -209,6 +226,86 @@ def _prune(value, shape, path, unknown, quantities):
             del value[key]
         else:
             _prune(value[key], shape[key], sub, unknown, quantities)
+
+
+# Go's types of the table's leaves, for the decoder's "cannot unmarshal" errors; integers are int32
+# but for these int64 fields.
+_GO_LEAVES = {"s": "string", "i": "int32", "b": "bool"}
+_INT64_FIELDS = {"generation", "observedGeneration", "activeDeadlineSeconds", "terminationGracePeriodSeconds",
+                 "deletionGracePeriodSeconds", "runAsUser", "runAsGroup", "fsGroup", "seconds", "expirationSeconds"}
+
+
+def _go_type(shape, name):
+    if isinstance(shape, dict):
+        return "struct"
+    if shape in _GO_LEAVES:
+        return "int64" if shape == "i" and name in _INT64_FIELDS else _GO_LEAVES[shape]
+    if shape.startswith("["):
+        return "[]" + _go_type(shape[1:-1], name)
+    if shape.startswith("{"):
+        return "map[string]" + _go_type(shape[1:-1], name)
+    return f"v1.{shape}"
+
+
+def _go_value(value):
+    """How encoding/json names a JSON value it cannot store ("number 1.5" for a fraction)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, float) and not value.is_integer():
+        return f"number {value}"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "string" if isinstance(value, str) else "array" if isinstance(value, list) else "object"
+
+
+def _fits(value, shape):
+    """Whether JSON `value` decodes into a field of `shape` (null decodes into anything)."""
+    if value is None or shape in ("*", "t", "q"):  # free-form; Time and Quantity parse their own text
+        return True
+    if isinstance(shape, dict) or shape in SCHEMA or shape.startswith("{"):
+        return isinstance(value, dict)
+    if shape.startswith("["):
+        return isinstance(value, list)
+    if shape in ("i", "io") and isinstance(value, float) and not value.is_integer():
+        return False
+    if shape == "i":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if shape == "io":
+        return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    return isinstance(value, {"s": str, "b": bool}[shape])
+
+
+def type_error(plural, kind_name, obj):
+    """The decoder's error for the first value (in document order) whose JSON type its field cannot
+    hold, as encoding/json words it ("json: cannot unmarshal string into Go struct field
+    ServiceBackendPort.spec.rules.http.paths.backend.service.port.number of type int32"), or None."""
+    found = []
+
+    def walk(value, shape, struct, path):
+        if found or value is None:
+            return
+        if isinstance(shape, str) and shape.startswith(("[", "{")):
+            items = enumerate(value) if shape.startswith("[") else value.items()
+            for _, item in items:
+                check(item, shape[1:-1], struct, path)
+            return
+        fields = SCHEMA[shape] if isinstance(shape, str) else shape
+        name = shape if isinstance(shape, str) else struct
+        for key, item in value.items():
+            if key in fields:
+                check(item, fields[key], name, f"{path}.{key}" if path else key)
+
+    def check(value, shape, struct, path):
+        if found:
+            return
+        if not _fits(value, shape):
+            found.append(f"json: cannot unmarshal {_go_value(value)} into Go struct field {struct}.{path} of type "
+                         f"{_go_type(shape, path.rpartition('.')[2])}")
+        elif isinstance(shape, dict) or shape in SCHEMA or shape[:1] in ("[", "{"):
+            walk(value, shape, struct, path)
+
+    walk(obj, KINDS[plural], kind_name, "")
+    return found[0] if found else None
 
 
 # --------------------------------------------------------------------------- labels and annotations
@@ -459,4 +556,134 @@ def container_errors(container, path):
         if limit is not None and (quantity_value(value) or 0) > (quantity_value(limit) or 0):
             errors.append((f"{path}.resources.requests", "FieldValueInvalid", f"Invalid value: "
                            f"{json.dumps(str(value))}: must be less than or equal to {name} limit of {limit}"))
+    return errors
+
+
+# --------------------------------------------------------------------------- networking/v1 Ingress (ValidateIngress)
+_WILDCARD = r"\*\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_WILDCARD_MESSAGE = ("a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which "
+                     "must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric "
+                     f"character (e.g. '*.example.com', regex used for validation is '{_WILDCARD}')")
+_DNS1035 = r"[a-z]([-a-z0-9]*[a-z0-9])?"
+_DNS1035_MESSAGE = ("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
+                    "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', "
+                    f"regex used for validation is '{_DNS1035}')")
+PATH_TYPES = ("Exact", "ImplementationSpecific", "Prefix")
+_INVALID_PATH_SEQUENCES = ("//", "/./", "/../", "%2f", "%2F")
+_INVALID_PATH_SUFFIXES = ("/..", "/.")
+
+
+def _invalid(path, value, message):
+    return (path, "FieldValueInvalid", f"Invalid value: {json.dumps(value)}: {message}")
+
+
+def _subdomain_problems(name, wildcard=False):
+    """IsDNS1123Subdomain, or IsWildcardDNS1123Subdomain for a name with a '*'."""
+    pattern, message = (_WILDCARD, _WILDCARD_MESSAGE) if wildcard else (_SUBDOMAIN, _SUBDOMAIN_MESSAGE)
+    problems = ["must be no more than 253 characters"] if len(name) > 253 else []
+    if not re.fullmatch(pattern, name):
+        problems.append(message)
+    return problems
+
+
+def _is_ip(text):
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _backend_errors(backend, path):
+    """validateIngressBackend: a service (named, with a port name or number) or a resource."""
+    backend = backend if isinstance(backend, dict) else {}
+    service, resource = backend.get("service"), backend.get("resource")
+    if service is not None and resource is not None:
+        return [_invalid(path, "", "cannot set both resource and service backends")]
+    if resource is not None:
+        errors = []
+        if not resource.get("kind"):
+            errors.append((f"{path}.resource.kind", "FieldValueRequired", "Required value"))
+        if not resource.get("name"):
+            errors.append((f"{path}.resource.name", "FieldValueRequired", "Required value"))
+        return errors
+    if service is None:
+        return [_invalid(path, "", "resource or service backend is required")]
+    errors, name = [], service.get("name") or ""
+    if not name:
+        errors.append((f"{path}.service.name", "FieldValueRequired", "Required value"))
+    else:
+        if len(name) > 63:
+            errors.append(_invalid(f"{path}.service.name", name, "must be no more than 63 characters"))
+        if not re.fullmatch(_DNS1035, name):
+            errors.append(_invalid(f"{path}.service.name", name, _DNS1035_MESSAGE))
+    port = service.get("port") or {}
+    port_name, number = port.get("name") or "", port.get("number") or 0
+    if port_name and number:
+        errors.append(_invalid(path, "", "cannot set both port name & port number"))
+    elif port_name:
+        errors += [_invalid(f"{path}.service.port.name", port_name, p) for p in port_name_problems(port_name)]
+    elif number:
+        if not 1 <= number <= 65535:
+            errors.append(_invalid(f"{path}.service.port.number", number, "must be between 1 and 65535, inclusive"))
+    else:
+        errors.append((path, "FieldValueRequired", "Required value: port name or number is required"))
+    return errors
+
+
+def _path_errors(item, path):
+    """validateHTTPIngressPath: a supported pathType, an absolute and clean path, a backend."""
+    item = item if isinstance(item, dict) else {}
+    path_type, text = item.get("pathType"), item.get("path") or ""
+    if path_type is None:
+        return [(f"{path}.pathType", "FieldValueRequired", "Required value: pathType must be specified")]
+    errors = []
+    if path_type in ("Exact", "Prefix"):
+        if not text.startswith("/"):
+            errors.append(_invalid(f"{path}.path", text, "must be an absolute path"))
+        errors += [_invalid(f"{path}.path", text, f"must not contain '{seq}'")
+                   for seq in _INVALID_PATH_SEQUENCES if seq in text]
+        errors += [_invalid(f"{path}.path", text, f"cannot end with '{suffix}'")
+                   for suffix in _INVALID_PATH_SUFFIXES if text.endswith(suffix)]
+    elif path_type == "ImplementationSpecific":
+        if text and not text.startswith("/"):
+            errors.append(_invalid(f"{path}.path", text, "must be an absolute path"))
+    else:
+        errors.append(_supported(f"{path}.pathType", path_type, PATH_TYPES))
+    return errors + _backend_errors(item.get("backend"), f"{path}.backend")
+
+
+def ingress_errors(obj):
+    """ValidateIngress (networking/v1): rules or a default backend; hosts that are DNS names, not
+    addresses; paths with a pathType; service backends with a port; TLS hosts and Secret names."""
+    spec = obj.get("spec") or {}
+    rules, errors = spec.get("rules") or [], []
+    if not rules and spec.get("defaultBackend") is None:
+        errors.append(_invalid("spec", None, "either `defaultBackend` or `rules` must be specified"))
+    if spec.get("defaultBackend") is not None:
+        errors += _backend_errors(spec["defaultBackend"], "spec.defaultBackend")
+    for n, rule in enumerate(rules):
+        rule = rule if isinstance(rule, dict) else {}
+        host, where = rule.get("host") or "", f"spec.rules[{n}]"
+        if host:
+            if _is_ip(host):
+                errors.append(_invalid(f"{where}.host", host, "must be a DNS name, not an IP address"))
+            errors += [_invalid(f"{where}.host", host, p) for p in _subdomain_problems(host, "*" in host)]
+        http = rule.get("http")
+        if http is not None:
+            paths = http.get("paths") or []
+            if not paths:
+                errors.append((f"{where}.http.paths", "FieldValueRequired", "Required value"))
+            for i, item in enumerate(paths):
+                errors += _path_errors(item, f"{where}.http.paths[{i}]")
+    for n, tls in enumerate(spec.get("tls") or []):
+        tls = tls if isinstance(tls, dict) else {}
+        for i, host in enumerate(tls.get("hosts") or []):
+            errors += [_invalid(f"spec.tls[{n}].hosts[{i}]", host, p) for p in _subdomain_problems(host, "*" in host)]
+        secret = tls.get("secretName") or ""
+        if secret:
+            errors += [_invalid(f"spec.tls[{n}].secretName", secret, p) for p in _subdomain_problems(secret)]
+    if spec.get("ingressClassName") is not None:
+        errors += [_invalid("spec.ingressClassName", spec["ingressClassName"], p)
+                   for p in _subdomain_problems(spec["ingressClassName"])]
     return errors

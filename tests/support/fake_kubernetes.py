@@ -5,7 +5,8 @@ Norn drives clusters through the official ``kubernetes`` Python client and the
 the API rather than the API, so this module serves the real HTTP contract on
 127.0.0.1 instead: discovery (plus the sliver of OpenAPI v3 kubectl insists
 on), apps/v1 Deployments with their status and scale subresources, core/v1
-Services, Namespaces and Secrets, batch/v1 Jobs whose Pods really run on the local
+Services, Namespaces and Secrets, networking.k8s.io/v1 Ingresses (stored and
+validated; nothing routes by them), batch/v1 Jobs whose Pods really run on the local
 Docker engine (tests/support/fake_jobs.py), the three PATCH flavours and server-side
 apply with managedFields (tests/support/fake_kube_apply.py), watches, real
 ``Status`` errors, and a simulated deployment controller that rolls pods out (or
@@ -24,23 +25,25 @@ written from the real apiserver (messages, reasons, defaults and ``omitempty``
 fields mirror it).  Like the real one it says no: unknown fields are dropped and,
 per ``fieldValidation``, refused (Strict, kubectl's default), warned about in
 ``Warning`` headers (Warn, the default without the parameter) or ignored, against
-the schema table in tests/support/fake_kube_schema.py; names (DNS-1123 subdomain,
+the schema table in tests/support/fake_kube_schema.py, and a value of the wrong JSON type
+(a string for an integer) is a 400 as encoding/json words it; names (DNS-1123 subdomain,
 DNS-1035 label for Services, DNS-1123 label for Namespaces), label keys and values
-and annotation keys, container ports, env names, pull policies, probes and resource
-requests/limits get 422s with ``details.causes``; probes, pod specs, strategies
-and Services are defaulted; ``generation`` follows the spec (pod template included);
+and annotation keys, container ports, env names, pull policies, probes, resource
+requests/limits and Ingress rules, paths and backends get 422s with ``details.causes``;
+probes, pod specs, strategies and Services are defaulted; ``generation`` follows the spec (pod template included);
 a paused Deployment's Progressing condition says DeploymentPaused.  By default (``pods=True``),
 Deployments get ReplicaSets and simulated pods that can fail to pull (any image neither
 ``load_image``-ed nor in the registry at ``registry_url``), crash-loop, fail readiness or be
-refused by PodSecurity, and `kubectl get` of Deployments, ReplicaSets and Pods receives Table
-output (tests/support/fake_kube_controller.py; ``time_scale`` shortens minReadySeconds, probe
+refused by PodSecurity, and `kubectl get` of Deployments, ReplicaSets, Pods and Ingresses receives
+Table output (tests/support/fake_kube_controller.py; ``time_scale`` shortens minReadySeconds, probe
 periods and back-offs).  So a test passes against it only if what it deploys could run.
 ``pods=False`` is kept for the tests of the older pod-count simulation alone
 (tests/test_fake_kubernetes.py): Deployments roll out by counts, steered by
 ``set_rollout_mode(name, "stuck"|"manual")``, ``advance()`` and ``failing_images``.
 Server-side apply with field ownership is in tests/support/fake_kube_apply.py.
-Not covered: no duplicate-field detection, no type checks of leaf
-values, and no Table rendering of other kinds (kubectl falls back to NAME/AGE columns).
+Not covered: no duplicate-field detection, no checks inside timestamps or free-form
+(``*``) fields, and no Table rendering of other kinds (kubectl falls back to NAME/AGE
+columns).
 """
 from __future__ import annotations
 
@@ -117,7 +120,11 @@ _KINDS = {k.plural: k for k in (
     _Kind("replicasets", "ReplicaSet", "apps", True, ("rs",), True, categories=("all",)),
     # Compute quotas the pod controller enforces: tests/support/fake_kube_controller.py.
     _Kind("resourcequotas", "ResourceQuota", "", True, ("quota",), False),
+    # Validated as ValidateIngress does (fake_kube_schema.ingress_errors); nothing routes traffic by them.
+    _Kind("ingresses", "Ingress", "networking.k8s.io", True, ("ing",), True),
 )}
+# The API groups served besides the core group, in discovery order.
+_GROUPS = ("apps", "batch", "networking.k8s.io")
 
 # Strategic merge patch merge keys (the Go structs' patchMergeKey tags), by
 # path of dict keys with list levels left out.  Lists not named here are
@@ -144,7 +151,7 @@ _RFC1035_LABEL = (r"[a-z]([-a-z0-9]*[a-z0-9])?", 63,
                   "regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')")
 _NAME_RULES = {"deployments": _RFC1123_SUBDOMAIN, "services": _RFC1035_LABEL, "namespaces": _RFC1123_LABEL,
                "secrets": _RFC1123_SUBDOMAIN, "pods": _RFC1123_SUBDOMAIN, "events": _RFC1123_SUBDOMAIN,
-               "replicasets": _RFC1123_SUBDOMAIN,
+               "replicasets": _RFC1123_SUBDOMAIN, "ingresses": _RFC1123_SUBDOMAIN,
                # A Job's name becomes the value of its pods' job-name label, so it is held to 63 bytes.
                "jobs": (_RFC1123_SUBDOMAIN[0], 63, _RFC1123_SUBDOMAIN[2])}
 
@@ -1089,7 +1096,7 @@ class FakeKubernetes:
         plural = plural or next((p for p, k in _KINDS.items() if k.kind == obj.get("kind")), None)
         if plural not in _KINDS:
             raise ValueError("pass plural= or an object with a served kind (Deployment, Service, Namespace, "
-                             "Secret)")
+                             "Secret, Ingress, ...)")
         return self._create(_KINDS[plural], namespace if _KINDS[plural].namespaced else "", obj, False)
 
     # ------------------------------------------------------------------ storage core
@@ -1121,6 +1128,10 @@ class FakeKubernetes:
                 raise _bad_request(f"json: cannot unmarshal {type(body[part]).__name__} into Go struct field "
                                    f"{kind.kind}.{part}")
         obj = copy.deepcopy(body)
+        mismatch = schema.type_error(kind.plural, kind.kind, obj)
+        if mismatch:  # encoding/json cannot store the value, so the body cannot be decoded
+            raise _bad_request(mismatch if patched else
+                               f'{kind.kind} in version "v1" cannot be handled as a {kind.kind}: {mismatch}')
         unknown, quantities = schema.prune_unknown(kind.plural, obj)
         if quantities:  # resource.Quantity's UnmarshalJSON fails, so the whole body cannot be decoded
             message = schema.QUANTITY_ERROR
@@ -1187,6 +1198,9 @@ class FakeKubernetes:
             errors = fake_kube_controller.prepare_replicaset(obj, old)
         elif kind.plural == "resourcequotas":
             errors = fake_kube_controller.prepare_quota(obj, old)
+        elif kind.plural == "ingresses":
+            obj.setdefault("status", {"loadBalancer": {}})
+            errors = schema.ingress_errors(obj)
         elif kind.plural == "secrets":
             if not obj.get("type"):  # SetDefaults_Secret; an update that omits it therefore hits immutability
                 obj["type"] = "Opaque"
@@ -1594,18 +1608,16 @@ class FakeKubernetes:
         if path == "/api":
             return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
                 {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.port}"}]}
-        apps = {"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-                "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}}
-        batch = {"name": "batch", "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
-                 "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"}}
+        groups = {name: {"name": name, "versions": [{"groupVersion": f"{name}/v1", "version": "v1"}],
+                         "preferredVersion": {"groupVersion": f"{name}/v1", "version": "v1"}} for name in _GROUPS}
         if path == "/apis":
-            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [apps, batch]}
-        if path in ("/apis/apps", "/apis/batch"):
-            return {"kind": "APIGroup", "apiVersion": "v1", **(apps if path == "/apis/apps" else batch)}
+            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": list(groups.values())}
+        if path.startswith("/apis/") and path[6:] in groups:
+            return {"kind": "APIGroup", "apiVersion": "v1", **groups[path[6:]]}
         if path == "/openapi/v3":
             return {"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash=fake"} for gv in
-                              ("api/v1", "apis/apps/v1", "apis/batch/v1")}}
-        for group, prefix in (("", "/api/v1"), ("apps", "/apis/apps/v1"), ("batch", "/apis/batch/v1")):
+                              ("api/v1", *(f"apis/{name}/v1" for name in _GROUPS))}}
+        for group, prefix in (("", "/api/v1"), *((name, f"/apis/{name}/v1") for name in _GROUPS)):
             if path == f"/openapi/v3{prefix}":
                 # Just what kubectl reads: GVK-tagged PATCH operations declaring fieldValidation, so
                 # create/apply leave validation to the server instead of fetching /openapi/v2 schemas.
@@ -1647,7 +1659,7 @@ class FakeKubernetes:
     def _route(self, handler, method, path, query, content_type, body):
         if method == "GET" and (doc := self._discovery(path)) is not None:
             return 200, doc
-        match = re.fullmatch(r"/api/v1/(.+)|/apis/(apps|batch)/v1/(.+)", path)
+        match = re.fullmatch(r"/api/v1/(.+)|/apis/(apps|batch|networking\.k8s\.io)/v1/(.+)", path)
         if not match:
             raise _no_route()
         group = "" if match[1] else match[2]

@@ -36,9 +36,10 @@ RESOURCES = {
     "deployments": ("/apis/apps/v1", True), "replicasets": ("/apis/apps/v1", True),
     "services": ("/api/v1", True), "secrets": ("/api/v1", True), "pods": ("/api/v1", True),
     "events": ("/api/v1", True), "namespaces": ("/api/v1", False), "jobs": ("/apis/batch/v1", True),
+    "ingresses": ("/apis/networking.k8s.io/v1", True),
 }
 # Cleared after each test: what Norn writes (labelled managed-by=norn) in the namespaces a test used.
-NORN_KINDS = ("deployments", "services", "secrets", "jobs")
+NORN_KINDS = ("deployments", "ingresses", "services", "secrets", "jobs")
 # The image a test names is built from this when the local engine lacks it: busybox's httpd
 # answers every usual port (readiness probes get a 200 for /healthz and /ready), as a
 # numeric non-root user, so the restricted securityContext Norn sets admits it.
@@ -162,7 +163,7 @@ class RealCluster:
 
     def create(self, obj, plural=None, namespace="default"):
         plural = plural or {"Deployment": "deployments", "Service": "services", "Secret": "secrets",
-                            "Namespace": "namespaces", "Job": "jobs"}[obj["kind"]]
+                            "Namespace": "namespaces", "Job": "jobs", "Ingress": "ingresses"}[obj["kind"]]
         _, namespaced = RESOURCES[plural]
         body = json.loads(json.dumps(obj))
         body.setdefault("metadata", {}).setdefault("labels", {})[CREATED_LABEL] = "true"
