@@ -2,19 +2,25 @@
 # deploy/install.sh: run Norn for real, under systemd, as the unprivileged user norn.
 #
 #   sudo deploy/install.sh [--prefix /opt/norn] [--root /] [--user norn]
-#                          [--database-url URL] [--no-systemctl]
+#                          [--database-url URL] [--acme-email EMAIL] [--no-systemctl]
 #
+# - installs Debian's caddy (the ingress) when it is missing and switches off
+#   Debian's own caddy.service and caddy-api.service (they would hold port 80),
 # - creates the system user `norn` (home /var/lib/norn, no login shell, in the
 #   group docker when it exists),
 # - copies this checkout to PREFIX (unless it is PREFIX) and makes PREFIX/.venv
 #   with requirements.txt (unless it has one),
 # - writes /etc/norn/norn.env, mode 0640 root:norn, with a generated SECRET_KEY,
-#   DEBUG off and the production settings; an existing env file is never
+#   DEBUG off and the production settings (the ingress's too: --acme-email
+#   is the address Let's Encrypt writes to); an existing env file is never
 #   touched (its key stays),
+# - writes /etc/norn/ingress.json, the ingress's first config: its admin API
+#   on the unix socket /run/norn-ingress/admin.sock,
 # - creates the state directories under /var/lib/norn (owned by norn),
 # - runs migrate and collectstatic with that environment,
 # - installs deploy/systemd/*.service and norn.target (with PREFIX in their
-#   paths) and enables and starts norn.target.
+#   paths), enables and starts norn.target and restarts the web server and
+#   the workers (the ingress is not restarted: the apps stay reachable).
 #
 # It can run again at any time (after an update, for instance): each step
 # does only what is missing. --root puts /etc, /var and the units under
@@ -28,9 +34,10 @@ ROOT=/
 NORN_USER=norn
 DATABASE_URL_DEFAULT="postgres://postgres@127.0.0.1:5432/norn"
 SYSTEMCTL=1
+ACME_EMAIL=""
 
 usage() {
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -40,6 +47,7 @@ while [ $# -gt 0 ]; do
         --root) ROOT=${2:?--root needs a directory}; shift 2 ;;
         --user) NORN_USER=${2:?--user needs a name}; shift 2 ;;
         --database-url) DATABASE_URL_DEFAULT=${2:?--database-url needs a URL}; shift 2 ;;
+        --acme-email) ACME_EMAIL=${2:?--acme-email needs an address}; shift 2 ;;
         --no-systemctl) SYSTEMCTL=0; shift ;;
         -h|--help) usage ;;
         *) echo "install.sh: unknown argument $1" >&2; usage ;;
@@ -48,6 +56,10 @@ done
 case "$PREFIX" in /*) ;; *) echo "install.sh: --prefix must be an absolute path, not $PREFIX" >&2; exit 2 ;; esac
 case "$ROOT" in /*) ;; *) echo "install.sh: --root must be an absolute path, not $ROOT" >&2; exit 2 ;; esac
 case "$NORN_USER" in *[!a-z0-9_-]*|"") echo "install.sh: --user must be a plain user name, not $NORN_USER" >&2; exit 2 ;; esac
+if [ -n "$ACME_EMAIL" ] && ! [[ "$ACME_EMAIL" =~ ^[A-Za-z0-9._+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$ ]]; then
+    echo "install.sh: --acme-email must be an address like ops@example.com, not $ACME_EMAIL" >&2
+    exit 2
+fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "install.sh: run it as root (it creates a user and writes /etc/norn)" >&2
     exit 2
@@ -58,7 +70,26 @@ ETC_DIR="$ROOT/etc/norn"
 ENV_FILE="$ETC_DIR/norn.env"
 STATE_DIR="$ROOT/var/lib/norn"
 UNIT_DIR="$ROOT/etc/systemd/system"
+INGRESS_JSON="$ETC_DIR/ingress.json"
+INGRESS_ADMIN=unix//run/norn-ingress/admin.sock
 say() { echo "install.sh: $*"; }
+
+# --- the ingress's program -------------------------------------------------------
+# Debian's caddy: /usr/bin/caddy and the user caddy that norn-ingress.service
+# runs as.
+if [ "$(dpkg-query -W -f='${db:Status-Status}' caddy 2>/dev/null)" != installed ]; then
+    if ! command -v apt-get >/dev/null; then
+        echo "install.sh: Caddy is missing and there is no apt-get: install caddy 2.6 or later as /usr/bin/caddy, with a system user caddy, and re-run" >&2
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q caddy >/dev/null
+    say "installed Debian's caddy"
+fi
+if [ ! -x /usr/bin/caddy ] || ! id caddy >/dev/null 2>&1; then
+    echo "install.sh: norn-ingress.service runs /usr/bin/caddy as the user caddy; one of them is missing (apt-get install --reinstall caddy)" >&2
+    exit 1
+fi
 
 # --- the user ------------------------------------------------------------------
 if ! id "$NORN_USER" >/dev/null 2>&1; then
@@ -85,7 +116,7 @@ if [ ! -x "$PREFIX/.venv/bin/python" ]; then
 fi
 
 # --- state directories ---------------------------------------------------------
-install -d -m 0750 -o "$NORN_USER" -g "$GROUP" "$STATE_DIR" "$STATE_DIR/apps" "$STATE_DIR/proxy" "$STATE_DIR/ssh"
+install -d -m 0750 -o "$NORN_USER" -g "$GROUP" "$STATE_DIR" "$STATE_DIR/apps" "$STATE_DIR/ssh"
 install -d -m 0700 -o "$NORN_USER" -g "$GROUP" "$STATE_DIR/work" "$STATE_DIR/snapshots"
 
 # --- the environment file ------------------------------------------------------
@@ -94,6 +125,7 @@ if [ -e "$ENV_FILE" ]; then
     say "$ENV_FILE exists: kept as it is (its SECRET_KEY too)"
 else
     SECRET=$("$PREFIX/.venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(50))')
+    if [ -n "$ACME_EMAIL" ]; then ACME_LINE="NORN_ACME_EMAIL=$ACME_EMAIL"; else ACME_LINE="#NORN_ACME_EMAIL=ops@example.com"; fi
     TMP=$(mktemp "$ETC_DIR/.norn.env.XXXXXX")
     cat > "$TMP" <<ENV
 # Norn's settings (README.md, Configuration). Read by the norn-* units; only
@@ -108,7 +140,6 @@ NORN_PORT=8000
 NORN_APPS_DIR=/var/lib/norn/apps
 NORN_WORK_DIR=/var/lib/norn/work
 NORN_SNAPSHOT_DIR=/var/lib/norn/snapshots
-NORN_PROXY_DIR=/var/lib/norn/proxy
 NORN_GIT_KNOWN_HOSTS=/var/lib/norn/ssh/known_hosts
 NORN_RUNTIME=docker
 NORN_WORKERS=2
@@ -117,6 +148,26 @@ NORN_WORKERS=2
 NORN_STOP_GRACE=30
 # The apps' own PostgreSQL server (admin URL), for apps with services.postgres:
 #NORN_APP_DATABASES_URL=postgres://USER:PASSWORD@127.0.0.1:5433/postgres
+
+# The ingress (Caddy, norn-ingress.service) that serves the Docker apps'
+# domains and ports (docs/production.md, "The ingress: domains and TLS").
+# Its admin API, which deploys configure it through.
+NORN_INGRESS_ADMIN=$INGRESS_ADMIN
+# The apps' certificates: acme (Let's Encrypt, or NORN_ACME_CA), internal
+# (Caddy's own CA, for private setups) or off (plain HTTP only).
+NORN_INGRESS_TLS=acme
+# Where the ACME CA writes about the certificates (expiry, problems).
+$ACME_LINE
+# Addresses it listens on, comma-separated (empty: all interfaces), and ports.
+#NORN_INGRESS_LISTEN=
+#NORN_INGRESS_HTTP_PORT=80
+#NORN_INGRESS_HTTPS_PORT=443
+# Certificates of your own (NAME.crt + NAME.key, readable by the user caddy),
+# served for the names they cover instead of ACME ones.
+#NORN_INGRESS_CERTIFICATES=/etc/norn/certificates
+# A private ACME CA: its directory URL and the PEM file of its root.
+#NORN_ACME_CA=https://ca.internal.example/acme/directory
+#NORN_ACME_CA_ROOT=/etc/norn/acme-ca.pem
 
 # Behind a TLS-terminating reverse proxy (recommended), also set:
 # Redirect every plain-HTTP request to HTTPS.
@@ -133,6 +184,19 @@ ENV
     chmod 0640 "$TMP"
     mv "$TMP" "$ENV_FILE"
     say "wrote $ENV_FILE with a new SECRET_KEY (mode 0640, root:$GROUP)"
+fi
+
+# --- the ingress's first config -------------------------------------------------
+# Only its admin socket: Norn sends the rest through it, and norn-ingress
+# resumes from what it autosaved (/var/lib/norn-ingress) after that.
+INGRESS_BOOTSTRAP="{\"admin\": {\"listen\": \"$INGRESS_ADMIN\"}}"
+if [ "$(cat "$INGRESS_JSON" 2>/dev/null)" != "$INGRESS_BOOTSTRAP" ]; then
+    TMP=$(mktemp "$ETC_DIR/.ingress.json.XXXXXX")
+    printf '%s\n' "$INGRESS_BOOTSTRAP" > "$TMP"
+    chown root:"$GROUP" "$TMP"
+    chmod 0640 "$TMP"
+    mv "$TMP" "$INGRESS_JSON"
+    say "wrote $INGRESS_JSON (the ingress's admin API: $INGRESS_ADMIN)"
 fi
 
 # --- the database and static files ---------------------------------------------
@@ -161,9 +225,23 @@ done
 say "installed the units in $UNIT_DIR"
 if [ "$SYSTEMCTL" -eq 1 ]; then
     systemctl daemon-reload
-    systemctl enable norn.target norn-web.service norn-worker.service norn-proxy.service
-    systemctl restart norn.target
+    # Debian's own Caddy units serve /etc/caddy/Caddyfile on port 80: off for good.
+    for unit in caddy.service caddy-api.service; do
+        if systemctl cat "$unit" >/dev/null 2>&1 \
+           && { systemctl is-enabled --quiet "$unit" 2>/dev/null || systemctl is-active --quiet "$unit"; }; then
+            systemctl disable --now "$unit"
+            say "disabled and stopped Debian's $unit (it would hold port 80)"
+        fi
+    done
+    systemctl enable norn.target norn-web.service norn-worker.service norn-ingress.service
+    # Restart Norn's own code, start what else is not running: the ingress
+    # keeps running (and serving the apps) when this script runs again.
+    systemctl restart norn-web.service norn-worker.service
+    systemctl start norn.target
     say "started norn.target: systemctl status 'norn-*'"
 else
     say "--no-systemctl: not enabled or started"
+fi
+if [ -e "$UNIT_DIR/norn-proxy.service" ]; then
+    say "norn-proxy.service (Norn's old proxy) is still installed: docs/production.md, \"Migrating from Norn's proxy\", says how to hand its ports to the ingress"
 fi

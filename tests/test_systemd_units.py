@@ -1,18 +1,23 @@
 """deploy/install.sh and deploy/systemd/ as CI can test them (no systemd as PID 1):
 the install script, run into a temporary root, writes an env file only Norn's
-user may read with a generated SECRET_KEY that a second run keeps; each unit's
-ExecStart, run as that user with the env file's variables in a process group of
-its own, serves (the web server answers /healthz, the worker runs a task, the
-proxy reports a heartbeat) and stops within the unit's TimeoutStopSec of SIGTERM
-to its group."""
+user may read with a generated SECRET_KEY that a second run keeps, and the
+ingress's first config; `systemd-analyze verify` finds nothing to say about
+the installed units; each unit's ExecStart, run as its User= and Group= with
+its UMask=, ambient capabilities, environment and directories in a process
+group of its own, serves (the web server answers /healthz, the worker runs a
+task, the ingress (Caddy) takes a config from the user norn on its admin
+socket, serves it on a privileged port and resumes it after a restart) and
+stops within the unit's TimeoutStopSec of SIGTERM to its group."""
 
 import grp
+import json
 import os
 import pwd
 import re
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -22,17 +27,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django_q.models import Success
 
-from deployments import proxy
 from tests.support.cluster import REPO_ROOT, wait_for
 from tests.support.servers import database_url_for_tests, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 USER = "norn"
-UNITS = ("norn-web.service", "norn-worker.service", "norn-proxy.service")
+UNITS = ("norn-web.service", "norn-worker.service", "norn-ingress.service")
+INGRESS_ADMIN = "unix//run/norn-ingress/admin.sock"
+# Absolute paths in the units that the tests map into the temporary root.
+UNIT_PATHS = ("/etc/norn", "/var/lib/norn-ingress", "/run/norn-ingress")
 
 
 def can_install():
@@ -101,10 +107,20 @@ def test_install_writes_a_private_env_file_once_and_keeps_its_key(installed):
     values = read_env_file(env_file)
     key = values["SECRET_KEY"]
     assert len(key) >= 50 and values["DEBUG"] == "false"
+    assert values["NORN_INGRESS_ADMIN"] == INGRESS_ADMIN and values["NORN_INGRESS_TLS"] == "acme"
+    assert "NORN_PROXY_DIR" not in values
     text = env_file.read_text()
     for name in ("NORN_SECURE_SSL_REDIRECT", "NORN_SESSION_COOKIE_SECURE", "NORN_CSRF_COOKIE_SECURE",
-                 "NORN_SECURE_HSTS_SECONDS", "NORN_CSRF_TRUSTED_ORIGINS"):
+                 "NORN_SECURE_HSTS_SECONDS", "NORN_CSRF_TRUSTED_ORIGINS", "NORN_ACME_EMAIL",
+                 "NORN_INGRESS_LISTEN", "NORN_INGRESS_HTTP_PORT", "NORN_INGRESS_HTTPS_PORT",
+                 "NORN_INGRESS_CERTIFICATES", "NORN_ACME_CA", "NORN_ACME_CA_ROOT"):
         assert f"#{name}=" in text
+
+    # The ingress's first config: only its admin socket, readable by its
+    # Group= (norn) and root.
+    ingress_json = installed / "etc" / "norn" / "ingress.json"
+    assert json.loads(ingress_json.read_text()) == {"admin": {"listen": INGRESS_ADMIN}}
+    assert stat.S_IMODE(ingress_json.stat().st_mode) == 0o640 and ingress_json.stat().st_gid == info.st_gid
 
     again = install(installed)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -112,42 +128,95 @@ def test_install_writes_a_private_env_file_once_and_keeps_its_key(installed):
     assert read_env_file(env_file)["SECRET_KEY"] == key
     assert key not in first.stdout + first.stderr + again.stdout + again.stderr
 
+    unit_dir = installed / "etc" / "systemd" / "system"
+    assert sorted(p.name for p in unit_dir.iterdir()) == sorted([*UNITS, "norn.target"])
     for name in UNITS:
-        unit = (installed / "etc" / "systemd" / "system" / name).read_text()
+        unit = (unit_dir / name).read_text()
         assert "/opt/norn" not in unit and str(REPO_ROOT) in unit
+    target = (unit_dir / "norn.target").read_text()
+    assert set(re.search(r"^Wants=(.*)$", target, re.M).group(1).split()) == set(UNITS)
     work = installed / "var" / "lib" / "norn" / "work"
     assert stat.S_IMODE(work.stat().st_mode) == 0o700 and work.stat().st_uid == pwd.getpwnam(USER).pw_uid
+    assert not (installed / "var" / "lib" / "norn" / "proxy").exists()
 
 
-def test_install_refuses_a_relative_prefix(installed):
+def test_install_refuses_a_relative_prefix_and_a_bad_acme_email(installed):
     result = subprocess.run([str(REPO_ROOT / "deploy" / "install.sh"), "--prefix", "opt/norn", "--no-systemctl"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--prefix must be an absolute path" in result.stderr
+    result = subprocess.run([str(REPO_ROOT / "deploy" / "install.sh"), "--acme-email", "ops@example.com\nDEBUG=true",
+                             "--no-systemctl"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--acme-email must be an address like ops@example.com" in result.stderr
+
+
+def test_systemd_analyze_verify_has_nothing_to_say_about_the_units(installed):
+    """systemd's own checks: known keys and values, executables that exist."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing (Debian: apt-get install systemd)")
+    result = install(installed)
+    assert result.returncode == 0, result.stdout + result.stderr
+    unit_dir = installed / "etc" / "systemd" / "system"
+    verify = subprocess.run([analyze, "verify", *(str(unit_dir / name) for name in (*UNITS, "norn.target"))],
+                            capture_output=True, text=True, timeout=60)
+    assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+
+
+def in_root(root, value):
+    """A path (or a value holding one) of the units, inside the temporary root."""
+    for path in UNIT_PATHS:
+        value = value.replace(path, f"{root}{path}")
+    return value
 
 
 class Service:
-    """One unit's ExecStart, started the way systemd would: as User=, in
-    WorkingDirectory=, with EnvironmentFile='s variables (${VAR} expanded in
-    the command line), in a process group of its own."""
+    """One unit's ExecStart, started the way systemd would: as User= and
+    Group= (with the user's other groups), with UMask=, AmbientCapabilities=,
+    Environment= and EnvironmentFile='s variables (${VAR} expanded in the
+    command line), its RuntimeDirectory= and StateDirectory=, in
+    WorkingDirectory=, in a process group of its own."""
 
     def __init__(self, root, name, overrides):
+        self.root = root
         self.unit = unit_settings(root / "etc" / "systemd" / "system" / name)
-        assert self.unit["User"] == USER and self.unit["KillMode"] == "control-group"
+        self.user = pwd.getpwnam(self.unit["User"])
+        self.group = self.unit["Group"]
+        assert self.group == grp.getgrgid(pwd.getpwnam(USER).pw_gid).gr_name
+        assert self.unit["KillMode"] == "control-group"
         assert self.unit["KillSignal"] == "SIGTERM" and self.unit["Restart"] == "on-failure"
-        env_path = Path(self.unit["EnvironmentFile"].replace("/etc/norn", str(root / "etc" / "norn")))
-        self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", **read_env_file(env_path), **overrides}
+        self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.user.pw_dir}
+        if "EnvironmentFile" in self.unit:
+            self.env.update(read_env_file(Path(in_root(root, self.unit["EnvironmentFile"]))))
+        for assignment in shlex.split(self.unit.get("Environment", "")):
+            key, value = assignment.split("=", 1)
+            self.env[key] = in_root(root, value)
+        self.env.update(overrides)
         command = re.sub(r"\$\{(\w+)\}", lambda m: self.env[m.group(1)], self.unit["ExecStart"])
-        self.argv = shlex.split(command)
+        self.argv = [in_root(root, arg) for arg in shlex.split(command)]
         self.timeout_stop = float(self.unit["TimeoutStopSec"])
         self.log_path = root / f"{name}.log"
+        self.runtime_dir = None
         self.proc = None
 
     def start(self):
-        user = pwd.getpwnam(USER)
+        setpriv = ["setpriv", "--reuid", self.user.pw_name, "--regid", self.group, "--init-groups"]
+        for cap in self.unit.get("AmbientCapabilities", "").split():
+            name = cap.lower().removeprefix("cap_")
+            setpriv += ["--inh-caps", f"+{name}", "--ambient-caps", f"+{name}"]
+        gid = grp.getgrnam(self.group).gr_gid
+        for key in ("RuntimeDirectory", "StateDirectory"):
+            if key in self.unit:
+                base = {"RuntimeDirectory": "run", "StateDirectory": "var/lib"}[key]
+                directory = self.root / base / self.unit[key]
+                directory.mkdir(parents=True, exist_ok=True)
+                os.chown(directory, self.user.pw_uid, gid)
+                directory.chmod(int(self.unit.get(f"{key}Mode", "0755"), 8))
+                if key == "RuntimeDirectory":
+                    self.runtime_dir = directory
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            ["setpriv", "--reuid", USER, "--regid", str(user.pw_gid), "--init-groups", *self.argv],
-            cwd=self.unit["WorkingDirectory"], env={**self.env, "HOME": user.pw_dir},
+            [*setpriv, *self.argv], cwd=self.unit.get("WorkingDirectory", "/"), env=self.env,
+            umask=int(self.unit.get("UMask", "0022"), 8),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
@@ -170,6 +239,8 @@ class Service:
                 raise AssertionError(f"{self.argv} did not stop within TimeoutStopSec={self.timeout_stop:g}")
             time.sleep(0.05)
         self.proc.wait(timeout=5)
+        if self.runtime_dir:  # systemd removes it when the unit stops
+            shutil.rmtree(self.runtime_dir)
         return time.monotonic() - started
 
     def kill(self):
@@ -204,15 +275,15 @@ def services(installed):
         "DATABASE_URL": database_url_for_tests(),
         "NORN_PORT": str(free_port()),
         "NORN_APPS_DIR": str(state / "apps"), "NORN_WORK_DIR": str(state / "work"),
-        "NORN_SNAPSHOT_DIR": str(state / "snapshots"), "NORN_PROXY_DIR": str(state / "proxy"),
+        "NORN_SNAPSHOT_DIR": str(state / "snapshots"),
         "NORN_GIT_KNOWN_HOSTS": str(state / "ssh" / "known_hosts"),
         "NORN_CHANNEL_PREFIX": os.environ.get("NORN_CHANNEL_PREFIX", "norn-units"),
         "NORN_WORKERS": "1",
     }
     started = []
 
-    def start(name):
-        started.append(Service(installed, name, overrides).start())
+    def start(name, **extra):
+        started.append(Service(installed, name, {**overrides, **extra}).start())
         return started[-1]
 
     yield start
@@ -222,6 +293,7 @@ def services(installed):
 
 def test_web_unit_serves_and_stops_in_time(services):
     web = services("norn-web.service")
+    assert web.user.pw_name == USER
     url = f"http://{web.env['NORN_HOST']}:{web.env['NORN_PORT']}/healthz"
 
     def answer():
@@ -240,6 +312,7 @@ def test_web_unit_serves_and_stops_in_time(services):
 
 def test_worker_unit_runs_tasks_and_stops_in_time(services):
     worker = services("norn-worker.service")
+    assert worker.user.pw_name == USER
     wait_for(lambda: "ready for work" in worker.output() or not worker.alive(), timeout=60, message="the worker")
     assert worker.alive(), worker.output()[-3000:]
     # Queued with the env file's SECRET_KEY, which signs the task for the worker.
@@ -255,11 +328,74 @@ def test_worker_unit_runs_tasks_and_stops_in_time(services):
     assert "Traceback" not in worker.output()
 
 
-def test_proxy_unit_serves_and_stops_in_time(services):
-    service = services("norn-proxy.service")
-    directory = Path(service.env["NORN_PROXY_DIR"])
-    wait_for(lambda: proxy.alive(directory) or not service.alive(), timeout=60, message="the proxy's heartbeat")
-    assert service.alive(), service.output()[-3000:]
-    assert service.stop() < 5
-    assert not proxy.alive(directory)
-    assert settings.NORN_PROXY_DIR != directory
+def admin_api(sock, user, method, path, body=None):
+    """curl to the ingress's admin API on its unix socket, as `user`."""
+    account = pwd.getpwnam(user)
+    argv = ["setpriv", "--reuid", user, "--regid", str(account.pw_gid), "--init-groups",
+            "curl", "-sS", "--fail-with-body", "--max-time", "10", "--unix-socket", str(sock),
+            "-H", "Host;", "-X", method, f"http://ingress{path}"]
+    if body is not None:
+        argv += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+    return subprocess.run(argv, input=None if body is None else json.dumps(body),
+                          capture_output=True, text=True, timeout=30)
+
+
+def free_privileged_port():
+    for port in range(900, 1000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no free port in 900-999 on 127.0.0.1")
+
+
+def test_ingress_unit_is_configured_by_norn_serves_resumes_and_stops_in_time(services, installed):
+    # The installed first config, with its admin socket in the temporary root.
+    config = installed / "etc" / "norn" / "ingress.json"
+    config.write_text(in_root(installed, config.read_text()))
+    sock = installed / "run" / "norn-ingress" / "admin.sock"
+    listen = "unix/" + str(sock)
+    ingress = services("norn-ingress.service")
+    assert ingress.user.pw_name == "caddy"
+
+    def admin_answers():
+        assert ingress.alive(), ingress.output()[-3000:]
+        return admin_api(sock, USER, "GET", "/config/").returncode == 0
+
+    wait_for(admin_answers, timeout=30, message="the ingress's admin API")
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o770 and stat.S_IMODE(sock.parent.stat().st_mode) == 0o750
+    denied = admin_api(sock, "nobody", "GET", "/config/")
+    assert denied.returncode == 7, denied  # curl: could not connect
+
+    # What Norn does: POST a whole config to /load, as the user norn. Port
+    # < 1024: only its ambient CAP_NET_BIND_SERVICE lets user caddy bind it.
+    port = free_privileged_port()
+    loaded = admin_api(sock, USER, "POST", "/load", {
+        "admin": {"listen": listen},
+        "apps": {"http": {"servers": {"test": {
+            "listen": [f"127.0.0.1:{port}"],
+            "routes": [{"handle": [{"handler": "static_response", "body": "served by norn-ingress"}]}],
+        }}}},
+    })
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr + ingress.output()[-3000:]
+
+    def body():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                return response.read().decode()
+        except OSError:
+            return None
+
+    assert wait_for(body, timeout=10, message=f"the ingress on port {port}") == "served by norn-ingress"
+    assert ingress.stop() < 5
+    assert body() is None
+
+    # Restarted, it resumes from what it autosaved in its StateDirectory.
+    autosave = installed / "var" / "lib" / "norn-ingress" / "config" / "caddy" / "autosave.json"
+    assert json.loads(autosave.read_text())["admin"]["listen"] == listen
+    again = services("norn-ingress.service")
+    assert wait_for(body, timeout=30, message="the resumed ingress") == "served by norn-ingress"
+    assert again.stop() < 5
+    assert '"level":"error"' not in ingress.output() + again.output(), again.output()[-3000:]
