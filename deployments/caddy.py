@@ -51,7 +51,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def request(method: str, path: str, body=None, timeout: float = ADMIN_TIMEOUT):
+def request(method: str, path: str, body=None, timeout: float = ADMIN_TIMEOUT, headers: dict | None = None):
     """One admin API request; the decoded JSON answer (None for an empty one).
 
     Raises AdminError naming the address when Caddy does not answer, and with
@@ -70,6 +70,8 @@ def request(method: str, path: str, body=None, timeout: float = ADMIN_TIMEOUT):
     try:
         conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
         conn.putheader("Host", host)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
         if payload is not None:
             conn.putheader("Content-Type", "application/json")
             conn.putheader("Content-Length", str(len(payload)))
@@ -230,9 +232,48 @@ def build(routes: Iterable[Route]) -> dict:
     return {"admin": {"listen": settings.NORN_INGRESS_ADMIN}, "apps": apps}
 
 
-def load(config: dict) -> None:
-    """Make `config` Caddy's running (and saved) config; AdminError if refused."""
-    request("POST", "/load", config)
+def _listening_ports() -> set[int]:
+    """TCP ports something on this host listens on (/proc/net/tcp, tcp6)."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == "0A":  # LISTEN
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
+def _ports(config: dict) -> set[int]:
+    servers = ((config.get("apps") or {}).get("http") or {}).get("servers") or {}
+    return {int(address.rsplit(":", 1)[1]) for server in servers.values() for address in server.get("listen", [])}
+
+
+def ports_taken(config: dict, running: dict | None) -> list[int]:
+    """Ports `config` would listen on that the running config does not, but
+    something else on this host already listens on.
+
+    Checked before loading because Caddy 2.6 handles a config whose listener
+    cannot bind badly: it reports the error and keeps the old config, but the
+    servers of the refused config that had already started keep answering
+    part of the connections (TLS handshakes among them fail) until Caddy is
+    restarted.
+    """
+    new = _ports(config) - _ports(running or {})
+    return sorted(new & _listening_ports()) if new else []
+
+
+def load(config: dict, force: bool = False) -> None:
+    """Make `config` Caddy's running (and saved) config; AdminError if refused.
+
+    Caddy skips a config equal to the running one unless forced (`caddy
+    reload --force` sends the same header).
+    """
+    request("POST", "/load", config, headers={"Cache-Control": "must-revalidate"} if force else None)
 
 
 def upstreams() -> dict[str, int]:

@@ -17,6 +17,8 @@ as they were.
 Norn never starts Caddy: it is a service of its own (norn-ingress.service).
 """
 
+import socket
+import ssl
 import time
 
 from django.db import connection, transaction
@@ -83,10 +85,28 @@ def claims_problem(new: Route) -> str | None:
     return None
 
 
-def _load_all() -> None:
+def _load_all(running: dict | None = None) -> None:
+    """Load the config the rows make (`running`: the one before the change).
+
+    A port something else holds is refused before Caddy sees it
+    (caddy.ports_taken). When Caddy refuses the config anyway, `running` is
+    loaded again, forced, so that its TLS app is provisioned afresh.
+    """
+    config = caddy.build(routes())
+    taken = caddy.ports_taken(config, running)
+    if taken:
+        raise IngressError(
+            f"port {taken[0]} is in use by another program on this host, so the ingress cannot listen on it: "
+            "stop that program or choose another port"
+        )
     try:
-        caddy.load(caddy.build(routes()))
+        caddy.load(config)
     except AdminError as exc:
+        if running is not None:
+            try:
+                caddy.load(running, force=True)
+            except AdminError:
+                pass
         raise IngressError(str(exc)) from None
 
 
@@ -94,7 +114,11 @@ def apply() -> None:
     """Push the routes as they are to Caddy (manage.py ingress sync)."""
     with transaction.atomic():
         _lock()
-        _load_all()
+        try:
+            running = caddy.request("GET", "/config/")
+        except AdminError as exc:
+            raise IngressError(str(exc)) from None
+        _load_all(running or {})
 
 
 def _lock() -> None:
@@ -111,13 +135,14 @@ def set_route(new: Route, deployment: str = "") -> Route | None:
         problem = claims_problem(new)
         if problem:
             raise IngressError(problem)
+        running = caddy.build(routes())
         row = IngressRoute.objects.filter(app_name=new.app).first()
         previous = _route(row) if row else None
         IngressRoute.objects.update_or_create(app_name=new.app, defaults={
             "backend": new.backend, "port": new.port, "domains": list(new.domains),
             "https": new.https, "deployment": deployment,
         })
-        _load_all()
+        _load_all(running)
     return previous
 
 
@@ -135,9 +160,10 @@ def drop_route(app: str) -> bool:
     does not take the change."""
     with transaction.atomic():
         _lock()
+        running = caddy.build(routes())
         deleted, _ = IngressRoute.objects.filter(app_name=app).delete()
         if deleted:
-            _load_all()
+            _load_all(running)
     return bool(deleted)
 
 
@@ -159,3 +185,34 @@ def wait_drained(backend: int, timeout: float) -> int:
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(DRAIN_POLL)
+
+
+def tls_pending(route: Route, timeout: float) -> list[str]:
+    """Wait until the ingress presents a certificate for each of the route's
+    domains (Caddy obtains them in the background after a config change),
+    at most `timeout` seconds; returns the names still without one."""
+    from django.conf import settings
+
+    if not caddy.serves_https(route):
+        return []
+    address = (settings.NORN_INGRESS_LISTEN or ["127.0.0.1"])[0]
+    address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
+    context = ssl.create_default_context()
+    # Whether the certificate is trusted is the client's business (the
+    # internal CA, or one being obtained from ACME); here: is one served.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    deadline = time.monotonic() + timeout
+    pending = list(route.domains)
+    while pending:
+        for name in list(pending):
+            try:
+                with socket.create_connection((address, settings.NORN_INGRESS_HTTPS_PORT), timeout=2) as raw:
+                    with context.wrap_socket(raw, server_hostname=name):
+                        pending.remove(name)
+            except (OSError, ssl.SSLError):
+                pass
+        if not pending or time.monotonic() >= deadline:
+            return pending
+        time.sleep(DRAIN_POLL)
+    return pending
