@@ -199,6 +199,18 @@ if [ "$(cat "$INGRESS_JSON" 2>/dev/null)" != "$INGRESS_BOOTSTRAP" ]; then
     say "wrote $INGRESS_JSON (the ingress's admin API: $INGRESS_ADMIN)"
 fi
 
+# --- the kernel: route switches that drop no connection -------------------------
+# Caddy re-creates its listeners on every config change (SO_REUSEPORT);
+# net.ipv4.tcp_migrate_req=1 (Linux 5.14+) hands the connections waiting on
+# the old listener to the new one instead of resetting them.
+SYSCTL_CONF=/etc/sysctl.d/60-norn-ingress.conf
+if [ -e /proc/sys/net/ipv4/tcp_migrate_req ]; then
+    printf '# Norn: Caddy config changes (route switches) reset no waiting connection\nnet.ipv4.tcp_migrate_req = 1\n' > "$SYSCTL_CONF"
+    sysctl -q -p "$SYSCTL_CONF" || say "could not apply $SYSCTL_CONF now; it applies at the next boot"
+else
+    say "WARNING: this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14+): a route switch may reset connections arriving at that instant"
+fi
+
 # --- the database and static files ---------------------------------------------
 run_with_env() {
     # The env file's variables, as systemd's EnvironmentFile= reads them

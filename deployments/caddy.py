@@ -110,6 +110,10 @@ class Route:
     port: int | None = None
     domains: tuple[str, ...] = ()
     https: str = "redirect"
+    # The app's previous backends, kept known to Caddy after a switch so that
+    # their requests still in flight are counted (upstreams()): Caddy forgets
+    # an upstream no config refers to, in-flight requests and all.
+    draining: tuple[int, ...] = ()
 
     @property
     def dial(self) -> str:
@@ -129,12 +133,20 @@ def _listen(port: int) -> list[str]:
     return [f"[{h}]:{port}" if ":" in h else f"{h}:{port}" for h in hosts]
 
 
-def _proxy_to(route: Route) -> dict:
+def _proxy_to(route: Route, dial: str | None = None) -> dict:
     return {
         "handler": "reverse_proxy",
-        "upstreams": [{"dial": route.dial}],
+        "upstreams": [{"dial": dial or route.dial}],
         "transport": {"protocol": "http", "dial_timeout": "5s"},
     }
+
+
+def _draining(route: Route) -> list[dict]:
+    """Routes that never match (.invalid), referring to the app's draining backends."""
+    return [
+        {"match": [{"host": [f"{route.app}.draining.invalid"]}], "handle": [_proxy_to(route, f"127.0.0.1:{backend}")]}
+        for backend in route.draining
+    ]
 
 
 def _redirect_to_https() -> dict:
@@ -193,6 +205,7 @@ def build(routes: Iterable[Route]) -> dict:
     routes = sorted(routes, key=lambda r: r.app)
     http_routes, https_routes, servers = [], [], {}
     for route in routes:
+        http_routes.extend(_draining(route))
         if route.domains:
             match = [{"host": list(route.domains)}]
             if serves_https(route):
@@ -232,7 +245,7 @@ def build(routes: Iterable[Route]) -> dict:
     return {"admin": {"listen": settings.NORN_INGRESS_ADMIN}, "apps": apps}
 
 
-def _listening_ports() -> set[int]:
+def listening_ports() -> set[int]:
     """TCP ports something on this host listens on (/proc/net/tcp, tcp6)."""
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -264,7 +277,7 @@ def ports_taken(config: dict, running: dict | None) -> list[int]:
     restarted.
     """
     new = _ports(config) - _ports(running or {})
-    return sorted(new & _listening_ports()) if new else []
+    return sorted(new & listening_ports()) if new else []
 
 
 def load(config: dict, force: bool = False) -> None:

@@ -39,7 +39,10 @@ class IngressError(Exception):
 
 
 def _route(row: IngressRoute) -> Route:
-    return Route(app=row.app_name, backend=row.backend, port=row.port, domains=tuple(row.domains), https=row.https)
+    return Route(
+        app=row.app_name, backend=row.backend, port=row.port, domains=tuple(row.domains), https=row.https,
+        draining=tuple(row.draining),
+    )
 
 
 def routes() -> list[Route]:
@@ -126,10 +129,12 @@ def _lock() -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
 
 
-def set_route(new: Route, deployment: str = "") -> Route | None:
+def set_route(new: Route, deployment: str = "", drain: bool = False) -> Route | None:
     """Serve `new` from now on; returns the app's previous route (None if it
-    had none). Raises IngressError and changes nothing when a domain or port
-    is another app's, or Caddy refuses the config or does not answer."""
+    had none). drain: keep counting the requests in flight to the previous
+    backend (wait_drained). Raises IngressError and changes nothing when a
+    domain or port is another app's, or Caddy refuses the config or does not
+    answer."""
     with transaction.atomic():
         _lock()
         problem = claims_problem(new)
@@ -138,9 +143,10 @@ def set_route(new: Route, deployment: str = "") -> Route | None:
         running = caddy.build(routes())
         row = IngressRoute.objects.filter(app_name=new.app).first()
         previous = _route(row) if row else None
+        draining = [previous.backend] if drain and previous and previous.backend != new.backend else []
         IngressRoute.objects.update_or_create(app_name=new.app, defaults={
             "backend": new.backend, "port": new.port, "domains": list(new.domains),
-            "https": new.https, "deployment": deployment,
+            "https": new.https, "deployment": deployment, "draining": draining,
         })
         _load_all(running)
     return previous
@@ -169,7 +175,8 @@ def drop_route(app: str) -> bool:
 
 def in_flight(backend: int) -> int:
     """Requests Caddy is still sending to 127.0.0.1:<backend> (0 when it no
-    longer knows that upstream)."""
+    longer knows that upstream: after a switch, only a backend set_route was
+    told to drain stays known)."""
     return caddy.upstreams().get(f"127.0.0.1:{backend}", 0)
 
 

@@ -471,6 +471,7 @@ class IngressRoute(models.Model):
     domains = models.JSONField(default=list, blank=True)
     https = models.CharField(max_length=8, default="redirect")
     deployment = models.CharField(max_length=64, blank=True, help_text="The deployment whose container serves it.")
+    draining = models.JSONField(default=list, blank=True, help_text="Previous backends whose requests may be in flight.")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -75,6 +75,31 @@ def check_docker(app_configs=None, **kwargs):
     ]
 
 
+TCP_MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+@register("norn")
+def check_ingress_kernel(app_configs=None, **kwargs):
+    """The ingress re-creates its listeners on each route switch; without
+    net.ipv4.tcp_migrate_req=1 connections arriving at that instant are reset."""
+    if settings.NORN_RUNTIME != "docker":
+        return []
+    try:
+        with open(TCP_MIGRATE_REQ) as f:
+            if f.read().strip() == "1":
+                return []
+    except OSError:
+        pass
+    return [
+        Warning(
+            "net.ipv4.tcp_migrate_req is not 1: each route switch of the ingress may reset "
+            "connections arriving at that instant.",
+            hint="sysctl -w net.ipv4.tcp_migrate_req=1 (Linux 5.14+; deploy/install.sh and scripts/services set it).",
+            id="norn.W006",
+        )
+    ]
+
+
 @register("norn")
 def check_timeouts(app_configs=None, **kwargs):
     task_timeout = settings.Q_CLUSTER["timeout"]

@@ -1,8 +1,9 @@
-"""The single-host Docker runtime against the real engine and the real proxy: an
-app with a port is served by Norn's proxy, and a deploy starts the new
-container next to the old one, switches the proxy only once it is healthy and
-never interrupts the public port, even when the new container crashes, is
-unhealthy or the deploy is cancelled. Workers are replaced in place."""
+"""The single-host Docker runtime against the real engine and the real ingress
+(Caddy): an app with a port is served by the ingress, and a deploy starts the
+new container next to the old one, switches the ingress only once it is ready
+and never interrupts the public port, even when the new container crashes, is
+unhealthy or the deploy is cancelled. Workers are replaced in place.
+(tests/test_docker_domains.py: apps reached by their domains.)"""
 
 import json
 import os
@@ -16,10 +17,11 @@ import urllib.request
 
 import pytest
 
-from deployments import appdb, appenv, proxy, runner
+from deployments import appdb, appenv, ingress, runner
 from deployments import containers as oneoff
 from deployments.runtimes import docker as runtime
-from deployments.runtimes import dockerengine, dockerswitch
+from deployments.caddy import Route
+from deployments.runtimes import dockerengine, dockerready, dockerswitch
 from deployments.outcomes import StepFailed
 from tests.support.contexts import parse_spec, step_context
 from tests.support.docker_images import docker, docker_build
@@ -30,6 +32,10 @@ from tests.support.docker_images import docker, docker_build
 # 127.0.0.1 (the container is on its app's network, not the host's).
 SERVE = 'CMD trap "exit 0" TERM; httpd -f -p "$PORT" -h /www & wait\n'
 IMAGE_PATH = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"  # set by norn-busybox:1
+# A request that takes 2 s to answer (busybox httpd runs CGI scripts).
+SLOW_CGI = '#!/bin/sh\nsleep 2\nprintf "Content-Type: text/plain\\r\\n\\r\\n%s-slow\\n" "$VERSION"\n'
+
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +44,16 @@ def images(busybox_image, tmp_path_factory):
     /healthz, a worker, one that exits at once and one that exits after 1 s."""
     token = secrets.token_hex(4)
     variants = {
-        "v1": {"www/index.html": "v1\n", "www/healthz": "ok\n", "Dockerfile": "COPY www/ /www/\n" + SERVE},
-        "v2": {"www/index.html": "v2\n", "www/healthz": "ok\n", "Dockerfile": "COPY www/ /www/\n" + SERVE},
+        **{
+            version: {
+                "www/index.html": f"{version}\n", "www/healthz": "ok\n", "www/cgi-bin/slow": SLOW_CGI,
+                "Dockerfile": f"COPY www/ /www/\nRUN chmod +x /www/cgi-bin/slow\nENV VERSION={version}\n" + SERVE,
+            }
+            for version in ("v1", "v2")
+        },
         "unhealthy": {"www/index.html": "unhealthy\n", "Dockerfile": "COPY www/ /www/\n" + SERVE},
         "crash": {"Dockerfile": 'CMD echo "boom: DATABASE_HOST is not set"; exit 3\n'},
-        # Up for a second, then gone: only the settle period catches it.
+        # Up for a second, then gone (and never serving).
         "short": {"Dockerfile": 'CMD sleep 1; echo "done early"; exit 0\n'},
         "worker": {"Dockerfile": 'CMD trap "exit 0" TERM; sleep 3600 & wait\n'},
     }
@@ -159,7 +170,7 @@ class Poller:
         self._thread.join(timeout=10)
 
 
-def test_first_deploy_serves_the_public_port_through_the_proxy(tmp_path, images, app, port):
+def test_first_deploy_serves_the_public_port_through_the_ingress(tmp_path, images, app, port):
     ctx = make_ctx(tmp_path, app, images["v1"], port=port)
     runtime.deploy(ctx)
 
@@ -177,14 +188,15 @@ def test_first_deploy_serves_the_public_port_through_the_proxy(tmp_path, images,
     backend = state["backend_port"]
     assert state["port"] == port and backend not in (None, port)
     # The container itself listens on its backend port, published on the
-    # host's 127.0.0.1 only; the proxy on the public one.
+    # host's 127.0.0.1 only; the ingress listens on the public one.
     assert fetch(backend) == "v1\n"
     ports = json.loads(docker(["inspect", "--format", "{{json .HostConfig.PortBindings}}", f"norn-{app}"]).stdout)
     assert ports == {f"{backend}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(backend)}]}
-    assert proxy.route(app) == {"port": port, "backend": backend}
+    assert ingress.route(app) == Route(app, backend, port=port)
     lines = ctx.lines()
-    assert not any("Started the Norn proxy" in line for line in lines)  # it is a service: never started by Norn
     assert f"GET http://127.0.0.1:{backend}/healthz: HTTP 200" in lines
+    # Ready after three passes in a row, with no fixed wait before them.
+    assert any(line.startswith(f"norn-{app}-next passed 3 checks in a row") for line in lines)
 
 
 def test_second_deploy_switches_before_the_old_container_stops(tmp_path, images, app, port):
@@ -202,13 +214,12 @@ def test_second_deploy_switches_before_the_old_container_stops(tmp_path, images,
     assert state["image"] == images["v2"]
     assert state["backend_port"] != old_backend
     lines = ctx.lines()
-    assert not any(line.startswith("Started the Norn proxy") for line in lines)  # already running
     start = lines.index(f"$ docker start norn-{app}-next")
     switch = next(i for i, line in enumerate(lines) if line.startswith(f"Switching port {port} to norn-{app}-next"))
     stop = lines.index(f"$ docker stop --timeout {dockerengine.STOP_GRACE} norn-{app}")
     remove = lines.index(f"$ docker rm --force norn-{app}")
     rename = lines.index(f"$ docker rename norn-{app}-next norn-{app}")
-    # The old container stops only once the new one was checked and the proxy moved.
+    # The old container stops only once the new one was checked and the ingress moved.
     assert start < switch < stop < remove < rename
 
 
@@ -228,7 +239,7 @@ def test_failed_deploys_never_interrupt_the_public_port(tmp_path, images, app, p
     # The unhealthy one was waited for (5 s): many polls, every one answered.
     assert len(unhealthy_polls.answers) > 20
     for failed in (unhealthy, crash):
-        assert f"The previous container norn-{app} kept serving port {port} throughout" in str(failed.value)
+        assert f"The previous container norn-{app} kept serving throughout: the ingress never left it." in str(failed.value)
     assert fetch(port) == "v1\n"
     assert containers(app) == [f"norn-{app}"]
 
@@ -253,10 +264,7 @@ def test_crashing_new_container_is_removed_and_the_old_one_kept(tmp_path, images
 
     message = str(failed.value)
     assert f"the new container norn-{app}-next exited with status 3" in message
-    assert (
-        f"The previous container norn-{app} kept serving port {port} throughout: it was never stopped, "
-        "and the proxy's route never left it." in message
-    )
+    assert f"The previous container norn-{app} kept serving throughout: the ingress never left it." in message
     assert "boom: DATABASE_HOST is not set" in message  # its last output
     assert "boom: DATABASE_HOST is not set" in ctx.lines()  # logged in the step too
     assert not [line for line in ctx.lines() if line.startswith(("$ docker stop", "Switching port"))]
@@ -280,11 +288,11 @@ def test_unhealthy_new_container_is_removed_and_the_old_one_kept(tmp_path, image
         r"\(GET http://127\.0\.0\.1:\d+/healthz: HTTP 404\)",
         message,
     )
-    assert f"The previous container norn-{app} kept serving port {port} throughout" in message
+    assert f"The previous container norn-{app} kept serving throughout: the ingress never left it." in message
     assert fetch(port) == "v1\n"
     assert containers(app) == [f"norn-{app}"]
     assert runtime.status(app)["image"] == images["v1"]
-    assert proxy.route(app) == {"port": port, "backend": backend}
+    assert ingress.route(app) == Route(app, backend, port=port)
 
 
 def test_failed_first_deploy_leaves_nothing_behind(tmp_path, images, app, port):
@@ -292,21 +300,22 @@ def test_failed_first_deploy_leaves_nothing_behind(tmp_path, images, app, port):
         runtime.deploy(make_ctx(tmp_path, app, images["crash"], port=port))
     assert containers(app) == []
     assert runtime.status(app) is None
-    assert proxy.route(app) is None
+    assert ingress.route(app) is None
     assert refused(port)
 
 
-def test_public_port_held_by_another_program_fails_the_deploy(tmp_path, images, app, port):
+def test_public_port_held_by_another_program_fails_the_deploy_before_anything_starts(tmp_path, images, app, port):
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         with pytest.raises(StepFailed) as failed:
             runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
-    message = str(failed.value)
-    assert f"the proxy cannot listen on 127.0.0.1:{port}: Address already in use" in message
-    assert "There was no previous container to fall back to." in message
+    assert str(failed.value) == (
+        f"port {port} is in use by another program on this host, so the ingress cannot listen on it: "
+        "stop that program or choose another port; nothing was changed."
+    )
     assert containers(app) == []
-    assert proxy.route(app) is None
+    assert ingress.route(app) is None
 
 
 def test_cancel_while_waiting_keeps_the_previous_one_serving(tmp_path, images, app, port):
@@ -326,31 +335,26 @@ def test_cancel_while_waiting_keeps_the_previous_one_serving(tmp_path, images, a
     assert runtime.status(app)["image"] == images["v1"]
 
 
-def test_open_connection_to_the_old_container_is_drained_before_it_stops(tmp_path, images, app, port):
+def test_a_request_in_flight_to_the_old_container_finishes_before_it_stops(tmp_path, images, app, port):
     runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     ctx = make_ctx(tmp_path, app, images["v2"], port=port)
     answer = []
-
-    def slow_client():
-        # Half a request before the deploy: the connection is bound to v1's
-        # backend. Finish it once the deploy waits for it, after the switch.
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-            conn.sendall(b"GET /index.html HTTP/1.0\r\n")
-            deadline = time.monotonic() + 60
-            while not any("open connection(s)" in line for line in ctx.lines()):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            conn.sendall(b"\r\n")
-            answer.append(b"".join(iter(lambda: conn.recv(65536), b"")).decode())
-
-    client = threading.Thread(target=slow_client)
+    client = threading.Thread(target=lambda: answer.append(fetch(port, "/cgi-bin/slow")))
     client.start()
-    time.sleep(0.5)  # the proxy has accepted it and connected it to v1
+    deadline = time.monotonic() + 10
+    backend = runtime.status(app)["backend_port"]
+    while not ingress.in_flight(backend):  # the ingress is sending it to v1
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     runtime.deploy(ctx)
     client.join(timeout=10)
 
-    assert answer and answer[0].startswith("HTTP/1.") and answer[0].endswith("\r\n\r\nv1\n")
-    assert f"Waiting up to {dockerswitch.DRAIN_SECONDS:g} s for 1 open connection(s) to norn-{app} to finish" in ctx.lines()
+    # v1 answered it, after the switch, before it was stopped.
+    assert answer == ["v1-slow\n"]
+    lines = ctx.lines()
+    drain = lines.index(f"Waiting up to {dockerswitch.DRAIN_SECONDS:g} s for 1 request(s) in flight to norn-{app} to finish")
+    assert lines.index(f"The ingress sends new requests for port {port} to norn-{app}-next") < drain
+    assert drain < lines.index(f"$ docker stop --timeout {dockerengine.STOP_GRACE} norn-{app}")
     assert fetch(port) == "v2\n"
 
 
@@ -367,7 +371,7 @@ def test_env_values_reach_the_container_but_no_command_line(tmp_path, images, ap
 
     env = json.loads(docker(["inspect", "--format", "{{json .Config.Env}}", f"norn-{app}"]).stdout)
     assert f"API_TOKEN={secret}" in env
-    # The app listens on its backend port; the public one is the proxy's.
+    # The app listens on its backend port; the public one is the ingress's.
     assert [e for e in env if e.startswith("PORT=")] == [f"PORT={runtime.status(app)['backend_port']}"]
     assert f"NORN_APP={app}" in env
     assert f"NORN_DEPLOYMENT={ctx.public_id}" in env
@@ -402,7 +406,7 @@ def run_next(app, image, port):
         image,
     ])
     deadline = time.monotonic() + 10
-    while not dockerswitch.accepts(backend)[0]:
+    while not dockerready.probe(f"http://127.0.0.1:{backend}/", strict=False)[0]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     return container_id(f"norn-{app}-next"), backend
@@ -412,13 +416,13 @@ def test_interrupted_deploy_after_the_switch_is_finished_not_undone(tmp_path, im
     runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     # The deploy died right after switching the route to its new container.
     live_id, backend = run_next(app, images["v2"], port)
-    proxy.wait_applied(proxy.set_route(app, port, backend))
+    ingress.set_route(Route(app, backend, port=port))
     assert fetch(port) == "v2\n"
 
     # The next deploy fails: the live container must survive it.
     ctx = make_ctx(tmp_path, app, images["crash"], port=port)
     with Poller(port) as polls:
-        with pytest.raises(StepFailed, match="kept serving port"):
+        with pytest.raises(StepFailed, match="kept serving throughout"):
             runtime.deploy(ctx)
     assert f"norn-{app}-next is the one in service: finishing an interrupted deploy" in ctx.lines()
     assert polls.failures == [] and set(polls.answers) == {"v2\n"}
@@ -439,44 +443,23 @@ def test_interrupted_deploy_before_the_switch_is_removed(tmp_path, images, app, 
     assert fetch(port) == "v2\n"
 
 
-def test_container_serving_the_public_port_itself_is_taken_over_by_the_proxy(tmp_path, images, app, port):
-    # Deployed before Norn had the proxy: it listens on the public port.
-    docker([
-        "run", "--detach", "--name", f"norn-{app}", "--network", "host", "--env", f"PORT={port}",
-        "--label", f"norn.app={app}", "--label", f"norn.image={images['v1']}", images["v1"],
-    ])
-    deadline = time.monotonic() + 10
-    while not dockerswitch.accepts(port)[0]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-
-    ctx = make_ctx(tmp_path, app, images["v2"], port=port)
-    runtime.deploy(ctx)
-
-    assert any(f"norn-{app} serves port {port} itself" in line for line in ctx.lines())
-    assert fetch(port) == "v2\n"
-    assert containers(app) == [f"norn-{app}"]
-    assert runtime.status(app)["backend_port"] not in (None, port)
-
-
-def test_a_deploy_fails_at_once_when_the_proxy_is_not_running(tmp_path, images, app, port, proxy_service):
+def test_a_deploy_fails_at_once_when_the_ingress_is_down(tmp_path, images, app, port, ingress_service):
     runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
-    proxy_service.stop()
+    ingress_service.stop()
     assert refused(port)
 
-    started = time.monotonic()
     with pytest.raises(StepFailed) as failed:
         runtime.deploy(make_ctx(tmp_path, app, images["v2"], port=port))
-    assert time.monotonic() - started < 5
-    assert str(failed.value).startswith(
-        "the Norn proxy is not running: start `manage.py proxy` (systemd: norn-proxy.service)."
+    assert str(failed.value) == (
+        f"the ingress (Caddy) is not answering at {ingress_service.admin} (No such file or directory): start "
+        f"norn-ingress.service (scripts/services in development). It serves port {port}; nothing was changed."
     )
-    # Nothing was started in its place, and nothing of the deploy was done.
-    assert not proxy.alive()
+    # Norn started nothing in its place, and nothing of the deploy was done.
+    assert ingress.alive() is not None
     assert containers(app) == [f"norn-{app}"]
 
-    proxy_service.start()
-    assert fetch(port) == "v1\n"  # its route was kept
+    ingress_service.start()
+    assert fetch(port) == "v1\n"  # Caddy resumed its route
     runtime.deploy(make_ctx(tmp_path, app, images["v2"], port=port))
     assert fetch(port) == "v2\n"
 
@@ -524,17 +507,16 @@ def test_status_and_remove(tmp_path, images, app, port):
     assert runtime.remove(app) == [f"norn-{app}"]
     assert runtime.status(app) is None
     assert containers(app) == []
-    assert proxy.route(app) is None
-    proxy.wait_applied(proxy.read_routes()[0])
+    assert ingress.route(app) is None
     assert refused(port)
     assert runtime.remove(app) == []
 
 
-def test_port_without_healthcheck_waits_until_the_backend_accepts(tmp_path, images, app, port):
+def test_port_without_healthcheck_waits_until_the_app_answers_http(tmp_path, images, app, port):
     ctx = make_ctx(tmp_path, app, images["v1"], port=port, healthcheck=None)
     runtime.deploy(ctx)
     backend = runtime.status(app)["backend_port"]
-    assert f"127.0.0.1:{backend} accepts connections" in ctx.lines()
+    assert f"GET http://127.0.0.1:{backend}/: HTTP 200" in ctx.lines()
     assert fetch(port) == "v1\n"
 
     with pytest.raises(StepFailed, match=f"norn-{app}-next exited with status 0"):
@@ -549,10 +531,10 @@ def test_worker_without_port_is_up_once_it_stays_running(tmp_path, images, app):
     assert state["running"]
     assert state["port"] is None and state["backend_port"] is None
     assert any(line.startswith(f"norn-{app}-next has been running for") for line in ctx.lines())
-    assert not any("proxy" in line.lower() for line in ctx.lines())
+    assert not any("ingress" in line.lower() for line in ctx.lines())
 
 
-def test_container_that_exits_within_the_settle_period_fails_the_deploy(tmp_path, images, app):
+def test_worker_that_exits_within_its_first_seconds_fails_the_deploy(tmp_path, images, app):
     runtime.deploy(make_ctx(tmp_path, app, images["worker"]))
 
     with pytest.raises(StepFailed, match=f"norn-{app}-next exited with status 0") as failed:
@@ -568,7 +550,6 @@ def test_app_that_drops_its_port_loses_its_route(tmp_path, images, app, port):
     runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     ctx = make_ctx(tmp_path, app, images["worker"])
     runtime.deploy(ctx)
-    assert proxy.route(app) is None
-    assert f"{app} no longer declares a port: the proxy stopped serving its old one" in ctx.lines()
-    proxy.wait_applied(proxy.read_routes()[0])
+    assert ingress.route(app) is None
+    assert f"{app} no longer declares a port or domains: the ingress stopped serving them" in ctx.lines()
     assert refused(port)

@@ -8,7 +8,7 @@ A new container that fails never receives a request.
 import dataclasses
 import socket
 
-from deployments import ingress
+from deployments import caddy, ingress
 from deployments.appenv import StepContext
 from deployments.outcomes import StepFailed
 from deployments.runtimes.dockerengine import (
@@ -46,7 +46,15 @@ def require_ingress(ctx: StepContext) -> None:
     why = ingress.alive()
     if why:
         raise StepFailed(f"{why}. It serves {where(wanted_route(ctx))}; nothing was changed.")
-    problem = ingress.claims_problem(wanted_route(ctx))
+    wanted = wanted_route(ctx)
+    problem = ingress.claims_problem(wanted)
+    current = ingress.route(ctx.app_name)
+    if not problem and wanted.port and not (current and current.port == wanted.port):
+        if wanted.port in caddy.listening_ports():
+            problem = (
+                f"port {wanted.port} is in use by another program on this host, so the ingress cannot "
+                "listen on it: stop that program or choose another port"
+            )
     if problem:
         raise StepFailed(f"{problem}; nothing was changed.")
 
@@ -91,7 +99,7 @@ def replace_behind_ingress(ctx: StepContext, name: str, next_name: str, previous
             ctx.run(["docker", "start", next_name], timeout=COMMAND_TIMEOUT)
             wait_until_ready(ctx, next_name, backend, watch)
             ctx.log(f"Switching {where(new)} to {next_name} ({BACKEND_HOST}:{backend})")
-            before = ingress.set_route(new, ctx.public_id)
+            before = ingress.set_route(new, ctx.public_id, drain=was_running)
         except (NotReady, ingress.IngressError) as exc:
             tail = discard(dataclasses.replace(ctx, cancel_reason=None), next_name)
             message = f"{exc}. {_kept(name, previous)}"
