@@ -14,7 +14,7 @@ from django_q.models import Schedule
 
 from apps_registry import infraspec
 from apps_registry.models import App
-from deployments import proxy, scheduler, transitions
+from deployments import ingress, scheduler, transitions
 from deployments.runtimes import docker as docker_runtime
 from deployments.runtimes import kubernetes as kubernetes_runtime
 from tests.support.contexts import step_context
@@ -61,7 +61,7 @@ def run(*args):
 
 @pytest.fixture
 def web_app(tmp_path, settings, web_image):
-    """A webserver deployed to the local Docker engine behind the proxy: (name, port, ctx)."""
+    """A webserver deployed to the local Docker engine behind the ingress: (name, port, ctx)."""
     settings.NORN_RUNTIME = "docker"
     name = f"cmd-{secrets.token_hex(4)}"
     port = free_port()
@@ -80,8 +80,8 @@ def test_app_status_reports_the_running_container_image_and_port(web_app, web_im
     assert lines[1].startswith(f"  image: {web_image} (sha256:")
     assert f"  deployment: {ctx.public_id}" in lines
     assert any(line.startswith("  running since ") and line.endswith(", 0 restart(s)") for line in lines)
-    backend = proxy.route(name)["backend"]
-    assert f"  port: 127.0.0.1:{port} (Norn's proxy) -> backend 127.0.0.1:{backend}" in lines
+    backend = ingress.route(name).backend
+    assert f"  port: {port} (the ingress) -> 127.0.0.1:{backend}" in lines
 
     report = json.loads(run("app_status", name, "--json"))
     assert (report["app"], report["runtime"], report["cron"]) == (name, "docker", None)
@@ -110,7 +110,7 @@ def test_undeploy_without_yes_asks_and_a_no_changes_nothing(web_app, monkeypatch
         run("undeploy", name)
     assert questions and "removes it from the local Docker engine" in questions[0]
     assert docker_runtime.status(name)["running"]
-    assert proxy.route(name) is not None
+    assert ingress.route(name) is not None
 
 
 def test_undeploy_removes_the_container_the_route_and_the_schedule(web_app, monkeypatch):
@@ -121,10 +121,9 @@ def test_undeploy_removes_the_container_the_route_and_the_schedule(web_app, monk
     text = run("undeploy", name)
     assert text == f"Removed norn-{name}, cron schedule norn-cron:{name}.\n"
     assert docker_runtime.status(name) is None
-    assert proxy.route(name) is None
+    assert ingress.route(name) is None
     assert not Schedule.objects.filter(name=scheduler.schedule_name(name)).exists()
-    # The proxy closed the public port once the route was gone.
-    proxy.wait_applied(proxy.read_routes()[0])
+    # The ingress closed the public port once the route was gone.
     with pytest.raises(OSError):
         urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"http://127.0.0.1:{port}/", timeout=5)
     # Again: nothing left to remove, and it says so.

@@ -27,6 +27,8 @@ __all__ = ["already_in_service", "replace_behind_ingress", "require_ingress", "w
 # After the switch, how long requests still in flight to the old container
 # may take to finish before it is stopped (it then gets STOP_GRACE on top).
 DRAIN_SECONDS = 10.0
+# How long a deploy waits for the certificates of domains new to the app.
+TLS_WAIT = 10.0
 
 
 def wanted_route(ctx: StepContext, backend: int = 0) -> ingress.Route:
@@ -113,6 +115,7 @@ def replace_behind_ingress(ctx: StepContext, name: str, next_name: str, previous
                 raise StepFailed(f"{exc}\n{_kept(name, previous)}") from exc
             raise
         ctx.log(f"The ingress sends new requests for {where(new)} to {next_name}")
+        _await_certificates(ctx, new, before)
 
         # The switch is made. A cancel from here on would only leave two
         # containers behind, so the rest runs to its end (every command has
@@ -135,6 +138,23 @@ def replace_behind_ingress(ctx: StepContext, name: str, next_name: str, previous
             "The next deploy of the app finishes it."
         ) from None
     ctx.log(f"{name} is running {ctx.image}, serving {where(new)} through the ingress ({BACKEND_HOST}:{backend})")
+
+
+def _await_certificates(ctx, new, before):
+    """For domains the app did not have, wait a little for the ingress to
+    present a certificate (Caddy gets them in the background); never fails."""
+    added = set(new.domains) - set(before.domains if before else ())
+    if not added or not caddy.serves_https(new):
+        return
+    pending = ingress.tls_pending(dataclasses.replace(new, domains=tuple(sorted(added))), TLS_WAIT)
+    if pending:
+        ctx.log(
+            f"No certificate yet for {', '.join(pending)} after {TLS_WAIT:g} s: the ingress keeps trying "
+            "(ACME needs the name's DNS to point at this host and port 80 or 443 reachable); "
+            "`manage.py ingress status` and its log say more"
+        )
+    else:
+        ctx.log(f"The ingress has a certificate for {', '.join(sorted(added))}")
 
 
 def _drain(ctx, name, backend):
