@@ -9,7 +9,7 @@ from django.utils.html import format_html
 
 from apps_registry.admin import AppAdmin
 from apps_registry.models import App
-from deployments import admin_queue, admin_tokens  # noqa: F401 (register their admins)
+from deployments import admin_ingress, admin_queue, admin_tokens  # noqa: F401 (register their admins)
 from deployments import transitions
 from deployments.models import CronJob, CronRun, Deployment, Event, Snapshot, Step
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback

@@ -32,6 +32,8 @@ __all__ = ["AdminError", "IngressError", "Route", "alive", "apply", "drop_route"
 # pg_advisory_xact_lock key: "norn-ingress".
 _LOCK_KEY = 0x6E6F726E_1A
 DRAIN_POLL = 0.05
+# How long the old backend must have had no request in flight (wait_drained).
+DRAIN_QUIET = 0.25
 
 
 class IngressError(Exception):
@@ -180,16 +182,26 @@ def in_flight(backend: int) -> int:
     return caddy.upstreams().get(f"127.0.0.1:{backend}", 0)
 
 
-def wait_drained(backend: int, timeout: float) -> int:
-    """Wait until no request to 127.0.0.1:<backend> is in flight, at most
-    `timeout` seconds; returns how many still were at the end (0: drained)."""
+def wait_drained(backend: int, timeout: float, quiet: float = DRAIN_QUIET) -> int:
+    """Wait until no request to 127.0.0.1:<backend> has been in flight for
+    `quiet` seconds, at most `timeout` seconds; returns how many still were
+    at the end (0: drained).
+
+    The quiet period covers requests on connections the previous config
+    accepted just before the switch (a TLS handshake still under way): Caddy
+    serves them with that config, so they reach the old backend moments
+    after the switch.
+    """
     deadline = time.monotonic() + timeout
+    idle_since = None
     while True:
         try:
             left = in_flight(backend)
         except AdminError:
             return 0
-        if not left or time.monotonic() >= deadline:
+        now = time.monotonic()
+        idle_since = (idle_since or now) if not left else None
+        if (idle_since is not None and now - idle_since >= quiet) or now >= deadline:
             return left
         time.sleep(DRAIN_POLL)
 

@@ -263,3 +263,15 @@ def test_ingress_that_does_not_answer_is_named(settings, tmp_path):
         f"the ingress (Caddy) is not answering at unix/{tmp_path}/nothing.sock (No such file or directory): "
         "start norn-ingress.service (scripts/services in development)"
     )
+
+
+def test_the_admin_lists_routes_read_only(ingress_service, backends, admin_client):
+    shop = backends("shop")
+    ingress.set_route(Route("shop", shop.port, port=free_port(), domains=("shop.example.test",)), "abcdef12-0000")
+    page = admin_client.get("/admin/deployments/ingressroute/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "shop.example.test, port " in text and f"127.0.0.1:{shop.port}" in text
+    assert admin_client.get("/admin/deployments/ingressroute/add/").status_code == 403
+    assert admin_client.post("/admin/deployments/ingressroute/shop/delete/", {"post": "yes"}).status_code == 403
+    assert ingress.route("shop") is not None

@@ -158,14 +158,14 @@ def _await_certificates(ctx, new, before):
 
 
 def _drain(ctx, name, backend):
-    """Let requests still in flight to the old container finish."""
+    """Let requests still in flight to the old container finish, and those on
+    connections the ingress accepted just before the switch arrive."""
     try:
         left = ingress.in_flight(backend)
     except ingress.AdminError:
         return
-    if not left:
-        return
-    ctx.log(f"Waiting up to {DRAIN_SECONDS:g} s for {left} request(s) in flight to {name} to finish")
+    if left:
+        ctx.log(f"Waiting up to {DRAIN_SECONDS:g} s for {left} request(s) in flight to {name} to finish")
     left = ingress.wait_drained(backend, DRAIN_SECONDS)
     if left:
         ctx.log(f"{left} request(s) to {name} still in flight after {DRAIN_SECONDS:g} s; stopping it anyway")
