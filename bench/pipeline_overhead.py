@@ -1,25 +1,41 @@
 #!/usr/bin/env python
 """Benchmark: what Norn adds over a plain shell script running the same deploy.
 
-Deploys a small cron app (git clone, docker build, a 1-second test, pg_dump,
-a migration, registering the image, cleanup) N times through a real
-`manage.py qcluster` worker, and N times through a shell script running the
-same commands, then prints the medians, Norn's overhead and the worker's peak
-resident memory. Targets: overhead < 0.3 s, worker < 150 MB.
+Two apps, each deployed N times through Norn and N times by a shell script
+doing the same work, interleaved (Norn, script, script, Norn, ...):
 
-The test and the migration run in throwaway containers of the new image on
-both sides, with the same docker run flags (deployments/containers.py): the
-app's network, the limits, an env file. The migration does not touch the
-database (the image has no psql); pg_dump does, on the host, as Norn does.
+- webserver: git clone, docker build, a test container, pg_dump of the app's
+  database, a migration container, then the switch: the new container on a
+  port of its own, its health check polled until it passes 3 times in a row,
+  the ingress (a Caddy of each side's own) switched to it through its admin
+  API, the old container stopped and removed, the new one renamed; cleanup.
+- cron: the same up to the migration, then registering the image.
 
-    .venv/bin/python bench/pipeline_overhead.py [--runs 5]
+Norn's side is what a user runs: `manage.py deploy <app>` (the CLI: it
+queues the deployment and follows it over the WebSocket of a running daphne
+to the end; a qcluster worker runs the steps), timed from the command's
+start to its exit. The test and migration containers run with the same
+docker flags on both sides (deployments/containers.py): the app's network,
+the limits, an env file. The migration does not touch the database (the
+image has no psql); pg_dump does, on the host, as Norn does.
 
-Needs the services from scripts/services; uses its own database norn_bench.
+Prints per app the medians, Norn over the script (target: <= 1.10x, aim
+1.05x), where Norn's time went (per step, from its own records), and the
+peak resident memory of the worker and of daphne (target: < 150 MB each).
+
+    .venv/bin/python bench/pipeline_overhead.py [--runs 5] [--apps webserver,cron]
+
+Needs the services from scripts/services (PostgreSQL, Redis, Docker, the
+apps' PostgreSQL, caddy); uses its own databases norn_bench, norn_bench_app
+and norn_bench_web, channel prefix norn-bench-<pid> and Caddy instances of its
+own, and removes them (and its containers and networks) at the end.
 """
 
 import argparse
+import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -31,103 +47,291 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DB = "norn_bench"
-APP_DB = "norn_bench_app"
+APP_DBS = {"bench": "norn_bench_app", "benchweb": "norn_bench_web"}  # one per app, as Norn requires
+APPS = ("webserver", "cron")
+NAMES = {"webserver": "benchweb", "cron": "bench"}
+
+SERVE = 'CMD trap "exit 0" TERM; httpd -f -p "$PORT" -h /www & wait\n'
 
 
 def sh(*argv, **kwargs):
     return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True, **kwargs)
 
 
-def prepare(tmp):
-    """An app with its own git repository, and a fresh Norn database."""
-    src = tmp / "src"
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def git_repo(tmp, name, files):
+    src = tmp / f"src-{name}"
     src.mkdir()
-    (src / "Dockerfile").write_text("FROM norn-busybox:1\nCOPY report.sh /report.sh\nCMD [\"sh\", \"/report.sh\"]\n")
-    (src / "report.sh").write_text("echo report\n")
-    (src / "migrate.sql").write_text("CREATE TABLE IF NOT EXISTS runs (id serial primary key);\n")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@x"}
+    for rel, text in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@x",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@x"}
     sh("git", "init", "-q", "--initial-branch=main", src)
     sh("git", "-C", src, "add", "-A")
     sh("git", "-C", src, "commit", "-q", "-m", "bench", env=env)
-    sh("git", "clone", "-q", "--bare", src, tmp / "bench.git")
-    apps = tmp / "apps" / "bench"
-    apps.mkdir(parents=True)
-    (apps / "infraspec.yaml").write_text(textwrap.dedent(f"""\
-        app: bench
-        role: cron
-        repo:
-          url: file://{tmp / 'bench.git'}
+    sh("git", "clone", "-q", "--bare", src, tmp / f"{name}.git")
+
+
+def prepare(tmp, web_port):
+    """Both apps with their own git repositories, and fresh databases."""
+    git_repo(tmp, "bench", {
+        "Dockerfile": "FROM norn-busybox:1\nCOPY report.sh /report.sh\nCMD [\"sh\", \"/report.sh\"]\n",
+        "report.sh": "echo report\n",
+    })
+    git_repo(tmp, "benchweb", {
+        "Dockerfile": f"FROM norn-busybox:1\nCOPY www/ /www/\n{SERVE}",
+        "www/index.html": "bench\n", "www/healthz": "ok\n",
+    })
+    common = """\
         build:
-          test: sleep 1
+          test: "true"
         services:
           postgres:
-            database: {APP_DB}
+            database: {database}
         migrations:
           command: echo migrated
-        schedule: "0 3 * * *"
-        command: ["sh", "/report.sh"]
-    """))
-    for name in (DB, APP_DB):
-        sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        sh("createdb", "-h", "127.0.0.1", "-U", "postgres", name)
+    """
+    specs = {
+        "bench": f"""\
+            app: bench
+            role: cron
+            repo:
+              url: file://{tmp / 'bench.git'}
+            schedule: "0 3 * * *"
+            command: ["sh", "/report.sh"]
+        """,
+        "benchweb": f"""\
+            app: benchweb
+            role: webserver
+            repo:
+              url: file://{tmp / 'benchweb.git'}
+            port: {web_port}
+            healthcheck: /healthz
+        """,
+    }
+    for name, text in specs.items():
+        directory = tmp / "apps" / name
+        directory.mkdir(parents=True)
+        (directory / "infraspec.yaml").write_text(
+            textwrap.dedent(text) + textwrap.dedent(common).format(database=APP_DBS[name])
+        )
+    sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    sh("createdb", "-h", "127.0.0.1", "-U", "postgres", DB)
+    # The app's database lives on the apps' server, as Norn's snapshot step
+    # needs it; Norn creates it (and its role) at the first deploy.
+    for database in APP_DBS.values():
+        sh("psql", "-c", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)", env={**os.environ, **apps_server_env()})
 
 
-SCRIPT = """\
+def apps_server_env():
+    """libpq's variables for the apps' PostgreSQL server (NORN_APP_DATABASES_URL)."""
+    from urllib.parse import unquote, urlsplit
+
+    url = urlsplit(os.environ["NORN_APP_DATABASES_URL"])
+    return {"PGHOST": url.hostname, "PGPORT": str(url.port or 5432), "PGUSER": unquote(url.username or ""),
+            "PGPASSWORD": unquote(url.password or ""), "PGDATABASE": "postgres"}
+
+
+PREAMBLE = """\
 set -e
 work=$(mktemp -d "$TMP/script-XXXX")
-git clone -q --depth 1 --branch main -- "file://$TMP/bench.git" "$work/src"
+git clone -q --depth 1 --branch main -- "file://$TMP/$APP.git" "$work/src"
 sha=$(git -C "$work/src" rev-parse HEAD)
-DOCKER_BUILDKIT=0 docker build -q -f "$work/src/Dockerfile" -t "bench:$sha" "$work/src" >/dev/null
-docker network inspect --format '{{{{.Name}}}}' norn-bench >/dev/null 2>&1 || docker network create --label norn.app=bench norn-bench >/dev/null
+DOCKER_BUILDKIT=0 docker build -q --force-rm -f "$work/src/Dockerfile" -t "$APP-script:$sha" "$work/src" >/dev/null 2>&1
+docker network inspect --format '{{{{.Name}}}}' "script-$APP" >/dev/null 2>&1 || docker network create --label norn.app=script-$APP "script-$APP" >/dev/null
 umask 077
-printf 'NORN_APP=bench\\nNORN_COMMIT=%s\\n' "$sha" > "$work/test.env"
-docker run --rm --init --name "bench-test-$$" --label norn.app=bench --label norn.purpose=test \\
-  --network norn-bench {flags} \\
+printf 'NORN_APP=%s\\nNORN_COMMIT=%s\\n' "$APP" "$sha" > "$work/test.env"
+docker run --rm --init --name "script-test-$$" --label norn.app=script-$APP --label norn.purpose=test \\
+  --network "script-$APP" {flags} \\
   --volume "$work/src:/workspace" --workdir /workspace --env-file "$work/test.env" \\
-  --entrypoint /bin/sh "bench:$sha" -c "sleep 1"
-pg_dump -Fc -h 127.0.0.1 -U postgres -d {app_db} -f "$work/snapshot.dump"
-printf 'NORN_APP=bench\\nNORN_COMMIT=%s\\nPGHOST=host.docker.internal\\nPGDATABASE={app_db}\\n' "$sha" > "$work/migrate.env"
-docker run --rm --init --name "bench-migrate-$$" --label norn.app=bench --label norn.purpose=migrate \\
-  --network norn-bench {flags} \\
-  --env-file "$work/migrate.env" --entrypoint /bin/sh "bench:$sha" -c "echo migrated" >/dev/null
-docker image inspect --format '{{{{.Id}}}}' "bench:$sha" >/dev/null
+  --entrypoint /bin/sh "$APP-script:$sha" -c "true"
+pg_dump -Fc -d {app_db} -f "$work/snapshot.dump"
+printf 'NORN_APP=%s\\nNORN_COMMIT=%s\\nPGHOST=host.docker.internal\\nPGDATABASE={app_db}\\n' "$APP" "$sha" > "$work/migrate.env"
+docker run --rm --init --name "script-migrate-$$" --label norn.app=script-$APP --label norn.purpose=migrate \\
+  --network "script-$APP" {flags} \\
+  --env-file "$work/migrate.env" --entrypoint /bin/sh "$APP-script:$sha" -c "echo migrated" >/dev/null
+"""
+
+CRON = """\
+docker image inspect --format '{{{{.Id}}}}' "$APP-script:$sha" >/dev/null
+rm -rf "$work"
+"""
+
+# The switch, as a careful script would do it: the new container beside the
+# old one, 3 health checks in a row, the ingress's route, then the old one goes.
+WEBSERVER = """\
+name="script-$APP"
+printf 'PORT=%s\\n' "$BACKEND" > "$work/app.env"
+docker create --name "$name-next" --network "script-$APP" {flags} --init --restart unless-stopped \\
+  --label norn.app=script-$APP --publish "127.0.0.1:$BACKEND:$BACKEND" --env-file "$work/app.env" \\
+  "$APP-script:$sha" >/dev/null
+docker start "$name-next" >/dev/null
+passes=0
+until [ "$passes" -ge 3 ]; do
+  if curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$BACKEND/healthz"; then passes=$((passes + 1)); else passes=0; fi
+  [ "$passes" -ge 3 ] || sleep 0.1
+done
+curl -fsS --unix-socket "$CADDY_SOCKET" -H 'Host;' -H 'Content-Type: application/json' \\
+  --data "$CADDY_CONFIG" http://ingress/load
+if docker inspect --type container "$name" >/dev/null 2>&1; then
+  docker stop --timeout 10 "$name" >/dev/null
+  docker rm --force "$name" >/dev/null
+fi
+docker rename "$name-next" "$name"
 rm -rf "$work"
 """
 
 
-def run_script(tmp):
-    import shlex
+def script_config(admin, port, backend):
+    """The script's Caddy config: its app's port to the new backend."""
+    return json.dumps({"admin": {"listen": admin}, "apps": {"http": {"servers": {"app": {
+        "listen": [f"127.0.0.1:{port}"], "automatic_https": {"disable": True},
+        "routes": [{"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": f"127.0.0.1:{backend}"}]}]}],
+    }}}}})
 
+
+def run_script(tmp, which, script_ingress, script_port):
     from deployments import containers
 
-    flags = " ".join(shlex.quote(a) for a in [*containers.ADD_HOST, *containers.limits()])
+    flags = " ".join(_quote(a) for a in [*containers.ADD_HOST, *containers.limits()])
+    text = PREAMBLE + (WEBSERVER if which == "webserver" else CRON)
+    backend = free_port()
+    env = {**os.environ, **apps_server_env(), "TMP": str(tmp), "APP": NAMES[which], "BACKEND": str(backend),
+           "CADDY_SOCKET": str(script_ingress.socket),
+           "CADDY_CONFIG": script_config(script_ingress.admin, script_port, backend)}
     started = time.monotonic()
-    subprocess.run(["bash", "-c", SCRIPT.format(app_db=APP_DB, flags=flags)], check=True, env={**os.environ, "TMP": str(tmp)})
+    subprocess.run(["bash", "-c", text.format(app_db=APP_DBS[NAMES[which]], flags=flags)], check=True, env=env)
     return time.monotonic() - started
 
 
+def _quote(arg):
+    import shlex
+
+    return shlex.quote(arg)
+
+
 def rss_mb(pids):
-    total = 0
+    peak = 0.0
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total = max(total, int(line.split()[1]) / 1024)
+                    peak = max(peak, int(line.split()[1]) / 1024)
         except OSError:
             pass
-    return total
+    return peak
 
 
-def worker_pids(cluster_pid):
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(cluster_pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()] + [cluster_pid]
+def family(pid):
+    """pid and its descendants."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children = {}
+    for line in out.splitlines():
+        p, pp = map(int, line.split())
+        children.setdefault(pp, []).append(p)
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+class Memory:
+    """Samples the peak RSS of the worker and daphne process trees while a command runs."""
+
+    def __init__(self, worker, web):
+        self.worker, self.web = worker, web
+        self.peak = {"worker": 0.0, "web": 0.0}
+
+    def run(self, argv, env):
+        with tempfile.TemporaryFile("w+") as out:
+            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+            while proc.poll() is None:
+                self.peak["worker"] = max(self.peak["worker"], rss_mb(family(self.worker.pid)))
+                self.peak["web"] = max(self.peak["web"], rss_mb(family(self.web.pid)))
+                # Seldom: the sampling itself takes CPU from the deploy it watches.
+                time.sleep(0.25)
+            out.seek(0)
+            return proc.returncode, out.read()
+
+
+def step_times(app):
+    """Where the last deployment of `app` spent its time: per step, and between them."""
+    from deployments.models import Deployment
+
+    deployment = Deployment.objects.filter(app__name=app).order_by("-pk").first()
+    steps = list(deployment.steps.order_by("position"))
+    parts = [f"queued->start {(deployment.started_at - deployment.queued_at).total_seconds():.2f}"]
+    previous_end = deployment.started_at
+    for step in steps:
+        if step.started_at and step.finished_at:
+            gap = (step.started_at - previous_end).total_seconds()
+            parts.append(f"{step.name} {(step.finished_at - step.started_at).total_seconds():.2f}"
+                         + (f" (+{gap:.2f} before)" if gap >= 0.01 else ""))
+            previous_end = step.finished_at
+    parts.append(f"end {(deployment.finished_at - previous_end).total_seconds():.2f}")
+    return ", ".join(parts)
+
+
+def start_services(tmp, env):
+    """daphne, a qcluster worker and the two Caddy instances."""
+    from tests.support.ingress import IngressService
+
+    norn_ingress = IngressService(tmp / "ingress-norn").start()
+    script_ingress = IngressService(tmp / "ingress-script").start()
+    env.update(norn_ingress.environ)
+    os.environ.update(norn_ingress.environ)
+    port = free_port()
+    log = open(tmp / "services.log", "ab")
+    web = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                            "norn_project.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=log,
+                           start_new_session=True)
+    worker = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=log,
+                              stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or web.poll() is not None:
+                raise SystemExit("daphne did not start: " + (tmp / "services.log").read_text()[-2000:])
+            time.sleep(0.1)
+    env["NORN_URL"] = f"http://127.0.0.1:{port}"
+    return web, worker, norn_ingress, script_ingress
+
+
+def stop(proc, sig=15):
+    if proc and proc.poll() is None:
+        os.kill(proc.pid, sig)  # the main process only: it stops its own children in order
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--apps", default=",".join(APPS), help="webserver,cron (the default) or one of them")
     args = parser.parse_args()
+    which_apps = [a for a in args.apps.split(",") if a]
+    if not which_apps or set(which_apps) - set(APPS):
+        parser.error(f"--apps: use {', '.join(APPS)}")
     tmp = Path(tempfile.mkdtemp(prefix="norn-bench-"))
+    if not os.environ.get("NORN_APP_DATABASES_URL"):
+        url_file = Path(os.environ.get("NORN_SERVICES_STATE_DIR", "/var/lib/norn-services")) / "apps-database-url"
+        try:
+            os.environ["NORN_APP_DATABASES_URL"] = url_file.read_text().strip()
+        except OSError:
+            raise SystemExit(f"NORN_APP_DATABASES_URL is not set and {url_file} is not readable: run scripts/services")
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",
@@ -137,55 +341,78 @@ def main():
         "NORN_RUNTIME": "docker",
         "NORN_WORKERS": "1",
         "NORN_LOG_LEVEL": "WARNING",
+        "NORN_CHANNEL_PREFIX": f"norn-bench-{os.getpid()}",
         # DEBUG is off by default, so Norn needs a key (as the other benches give it).
         "SECRET_KEY": os.environ.get("SECRET_KEY") or "norn-bench-" + os.urandom(16).hex(),
     }
     os.environ.update(env)
     os.environ["DJANGO_SETTINGS_MODULE"] = "norn_project.settings"
-    cluster = None
+    web = worker = norn_ingress = script_ingress = None
+    web_port, script_port = free_port(), free_port()
     try:
-        prepare(tmp)
+        prepare(tmp, web_port)
         sh(sys.executable, "manage.py", "migrate", "--no-input", cwd=ROOT, env=env)
+        sh(sys.executable, "manage.py", "sync_apps", cwd=ROOT, env=env)
+        web, worker, norn_ingress, script_ingress = start_services(tmp, env)
         import django
 
         django.setup()
-        from deployments.models import Deployment
-        from deployments.requests import request_deployment
+        from django.contrib.auth import get_user_model
 
-        cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(3)  # let the cluster start its worker
-        run_script(tmp)  # warm the docker build cache for both sides
+        from deployments.models import ApiToken
 
-        norn, script, peak = [], [], 0.0
-        for _ in range(args.runs):
+        user = get_user_model().objects.create_superuser("bench", "bench@example.com", None)
+        env["NORN_API_TOKEN"] = ApiToken.issue(user, "bench")[1]
+        memory = Memory(worker, web)
+        deploy = [sys.executable, "manage.py", "deploy"]
+
+        def norn(which):
             started = time.monotonic()
-            deployment = request_deployment("bench")
-            while not Deployment.objects.get(pk=deployment.pk).is_terminal:
-                peak = max(peak, rss_mb(worker_pids(cluster.pid)))
-                time.sleep(0.02)
-            norn.append(time.monotonic() - started)
-            deployment.refresh_from_db()
-            if deployment.status != "deployed":
-                raise SystemExit(f"the bench deploy failed: {deployment.error}")
-            script.append(run_script(tmp))
-        n, s = statistics.median(norn), statistics.median(script)
-        print(f"runs:                 {args.runs}")
-        print(f"shell script median:  {s:.3f} s")
-        print(f"Norn median:          {n:.3f} s (request to deployed, through a qcluster worker)")
-        print(f"Norn over script:     {n / s:.2f}x, +{n - s:.3f} s (target: < +0.300 s)")
-        print(f"worker peak RSS:      {peak:.1f} MB (target: < 150 MB)")
+            code, output = memory.run([*deploy, NAMES[which]], env)
+            elapsed = time.monotonic() - started
+            if code != 0:
+                raise SystemExit(f"manage.py deploy {NAMES[which]} exited {code}:\n{output[-3000:]}")
+            return elapsed
+
+        results = {}
+        for which in which_apps:
+            # Warm the docker build cache and both sides' first deploys.
+            norn(which)
+            run_script(tmp, which, script_ingress, script_port)
+            times = {"norn": [], "script": []}
+            for run in range(args.runs):
+                order = ("norn", "script") if run % 2 == 0 else ("script", "norn")
+                for side in order:
+                    if side == "norn":
+                        times["norn"].append(norn(which))
+                    else:
+                        times["script"].append(run_script(tmp, which, script_ingress, script_port))
+            results[which] = (times, step_times(NAMES[which]))
+
+        print(f"runs per side:        {args.runs} (interleaved), load average {os.getloadavg()[0]:.2f}")
+        for which, (times, steps) in results.items():
+            n, s = statistics.median(times["norn"]), statistics.median(times["script"])
+            print(f"\n{which} ({NAMES[which]}):")
+            print(f"  shell script median:  {s:.3f} s   {' '.join(f'{t:.2f}' for t in times['script'])}")
+            print(f"  Norn median:          {n:.3f} s   {' '.join(f'{t:.2f}' for t in times['norn'])}"
+                  "  (manage.py deploy: queue, follow to the end)")
+            print(f"  Norn over script:     {n / s:.2f}x, +{n - s:.3f} s (target: <= 1.10x)")
+            print(f"  last Norn deploy:     {steps}")
+        print(f"\nworker peak RSS:      {memory.peak['worker']:.1f} MB (target: < 150 MB)")
+        print(f"web (daphne) peak RSS: {memory.peak['web']:.1f} MB (target: < 150 MB)")
     finally:
-        if cluster:
-            # The django-q2 cluster stops its workers on SIGTERM; Django's DB
-            # connections here go first so the database can be dropped later.
-            os.killpg(cluster.pid, 15)
-            try:
-                cluster.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(cluster.pid, 9)
+        stop(worker)
+        stop(web)
+        for ingress_service in (norn_ingress, script_ingress):
+            if ingress_service:
+                ingress_service.stop()
+        for app in ("bench", "benchweb", "script-bench", "script-benchweb"):
+            ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=norn.app={app}"],
+                                 capture_output=True, text=True).stdout.split()
+            if ids:
+                subprocess.run(["docker", "rm", "--force", *ids], capture_output=True)
+            subprocess.run(["docker", "network", "rm", f"norn-{app}", app], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run(["docker", "network", "rm", "norn-bench"], capture_output=True)
 
 
 if __name__ == "__main__":

@@ -23,22 +23,28 @@ from deployments.runtimes.dockerengine import BACKEND_HOST, DEFAULT_WAIT, PROBE_
 
 HEALTH_INTERVAL = 0.1
 HEALTH_PASSES = 3
+INSPECT_EVERY = 10  # polls
 WORKER_MIN_UP = 2.0
 
 
 class DeathWatch:
     """`docker events` for one container's `die` events, read in a thread.
 
-    Start it before `docker start`; `died` is then set the instant the
-    container's process ends, whatever Docker does next. close() stops it.
+    Start it after `docker create`, before `docker start`; `died` is then set
+    the instant the container's process ends, whatever Docker does next.
+    close() stops it.
     """
 
     def __init__(self, name: str):
         self.name = name
         self.died = threading.Event()
         self.exit_code: str | None = None
+        # --since now: a death before the subscription is in place is
+        # replayed too, while an earlier container of the same name (already
+        # removed when this one was created) is not.
         self._proc = subprocess.Popen(
-            ["docker", "events", "--filter", f"container={name}", "--filter", "event=die",
+            ["docker", "events", "--since", f"{time.time():.6f}",
+             "--filter", f"container={name}", "--filter", "event=die",
              "--format", "{{index .Actor.Attributes \"exitCode\"}}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=host_env(), start_new_session=True, text=True,
@@ -92,10 +98,13 @@ def wait_until_ready(ctx: StepContext, name: str, backend: int | None = None, wa
         ctx.log(f"Waiting up to {limit:g} s for {name} to stay running for {WORKER_MIN_UP:g} s")
     started = time.monotonic()
     deadline = started + limit
-    passes = 0
+    passes = polls = 0
     answer = last_logged = None
     while True:
-        if watch is None or watch.died.is_set():
+        polls += 1
+        # Docker is asked every poll without a watch, else when it reports a
+        # death, and once a second all the same.
+        if watch is None or watch.died.is_set() or polls % INSPECT_EVERY == 0:
             why = _dead(ctx, name, watch)
             if why:
                 raise NotReady(why)
