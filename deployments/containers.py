@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 from django.conf import settings
 
-from deployments import runner
+from deployments import dockerapi, runner
 from deployments.appenv import env_file
 from deployments.runner import host_env
 
@@ -82,8 +82,7 @@ def ensure_network(app_name: str, *, cached: bool = True) -> str:
     name = network_name(app_name)
     if cached and name in _known_networks:
         return name
-    returncode, output = docker(["network", "inspect", "--format", "{{.Name}}", name])
-    if returncode == 0:
+    if _network_exists(name):
         _known_networks.add(name)
         return name
     returncode, output = docker([
@@ -94,6 +93,17 @@ def ensure_network(app_name: str, *, cached: bool = True) -> str:
         raise runner.CommandError(f"could not create the Docker network {name}: {output.strip()}")
     _known_networks.add(name)
     return name
+
+
+def _network_exists(name: str) -> bool:
+    """Asked of the engine's API when it is on a unix socket, else of the CLI."""
+    try:
+        answer = dockerapi.get(f"/networks/{dockerapi.name(name)}")
+    except dockerapi.Unreachable as exc:
+        raise runner.CommandError(str(exc)) from None
+    if answer is not None:
+        return answer[0] == 200
+    return docker(["network", "inspect", "--format", "{{.Name}}", name])[0] == 0
 
 
 def remove_network(app_name: str) -> bool:

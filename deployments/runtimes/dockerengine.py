@@ -7,7 +7,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 
-from deployments import containers, runner
+from deployments import containers, dockerapi, runner
 from deployments.appenv import StepContext, env_file
 from deployments.outcomes import StepFailed
 from deployments.runner import host_env
@@ -119,7 +119,21 @@ def cli(args: list[str], timeout: float = 30) -> tuple[int, str]:
 
 def inspect(run: Callable[[list[str]], tuple[int, str]], name: str, error: type[Exception] = DockerError) -> dict | None:
     """The container's state, restart count, image id and labels, or None if
-    there is no such container. `run(args)` returns (returncode, output)."""
+    there is no such container: from the engine's API on its socket, else
+    from `run(args)` (a docker CLI run; returns (returncode, output))."""
+    try:
+        answer = dockerapi.get(f"/containers/{dockerapi.name(name)}/json")
+    except dockerapi.Unreachable as exc:
+        raise error(str(exc)) from None
+    if answer is not None:
+        status, data = answer
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(data, dict):
+            message = data.get("message") if isinstance(data, dict) else data
+            raise error(f"docker inspect {name} failed: {message}")
+        return {"state": data.get("State") or {}, "restarts": data.get("RestartCount", 0),
+                "image_id": data.get("Image", ""), "labels": (data.get("Config") or {}).get("Labels")}
     returncode, output = run(["inspect", "--type", "container", "--format", INSPECT_FORMAT, name])
     if returncode != 0:
         if "no such" in output.lower():
