@@ -205,6 +205,8 @@ def run_script(tmp, which, script_ingress, script_port):
     env = {**os.environ, **apps_server_env(), "TMP": str(tmp), "APP": NAMES[which], "BACKEND": str(backend),
            "CADDY_SOCKET": str(script_ingress.socket),
            "CADDY_CONFIG": script_config(script_ingress.admin, script_port, backend)}
+    if os.environ.get("BENCH_TRACE"):
+        text = "PS4='+ $EPOCHREALTIME '; set -x\n" + text
     started = time.monotonic()
     subprocess.run(["bash", "-c", text.format(app_db=APP_DBS[NAMES[which]], flags=flags)], check=True, env=env)
     return time.monotonic() - started
@@ -262,13 +264,15 @@ class Memory:
             return proc.returncode, out.read()
 
 
-def step_times(app):
-    """Where the last deployment of `app` spent its time: per step, and between them."""
+def step_times(app, cli):
+    """Where the last deployment of `app` spent its time: the CLI before it
+    was queued, per step and between them, the CLI after it ended."""
     from deployments.models import Deployment
 
     deployment = Deployment.objects.filter(app__name=app).order_by("-pk").first()
     steps = list(deployment.steps.order_by("position"))
-    parts = [f"queued->start {(deployment.started_at - deployment.queued_at).total_seconds():.2f}"]
+    parts = [f"CLI start->queued {deployment.queued_at.timestamp() - cli[0]:.2f}",
+             f"queued->start {(deployment.started_at - deployment.queued_at).total_seconds():.2f}"]
     previous_end = deployment.started_at
     for step in steps:
         if step.started_at and step.finished_at:
@@ -277,6 +281,7 @@ def step_times(app):
                          + (f" (+{gap:.2f} before)" if gap >= 0.01 else ""))
             previous_end = step.finished_at
     parts.append(f"end {(deployment.finished_at - previous_end).total_seconds():.2f}")
+    parts.append(f"finished->CLI exit {cli[1] - deployment.finished_at.timestamp():.2f}")
     return ", ".join(parts)
 
 
@@ -366,10 +371,13 @@ def main():
         memory = Memory(worker, web)
         deploy = [sys.executable, "manage.py", "deploy"]
 
+        last_cli = {}
+
         def norn(which):
-            started = time.monotonic()
+            started, wall = time.monotonic(), time.time()
             code, output = memory.run([*deploy, NAMES[which]], env)
             elapsed = time.monotonic() - started
+            last_cli[which] = (wall, time.time())
             if code != 0:
                 raise SystemExit(f"manage.py deploy {NAMES[which]} exited {code}:\n{output[-3000:]}")
             return elapsed
@@ -387,7 +395,7 @@ def main():
                         times["norn"].append(norn(which))
                     else:
                         times["script"].append(run_script(tmp, which, script_ingress, script_port))
-            results[which] = (times, step_times(NAMES[which]))
+            results[which] = (times, step_times(NAMES[which], last_cli[which]))
 
         print(f"runs per side:        {args.runs} (interleaved), load average {os.getloadavg()[0]:.2f}")
         for which, (times, steps) in results.items():
