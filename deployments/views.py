@@ -29,6 +29,9 @@ CANCEL = "deployments.cancel_deployment"
 
 HISTORY_PAGE_SIZE = 20
 CHART_DEPLOYMENTS = 30  # bars in the app page's duration chart
+# The success rate is over the app's latest finished deploys: counting a
+# year of them would read every one on every page view.
+SUCCESS_RATE_DEPLOYS = 1000
 SNAPSHOTS_SHOWN = 25
 
 
@@ -91,6 +94,30 @@ def overview(request):
 # --- app page -----------------------------------------------------------------
 
 
+def _history_page(history, number):
+    """One page of `history` (newest first), "Page N of M" with M counted.
+
+    The page's ids come from an index-only scan of deploy_app_recent, then
+    only their rows are read: an OFFSET over whole rows fetches every skipped row.
+    Pages past the middle are read from the oldest end, so the scan never
+    skips more than half the history: the last page is as quick as the first.
+    """
+    newest_first = history.order_by("-queued_at", "-id").values_list("pk", flat=True)
+    page = Paginator(newest_first, HISTORY_PAGE_SIZE).get_page(number)
+    count = page.paginator.count
+    skipped = page.start_index() - 1 if count else 0
+    if skipped > count // 2:
+        size, after = page.end_index() - skipped, count - page.end_index()
+        oldest_first = history.order_by("queued_at", "id").values_list("pk", flat=True)
+        ids = oldest_first[after:after + size]
+    else:
+        ids = page.object_list
+    # One query: PostgreSQL reads the page's ids first (the subquery), then their rows.
+    page.object_list = list(history.filter(pk__in=ids).order_by("-queued_at", "-id"))
+    return page
+
+
+
 @login_required
 @require_GET
 @vary_on_headers("HX-Request")  # the same URL answers a full page or a partial
@@ -98,12 +125,7 @@ def app_detail(request, name):
     app = _get_app_for_user(request, name)
     now = timezone.now()
     history = Deployment.objects.filter(app=app).select_related("requested_by")
-    # Paginate the ids (an index-only scan of deploy_app_recent), then read
-    # the page's rows: an OFFSET over whole rows fetches every skipped row.
-    page = Paginator(
-        history.order_by("-queued_at", "-id").values_list("pk", flat=True), HISTORY_PAGE_SIZE
-    ).get_page(request.GET.get("page"))
-    page.object_list = list(history.filter(pk__in=page.object_list).order_by("-queued_at", "-id"))
+    page = _history_page(history, request.GET.get("page"))
     for deployment in page:
         deployment.took = _took(deployment, now)
     ctx = {"app": app, "history": page}
@@ -113,13 +135,14 @@ def app_detail(request, name):
 
     # Deploys only: rollbacks and restores are other operations.
     deploys = history.filter(kind=DeploymentKind.DEPLOY)
-    finished = deploys.success_counts()
+    finished = deploys.success_counts(SUCCESS_RATE_DEPLOYS)
     rate = round(100 * finished["succeeded"] / finished["total"]) if finished["total"] else None
 
     recent = list(
         deploys.filter(started_at__isnull=False)
         .order_by("-queued_at", "-id")
-        .prefetch_related(Prefetch("steps", queryset=Step.objects.order_by("position")))
+        # The chart reads durations and statuses, never the steps' log output.
+        .prefetch_related(Prefetch("steps", queryset=Step.objects.defer("output").order_by("position")))
         [:CHART_DEPLOYMENTS]
     )
     recent.reverse()  # oldest on the left
@@ -135,6 +158,7 @@ def app_detail(request, name):
     ctx.update(
         success_rate=rate,
         finished=finished,
+        success_window=SUCCESS_RATE_DEPLOYS,
         chart=duration_chart(recent),
         snapshots=snapshots[:SNAPSHOTS_SHOWN],
         more_snapshots=len(snapshots) > SNAPSHOTS_SHOWN,
