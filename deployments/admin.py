@@ -12,6 +12,7 @@ from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.translation import gettext
 
 from apps_registry.admin import AppAdmin
 from apps_registry.models import App
@@ -87,6 +88,18 @@ class LongListPaginator(Paginator):
         return self._get_page(list(self.object_list.filter(pk__in=ids)), number, self)
 
 
+class QuickCheckbox:
+    """Each row's action checkbox written directly: the admin renders a form
+    widget's template per row, a third of a 100-row list's time."""
+
+    def action_checkbox(self, obj):
+        label = format_html(gettext("Select this object for an action - {}"), str(obj))
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+            admin.helpers.ACTION_CHECKBOX_NAME, obj.pk, label,
+        )
+
+
 class SameWayChangeList(ChangeList):
     """Sorts ties by id the same way as the column sorted by (the admin's own
     tie-break is always newest first), so one index read forwards or
@@ -114,7 +127,7 @@ class RuntimeFilter(admin.SimpleListFilter):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
     list_display = ("short_id", "app", "ref", "short_commit", "status", "requested_by_label", "queued_at", "took")
     # By date with a filter, not date_hierarchy: its year and month links
     # need a SELECT DISTINCT date_trunc(...) over the whole (filtered) table.
@@ -122,6 +135,8 @@ class DeploymentAdmin(admin.ModelAdmin):
     # "N of M": the M is a second COUNT(*) of the whole table.
     show_full_result_count = False
     paginator = LongListPaginator
+    # Rendering a row's cells is most of the list's time: 50 rows, not 100.
+    list_per_page = 50
     # Columns with an index for their order (deploy_recent, deploy_by_status*);
     # app (by name, through a join) and ref would sort the whole table.
     sortable_by = ("status", "queued_at")
@@ -140,6 +155,15 @@ class DeploymentAdmin(admin.ModelAdmin):
 
     def get_changelist(self, request, **kwargs):
         return SameWayChangeList
+
+    def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
+        # The page's rows with only what the columns show (actions still get
+        # whole rows: they use the changelist's queryset, not the page's).
+        listed = queryset.only(
+            "public_id", "app__name", "ref", "commit_sha", "status", "requested_by__username",
+            "requested_by_name", "requested_via", "queued_at", "started_at", "finished_at",
+        )
+        return super().get_paginator(request, listed, per_page, orphans, allow_empty_first_page)
 
     def get_search_results(self, request, queryset, search_term):
         """Every word must match: an id by its first characters, an app by its
@@ -212,7 +236,7 @@ class DeploymentAdmin(admin.ModelAdmin):
 
 
 @admin.register(Snapshot)
-class SnapshotAdmin(admin.ModelAdmin):
+class SnapshotAdmin(QuickCheckbox, admin.ModelAdmin):
     list_display = ("database", "app", "kind", "deployment", "path", "size", "short_sha256", "created_at")
     list_filter = ("app", "kind")
     actions = ["restore_snapshot"]
@@ -264,7 +288,7 @@ class SnapshotAdmin(admin.ModelAdmin):
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(QuickCheckbox, admin.ModelAdmin):
     list_display = ("deployment", "seq", "kind", "created_at")
     list_filter = ("kind",)
     list_select_related = ("deployment__app",)
@@ -307,7 +331,7 @@ admin.site.unregister(App)
 
 
 @admin.register(App)
-class AppWithDeploymentsAdmin(AppAdmin):
+class AppWithDeploymentsAdmin(QuickCheckbox, AppAdmin):
     list_display = (*AppAdmin.list_display, "snapshot_usage")
     actions = [*AppAdmin.actions, "deploy_apps", "roll_back_apps"]
 
