@@ -1,16 +1,13 @@
 """Deployments in the admin: history with steps, output and snapshots, and the
 operator actions (deploy an app, cancel a deployment), permission-checked."""
 
-import json
 import uuid
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
-from django.core.paginator import Paginator
 from django.db.models import Q, Sum
 from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
-from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.translation import gettext
 
@@ -18,6 +15,7 @@ from apps_registry.admin import AppAdmin
 from apps_registry.models import App
 from deployments import admin_ingress, admin_queue, admin_tokens  # noqa: F401 (register their admins)
 from deployments import transitions
+from deployments.paging import LongListPaginator
 from deployments.models import CronJob, CronRun, Deployment, Event, Snapshot, Step
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 
@@ -37,55 +35,6 @@ class StepInline(admin.TabularInline):
     def output_tail(self, obj):
         lines = obj.output.rstrip("\n").splitlines()[-40:]
         return format_html('<pre style="white-space: pre-wrap; max-width: 60em">{}</pre>', "\n".join(lines)) if lines else "—"
-
-
-class LongListPaginator(Paginator):
-    """The admin's paginator for tables of a million rows.
-
-    Counts exactly up to EXACT_UP_TO rows and estimates beyond (PostgreSQL's
-    row estimate, shown as "about N"): COUNT(*) reads every row it counts.
-    A page's ids come first, from the ordering's index alone, then its rows:
-    an OFFSET over whole rows fetches every skipped row. Pages past the middle
-    are read from the oldest end, so no scan skips more than half the list.
-    With an estimated count those pages are numbered from the end (the last
-    page holds the oldest rows), so around the middle a row may show on two
-    pages or on none. Every page takes the same three queries.
-    """
-
-    EXACT_UP_TO = 10_000
-
-    @cached_property
-    def _counts(self):
-        unordered = self.object_list.order_by()
-        capped = unordered[: self.EXACT_UP_TO + 1].count()
-        plan = json.loads(unordered.explain(format="json"))
-        estimate = int(plan[0]["Plan"]["Plan Rows"])
-        if capped <= self.EXACT_UP_TO:
-            return capped, False
-        return max(estimate, capped), True
-
-    @cached_property
-    def count(self):
-        return self._counts[0]
-
-    @property
-    def estimated(self):
-        return self._counts[1]
-
-    def page(self, number):
-        number = self.validate_number(number)
-        bottom = (number - 1) * self.per_page
-        size = min(self.per_page, max(self.count - bottom, 0))
-        if bottom > self.count // 2:
-            if self.estimated:
-                after, size = (self.num_pages - number) * self.per_page, self.per_page
-            else:
-                after = self.count - bottom - size
-            ids = self.object_list.reverse().values_list("pk", flat=True)[after:after + size]
-        else:
-            ids = self.object_list.values_list("pk", flat=True)[bottom:bottom + size]
-        # One query: PostgreSQL reads the ids first (the subquery), then their rows.
-        return self._get_page(list(self.object_list.filter(pk__in=ids)), number, self)
 
 
 class QuickCheckbox:

@@ -6,7 +6,6 @@ that are also rendered inside the full pages, so every page works without JS.
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.db.models import F, Prefetch
 from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
@@ -20,6 +19,7 @@ from deployments import appdb, rollback, states, transitions
 from deployments.charts import duration_chart
 from deployments.forms import DeployForm, RollbackForm
 from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, Snapshot, Step
+from deployments.paging import LongListPaginator
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 from deployments.simulator import Simulation, SimulationError, StaleStep
 
@@ -95,27 +95,10 @@ def overview(request):
 
 
 def _history_page(history, number):
-    """One page of `history` (newest first), "Page N of M" with M counted.
-
-    The page's ids come from an index-only scan of deploy_app_recent, then
-    only their rows are read: an OFFSET over whole rows fetches every skipped row.
-    Pages past the middle are read from the oldest end, so the scan never
-    skips more than half the history: the last page is as quick as the first.
-    """
-    newest_first = history.order_by("-queued_at", "-id").values_list("pk", flat=True)
-    page = Paginator(newest_first, HISTORY_PAGE_SIZE).get_page(number)
-    count = page.paginator.count
-    skipped = page.start_index() - 1 if count else 0
-    if skipped > count // 2:
-        size, after = page.end_index() - skipped, count - page.end_index()
-        oldest_first = history.order_by("queued_at", "id").values_list("pk", flat=True)
-        ids = oldest_first[after:after + size]
-    else:
-        ids = page.object_list
-    # One query: PostgreSQL reads the page's ids first (the subquery), then their rows.
-    page.object_list = list(history.filter(pk__in=ids).order_by("-queued_at", "-id"))
-    return page
-
+    """One page of `history`, newest first (paging.LongListPaginator: the
+    page's ids from deploy_app_recent alone, the deep pages from the oldest
+    end, counted exactly up to 10,000 deployments and estimated beyond)."""
+    return LongListPaginator(history.order_by("-queued_at", "-id"), HISTORY_PAGE_SIZE).get_page(number)
 
 
 @login_required

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from deployments import views
-from deployments.admin import LongListPaginator
+from deployments.paging import LongListPaginator
 from deployments.models import Deployment, DeploymentStatus, Snapshot, StepStatus
 from tests.support.dashboard import web, operator  # noqa: F401 (fixtures)
 from tests.support.dashboard import all_succeeded, make_deployment, page
@@ -162,3 +162,13 @@ def test_admin_lists_take_the_same_queries_however_many_rows(admin_client, web):
     # 61 deployments: more than one page of 50, and a second page.
     assert [queries(url) for url in urls] == few
     assert [queries(url) for url in [ADMIN + "?p=2", ADMIN + "?o=5&p=2"]] == few[:2]
+
+
+def test_app_page_says_about_when_it_estimates(operator, web, monkeypatch):
+    for i in range(25):
+        make_deployment(web, ref=f"r{i}", ago=i)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE deployments_deployment")
+    assert "Page 1 of 2</span>" in page(operator, "/apps/web/")
+    monkeypatch.setattr(LongListPaginator, "EXACT_UP_TO", 5)
+    assert "Page 1 of about 2</span>" in page(operator, "/apps/web/")
