@@ -11,8 +11,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from deployments import views
-from deployments.paging import LongListPaginator
 from deployments.models import Deployment, DeploymentStatus, Snapshot, StepStatus
+from deployments.paging import LongListPaginator
 from tests.support.dashboard import web, operator  # noqa: F401 (fixtures)
 from tests.support.dashboard import all_succeeded, make_deployment, page
 
