@@ -391,15 +391,18 @@ def pages():
 
     busiest = Deployment.objects.values("app").annotate(n=Count("id")).order_by("-n").first()
     app = App.objects.get(pk=busiest["app"])
-    last_page = max(1, math.ceil(busiest["n"] / HISTORY_PAGE_SIZE))
     history = Deployment.objects.filter(app=app).order_by("-queued_at", "-id")
     newest, oldest = history.first(), history.last()
-    total = Deployment.objects.count()
+    try:  # the last page as the page's own paginator numbers it (it may estimate)
+        from deployments.paging import LongListPaginator as HistoryPaginator
+    except ImportError:
+        from django.core.paginator import Paginator as HistoryPaginator
+    last_page = HistoryPaginator(history, HISTORY_PAGE_SIZE).num_pages
     from django.contrib import admin as django_admin
 
-    per_page = django_admin.site._registry[Deployment].list_per_page
-    admin_last = max(1, math.ceil(total / per_page))
-    app_admin_last = max(1, math.ceil(busiest["n"] / per_page))
+    model_admin = django_admin.site._registry[Deployment]
+    admin_last = model_admin.paginator(Deployment.objects.all(), model_admin.list_per_page).num_pages
+    app_admin_last = model_admin.paginator(Deployment.objects.filter(app=app), model_admin.list_per_page).num_pages
     admin = "/admin/deployments/deployment/"
     one_app = f"app__id__exact={app.pk}"
     listed = [

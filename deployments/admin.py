@@ -15,8 +15,8 @@ from apps_registry.admin import AppAdmin
 from apps_registry.models import App
 from deployments import admin_ingress, admin_queue, admin_tokens  # noqa: F401 (register their admins)
 from deployments import transitions
-from deployments.paging import LongListPaginator
 from deployments.models import CronJob, CronRun, Deployment, Event, Snapshot, Step
+from deployments.paging import LongListPaginator
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 
 
@@ -86,7 +86,7 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
     paginator = LongListPaginator
     # Rendering a row's cells is most of the list's time: 50 rows, not 100.
     list_per_page = 50
-    # Columns with an index for their order (deploy_recent, deploy_by_status*);
+    # Columns with an index for their order (deploy_recent, deploy_by_status);
     # app (by name, through a join) and ref would sort the whole table.
     sortable_by = ("status", "queued_at")
     # What the search box matches (get_search_results): each read through an index.
@@ -239,6 +239,11 @@ class SnapshotAdmin(QuickCheckbox, admin.ModelAdmin):
 @admin.register(Event)
 class EventAdmin(QuickCheckbox, admin.ModelAdmin):
     list_display = ("deployment", "seq", "kind", "created_at")
+    # Newest first by the primary key: the model's ordering (by deployment,
+    # which orders by its queue time) would sort every event there is.
+    ordering = ("-id",)
+    paginator = LongListPaginator
+    show_full_result_count = False
     list_filter = ("kind",)
     list_select_related = ("deployment__app",)
     readonly_fields = ("deployment", "seq", "kind", "payload", "created_at")

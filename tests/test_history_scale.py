@@ -172,3 +172,14 @@ def test_app_page_says_about_when_it_estimates(operator, web, monkeypatch):
     assert "Page 1 of 2</span>" in page(operator, "/apps/web/")
     monkeypatch.setattr(LongListPaginator, "EXACT_UP_TO", 5)
     assert "Page 1 of about 2</span>" in page(operator, "/apps/web/")
+
+
+def test_admin_event_list_shows_the_newest_events_first(admin_client, web):
+    from deployments.models import Event
+
+    deployment = make_deployment(web)
+    first = Event.objects.create(deployment=deployment, seq=1001, kind="log", payload={})
+    last = Event.objects.create(deployment=deployment, seq=1002, kind="log", payload={})
+    html = page(admin_client, "/admin/deployments/event/")
+    listed = re.findall(r'name="_selected_action" value="(\d+)"', html)
+    assert listed.index(str(last.pk)) < listed.index(str(first.pk))
