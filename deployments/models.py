@@ -139,12 +139,12 @@ class DeploymentQuerySet(models.QuerySet):
         With `latest` the cost is bounded (that many index entries and
         probes of step_went_live), however long the history."""
         went_live = Step.objects.filter(deployment=OuterRef("pk"), name="deploy", status=StepStatus.SUCCEEDED)
-        finished = self.terminal()
+        finished = self.terminal().annotate(went_live=Exists(went_live))
         if latest is not None:
-            newest = finished.order_by("-queued_at", "-id").values("pk")[:latest]
-            finished = Deployment.objects.filter(pk__in=newest)
+            # Counted over a subquery: SELECT count(*) ... FROM (... LIMIT latest).
+            finished = finished.order_by("-queued_at", "-id")[:latest]
         return finished.aggregate(
-            total=models.Count("id"), succeeded=models.Count("id", filter=Q(Exists(went_live)))
+            total=models.Count("id"), succeeded=models.Count("id", filter=Q(went_live=True))
         )
 
 
