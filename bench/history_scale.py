@@ -1,32 +1,44 @@
 #!/usr/bin/env python
-"""Benchmark: the history pages with a long deployment history.
+"""Benchmark: the history pages and admin lists with a long deployment history.
 
-Loads a year of history for 20 apps into a fresh database (PostgreSQL
-INSERT ... SELECT generate_series: 100,000 deployments and their steps in
-well under a minute), first --first deployments (default 1,000), then the
-rest. At each size it requests, through django.test.Client logged in as a
-superuser, the apps overview, the busiest app's page (its first and its last
-history page) and the admin deployment list (all apps, and filtered to the
-busiest app), and prints per page the number of SQL queries (one request
-under CaptureQueriesContext) and the server time (median and p95 over
---requests requests, after --warmup). Targets: the same number of queries at
-both sizes, and under 100 ms.
+Loads a year of history for 20 apps with PostgreSQL INSERT ... SELECT
+generate_series, in chunks of --chunk deployments (1,000,000 deployments and
+their ~6,800,000 steps in a few minutes), into two databases: a small one
+with --first deployments (default 1,000) and the full one (--deployments,
+default 1,000,000). In each it requests, through django.test.Client logged in
+as a superuser, every page that lists deployments or steps: the apps
+overview, the busiest app's page (its first, a middle and its last history
+page), a deployment's page (the newest and the oldest), the rollback page,
+the admin deployment list (all apps, sorted by default and by each column a
+user can click, its middle and last page; filtered to the busiest app, with
+its last page), a deployment's admin page (its steps inline), the admin
+snapshot and app lists. Per page it prints the number of SQL queries (one
+request under CaptureQueriesContext) and the server time (median and p95
+over --requests requests, after --warmup). Targets: the same number of
+queries at both sizes, and a median under 50 ms.
 
 Then every query of those pages, at the full size, is run once more under
 EXPLAIN ANALYZE: the table names any Seq Scan on deployments or steps (at
 1,000 rows a Seq Scan is the right plan, so only the full size is checked),
 and --explain prints the plans of the slow queries and of those scans.
 
-    .venv/bin/python bench/history_scale.py [--deployments 100000] [--first 1000]
-        [--apps 20] [--requests 20] [--warmup 3] [--explain] [--keep]
+    .venv/bin/python bench/history_scale.py [--deployments 1000000] [--first 1000]
+        [--apps 20] [--requests 20] [--warmup 3] [--chunk 100000] [--explain]
+        [--keep] [--reuse]
 
-Needs PostgreSQL (scripts/services); uses its own database norn_bench_history
-and drops it at the end unless --keep. Deployments have their real steps (7
-for a deploy, 1 for a rollback, 3 for a restore: about 6.8 rows each, so a
-million step rows takes --deployments 148000) with log output of a few KB
-for build and test; events are not loaded (none of these pages reads them).
-The machine's load average is printed: wall times on a shared machine are
-noisy, the CPU column (Django's own time) much less so.
+Needs PostgreSQL (scripts/services) and NORN_APP_DATABASES_URL (the app page
+shows snapshot restore commands; nothing connects to it). Uses its own
+databases norn_bench_history_small and norn_bench_history and drops them at
+the end unless --keep; --reuse measures an existing norn_bench_history that
+holds exactly --deployments deployments instead of loading it again (after
+applying any new migration), for measuring one change after another.
+Check the disk first: at 1,000,000 deployments the database takes about
+2.5 GB (the steps' log output is compressed). Deployments have their real
+steps (7 for a deploy, 1 for a rollback, 3 for a restore: about 6.8 rows
+each) with log output of a few KB for build and test; events are not loaded
+(none of these pages reads them). The machine's load average is printed:
+wall times on a shared machine are noisy, the CPU column (Django's own time)
+much less so.
 """
 
 import argparse
@@ -46,7 +58,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DB = "norn_bench_history"
-TARGET_MS = 100
+TARGET_MS = 50
 BIG_TABLES = ("deployments_deployment", "deployments_step")
 # Queries this slow (by EXPLAIN ANALYZE) get their plan printed with --explain.
 SLOW_QUERY_MS = 5.0
@@ -78,8 +90,22 @@ def sh(*argv, **kwargs):
     return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True, **kwargs)
 
 
-def drop_database():
-    sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+def drop_database(name):
+    sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def database_exists(name):
+    out = sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc",
+             f"SELECT 1 FROM pg_database WHERE datname = '{name}'").stdout
+    return out.strip() == "1"
+
+
+def use_database(name):
+    """Points Django's connection at another database (the next query connects)."""
+    from django.db import connection
+
+    connection.close()
+    connection.settings_dict["NAME"] = name
 
 
 def write_specs(apps_dir, count):
@@ -122,7 +148,7 @@ WITH base AS (
         least(floor(%(apps)s * pg_temp.u(k, 1) ^ 1.5)::int, %(apps)s - 1) AS app_idx,
         pg_temp.u(k, 2) AS r_kind, pg_temp.u(k, 3) AS r_outcome, pg_temp.u(k, 4) AS r_fail,
         pg_temp.u(k, 6) AS r_wait, pg_temp.u(k, 7) AS r_who, pg_temp.u(k, 8) AS r_ref,
-        %(t0)s::timestamptz + ((k - %(lo)s) + pg_temp.u(k, 5)) / %(n)s * interval '365 days' AS queued_at
+        %(t0)s::timestamptz + ((k - %(k0)s) + pg_temp.u(k, 5)) / %(n)s * interval '365 days' AS queued_at
     FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS k
 ), kinded AS (
     SELECT b.*, a.id AS app_id, a.name AS app_name, a.has_db, a.runtime,
@@ -275,18 +301,32 @@ def prepare_load(cursor, apps, user_ids):
         cursor.execute("INSERT INTO bench_catalog VALUES (%s, %s, %s, %s, %s)", list(row))
 
 
-def load(lo, hi, apps_count, t0):
-    """Deployments lo..hi (their ids), queued over the year from t0, with steps."""
+def load(lo, hi, apps_count, t0, n, chunk):
+    """Deployments lo..hi (their ids) of n in all, queued over the year from
+    t0, with steps; one transaction per chunk, so the temporary tables and the
+    WAL of one statement stay small."""
     from django.db import connection, transaction
 
     started = time.monotonic()
+    for first in range(lo, hi + 1, chunk):
+        last = min(first + chunk - 1, hi)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL statement_timeout = '900s'")
+            cursor.execute("SET LOCAL synchronous_commit = off")
+            cursor.execute("SET LOCAL work_mem = '256MB'")
+            # No foreign key checks (the rows are consistent by construction):
+            # Django's are deferred, and millions of them at COMMIT take minutes.
+            cursor.execute("SET LOCAL session_replication_role = replica")
+            cursor.execute("DROP TABLE IF EXISTS bench_plan, bench_steps")
+            # n, not the chunk's size: the queue times spread over the whole year.
+            cursor.execute(PLAN_SQL, {"apps": apps_count, "lo": first, "hi": last, "n": n, "t0": t0,
+                                      "k0": 1})
+            cursor.execute(STEPS_PLAN_SQL)
+            cursor.execute(DEPLOYMENTS_SQL)
+            cursor.execute(STEPS_SQL)
+        if hi - lo >= chunk:
+            print(f"  ... {last:,} deployments ({time.monotonic() - started:.0f} s)", flush=True)
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL statement_timeout = '900s'")
-        cursor.execute("DROP TABLE IF EXISTS bench_plan, bench_steps")
-        cursor.execute(PLAN_SQL, {"apps": apps_count, "lo": lo, "hi": hi, "n": hi - lo + 1, "t0": t0})
-        cursor.execute(STEPS_PLAN_SQL)
-        cursor.execute(DEPLOYMENTS_SQL)
-        cursor.execute(STEPS_SQL)
         cursor.execute(SNAPSHOTS_SQL)
         # The ids were given explicitly; later inserts must not collide with them.
         cursor.execute(
@@ -316,34 +356,93 @@ def table_counts():
 # --- measuring -----------------------------------------------------------------
 
 
+def sortable_columns():
+    """The admin deployment list's columns a user can click to sort by:
+    (name, position in list_display, counted from 1 as the admin's ?o= does)."""
+    from django.contrib import admin
+    from django.core.exceptions import FieldDoesNotExist
+
+    from deployments.models import Deployment
+
+    model_admin = admin.site._registry[Deployment]
+    columns = []
+    for position, name in enumerate(model_admin.list_display, start=1):
+        if model_admin.sortable_by is not None and name not in model_admin.sortable_by:
+            continue
+        try:
+            Deployment._meta.get_field(name)
+        except FieldDoesNotExist:
+            attr = getattr(model_admin, name, None) or getattr(Deployment, name, None)
+            if isinstance(attr, property):
+                attr = attr.fget
+            if not getattr(attr, "admin_order_field", None):
+                continue
+        columns.append((name, position))
+    return columns
+
+
 def pages():
     """(label, url) of the measured pages, for the app with the longest history."""
     from django.db.models import Count
 
     from apps_registry.models import App
-    from deployments.models import Deployment
+    from deployments.models import Deployment, Snapshot
     from deployments.views import HISTORY_PAGE_SIZE
 
     busiest = Deployment.objects.values("app").annotate(n=Count("id")).order_by("-n").first()
     app = App.objects.get(pk=busiest["app"])
-    last_page = max(1, math.ceil(busiest["n"] / HISTORY_PAGE_SIZE))
-    return app, busiest["n"], [
+    history = Deployment.objects.filter(app=app).order_by("-queued_at", "-id")
+    newest, oldest = history.first(), history.last()
+    try:  # the last page as the page's own paginator numbers it (it may estimate)
+        from deployments.paging import LongListPaginator as HistoryPaginator
+    except ImportError:
+        from django.core.paginator import Paginator as HistoryPaginator
+    last_page = HistoryPaginator(history, HISTORY_PAGE_SIZE).num_pages
+    from django.contrib import admin as django_admin
+
+    model_admin = django_admin.site._registry[Deployment]
+    admin_last = model_admin.paginator(Deployment.objects.all(), model_admin.list_per_page).num_pages
+    app_admin_last = model_admin.paginator(Deployment.objects.filter(app=app), model_admin.list_per_page).num_pages
+    admin = "/admin/deployments/deployment/"
+    one_app = f"app__id__exact={app.pk}"
+    listed = [
         ("apps overview", "/"),
         ("app page, page 1", f"/apps/{app.name}/"),
-        (f"app page, last page ({last_page})", f"/apps/{app.name}/?page={last_page}"),
-        ("admin list", "/admin/deployments/deployment/"),
-        ("admin list, one app", f"/admin/deployments/deployment/?app__id__exact={app.pk}"),
+        ("app page, middle page", f"/apps/{app.name}/?page={max(1, last_page // 2)}"),
+        ("app page, last page", f"/apps/{app.name}/?page={last_page}"),
+        ("app history partial (htmx)", f"/apps/{app.name}/?page={last_page}"),
+        ("deployment page, newest", f"/deployments/{newest.public_id}/"),
+        ("deployment page, oldest", f"/deployments/{oldest.public_id}/"),
+        ("rollback page", f"/apps/{app.name}/rollback"),
+        ("admin list", admin),
     ]
+    for name, position in sortable_columns():
+        listed.append((f"admin list by {name}", f"{admin}?o={position}"))
+        listed.append((f"admin list by {name}, desc", f"{admin}?o=-{position}"))
+    listed += [
+        ("admin list, middle page", f"{admin}?p={max(1, admin_last // 2)}"),
+        ("admin list, last page", f"{admin}?p={admin_last}"),
+        ("admin list, one app", f"{admin}?{one_app}"),
+        ("admin list, one app, last p.", f"{admin}?{one_app}&p={app_admin_last}"),
+        ("admin list, failed, one app", f"{admin}?{one_app}&status__exact=failed"),
+        ("admin list, search", f"{admin}?q={newest.commit_sha[:12] or newest.ref}"),
+        ("admin deployment (steps)", f"{admin}{oldest.pk}/change/"),
+        ("admin snapshot list", "/admin/deployments/snapshot/"),
+        ("admin app list", "/admin/apps_registry/app/"),
+    ]
+    if Snapshot.objects.exists():
+        listed.append(("admin snapshot", f"/admin/deployments/snapshot/{Snapshot.objects.first().pk}/change/"))
+    return app, busiest["n"], listed
 
 
-def get(client, url):
-    response = client.get(url)
+def get(client, url, htmx=False):
+    response = client.get(url, headers={"HX-Request": "true"} if htmx else {})
     if response.status_code != 200:
         raise SystemExit(f"GET {url} answered {response.status_code}")
     return response
 
 
-def measure(client, url, warmup, runs):
+def measure(client, url, warmup, runs, htmx=False):
     """(queries of one request, server times in ms, this process's CPU ms).
 
     The CPU time is Django's own work (PostgreSQL runs in another process):
@@ -354,15 +453,15 @@ def measure(client, url, warmup, runs):
     from django.test.utils import CaptureQueriesContext
 
     for _ in range(warmup):
-        get(client, url)
+        get(client, url, htmx)
     with CaptureQueriesContext(connection) as captured:
-        get(client, url)
+        get(client, url, htmx)
     # Read now: the next request's request_started signal empties the log.
     queries = [q["sql"] for q in captured.captured_queries]
     times, cpu = [], []
     for _ in range(runs):
         started, cpu_started = time.perf_counter(), time.process_time()
-        get(client, url)
+        get(client, url, htmx)
         times.append((time.perf_counter() - started) * 1000)
         cpu.append((time.process_time() - cpu_started) * 1000)
     return queries, times, cpu
@@ -402,7 +501,7 @@ def explain(sql):
 def run_pages(client, page_list, warmup, runs):
     results = {}
     for label, url in page_list:
-        queries, times, cpu = measure(client, url, warmup, runs)
+        queries, times, cpu = measure(client, url, warmup, runs, htmx="htmx" in label)
         results[label] = {
             "url": url, "queries": queries, "median": statistics.median(times), "p95": p95(times),
             "cpu": statistics.median(cpu),
@@ -427,7 +526,7 @@ def print_table(small, large, n_small, n_large):
           f"{'CPU ms':>7} {'DB ms':>7} {'slowest':>8}  verdict")
     print("-" * 130)
     for label, big in large.items():
-        few = small[label]
+        few = small.get(label, {"queries": [], "median": 0, "p95": 0})
         db_ms = sum(p["ms"] for p in big["plans"])
         slowest = max((p["ms"] for p in big["plans"]), default=0)
         scans = sorted({s for p in big["plans"] for s in p["scans"]})
@@ -459,22 +558,85 @@ def print_plans(results):
             print(f"\n--- {why}\n{plan['sql']}\n\n{plan['text']}")
 
 
+def prepare(database, fresh, apps_count):
+    """Migrates `database` (creating it first when `fresh`), syncs the apps and
+    returns (apps, superuser, the four requesting users)."""
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+
+    from apps_registry import discovery
+    from apps_registry.models import App
+
+    if fresh:
+        drop_database(database)
+        sh("createdb", "-h", "127.0.0.1", "-U", "postgres", database)
+    use_database(database)
+    call_command("migrate", verbosity=0)
+    report = discovery.sync()
+    if report.invalid:
+        raise SystemExit(f"invalid bench specs: {report.invalid}")
+    apps = list(App.objects.order_by("name"))[:apps_count]
+    admin = User.objects.filter(username="bench-admin").first() or User.objects.create_superuser(
+        "bench-admin", "bench@example.com", None)
+    people = [User.objects.get_or_create(username=name)[0] for name in ("alice", "bob", "carol", "dave")]
+    return apps, admin, people
+
+
+def fill(apps, people, n, chunk, apps_count, t0):
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        prepare_load(cursor, apps, [u.pk for u in people])
+    return load(1, n, apps_count, t0, n, chunk)
+
+
+def measure_database(args, database, n, t0, reuse):
+    """Loads (unless reused) and measures one database: (pages' results, table counts)."""
+    from django.test import Client
+
+    from deployments.models import Deployment
+
+    reused = reuse and database_exists(database)
+    apps, admin, people = prepare(database, not reused, args.apps)
+    if reused and Deployment.objects.count() != n:
+        raise SystemExit(f"--reuse: {database} does not hold {n:,} deployments; run once without --reuse")
+    if not reused:
+        print(f"loading {n:,} deployments into {database} ...", flush=True)
+        took = fill(apps, people, n, args.chunk, args.apps, t0)
+    deployments, steps, dsize, ssize = table_counts()
+    app, count, page_list = pages()
+    how = "reused" if reused else f"loaded in {took:.1f} s with VACUUM ANALYZE"
+    print(f"  {deployments:,} deployments ({dsize}), {steps:,} steps ({ssize}), {how}; "
+          f"busiest app {app.name}: {count:,}", flush=True)
+    client = Client()
+    client.force_login(admin)
+    return run_pages(client, page_list, args.warmup, args.requests), deployments
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--deployments", type=int, default=100_000, help="deployments in the end (default 100000)")
+    parser.add_argument("--deployments", type=int, default=1_000_000, help="deployments in the end (default 1000000)")
     parser.add_argument("--first", type=int, default=1_000, help="deployments at the first measurement (default 1000)")
     parser.add_argument("--apps", type=int, default=20, help="apps the history is spread over (default 20)")
     parser.add_argument("--requests", type=int, default=20, help="timed requests per page (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed requests per page first (default 3)")
+    parser.add_argument("--chunk", type=int, default=100_000, help="deployments per loading transaction")
     parser.add_argument("--explain", action="store_true", help="print the plans of slow queries and of Seq Scans")
     parser.add_argument("--keep", action="store_true", help=f"keep the database {DB} afterwards")
+    parser.add_argument("--reuse", action="store_true", help=f"measure the {DB} kept by an earlier --keep")
+    parser.add_argument("--database", default=DB, help=f"the full database's name (default {DB}; "
+                        f"the small one's is this with _small)")
     args = parser.parse_args()
-    if not 1 <= args.first < args.deployments or args.apps < 1 or args.requests < 1 or args.warmup < 0:
-        parser.error("need 1 <= --first < --deployments, --apps >= 1, --requests >= 1, --warmup >= 0")
+    big_db, small_db = args.database, args.database + "_small"
+    if (not 1 <= args.first < args.deployments or args.apps < 1 or args.requests < 1 or args.warmup < 0
+            or args.chunk < 1):
+        parser.error("need 1 <= --first < --deployments, --apps >= 1, --requests >= 1, --warmup >= 0, --chunk >= 1")
+    if not os.environ.get("NORN_APP_DATABASES_URL"):
+        parser.error("set NORN_APP_DATABASES_URL (e.g. from /var/lib/norn-services/apps-database-url)")
 
     tmp = Path(tempfile.mkdtemp(prefix="norn-bench-history-"))
     os.environ.update({
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{small_db}",
         "NORN_APPS_DIR": str(tmp / "apps"),
         "NORN_WORK_DIR": str(tmp / "work"),
         "NORN_SNAPSHOT_DIR": str(tmp / "snapshots"),
@@ -488,54 +650,19 @@ def main():
     })
     # WhiteNoise's note that STATIC_ROOT (collectstatic's target) is absent.
     warnings.filterwarnings("ignore", message="No directory at")
-    created = False
+    started = False
     try:
         write_specs(tmp / "apps", args.apps)
-        drop_database()
-        sh("createdb", "-h", "127.0.0.1", "-U", "postgres", DB)
-        created = True
         import django
 
         django.setup()
-        from django.contrib.auth.models import User
-        from django.core.management import call_command
-        from django.db import connection
-        from django.test import Client
         from django.utils import timezone
 
-        from apps_registry import discovery
-        from apps_registry.models import App
-
-        call_command("migrate", verbosity=0)
-        report = discovery.sync()
-        if report.invalid:
-            raise SystemExit(f"invalid bench specs: {report.invalid}")
-        apps = list(App.objects.order_by("name"))
-        admin = User.objects.create_superuser("bench-admin", "bench@example.com", None)
-        people = [User.objects.create(username=name) for name in ("alice", "bob", "carol", "dave")]
-        with connection.cursor() as cursor:
-            prepare_load(cursor, apps, [u.pk for u in people])
-        client = Client()
-        client.force_login(admin)
+        started = True
         t0 = timezone.now() - datetime.timedelta(days=365)
-
         load_before = os.getloadavg()[0]
-        print(f"loading {args.first:,} deployments ...", flush=True)
-        took = load(1, args.first, args.apps, t0)
-        deployments, steps, _, _ = table_counts()
-        app, count, page_list = pages()
-        print(f"  {deployments:,} deployments, {steps:,} steps in {took:.1f} s; busiest app {app.name}: {count:,}")
-        small = run_pages(client, page_list, args.warmup, args.requests)
-
-        print(f"loading {args.deployments - args.first:,} more ...", flush=True)
-        took = load(args.first + 1, args.deployments, args.apps, t0)
-        deployments, steps, dsize, ssize = table_counts()
-        app, count, page_list_large = pages()
-        print(f"  {deployments:,} deployments ({dsize}), {steps:,} steps ({ssize}) in {took:.1f} s "
-              f"(with VACUUM ANALYZE); busiest app {app.name}: {count:,}")
-        large = run_pages(client, page_list_large, args.warmup, args.requests)
-        # The deep page's label names its number, which grew; compare by position.
-        small = dict(zip(large, small.values()))
+        small, _ = measure_database(args, small_db, args.first, t0, reuse=False)
+        large, deployments = measure_database(args, big_db, args.deployments, t0, reuse=args.reuse)
         analyse(large)
         print(f"\n{args.requests} timed requests per page after {args.warmup} warm-up, Django test client "
               f"in this process (DEBUG off), PostgreSQL on 127.0.0.1; {os.cpu_count()} CPUs, load average "
@@ -544,14 +671,15 @@ def main():
         if args.explain:
             print_plans(large)
     finally:
-        if "django" in sys.modules and created:
+        if started:
             from django.db import connections
 
             connections.close_all()
-        if created and not args.keep:
-            drop_database()
-        elif created:
-            print(f"\nkept the database {DB} (DATABASE_URL=postgres://postgres@127.0.0.1:5432/{DB})")
+            drop_database(small_db)
+            if not args.keep:
+                drop_database(big_db)
+            elif database_exists(big_db):
+                print(f"\nkept the database {big_db} (DATABASE_URL=postgres://postgres@127.0.0.1:5432/{big_db})")
         shutil.rmtree(tmp, ignore_errors=True)
 
 

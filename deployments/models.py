@@ -130,13 +130,21 @@ class DeploymentQuerySet(models.QuerySet):
         newest = Deployment.objects.filter(app=OuterRef("pk")).order_by("-queued_at", "-id").values("pk")[:1]
         return self.filter(pk__in=App.objects.values(newest_pk=Subquery(newest)))
 
-    def success_counts(self):
-        """{"total", "succeeded"} over the finished deployments here, where one
-        succeeded when its deploy step did: status alone cannot say, since a
-        rollback turns both live and failed deploys into rolled_back."""
+    def success_counts(self, latest=None):
+        """{"total", "succeeded"} over the finished deployments here (the
+        `latest` newest of them, if given), where one succeeded when its deploy
+        step did: status alone cannot say, since a rollback turns both live
+        and failed deploys into rolled_back.
+
+        With `latest` the cost is bounded (that many index entries and
+        probes of step_went_live), however long the history."""
         went_live = Step.objects.filter(deployment=OuterRef("pk"), name="deploy", status=StepStatus.SUCCEEDED)
-        return self.terminal().aggregate(
-            total=models.Count("id"), succeeded=models.Count("id", filter=Q(Exists(went_live)))
+        finished = self.terminal().annotate(went_live=Exists(went_live))
+        if latest is not None:
+            # Counted over a subquery: SELECT count(*) ... FROM (... LIMIT latest).
+            finished = finished.order_by("-queued_at", "-id")[:latest]
+        return finished.aggregate(
+            total=models.Count("id"), succeeded=models.Count("id", filter=Q(went_live=True))
         )
 
 
@@ -220,6 +228,18 @@ class Deployment(models.Model):
             models.Index(fields=["app", "-queued_at", "-id"], name="deploy_app_recent"),
             # The admin deployment list (newest first) and its date filter.
             models.Index(fields=["-queued_at", "-id"], name="deploy_recent"),
+            # The admin deployment list sorted by status, either way (its ties
+            # are sorted by id in the same direction: DeploymentAdmin).
+            models.Index(fields=["status", "id"], name="deploy_by_status"),
+            # rollback.failed_rollout and went_live (the rollback page, the app
+            # page's "Roll back…"): an app's deployments, latest finished first.
+            models.Index(fields=["app", "-finished_at", "-id"], name="deploy_app_finished"),
+            # The admin's search (DeploymentAdmin.get_search_results): a ref,
+            # an image, a commit by its first characters (LIKE 'abc%', which
+            # varchar_pattern_ops serves whatever the database's collation).
+            models.Index(fields=["ref"], name="deploy_ref"),
+            models.Index(fields=["commit_sha"], name="deploy_commit", opclasses=["varchar_pattern_ops"]),
+            models.Index(fields=["image"], name="deploy_image"),
             # Deployment.objects.live_for (the app page's "In service", rollbacks):
             # the newest deployed deployment of an app, without sorting them all.
             models.Index(

@@ -6,7 +6,6 @@ that are also rendered inside the full pages, so every page works without JS.
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.db.models import F, Prefetch
 from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
@@ -20,6 +19,7 @@ from deployments import appdb, rollback, states, transitions
 from deployments.charts import duration_chart
 from deployments.forms import DeployForm, RollbackForm
 from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, Snapshot, Step
+from deployments.paging import LongListPaginator
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 from deployments.simulator import Simulation, SimulationError, StaleStep
 
@@ -29,6 +29,9 @@ CANCEL = "deployments.cancel_deployment"
 
 HISTORY_PAGE_SIZE = 20
 CHART_DEPLOYMENTS = 30  # bars in the app page's duration chart
+# The success rate is over the app's latest finished deploys: counting a
+# year of them would read every one on every page view.
+SUCCESS_RATE_DEPLOYS = 1000
 SNAPSHOTS_SHOWN = 25
 
 
@@ -91,6 +94,13 @@ def overview(request):
 # --- app page -----------------------------------------------------------------
 
 
+def _history_page(history, number):
+    """One page of `history`, newest first (paging.LongListPaginator: the
+    page's ids from deploy_app_recent alone, the deep pages from the oldest
+    end, counted exactly up to 10,000 deployments and estimated beyond)."""
+    return LongListPaginator(history.order_by("-queued_at", "-id"), HISTORY_PAGE_SIZE).get_page(number)
+
+
 @login_required
 @require_GET
 @vary_on_headers("HX-Request")  # the same URL answers a full page or a partial
@@ -98,12 +108,7 @@ def app_detail(request, name):
     app = _get_app_for_user(request, name)
     now = timezone.now()
     history = Deployment.objects.filter(app=app).select_related("requested_by")
-    # Paginate the ids (an index-only scan of deploy_app_recent), then read
-    # the page's rows: an OFFSET over whole rows fetches every skipped row.
-    page = Paginator(
-        history.order_by("-queued_at", "-id").values_list("pk", flat=True), HISTORY_PAGE_SIZE
-    ).get_page(request.GET.get("page"))
-    page.object_list = list(history.filter(pk__in=page.object_list).order_by("-queued_at", "-id"))
+    page = _history_page(history, request.GET.get("page"))
     for deployment in page:
         deployment.took = _took(deployment, now)
     ctx = {"app": app, "history": page}
@@ -113,13 +118,14 @@ def app_detail(request, name):
 
     # Deploys only: rollbacks and restores are other operations.
     deploys = history.filter(kind=DeploymentKind.DEPLOY)
-    finished = deploys.success_counts()
+    finished = deploys.success_counts(SUCCESS_RATE_DEPLOYS)
     rate = round(100 * finished["succeeded"] / finished["total"]) if finished["total"] else None
 
     recent = list(
         deploys.filter(started_at__isnull=False)
         .order_by("-queued_at", "-id")
-        .prefetch_related(Prefetch("steps", queryset=Step.objects.order_by("position")))
+        # The chart reads durations and statuses, never the steps' log output.
+        .prefetch_related(Prefetch("steps", queryset=Step.objects.defer("output").order_by("position")))
         [:CHART_DEPLOYMENTS]
     )
     recent.reverse()  # oldest on the left
@@ -135,6 +141,7 @@ def app_detail(request, name):
     ctx.update(
         success_rate=rate,
         finished=finished,
+        success_window=SUCCESS_RATE_DEPLOYS,
         chart=duration_chart(recent),
         snapshots=snapshots[:SNAPSHOTS_SHOWN],
         more_snapshots=len(snapshots) > SNAPSHOTS_SHOWN,

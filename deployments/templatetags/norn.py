@@ -7,7 +7,10 @@ never formats a duration itself.
 
 from datetime import timedelta
 
+from html import escape
+
 from django import template
+from django.utils.safestring import mark_safe
 
 register = template.Library()
 
@@ -45,3 +48,32 @@ def duration_ticks(seconds: float | timedelta | str | None, count: int = TICKS) 
     if isinstance(seconds, timedelta):
         seconds = seconds.total_seconds()
     return "|".join(duration(seconds + i) for i in range(count))
+
+
+# The duration chart's repeated parts (templates/deployments/_duration_chart.html),
+# written in one call each rather than by a template loop per segment and
+# cell: those loops took a third of the app page's time.
+
+
+@register.simple_tag
+def chart_rects(bar) -> str:
+    """A bar's segments, bottom to top, as SVG rectangles. Plain escaping
+    (the coordinates are numbers charts.py computed): format_html per
+    segment costs as much as the template loop did."""
+    return mark_safe("".join(
+        f'<rect class="seg seg-{escape(s["step"])}" x="{s["x"]}" y="{s["y"]}" '
+        f'width="{s["w"]}" height="{s["h"]}" data-step="{escape(s["step"])}"/>'
+        for s in bar["segments"]
+    ))
+
+
+@register.simple_tag
+def chart_steps_title(bar) -> str:
+    """"; build 3 min 05 s; test 12 s": the steps in a bar's tooltip."""
+    return "".join(f"; {s['step']} {duration(s['seconds'])}" for s in bar["segments"])
+
+
+@register.simple_tag
+def chart_cells(bar) -> str:
+    """A bar's row in the chart's table: one cell per step."""
+    return mark_safe("".join(f'<td class="num">{escape(duration(seconds))}</td>' for seconds in bar["durations"]))
