@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Benchmark: many WebSocket viewers of one deployment on one daphne process.
+"""Benchmark: many WebSocket viewers of one deployment on one or more daphne processes.
 
-Starts one daphne on a free loopback port against a fresh database, connects
+Starts one daphne (or --daphnes N, sharing one listening socket: each
+adopts it with `daphne --fd`, and the kernel hands each new connection to
+one of them) on a free loopback port against a fresh database, connects
 V viewers (default 500) to /ws/deployments/<uuid>/ from one asyncio process
 (the websockets library, API token), waits until every viewer had its
 `caught_up`, then acts as the worker: commits N log events (default 200) with
@@ -16,7 +18,7 @@ connected, after the events and after they disconnected. All viewers share
 one client process: its own CPU time is printed, since a busy client adds
 to the latency it measures.
 
-    .venv/bin/python bench/fanout.py [--viewers 500] [--events 200] [--rate 4]
+    .venv/bin/python bench/fanout.py [--viewers 500] [--events 200] [--rate 4] [--daphnes 1]
 
 Needs PostgreSQL and Redis (scripts/services); uses its own database
 norn_bench_fanout and channel prefix norn-bench-<pid>, and removes both,
@@ -28,8 +30,11 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import resource
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +58,66 @@ from event_latency import (
 )
 
 DB = "norn_bench_fanout"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SharedDaphne(Daphne):
+    """One of several daphnes serving one listening socket (`daphne --fd`)."""
+
+    def __init__(self, env, log_path, listener):
+        # INFO: daphne's "Configuring endpoint" line says it adopted the socket.
+        super().__init__({**env, "NORN_LOG_LEVEL": "INFO"}, log_path)
+        self.listener = listener
+        self.port = listener.getsockname()[1]
+
+    def start(self, timeout=30):
+        fd = self.listener.fileno()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "daphne", "--fd", str(fd),
+                 "--access-log", str(self.log_path.with_suffix(".access")), "norn_project.asgi:application"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                pass_fds=[fd],
+            )
+        deadline = time.monotonic() + timeout
+        # Listening from the start (the socket is ours); ready once it logged its start.
+        while "Configuring endpoint" not in self.output() and "Listening" not in self.output():
+            if self.proc.poll() is not None:
+                raise SystemExit(f"daphne exited:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"daphne did not start within {timeout} s:\n{self.output()}")
+            time.sleep(0.1)
+
+
+class Daphnes:
+    """N daphne processes behind one port; status() sums them."""
+
+    def __init__(self, env, tmp, count):
+        if count == 1:
+            self.members = [Daphne(env, tmp / "daphne.log")]
+        else:
+            self.listener = socket.socket()
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind(("127.0.0.1", 0))
+            self.listener.listen(1024)
+            os.set_inheritable(self.listener.fileno(), True)
+            self.members = [SharedDaphne(env, tmp / f"daphne-{i}.log", self.listener) for i in range(count)]
+        self.port = self.members[0].port
+
+    def start(self, timeout):
+        for member in self.members:
+            member.start(timeout=timeout)
+
+    def stop(self):
+        for member in self.members:
+            member.stop()
+
+    def status(self):
+        states = [member.status() for member in self.members]
+        return {key: sum(state[key] for state in states) for key in states[0]} | {"each": states}
+
+    def output(self):
+        return "\n".join(member.output() for member in self.members)
 
 
 # --- the client process -------------------------------------------------------
@@ -149,7 +214,10 @@ def expect(here, kind, timeout, daphne):
 
 
 def memory(status):
-    return f"VmRSS {status['VmRSS']:6.1f} MB (peak so far {status['VmHWM']:6.1f} MB)"
+    text = f"VmRSS {status['VmRSS']:6.1f} MB (peak so far {status['VmHWM']:6.1f} MB)"
+    if len(status.get("each", [])) > 1:
+        text += " in all; each " + ", ".join(f"{state['VmRSS']:.1f}" for state in status["each"])
+    return text
 
 
 # --- main ---------------------------------------------------------------------
@@ -166,7 +234,11 @@ def main():
                         help="viewer handshakes in flight at once while connecting (default 50)")
     parser.add_argument("--timeout", type=float, default=15,
                         help="seconds to wait for a start-up step, or a viewer for its next event (default 15)")
+    parser.add_argument("--daphnes", type=int, default=1,
+                        help="daphne processes behind the one port (default 1)")
     args = parser.parse_args()
+    if args.daphnes < 1:
+        parser.error("--daphnes must be at least 1")
     signal.signal(signal.SIGTERM, on_sigterm)
     # One descriptor per WebSocket in daphne and in the client (both inherit this).
     raise_open_files(args.viewers + 1024)
@@ -188,7 +260,7 @@ def main():
 
         trouble = LayerTrouble().install()
         deployment, token = make_deployment("bench")
-        daphne = Daphne(env, tmp / "daphne.log")
+        daphne = Daphnes(env, tmp, args.daphnes)
         daphne.start(timeout=args.timeout)
         time.sleep(1)  # settle: daphne has imported everything it needs
         before = daphne.status()
@@ -236,9 +308,11 @@ def main():
         pace = f"paced at {args.rate:g}/s" if args.rate else "written back to back"
 
         print(f"machine:          {context}")
+        print(f"daphne:           {args.daphnes} process(es) on one port")
         print(f"viewers:          {ready['connected']} of {args.viewers} connected and caught up in "
               f"{ready['seconds']:.1f} s ({args.handshakes} handshakes at a time); "
-              f"{members} members in the deployment's group")
+              f"{members} members in the deployment's group "
+              "(channels-redis core layer; the pub/sub layer keeps none in Redis)")
         for error in ready["errors"][:5]:
             print(f"  connect failed: {error}")
         print(f"events:           {args.events} log events, one transaction each, {pace} "

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from channels.layers import BaseChannelLayer
 
 from apps_registry.models import App
 from deployments import events
@@ -38,6 +39,10 @@ MAX_FRAME_BYTES = 64 * 1024
 # Sequence numbers are bigints; anything longer is no seq (and int() of a
 # few thousand digits raises).
 MAX_SEQ = 2**63 - 1
+# Checks group names as Channels' own layers do; the pub/sub layer itself
+# has no such check (any Redis channel name goes), but an app name that is
+# no valid group name cannot have been deployed (see AppConsumer).
+_GROUP_NAMES = BaseChannelLayer()
 
 
 class EventStream(AsyncJsonWebsocketConsumer):
@@ -55,6 +60,12 @@ class EventStream(AsyncJsonWebsocketConsumer):
         self.last_sent = {}
         self.closing = False
         self.pinger = None
+        # Whether a live event came since the last ping tick (see ping_forever).
+        self.heard = False
+        # The largest Event id committed when this client subscribed (app and
+        # all endpoints): of a deployment first seen live, the events after
+        # it are the ones this client missed; earlier ones are history.
+        self.watermark = None
 
     # --- subclass hooks -------------------------------------------------------
 
@@ -128,19 +139,44 @@ class EventStream(AsyncJsonWebsocketConsumer):
     async def ping_forever(self):
         while True:
             await asyncio.sleep(PING_INTERVAL)
-            await self.catch_up()
+            # Only a stream that fell silent for a whole tick is checked: while
+            # events flow, the next one reveals any gap, and a busy server
+            # would otherwise read every viewer's in-flight events from the
+            # database (1,000 viewers: 50 queries/s, the live copies wasted).
+            if not self.heard:
+                await self.catch_up()
+            self.heard = False
             await self.send_json({"type": "ping"})
 
     async def catch_up(self):
-        """Send stored events the live stream did not bring (see DeploymentConsumer)."""
+        """Send what the deployments this client was sent have stored beyond it.
+
+        A dropped publish is filled in by the next live event of the same
+        deployment; its last one (deploy.completed) has no next one. Called
+        on a ping tick with no live event since the one before, so a lost
+        last event arrives within two ticks.
+        """
+        if not self.last_sent:
+            return
+        for key in await database_sync_to_async(_behind)(dict(self.last_sent)):
+            last = self.last_sent[key]
+            for missed in await database_sync_to_async(_events_after)(key, last):
+                # A live event may have sent it while this was reading.
+                if missed["seq"] > self.last_sent.get(key, 0):
+                    await self.send_event(missed)
 
     async def dispatch(self, message):
-        # Live events are the hot path: one message per viewer per event. The
+        # Live events are the hot path: one message per viewer per batch. The
         # base dispatch first closes stale database connections, a hop to the
         # sync thread that costs about half of daphne's CPU with hundreds of
         # viewers (bench/fanout.py); deploy_event reaches the database only
         # through database_sync_to_async, which does that itself.
-        if message.get("type") == "deploy.event":
+        kind = message.get("type")
+        if kind == events.BATCH:
+            for event in message["events"]:
+                await self.deploy_event(event)
+            return
+        if kind == "deploy.event":  # one event, as publishers before batching sent them
             await self.deploy_event(message)
             return
         await super().dispatch(message)
@@ -191,9 +227,17 @@ class EventStream(AsyncJsonWebsocketConsumer):
         """A live event from the channel layer (events.Publisher)."""
         if self.closing:
             return
+        self.heard = True
         deployment, seq = message["deployment"], message["seq"]
         last = self.last_sent.get(deployment)
-        if last is not None:
+        if last is None and self.watermark is not None and seq > 1:
+            # First seen live, and not from its start: send what it committed
+            # since this client subscribed and the live stream did not bring
+            # (a publish lost, or a process that died before publishing).
+            for missed in await database_sync_to_async(_events_after)(deployment, 0, before=seq,
+                                                                      above_id=self.watermark):
+                await self.send_event(missed)
+        elif last is not None:
             if seq <= last:
                 return  # Already sent by a replay (or delivered twice).
             if seq > last + 1:
@@ -229,19 +273,6 @@ class DeploymentConsumer(EventStream):
     def covers(self, deployment):
         return deployment.public_id == self.deployment.public_id
 
-    async def catch_up(self):
-        # A dropped publish is filled in by the next live event; the last
-        # one (deploy.completed) has no next one. On each ping tick, send
-        # whatever the database has beyond what this client was sent.
-        key = str(self.deployment.public_id)
-        last = self.last_sent.get(key)
-        if last is None:
-            return
-        for missed in await database_sync_to_async(_events_after)(key, last):
-            # A live event may have sent it while this was reading.
-            if missed["seq"] > self.last_sent.get(key, 0):
-                await self.send_event(missed)
-
     async def start(self):
         values = parse_qs(self.scope.get("query_string", b"").decode("latin1")).get("after", ["0"])
         after = _non_negative_int(values[-1])
@@ -261,7 +292,7 @@ class AppConsumer(EventStream):
         # The name events.group_names publishes the app's events under.
         group = f"app.{self.app_name}"
         try:
-            self.channel_layer.require_valid_group_name(group)
+            _GROUP_NAMES.require_valid_group_name(group)
         except TypeError:
             # An app whose directory name is no valid app name (an invalid
             # infraspec) cannot have been deployed, so it has no events.
@@ -270,6 +301,9 @@ class AppConsumer(EventStream):
 
     def covers(self, deployment):
         return deployment.app_name == self.app_name
+
+    async def start(self):
+        self.watermark = await database_sync_to_async(_last_event_id)()
 
 
 class AllDeploymentsConsumer(EventStream):
@@ -281,6 +315,9 @@ class AllDeploymentsConsumer(EventStream):
 
     def covers(self, deployment):
         return True
+
+    async def start(self):
+        self.watermark = await database_sync_to_async(_last_event_id)()
 
 
 class NotFoundConsumer(AsyncWebsocketConsumer):
@@ -314,11 +351,13 @@ def _find_deployment(public_id):
     return _DeploymentRef(*row) if row else None
 
 
-def _events_after(public_id, after, before=None, limit=None):
+def _events_after(public_id, after, before=None, limit=None, above_id=None):
     """Stored events of a deployment with after < seq (< before), as channel-layer messages."""
     rows = Event.objects.filter(deployment__public_id=public_id, seq__gt=after)
     if before is not None:
         rows = rows.filter(seq__lt=before)
+    if above_id is not None:
+        rows = rows.filter(id__gt=above_id)
     rows = rows.order_by("seq").values_list("seq", "kind", "payload")
     if limit is not None:
         rows = rows[:limit]
@@ -327,6 +366,16 @@ def _events_after(public_id, after, before=None, limit=None):
         {"type": "deploy.event", "deployment": public_id, "seq": seq, "event": kind, "payload": payload}
         for seq, kind, payload in rows
     ]
+
+
+def _last_event_id():
+    return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def _behind(last_sent):
+    """Of the deployments in `last_sent` ({public id: seq}), those with later events stored."""
+    rows = Deployment.objects.filter(public_id__in=list(last_sent)).values_list("public_id", "last_event_seq")
+    return [str(public_id) for public_id, seq in rows if seq > last_sent[str(public_id)]]
 
 
 def _parse_frame(text_data):

@@ -8,6 +8,7 @@ deploy goes on, and clients catch up from the Event table.
 """
 
 import asyncio
+import atexit
 import logging
 import queue
 import threading
@@ -105,6 +106,12 @@ class Publisher:
     or stop a deploy. Order is kept (one thread, one FIFO queue); what cannot
     be sent is dropped with a warning, and clients recover it from the Event
     table by sequence number.
+
+    Whatever queued up while a send was under way goes out together: a
+    worker committing events back to back is never more than one batch ahead
+    of its viewers, and each group gets one message per batch. A process that
+    ends (`deploy --no-wait`, `cancel`) first waits, boundedly, until what it
+    committed was sent: the thread is a daemon and would die with its queue.
     """
 
     def __init__(self):
@@ -119,37 +126,68 @@ class Publisher:
                 self._thread.start()
         self._queue.put((groups, body))
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything queued so far was sent (or dropped)."""
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far was sent (or dropped); False on timeout."""
+        if self._thread is None:
+            return True  # nothing was ever queued in this process
         done = threading.Event()
         self._queue.put(done)
-        if self._thread is not None:
-            done.wait(timeout)
+        return done.wait(timeout)
 
     def _run(self):
         from channels.layers import get_channel_layer
 
         loop = asyncio.new_event_loop()
         while True:
-            item = self._queue.get()
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            groups, body = item
-            # Looked up each time (a dictionary lookup): settings changes,
-            # such as a test pointing the layer elsewhere, take effect.
-            layer = get_channel_layer()
-            if layer is None:
-                continue
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            events = [item for item in batch if not isinstance(item, threading.Event)]
             try:
-                loop.run_until_complete(self._send(layer, groups, body))
+                # Looked up each time (a dictionary lookup): settings changes,
+                # such as a test pointing the layer elsewhere, take effect.
+                layer = get_channel_layer()
+                if events and layer is not None:
+                    loop.run_until_complete(self._send(layer, events))
             except Exception as exc:  # Redis down or slow: the Event row is the truth.
-                log.warning("could not publish %s #%s: %s", body["event"], body["seq"], exc)
+                if events:
+                    first, last = events[0][1], events[-1][1]
+                    log.warning("could not publish %d event(s) (%s #%s to %s #%s): %s", len(events),
+                                first["event"], first["seq"], last["event"], last["seq"], exc)
+            # Flush markers are set only once what was queued before them is out.
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()
 
     @staticmethod
-    async def _send(layer, groups, body):
-        for group in groups:
-            await asyncio.wait_for(layer.group_send(group, body), timeout=2)
+    async def _send(layer, events):
+        # One message per group for the whole batch, in commit order, all
+        # groups at once: a batch costs three round trips to Redis, not
+        # three per event, and each viewer's process wakes once for it.
+        batches = {}
+        for groups, body in events:
+            for group in groups:
+                batches.setdefault(group, []).append(body)
+        sends = [layer.group_send(group, {"type": BATCH, "events": bodies}) for group, bodies in batches.items()]
+        await asyncio.wait_for(asyncio.gather(*sends), timeout=SEND_TIMEOUT)
 
+
+# The channel-layer message type of a batch; consumers also still take single
+# "deploy.event" messages.
+BATCH = "deploy.events"
+# Events sent to the channel layer at once, at most; a bound on one batch's
+# memory and on what one Redis failure drops.
+MAX_BATCH = 500
+# Seconds a batch may take before it is dropped (Redis hung): clients catch up.
+SEND_TIMEOUT = 2
+# Seconds a process that ends waits for its events to be sent.
+EXIT_FLUSH_TIMEOUT = 5
 
 publisher = Publisher()
+# A short-lived process (the CLI's deploy --no-wait, cancel) commits an event
+# and exits: without this its daemon publisher thread dies with the event
+# still queued, and viewers of the app and of all deployments never hear of it.
+atexit.register(publisher.flush, EXIT_FLUSH_TIMEOUT)

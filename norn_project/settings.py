@@ -148,14 +148,17 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = redis_url_from_env("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Redis pub/sub: an event is one PUBLISH per group, and each web
+        # process receives it once and hands it to its own viewers, instead
+        # of one Redis list push and pop per viewer (channels_redis.core):
+        # 1,000 viewers of a deployment cost one message per process, not
+        # 1,000. Pub/sub keeps nothing for absent listeners; consumers fill
+        # any gap from the Event table by seq (docs/live.md).
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
             # Keeps two Norns (or two test runs) on one Redis apart.
             "prefix": env("NORN_CHANNEL_PREFIX", "norn"),
-            # A busy build streams many log events; a viewer's channel must
-            # hold a burst of them (clients catch up from the database anyway).
-            "capacity": 1000,
         },
     }
 }

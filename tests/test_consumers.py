@@ -682,3 +682,22 @@ async def test_a_lost_last_event_arrives_with_the_next_ping(open_socket, deploym
     messages = [m for m in [await socket.receive_json_from(TIMEOUT) for _ in range(3)] if m["type"] == "event"]
     assert [m["payload"]["line"] for m in messages] == ["lost 0", "lost 1"]
     assert [m["seq"] for m in messages] == [2, 3]
+
+
+@websocket_db
+@pytest.mark.asyncio
+@pytest.mark.parametrize("endpoint", ["app", "all"])
+async def test_app_and_all_endpoints_get_a_lost_last_event_with_the_next_ping(open_socket, deployment, token,
+                                                                              monkeypatch, endpoint):
+    monkeypatch.setattr(consumers, "PING_INTERVAL", 0.2)
+    path = f"/ws/apps/{deployment.app.name}/" if endpoint == "app" else "/ws/deployments/"
+    socket = await open_socket(path, token_headers(token))
+    await subscribed(socket, deployment, after=1)
+    await database_sync_to_async(record_unpublished)(deployment, 2)
+    mine = {str(deployment.public_id)}
+    messages = []
+    while len(messages) < 2:
+        message = await socket.receive_json_from(TIMEOUT)
+        if message["type"] == "event" and message["deployment"] in mine:
+            messages.append(message)
+    assert [(m["seq"], m["payload"]["line"]) for m in messages] == [(2, "lost 0"), (3, "lost 1")]
