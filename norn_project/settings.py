@@ -78,7 +78,9 @@ SECURE_PROXY_SSL_HEADER = proxy_ssl_header_from_env("SECURE_PROXY_SSL_HEADER")
 CSRF_TRUSTED_ORIGINS = origins_from_env("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    "daphne",
+    # daphne's runserver (HTTP + WebSocket) without importing Twisted in
+    # every command; before staticfiles so its runserver wins.
+    "norn_project.devserver.DaphneRunserverConfig",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
