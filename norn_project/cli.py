@@ -44,6 +44,12 @@ class Command(BaseCommand):
     """
 
     interrupted = "interrupted"
+    # Before each command only Norn's own checks (norn_project/checks.py: the
+    # services it needs, its settings), a few ms. Django's checks of the code
+    # itself (models, URLs, admin: ~0.3 s, most of it importing every view)
+    # give the same answer every time; `manage.py check`, `migrate` and
+    # `runserver` run them.
+    requires_system_checks = ["norn"]
 
     def run_from_argv(self, argv):
         try:
