@@ -11,7 +11,7 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -20,6 +20,7 @@ from django.db import DatabaseError, connection
 # answer within this long is reported as down rather than making us wait.
 DOCKER_TIMEOUT = 1.0
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+REDIS_TIMEOUT = 1.0
 
 
 def database_problem():
@@ -34,13 +35,65 @@ def database_problem():
 
 
 def redis_problem(url=None):
-    # Imported here: redis (with the jwt and cryptography it pulls in) is
-    # ~100 ms of start-up that commands which never touch Redis need not pay.
+    """PING Redis (after AUTH when the URL has a password).
+
+    Spoken directly for the plain redis:// and unix:// URLs: this probe runs
+    before every command, and importing the redis library (with the jwt and
+    cryptography it pulls in) costs more than the whole exchange. Anything
+    else (rediss://, options in the query) goes through the library.
+    """
+    url = url or settings.REDIS_URL
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = None
+    if (parts.scheme not in ("redis", "unix") or parts.query or port is None
+            or (parts.username and parts.password is None)):
+        return _redis_library_problem(url)
+    where = parts.path if parts.scheme == "unix" else f"{parts.hostname or 'localhost'}:{port}"
+    commands = [([b"PING"], "+PONG")]
+    if parts.password is not None:
+        credentials = [unquote(parts.username)] if parts.username else []
+        commands.insert(0, ([b"AUTH", *(c.encode() for c in credentials), unquote(parts.password).encode()], "+OK"))
+    try:
+        if parts.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(REDIS_TIMEOUT)
+            sock.connect(parts.path)
+        else:
+            sock = socket.create_connection((parts.hostname or "localhost", port), REDIS_TIMEOUT)
+        with sock, sock.makefile("rb") as replies:
+            sock.settimeout(REDIS_TIMEOUT)
+            sock.sendall(b"".join(_resp(command) for command, _ in commands))
+            for _, expected in commands:
+                reply = replies.readline(512).rstrip(b"\r\n").decode(errors="replace")
+                if not reply:
+                    return f"the server at {where} closed the connection"
+                if reply.startswith("-"):
+                    # An error reply (wrong password, NOAUTH): its text, never our command.
+                    return reply[1:]
+                if reply != expected:
+                    return f"{where} does not answer as Redis does: {reply[:100]!r}"
+    except TimeoutError:
+        return f"{where} did not answer within {REDIS_TIMEOUT:g} s"
+    except OSError as exc:
+        return f"Error connecting to {where}: {exc.strerror or exc}"
+    return None
+
+
+def _resp(command):
+    """One command as a RESP array of bulk strings."""
+    return b"*%d\r\n" % len(command) + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in command)
+
+
+def _redis_library_problem(url):
     import redis
 
-    client = redis.Redis.from_url(
-        url or settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
-    )
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT)
+    except ValueError as exc:  # a malformed URL (settings refuse most of them)
+        return str(exc)
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -231,3 +231,49 @@ def test_runserver_is_daphnes_and_serves_websockets(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=15)
+
+
+# --- the Redis probe speaks PING (and AUTH) itself, so no command imports redis-py for it
+
+
+@pytest.fixture
+def guarded_redis(tmp_path):
+    """A real redis-server of our own, on a free port, with a password."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--requirepass", "s3cret pass", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_redis_probe_authenticates_and_says_what_redis_said(guarded_redis):
+    port = guarded_redis
+    assert services.redis_problem(f"redis://:s3cret%20pass@127.0.0.1:{port}/0") is None
+    assert services.redis_problem(f"redis://default:s3cret%20pass@127.0.0.1:{port}/1") is None
+    wrong = services.redis_problem(f"redis://:nope-secret@127.0.0.1:{port}/0")
+    assert wrong.startswith("WRONGPASS") and "nope-secret" not in wrong
+    assert services.redis_problem(f"redis://127.0.0.1:{port}/0").startswith("NOAUTH")
+
+
+def test_redis_probe_refuses_what_is_not_redis():
+    # PostgreSQL's port: something listens, and hangs up on what it cannot parse.
+    problem = services.redis_problem("redis://127.0.0.1:5432/0")
+    assert problem is not None and "127.0.0.1:5432" in problem
+    assert services.redis_problem("redis://127.0.0.1:1/0") == "Error connecting to 127.0.0.1:1: Connection refused"
+    assert services.redis_problem("unix:///nonexistent/redis.sock") == (
+        "Error connecting to /nonexistent/redis.sock: No such file or directory"
+    )
