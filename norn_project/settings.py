@@ -80,8 +80,9 @@ CSRF_TRUSTED_ORIGINS = origins_from_env("CSRF_TRUSTED_ORIGINS")
 INSTALLED_APPS = [
     # daphne's runserver (HTTP + WebSocket) without importing Twisted in
     # every command; before staticfiles so its runserver wins.
-    "norn_project.devserver.DaphneRunserverConfig",
-    "django.contrib.admin",
+    "norn_project.apps.DaphneRunserverConfig",
+    # The admin, its modules imported when its URLs or checks need them.
+    "norn_project.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

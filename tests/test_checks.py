@@ -197,6 +197,25 @@ def test_start_up_imports_neither_twisted_nor_the_clients_of_other_services():
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "django.db.models" in imported  # the list is real
     assert not {"twisted", "OpenSSL", "daphne.server", "redis", "cryptography", "websockets", "kubernetes"} & imported
+    # Nor the admin's modules: the admin's URLs and checks import them.
+    assert not {"deployments.admin", "apps_registry.admin", "django_q.admin"} & imported
+
+
+def test_the_admin_checks_and_urls_see_every_registered_model():
+    # A fresh process: nothing has imported the admin modules before the checks run.
+    script = (
+        "import django; django.setup(); import sys; from django.contrib import admin; from django.core import checks;"
+        "before = len(admin.site._registry); checks.run_checks(tags=['admin']);"
+        "print(before, sorted(f'{m._meta.label}={type(a).__name__}' for m, a in admin.site._registry.items()))"
+    )
+    env = {**os.environ, "SECRET_KEY": "test-settings-" + "k" * 50, "DJANGO_SETTINGS_MODULE": "norn_project.settings"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    before, registered = result.stdout.split(" ", 1)
+    assert before == "0"
+    for entry in ("apps_registry.App=AppWithDeploymentsAdmin", "deployments.Deployment=", "deployments.ApiToken=",
+                  "django_q.Schedule=", "auth.User="):
+        assert entry in registered
 
 
 @pytest.mark.django_db
