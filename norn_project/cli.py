@@ -108,6 +108,10 @@ class Command(BaseCommand):
         elif not isinstance(code, int):  # sys.exit("message")
             self._say(str(code))
             code = FAILED
+        if sys.getprofile() is not None or sys.gettrace() is not None:
+            # A profiler (python -m cProfile) or a debugger writes its
+            # results after the program returns: let it.
+            raise SystemExit(code)
         for thread in threading.enumerate():
             if thread is not threading.main_thread() and not thread.daemon:
                 thread.join()

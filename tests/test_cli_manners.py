@@ -237,3 +237,12 @@ def test_a_command_exits_with_its_code_after_threads_and_atexit_handlers(app, tm
     assert "Traceback" not in result.stderr
     if args == ["deployments"]:
         assert result.stdout.strip()  # its output, flushed before the exit
+
+
+def test_a_profiled_command_still_gets_its_profile_written(app, tmp_path):
+    # cProfile writes its file after the program returns: no quick exit under it.
+    profile = tmp_path / "deployments.prof"
+    result = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "manage.py", "deployments"],
+                            cwd=REPO_ROOT, env=env(), capture_output=True, text=True, timeout=HANG)
+    assert result.returncode == 0, result.stderr
+    assert profile.stat().st_size > 0
