@@ -100,7 +100,7 @@ class Command(BaseCommand):
         Tearing down every module Django loaded takes ~0.3 s after the work
         is done; the user waits for it (issue 13). What an exit must do still
         happens: other threads that are not daemons are waited for, and the
-        atexit handlers run (logging's flush among them); Django's
+        exit handlers run (logging's flush among them); Django's
         run_from_argv has closed the database connections.
         """
         if code is None:
@@ -112,9 +112,10 @@ class Command(BaseCommand):
             # A profiler (python -m cProfile) or a debugger writes its
             # results after the program returns: let it.
             raise SystemExit(code)
-        for thread in threading.enumerate():
-            if thread is not threading.main_thread() and not thread.daemon:
-                thread.join()
+        # In the interpreter's own order (Py_FinalizeEx): threading's exit
+        # callbacks (concurrent.futures' among them) and the wait for
+        # non-daemon threads, then the atexit handlers.
+        threading._shutdown()
         atexit._run_exitfuncs()
         try:
             sys.stdout.flush()

@@ -219,6 +219,11 @@ def work():
     time.sleep(0.5)
     (out / "thread").write_text("finished")
 threading.Thread(target=work).start()
+# An executor's queued work is finished at exit (threading's own exit callbacks).
+from concurrent.futures import ThreadPoolExecutor
+pool = ThreadPoolExecutor(1)
+pool.submit(time.sleep, 0.3)
+pool.submit(lambda: (out / "pool").write_text("done"))
 sys.argv = ["manage.py", *sys.argv[2:]]
 sys.path.insert(0, ".")
 import manage
@@ -234,6 +239,7 @@ def test_a_command_exits_with_its_code_after_threads_and_atexit_handlers(app, tm
     assert result.returncode == code, result.stdout + result.stderr
     assert (tmp_path / "thread").read_text() == "finished"
     assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "pool").read_text() == "done"
     assert "Traceback" not in result.stderr
     if args == ["deployments"]:
         assert result.stdout.strip()  # its output, flushed before the exit
