@@ -18,7 +18,6 @@ from django.db.models.functions import Cast
 from apps_registry.models import App
 from deployments.client import StreamedEvent, follow_deployment
 from deployments.models import Deployment, DeploymentStatus, Event
-from deployments.requests import DeployRequestError
 from norn_project.cli import BAD_REQUEST, FAILED, Command
 
 __all__ = ["BAD_REQUEST", "FAILED", "Command", "FollowPrinter", "add_follow_arguments", "find_app",
@@ -66,6 +65,10 @@ def queue_and_follow(
     """What deploy, rollback and restore_snapshot share: queue it (a refused
     request exits BAD_REQUEST, 2), then print its id (--no-wait) or follow it
     to the end (exit 0 when it succeeded, FAILED, 1, when not)."""
+    # Imported here, not with the module: `--help` and the commands that
+    # queue nothing need not load the request path (discovery, git, the queue).
+    from deployments.requests import DeployRequestError
+
     # The task queue logs every enqueue at INFO; the CLI has its own output.
     logging.getLogger("django-q").setLevel(logging.WARNING)
     try:

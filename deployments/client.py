@@ -3,7 +3,8 @@
 `follow_deployment` yields a deployment's events in `seq` order, exactly once:
 live from `<NORN_URL>/ws/deployments/<uuid>/?after=<seq>` when a Norn server
 answers, resuming from the last `seq` after a dropped connection, and from
-the database (deployments/follow.py) when no server can serve the stream.
+the database (deployments/follow.py) when no server can serve the stream, or
+when the deployment has already ended (its record is complete there).
 """
 
 import json
@@ -14,8 +15,6 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-from websockets.sync.client import connect
 
 from deployments import follow as db_follow
 from deployments.models import Deployment, Event
@@ -123,6 +122,10 @@ def follow_deployment(
     """
     warn = warn or (lambda text: None)
     last = after
+    # An ended deployment's events are all in the database (the transaction
+    # that ends it writes its last event): no server, no connection, no wait.
+    if deployment.is_terminal:
+        use_db = True
     if not use_db:
         live = LiveStream(
             deployment.public_id, base_url=server_url(), token=api_token(),
@@ -171,6 +174,10 @@ class LiveStream:
         self.reconnects = reconnects
 
     def __iter__(self) -> Iterator[StreamedEvent]:
+        # Imported here: only a follower of a running deployment needs them.
+        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+        from websockets.sync.client import connect
+
         if not self.token:
             raise Unavailable(self.where, "NORN_API_TOKEN is not set")
         try:

@@ -2,7 +2,8 @@
 
 The event table is the source of truth. The CLI follows the live stream
 (deployments/client.py) and comes here when no Norn server can serve it,
-or when asked to with --db.
+when asked to with --db, and for a deployment that has ended (one query
+for its events, one for its status, and it returns).
 """
 
 import time

@@ -79,13 +79,15 @@ def request_deployment(app_name, ref="HEAD", *, user=None, name="", via="cli"):
 def verify_ref_exists(url, ref):
     """Refuse a branch or commit the repository does not have, before queueing.
 
-    Asks the remote only for what it needs: the branch list for a branch,
-    commit objects without trees or blobs (--filter=tree:0) for a SHA. When
-    the remote cannot be reached, the request goes ahead: the clone step
-    retries and can fall back to the local copy, saying so.
+    It runs while the user waits, so with as few git processes as it can: a
+    branch is one `ls-remote` of that branch; a full SHA that is a branch or
+    tag tip (the usual case) one `ls-remote`; any other SHA a clone of commit
+    objects only (--filter=tree:0) and a `rev-parse`. When the remote cannot
+    be reached, the request goes ahead: the clone step retries and can fall
+    back to the local copy, saying so.
     """
     root = workdirs.make_root()
-    # mkdtemp makes it 0700: it holds the askpass script.
+    # mkdtemp makes it 0700: it may hold the askpass script.
     scratch = Path(tempfile.mkdtemp(prefix=".verify-", dir=root))
     redact = runner.Redactor(gitauth.secrets())
     try:
@@ -95,24 +97,27 @@ def verify_ref_exists(url, ref):
         shown = redact_url(url)
 
         def git(*args):
-            return runner.run(["git", *args], env=env, timeout=VERIFY_TIMEOUT, redact=redact)
+            return runner.run(["git", *args], env=env, timeout=VERIFY_TIMEOUT, redact=redact, capture=True)
 
-        git("init", "--quiet", "--bare", scratch / "probe.git")
-        repo = str(scratch / "probe.git")
-        if HEX_RE.match(ref):
-            fetched = git("-C", repo, "fetch", "--quiet", "--no-tags", "--filter=tree:0", "--", url, "+refs/heads/*:refs/heads/*")
-            if fetched.returncode != 0:
-                log.warning("could not check %s in %s: %s", ref, shown, fetched.tail.strip()[-300:])
-                return
-            found = git("-C", repo, "rev-parse", "--quiet", "--verify", "--end-of-options", f"{ref}^{{commit}}")
-            if found.returncode != 0:
-                raise DeployRequestError(f"commit {ref} does not exist in {shown} (or the abbreviation is ambiguous)")
-        else:
+        if not HEX_RE.match(ref):
             listed = git("ls-remote", "--heads", "--exit-code", "--", url, f"refs/heads/{ref}")
             if listed.returncode == 2:
                 raise DeployRequestError(f"branch {ref!r} does not exist in {shown}")
             if listed.returncode != 0:
                 log.warning("could not list branches of %s: %s", shown, listed.tail.strip()[-300:])
+            return
+        if len(ref) == 40:
+            listed = git("ls-remote", "--", url)
+            if listed.returncode == 0 and ref in {line.split("\t", 1)[0] for line in listed.text.splitlines()}:
+                return
+        repo = str(scratch / "probe.git")
+        fetched = git("clone", "--quiet", "--bare", "--no-tags", "--filter=tree:0", "--", url, repo)
+        if fetched.returncode != 0:
+            log.warning("could not check %s in %s: %s", ref, shown, fetched.tail.strip()[-300:])
+            return
+        found = git("-C", repo, "rev-parse", "--quiet", "--verify", "--end-of-options", f"{ref}^{{commit}}")
+        if found.returncode != 0:
+            raise DeployRequestError(f"commit {ref} does not exist in {shown} (or the abbreviation is ambiguous)")
     except runner.CommandError as exc:
         log.warning("could not check %s in %s: %s", ref, redact_url(url), exc)
     finally:

@@ -78,8 +78,11 @@ SECURE_PROXY_SSL_HEADER = proxy_ssl_header_from_env("SECURE_PROXY_SSL_HEADER")
 CSRF_TRUSTED_ORIGINS = origins_from_env("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    "daphne",
-    "django.contrib.admin",
+    # daphne's runserver (HTTP + WebSocket) without importing Twisted in
+    # every command; before staticfiles so its runserver wins.
+    "norn_project.apps.DaphneRunserverConfig",
+    # The admin, its modules imported when its URLs or checks need them.
+    "norn_project.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -107,6 +107,32 @@ def finished_by_cancel(app_name, make_app):
     return Deployment.objects.get(pk=deployment.pk)
 
 
+def queued_deployment(app_name, make_app):
+    """A deployment that stays queued (no worker) until the test cancels it."""
+    make_app(app_name, f"app: {app_name}\nrole: worker\n")
+    return transitions.create(App.objects.get(name=app_name), "HEAD", name="tester")
+
+
+def follow_until_cancelled(deployment, env, tmp_path, *args, wait_for_text):
+    """`follow` a queued deployment; once `wait_for_text` is on its stdout or
+    stderr, cancel the deployment; return (stdout, stderr, exit code)."""
+    out, err = tmp_path / "follow.out", tmp_path / "follow.err"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        follower = subprocess.Popen(
+            [sys.executable, "manage.py", "follow", str(deployment.public_id), *args],
+            cwd=REPO_ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=stdout, stderr=stderr,
+        )
+        try:
+            wait_for(lambda: wait_for_text in out.read_text() + err.read_text(), timeout=60,
+                     message=f"{wait_for_text!r} from follow")
+            transitions.request_cancel(deployment, "tester")
+            returncode = follower.wait(timeout=60)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+    return out.read_text(), err.read_text(), returncode
+
+
 def test_deploy_follows_over_websocket_and_prints_every_step(cluster, daphne, token, make_app):
     make_app("nightly", cron_spec("nightly"), DOCKERFILE)
     # DEBUG logging everywhere: the websocket library logs handshake headers
@@ -125,13 +151,15 @@ def test_deploy_follows_over_websocket_and_prints_every_step(cluster, daphne, to
     assert f"Deployed nightly {deployment.commit_sha[:12]} as nightly:{deployment.commit_sha}" in result.stdout
     assert token not in result.stdout + result.stderr + daphne.output()
 
-    # The same deployment, finished, followed by a prefix of its id.
-    again = manage("follow", str(deployment.public_id)[:8], env=env)
+    # The same deployment, finished, followed by a prefix of its id: its
+    # record is complete in the database, so no connection and no waiting.
+    again = manage("follow", str(deployment.public_id)[:8], "-v", "2", env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.startswith(f"Following nightly at HEAD (deployment {deployment.public_id}, deployed)\n")
     assert_every_step_once_in_order(again.stdout, deployment)
     assert f"Deployed nightly {deployment.commit_sha[:12]}" in again.stdout
-    assert ws_connects(daphne, deployment) == 2
+    assert "WebSocket" not in again.stderr and "from the database" not in again.stderr
+    assert ws_connects(daphne, deployment) == 1
 
 
 def test_follow_of_a_failed_deployment_prints_everything_and_exits_1(cluster, daphne, token, make_app):
@@ -153,7 +181,7 @@ def test_follow_of_a_failed_deployment_prints_everything_and_exits_1(cluster, da
     assert printed == stored
     assert [e["seq"] for e in printed] == list(range(1, deployment.last_event_seq + 1))
     assert printed[-1]["event"] == "deploy.failed"
-    assert ws_connects(daphne, deployment) == 1
+    assert ws_connects(daphne, deployment) == 0  # ended: read from the database
 
     human = manage("follow", str(deployment.public_id)[:10], env=env)
     assert human.returncode == 1
@@ -242,7 +270,7 @@ def test_live_events_lost_on_the_way_are_fetched_after_a_silence(daphne, token, 
     assert [(e.seq, e.kind) for e in seen] == [(1, "deploy.queued"), (2, "deploy.cancelled"), (3, "deploy.failed")]
 
 
-def test_no_server_or_no_token_falls_back_to_the_database_and_says_so(cluster, token, make_app):
+def test_no_server_falls_back_to_the_database_and_says_so(cluster, token, make_app):
     make_app("broken", "app: broken\nrole: worker\nbuild:\n  test: exit 3\n", DOCKERFILE)
     nowhere = f"http://127.0.0.1:{free_port()}"
     result = manage("deploy", "broken", env=cli_env(cluster, **norn_env(nowhere, token)))
@@ -253,10 +281,23 @@ def test_no_server_or_no_token_falls_back_to_the_database_and_says_so(cluster, t
     assert "  test      ✗ failed" in result.stdout
     assert token not in result.stdout + result.stderr
 
+    # Ended: printed from the database without trying any server.
     tokenless = manage("follow", str(deployment.public_id), env=cli_env(cluster, **norn_env(nowhere, None)))
     assert tokenless.returncode == 1
-    assert f"Norn server not reachable at {nowhere} (NORN_API_TOKEN is not set): following from the database" in tokenless.stderr
+    assert "not reachable" not in tokenless.stderr
     assert_every_step_once_in_order(tokenless.stdout, deployment)
+
+
+def test_no_token_falls_back_to_the_database_and_says_so(make_app, tmp_path):
+    # No worker: the deployment stays queued until the test cancels it.
+    running = queued_deployment("idle", make_app)
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    stdout, stderr, returncode = follow_until_cancelled(
+        running, cli_env(**norn_env(nowhere, None)), tmp_path,
+        wait_for_text=f"Norn server not reachable at {nowhere} (NORN_API_TOKEN is not set): following from the database",
+    )
+    assert returncode == 1, stdout + stderr
+    assert f"Deployment {running.public_id} failed: cancelled by tester" in stdout
 
 
 @pytest.mark.parametrize(
@@ -268,23 +309,38 @@ def test_no_server_or_no_token_falls_back_to_the_database_and_says_so(cluster, t
     ],
     ids=["unknown token", "no view permission", "inactive user"],
 )
-def test_refused_token_falls_back_with_a_clear_message(daphne, make_app, make_token, reason):
-    deployment = finished_by_cancel("web", make_app)
+def test_refused_token_falls_back_with_a_clear_message(daphne, make_app, make_token, reason, tmp_path):
+    deployment = queued_deployment("web", make_app)
     bad_token = make_token()
-    result = manage("follow", str(deployment.public_id), env=cli_env(**norn_env(daphne.url, bad_token)))
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert f"Norn server not reachable at {daphne.url} ({reason}): following from the database" in result.stderr
-    assert "Cancel requested by tester" in result.stdout
-    assert f"Deployment {deployment.public_id} failed: cancelled by tester" in result.stdout
-    assert bad_token not in result.stdout + result.stderr + daphne.output() + daphne.access_log()
+    stdout, stderr, returncode = follow_until_cancelled(
+        deployment, cli_env(**norn_env(daphne.url, bad_token)), tmp_path,
+        wait_for_text=f"Norn server not reachable at {daphne.url} ({reason}): following from the database",
+    )
+    assert returncode == 1, stdout + stderr
+    assert "Cancel requested by tester" in stdout
+    assert f"Deployment {deployment.public_id} failed: cancelled by tester" in stdout
+    assert bad_token not in stdout + stderr + daphne.output() + daphne.access_log()
 
 
-def test_db_flag_reads_the_database_even_with_a_server(daphne, token, make_app):
+def test_db_flag_reads_the_database_even_with_a_server(daphne, token, make_app, tmp_path):
+    deployment = queued_deployment("web", make_app)
+    stdout, stderr, returncode = follow_until_cancelled(
+        deployment, cli_env(**norn_env(daphne.url, token)), tmp_path, "--db", "-v", "2",
+        wait_for_text=f"Following web at HEAD (deployment {deployment.public_id}, queued)",
+    )
+    assert returncode == 1, stdout + stderr
+    assert "Cancel requested by tester" in stdout
+    assert "WebSocket" not in stderr and "following from the database" not in stderr
+    assert ws_connects(daphne, deployment) == 0
+
+
+def test_follow_of_an_ended_deployment_reads_only_the_database(daphne, token, make_app):
     deployment = finished_by_cancel("web", make_app)
-    result = manage("follow", str(deployment.public_id)[:8], "--db", "-v", "2", env=cli_env(**norn_env(daphne.url, token)))
+    result = manage("follow", str(deployment.public_id), "--json", "-v", "2", env=cli_env(**norn_env(daphne.url, token)))
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "Cancel requested by tester" in result.stdout
-    assert "WebSocket" not in result.stderr and "following from the database" not in result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["seq"], e["event"]) for e in printed] == [(1, "deploy.queued"), (2, "deploy.cancelled"), (3, "deploy.failed")]
+    assert "WebSocket" not in result.stderr and "from the database" not in result.stderr
     assert ws_connects(daphne, deployment) == 0
 
 

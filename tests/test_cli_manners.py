@@ -205,3 +205,50 @@ def test_docs_table_lists_exactly_the_codes_the_commands_use():
     text = (REPO_ROOT / "docs" / "cli.md").read_text()
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", text, re.M)}
     assert documented == {cli.OK, cli.FAILED, cli.BAD_REQUEST, cli.UNAVAILABLE, cli.INTERRUPTED, cli.BROKEN_PIPE}
+
+
+# The commands end with os._exit (no teardown of every module: ~0.3 s); what
+# an exit must do still happens. This wrapper is the manage.py process, with
+# an atexit handler and a thread that is still working when the command ends.
+EXIT_WITNESS = """
+import atexit, sys, threading, time
+from pathlib import Path
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+def work():
+    time.sleep(0.5)
+    (out / "thread").write_text("finished")
+threading.Thread(target=work).start()
+# An executor's queued work is finished at exit (threading's own exit callbacks).
+from concurrent.futures import ThreadPoolExecutor
+pool = ThreadPoolExecutor(1)
+pool.submit(time.sleep, 0.3)
+pool.submit(lambda: (out / "pool").write_text("done"))
+sys.argv = ["manage.py", *sys.argv[2:]]
+sys.path.insert(0, ".")
+import manage
+manage.main()
+"""
+
+
+@pytest.mark.parametrize("args, code", [(["deployments"], 0), (["follow", "0123abcd"], cli.BAD_REQUEST), (["deploy", "--help"], 0)])
+def test_a_command_exits_with_its_code_after_threads_and_atexit_handlers(app, tmp_path, args, code):
+    transitions.create(app, "HEAD", name="tester")
+    result = subprocess.run([sys.executable, "-c", EXIT_WITNESS, str(tmp_path), *args], cwd=REPO_ROOT, env=env(),
+                            capture_output=True, text=True, timeout=HANG)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert (tmp_path / "thread").read_text() == "finished"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "pool").read_text() == "done"
+    assert "Traceback" not in result.stderr
+    if args == ["deployments"]:
+        assert result.stdout.strip()  # its output, flushed before the exit
+
+
+def test_a_profiled_command_still_gets_its_profile_written(app, tmp_path):
+    # cProfile writes its file after the program returns: no quick exit under it.
+    profile = tmp_path / "deployments.prof"
+    result = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "manage.py", "deployments"],
+                            cwd=REPO_ROOT, env=env(), capture_output=True, text=True, timeout=HANG)
+    assert result.returncode == 0, result.stderr
+    assert profile.stat().st_size > 0

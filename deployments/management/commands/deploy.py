@@ -4,7 +4,6 @@ import getpass
 
 from deployments.cli import Command as NornCommand
 from deployments.cli import add_follow_arguments, queue_and_follow
-from deployments.requests import request_deployment
 
 
 class Command(NornCommand):
@@ -21,6 +20,8 @@ class Command(NornCommand):
         add_follow_arguments(parser)
 
     def handle(self, *args, app, ref, no_wait=False, json=False, db=False, verbosity=1, **options):
+        from deployments.requests import request_deployment  # not needed for --help
+
         queue_and_follow(
             self,
             lambda: request_deployment(app, ref, name=getpass.getuser(), via="cli"),
