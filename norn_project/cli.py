@@ -138,6 +138,13 @@ class Command(BaseCommand):
             os.dup2(devnull, sys.stdout.fileno())
         except (OSError, ValueError):
             pass
+        # The exit handlers still run: events this command recorded (a
+        # deploy queued before `| head` closed the pipe) reach the live
+        # stream before the process goes (deployments/events.py).
+        try:
+            atexit._run_exitfuncs()
+        except Exception:  # noqa: BLE001 - leaving anyway
+            pass
         os._exit(code)
 
 
