@@ -34,6 +34,7 @@ own, and removes them (and its containers and networks) at the end.
 import argparse
 import json
 import os
+import shlex
 import shutil
 import socket
 import statistics
@@ -199,7 +200,7 @@ def script_config(admin, port, backend):
 def run_script(tmp, which, script_ingress, script_port):
     from deployments import containers
 
-    flags = " ".join(_quote(a) for a in [*containers.ADD_HOST, *containers.limits()])
+    flags = " ".join(shlex.quote(a) for a in [*containers.ADD_HOST, *containers.limits()])
     text = PREAMBLE + (WEBSERVER if which == "webserver" else CRON)
     backend = free_port()
     env = {**os.environ, **apps_server_env(), "TMP": str(tmp), "APP": NAMES[which], "BACKEND": str(backend),
@@ -210,12 +211,6 @@ def run_script(tmp, which, script_ingress, script_port):
     started = time.monotonic()
     subprocess.run(["bash", "-c", text.format(app_db=APP_DBS[NAMES[which]], flags=flags)], check=True, env=env)
     return time.monotonic() - started
-
-
-def _quote(arg):
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def rss_mb(pids):

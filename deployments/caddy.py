@@ -13,12 +13,13 @@ https://caddyserver.com/docs/api and https://caddyserver.com/docs/json/
 
 import http.client
 import json
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+
+from norn_project.services import SocketHTTPConnection
 
 ADMIN_TIMEOUT = 10.0
 # How long a config change waits for requests in flight on the old one.
@@ -40,17 +41,6 @@ def not_answering(admin: str, why: str) -> str:
     )
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
 def request(method: str, path: str, body=None, timeout: float = ADMIN_TIMEOUT, headers: dict | None = None):
     """One admin API request; the decoded JSON answer (None for an empty one).
 
@@ -59,12 +49,12 @@ def request(method: str, path: str, body=None, timeout: float = ADMIN_TIMEOUT, h
     """
     admin = settings.NORN_INGRESS_ADMIN
     if admin.startswith("unix//"):
-        conn = _UnixConnection(admin[len("unix/"):], timeout)
+        conn = SocketHTTPConnection(admin[len("unix/"):], timeout)
         # Caddy accepts only an empty Host on its unix socket.
         host = ""
     else:
         host_part, _, port = admin.rpartition(":")
-        conn = http.client.HTTPConnection(host_part.strip("[]"), int(port), timeout=timeout)
+        conn = SocketHTTPConnection((host_part.strip("[]"), int(port)), timeout)
         host = admin
     payload = json.dumps(body).encode() if body is not None else None
     try:

@@ -3,17 +3,17 @@ questions (is there such a container, such a network): a `docker inspect`
 costs a process start, ~60 ms, this ~2 ms, and a deploy asks several.
 
 Commands a deploy shows (`$ docker create ...`, start, stop) stay docker CLI
-runs. With DOCKER_HOST naming anything but a unix socket, socket_path() is
-None and callers ask the CLI instead.
+runs. Where the docker client would reach the engine some other way (DOCKER_HOST
+over TCP or ssh, a context, TLS), socket_path() is None and callers ask the
+CLI instead.
 """
 
 import http.client
 import json
-import os
-import socket
 from urllib.parse import quote
 
-DEFAULT_SOCKET = "/var/run/docker.sock"
+from norn_project import services
+
 TIMEOUT = 10.0
 
 
@@ -22,23 +22,11 @@ class Unreachable(Exception):
 
 
 def socket_path() -> str | None:
-    host = os.environ.get("DOCKER_HOST", "")
-    if not host:
-        return DEFAULT_SOCKET
-    if host.startswith("unix://"):
-        return host[len("unix://"):]
-    return None
-
-
-class _Connection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("docker", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
+    """The engine's unix socket when the docker client would use it as is
+    (no context, TLS or remote host: norn_project/services.py decides as for
+    the start-up check), else None."""
+    address = services.plain_docker_address()
+    return address if isinstance(address, str) else None
 
 
 def get(path: str, timeout: float = TIMEOUT) -> tuple[int, object] | None:
@@ -47,7 +35,7 @@ def get(path: str, timeout: float = TIMEOUT) -> tuple[int, object] | None:
     sock = socket_path()
     if sock is None:
         return None
-    conn = _Connection(sock, timeout)
+    conn = services.SocketHTTPConnection(sock, timeout)
     try:
         conn.request("GET", path)
         response = conn.getresponse()

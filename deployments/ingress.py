@@ -21,6 +21,7 @@ import socket
 import ssl
 import time
 
+from django.conf import settings
 from django.db import connection, transaction
 
 from deployments import caddy
@@ -68,8 +69,6 @@ def alive() -> str | None:
 def claims_problem(new: Route) -> str | None:
     """Why `new` cannot be served (a domain or port another app has, or one of
     the ingress's own ports), or None."""
-    from django.conf import settings
-
     if new.port in (settings.NORN_INGRESS_HTTP_PORT, settings.NORN_INGRESS_HTTPS_PORT):
         return (
             f"port {new.port} is the ingress's own HTTP/HTTPS port, where apps are reached by their "
@@ -90,28 +89,51 @@ def claims_problem(new: Route) -> str | None:
     return None
 
 
-def _load_all(running: dict | None = None) -> None:
-    """Load the config the rows make (`running`: the one before the change).
+def _running() -> dict:
+    """The config Caddy runs now (what it listens on, what to load again)."""
+    try:
+        return caddy.request("GET", "/config/") or {}
+    except AdminError as exc:
+        raise IngressError(str(exc)) from None
+
+
+def _taken_problem(config: dict, running: dict) -> str | None:
+    taken = caddy.ports_taken(config, running)
+    if not taken:
+        return None
+    return (
+        f"port {taken[0]} is in use by another program on this host, so the ingress cannot listen on it: "
+        "stop that program or choose another port"
+    )
+
+
+def port_problem(new: Route) -> str | None:
+    """Why the ingress could not listen where `new` needs it (another program
+    on this host holds the port), or None; ports Caddy itself listens on are
+    its own."""
+    others = [route for route in routes() if route.app != new.app]
+    return _taken_problem(caddy.build([*others, new]), _running())
+
+
+def _load_all() -> None:
+    """Load the config the rows make.
 
     A port something else holds is refused before Caddy sees it
-    (caddy.ports_taken). When Caddy refuses the config anyway, `running` is
-    loaded again, forced, so that its TLS app is provisioned afresh.
+    (caddy.ports_taken). When Caddy refuses the config anyway, the config it
+    ran is loaded again, forced, so that its TLS app is provisioned afresh.
     """
+    running = _running()
     config = caddy.build(routes())
-    taken = caddy.ports_taken(config, running)
-    if taken:
-        raise IngressError(
-            f"port {taken[0]} is in use by another program on this host, so the ingress cannot listen on it: "
-            "stop that program or choose another port"
-        )
+    problem = _taken_problem(config, running)
+    if problem:
+        raise IngressError(problem)
     try:
         caddy.load(config)
     except AdminError as exc:
-        if running is not None:
-            try:
-                caddy.load(running, force=True)
-            except AdminError:
-                pass
+        try:
+            caddy.load(running, force=True)
+        except AdminError:
+            pass
         raise IngressError(str(exc)) from None
 
 
@@ -119,11 +141,7 @@ def apply() -> None:
     """Push the routes as they are to Caddy (manage.py ingress sync)."""
     with transaction.atomic():
         _lock()
-        try:
-            running = caddy.request("GET", "/config/")
-        except AdminError as exc:
-            raise IngressError(str(exc)) from None
-        _load_all(running or {})
+        _load_all()
 
 
 def _lock() -> None:
@@ -142,7 +160,6 @@ def set_route(new: Route, deployment: str = "", drain: bool = False) -> Route | 
         problem = claims_problem(new)
         if problem:
             raise IngressError(problem)
-        running = caddy.build(routes())
         row = IngressRoute.objects.filter(app_name=new.app).first()
         previous = _route(row) if row else None
         draining = [previous.backend] if drain and previous and previous.backend != new.backend else []
@@ -150,7 +167,7 @@ def set_route(new: Route, deployment: str = "", drain: bool = False) -> Route | 
             "backend": new.backend, "port": new.port, "domains": list(new.domains),
             "https": new.https, "deployment": deployment, "draining": draining,
         })
-        _load_all(running)
+        _load_all()
     return previous
 
 
@@ -168,10 +185,9 @@ def drop_route(app: str) -> bool:
     does not take the change."""
     with transaction.atomic():
         _lock()
-        running = caddy.build(routes())
         deleted, _ = IngressRoute.objects.filter(app_name=app).delete()
         if deleted:
-            _load_all(running)
+            _load_all()
     return bool(deleted)
 
 
@@ -210,8 +226,6 @@ def tls_pending(route: Route, timeout: float) -> list[str]:
     """Wait until the ingress presents a certificate for each of the route's
     domains (Caddy obtains them in the background after a config change),
     at most `timeout` seconds; returns the names still without one."""
-    from django.conf import settings
-
     if not caddy.serves_https(route):
         return []
     address = (settings.NORN_INGRESS_LISTEN or ["127.0.0.1"])[0]

@@ -113,11 +113,11 @@ def docker_problem():
     docker = shutil.which("docker")
     if docker is None:
         return "the docker client is not installed"
-    address = _plain_docker_address()
+    address = plain_docker_address()
     if address is None:
         return _docker_version_problem(docker)
     try:
-        connection = _DockerConnection(address, timeout=DOCKER_TIMEOUT)
+        connection = SocketHTTPConnection(address, timeout=DOCKER_TIMEOUT)
         try:
             connection.request("GET", "/_ping")
             response = connection.getresponse()
@@ -135,7 +135,7 @@ def docker_problem():
     return None
 
 
-def _plain_docker_address():
+def plain_docker_address():
     """The engine's socket path or (host, port) when the docker client would
     use it with no configuration of its own; else None."""
     host = os.environ.get("DOCKER_HOST", "")
@@ -165,8 +165,9 @@ def _docker_current_context():
     return current if current and current != "default" else None
 
 
-class _DockerConnection(http.client.HTTPConnection):
-    """HTTP to the engine over its unix socket, or over TCP."""
+class SocketHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (`address` a path) or TCP (a (host, port)):
+    the Docker engine's API here, and Caddy's admin API (deployments/caddy.py)."""
 
     def __init__(self, address, timeout):
         self.address = address

@@ -27,6 +27,7 @@ from deployments import admin_tokens  # noqa: F401  (registers ApiTokenAdmin unt
 from deployments import consumers, events, transitions
 from deployments.models import ApiToken
 from norn_project.asgi import application
+from tests.support.publishing import lose_first_publish
 
 # Generous: the publisher thread, Redis and PostgreSQL are all in the path.
 TIMEOUT = 5
@@ -509,18 +510,7 @@ async def test_no_gaps_or_duplicates_while_a_writer_races_the_replay(open_socket
 async def test_an_event_whose_publish_was_lost_is_fetched_before_the_next(open_socket, deployment, token, monkeypatch):
     socket = await open_socket(deployment_path(deployment), token_headers(token))
     await receive_until_caught_up(socket)
-    real_send = events.publisher.send
-    lost = []
-
-    def lose_first(groups, body):
-        # What a Redis outage does to one publish: the row is committed,
-        # nobody is told.
-        if not lost:
-            lost.append(body["seq"])
-            return
-        real_send(groups, body)
-
-    monkeypatch.setattr(events.publisher, "send", lose_first)
+    lost = lose_first_publish(monkeypatch)
     await database_sync_to_async(record)(deployment, 2)  # seq 2 (lost), 3
     assert lost == [2]
     assert seqs(await receive(socket, 2)) == [2, 3]

@@ -22,6 +22,7 @@ from apps_registry.models import App
 from deployments import events, transitions
 from deployments.models import ApiToken, Deployment, Event
 from tests.support.cluster import REPO_ROOT
+from tests.support.publishing import lose_first_publish
 from tests.support.servers import Daphne, database_url_for_tests
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -174,17 +175,7 @@ async def test_a_deployment_first_seen_live_gets_what_it_committed_since_the_sub
     watcher = Watcher(f"ws://127.0.0.1:{daphne.port}/ws/apps/gaps/", token)
     await watcher.open(known)
 
-    real_send = events.publisher.send
-    lost = []
-
-    def lose_first(groups, body):
-        # What a Redis outage, or a process killed before it published, does.
-        if not lost:
-            lost.append(body["seq"])
-            return
-        real_send(groups, body)
-
-    monkeypatch.setattr(events.publisher, "send", lose_first)
+    lost = lose_first_publish(monkeypatch)
 
     def write(count):
         for i in range(count):

@@ -70,6 +70,8 @@ def acme_ca_config(admin):
         "apps": {
             "http": {"servers": {"acme": {
                 "listen": [f"{CA_ADDRESS}:9443"],
+                # No HTTP->HTTPS redirect server: it would take port 80 on every address.
+                "automatic_https": {"disable_redirects": True},
                 "routes": [{"match": [{"host": [CA_ADDRESS]}], "handle": [{"handler": "acme_server", "ca": "local"}]}],
             }}},
             "tls": {"automation": {"policies": [{"subjects": [CA_ADDRESS], "issuers": [{"module": "internal"}]}]}},

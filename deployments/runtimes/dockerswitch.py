@@ -49,14 +49,7 @@ def require_ingress(ctx: StepContext) -> None:
     if why:
         raise StepFailed(f"{why}. It serves {where(wanted_route(ctx))}; nothing was changed.")
     wanted = wanted_route(ctx)
-    problem = ingress.claims_problem(wanted)
-    current = ingress.route(ctx.app_name)
-    if not problem and wanted.port and not (current and current.port == wanted.port):
-        if wanted.port in caddy.listening_ports():
-            problem = (
-                f"port {wanted.port} is in use by another program on this host, so the ingress cannot "
-                "listen on it: stop that program or choose another port"
-            )
+    problem = ingress.claims_problem(wanted) or ingress.port_problem(wanted)
     if problem:
         raise StepFailed(f"{problem}; nothing was changed.")
 
