@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -141,18 +142,24 @@ def apps_server_env():
 
 PREAMBLE = """\
 set -e
+mark() {{ echo "$1 $EPOCHREALTIME" >> "$MARKS"; }}
+mark clone
 work=$(mktemp -d "$TMP/script-XXXX")
 git clone -q --depth 1 --branch main -- "file://$TMP/$APP.git" "$work/src"
 sha=$(git -C "$work/src" rev-parse HEAD)
+mark build
 DOCKER_BUILDKIT=0 docker build -q --force-rm -f "$work/src/Dockerfile" -t "$APP-script:$sha" "$work/src" >/dev/null 2>&1
 docker network inspect --format '{{{{.Name}}}}' "script-$APP" >/dev/null 2>&1 || docker network create --label norn.app=script-$APP "script-$APP" >/dev/null
+mark test
 umask 077
 printf 'NORN_APP=%s\\nNORN_COMMIT=%s\\n' "$APP" "$sha" > "$work/test.env"
 docker run --rm --init --name "script-test-$$" --label norn.app=script-$APP --label norn.purpose=test \\
   --network "script-$APP" {flags} \\
   --volume "$work/src:/workspace" --workdir /workspace --env-file "$work/test.env" \\
   --entrypoint /bin/sh "$APP-script:$sha" -c "true"
+mark snapshot
 pg_dump -Fc -d {app_db} -f "$work/snapshot.dump"
+mark migrate
 printf 'NORN_APP=%s\\nNORN_COMMIT=%s\\nPGHOST=host.docker.internal\\nPGDATABASE={app_db}\\n' "$APP" "$sha" > "$work/migrate.env"
 docker run --rm --init --name "script-migrate-$$" --label norn.app=script-$APP --label norn.purpose=migrate \\
   --network "script-$APP" {flags} \\
@@ -160,13 +167,17 @@ docker run --rm --init --name "script-migrate-$$" --label norn.app=script-$APP -
 """
 
 CRON = """\
+mark deploy
 docker image inspect --format '{{{{.Id}}}}' "$APP-script:$sha" >/dev/null
+mark cleanup
 rm -rf "$work"
+mark end
 """
 
 # The switch, as a careful script would do it: the new container beside the
 # old one, 3 health checks in a row, the ingress's route, then the old one goes.
 WEBSERVER = """\
+mark deploy
 name="script-$APP"
 printf 'PORT=%s\\n' "$BACKEND" > "$work/app.env"
 docker create --name "$name-next" --network "script-$APP" {flags} --init --restart unless-stopped \\
@@ -185,7 +196,9 @@ if docker inspect --type container "$name" >/dev/null 2>&1; then
   docker rm --force "$name" >/dev/null
 fi
 docker rename "$name-next" "$name"
+mark cleanup
 rm -rf "$work"
+mark end
 """
 
 
@@ -208,9 +221,15 @@ def run_script(tmp, which, script_ingress, script_port):
            "CADDY_CONFIG": script_config(script_ingress.admin, script_port, backend)}
     if os.environ.get("BENCH_TRACE"):
         text = "PS4='+ $EPOCHREALTIME '; set -x\n" + text
+    marks = tmp / "script-marks"
+    marks.unlink(missing_ok=True)
+    env["MARKS"] = str(marks)
     started = time.monotonic()
     subprocess.run(["bash", "-c", text.format(app_db=APP_DBS[NAMES[which]], flags=flags)], check=True, env=env)
-    return time.monotonic() - started
+    elapsed = time.monotonic() - started
+    points = [line.split() for line in marks.read_text().splitlines()]
+    steps = ", ".join(f"{name} {float(end) - float(start):.2f}" for (name, start), (_, end) in zip(points, points[1:]))
+    return elapsed, steps
 
 
 def rss_mb(pids):
@@ -248,15 +267,27 @@ class Memory:
         self.peak = {"worker": 0.0, "web": 0.0}
 
     def run(self, argv, env):
+        """Run `argv`; (exit code, output, seconds from start to exit)."""
         with tempfile.TemporaryFile("w+") as out:
+            started = time.monotonic()
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-            while proc.poll() is None:
-                self.peak["worker"] = max(self.peak["worker"], rss_mb(family(self.worker.pid)))
-                self.peak["web"] = max(self.peak["web"], rss_mb(family(self.web.pid)))
-                # Seldom: the sampling itself takes CPU from the deploy it watches.
-                time.sleep(0.25)
+            # Sampled from a thread: the time is the command's own, not
+            # rounded up to the next sample.
+            done = threading.Event()
+            sampler = threading.Thread(target=self._sample, args=(done,), daemon=True)
+            sampler.start()
+            code = proc.wait()
+            elapsed = time.monotonic() - started
+            done.set()
+            sampler.join()
             out.seek(0)
-            return proc.returncode, out.read()
+            return code, out.read(), elapsed
+
+    def _sample(self, done):
+        # Seldom: the sampling itself takes CPU from the deploy it watches.
+        while not done.wait(0.25):
+            self.peak["worker"] = max(self.peak["worker"], rss_mb(family(self.worker.pid)))
+            self.peak["web"] = max(self.peak["web"], rss_mb(family(self.web.pid)))
 
 
 def step_times(app, cli):
@@ -350,6 +381,9 @@ def main():
     web = worker = norn_ingress = script_ingress = None
     web_port, script_port = free_port(), free_port()
     try:
+        from tests.support.docker_images import ensure_busybox_base_image
+
+        ensure_busybox_base_image()  # the apps' FROM norn-busybox:1, made locally (no Docker Hub)
         prepare(tmp, web_port)
         sh(sys.executable, "manage.py", "migrate", "--no-input", cwd=ROOT, env=env)
         sh(sys.executable, "manage.py", "sync_apps", cwd=ROOT, env=env)
@@ -369,10 +403,9 @@ def main():
         last_cli = {}
 
         def norn(which):
-            started, wall = time.monotonic(), time.time()
-            code, output = memory.run([*deploy, NAMES[which]], env)
-            elapsed = time.monotonic() - started
-            last_cli[which] = (wall, time.time())
+            wall = time.time()
+            code, output, elapsed = memory.run([*deploy, NAMES[which]], env)
+            last_cli[which] = (wall, wall + elapsed)
             if code != 0:
                 raise SystemExit(f"manage.py deploy {NAMES[which]} exited {code}:\n{output[-3000:]}")
             return elapsed
@@ -383,17 +416,19 @@ def main():
             norn(which)
             run_script(tmp, which, script_ingress, script_port)
             times = {"norn": [], "script": []}
+            script_steps = ""
             for run in range(args.runs):
                 order = ("norn", "script") if run % 2 == 0 else ("script", "norn")
                 for side in order:
                     if side == "norn":
                         times["norn"].append(norn(which))
                     else:
-                        times["script"].append(run_script(tmp, which, script_ingress, script_port))
-            results[which] = (times, step_times(NAMES[which], last_cli[which]))
+                        elapsed, script_steps = run_script(tmp, which, script_ingress, script_port)
+                        times["script"].append(elapsed)
+            results[which] = (times, step_times(NAMES[which], last_cli[which]), script_steps)
 
         print(f"runs per side:        {args.runs} (interleaved), load average {os.getloadavg()[0]:.2f}")
-        for which, (times, steps) in results.items():
+        for which, (times, steps, script_steps) in results.items():
             n, s = statistics.median(times["norn"]), statistics.median(times["script"])
             print(f"\n{which} ({NAMES[which]}):")
             print(f"  shell script median:  {s:.3f} s   {' '.join(f'{t:.2f}' for t in times['script'])}")
@@ -401,6 +436,7 @@ def main():
                   "  (manage.py deploy: queue, follow to the end)")
             print(f"  Norn over script:     {n / s:.2f}x, +{n - s:.3f} s (target: <= 1.10x)")
             print(f"  last Norn deploy:     {steps}")
+            print(f"  last script run:      {script_steps}")
         print(f"\nworker peak RSS:      {memory.peak['worker']:.1f} MB (target: < 150 MB)")
         print(f"web (daphne) peak RSS: {memory.peak['web']:.1f} MB (target: < 150 MB)")
     finally:
