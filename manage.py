@@ -6,6 +6,18 @@ import sys
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] in ("deploy", "follow"):
+        # Asked of a running Norn server without starting Django, when it
+        # can be (deployments/remote.py); else the full command below.
+        from deployments import remote
+
+        code = remote.run(sys.argv)
+        if code is not None:
+            try:
+                sys.stdout.flush()
+            except OSError:
+                pass
+            os._exit(code)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "norn_project.settings")
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line

@@ -5,51 +5,31 @@ id, queueing a request, and printing a deployment's events as they come.
 The commands in deployments/management/commands/ import this, never each other.
 """
 
-import json
 import logging
-import uuid
 from argparse import ArgumentParser
 from collections.abc import Callable
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import CharField
-from django.db.models.functions import Cast
+from django.db import InterfaceError, OperationalError
 
 from apps_registry.models import App
-from deployments.client import StreamedEvent, follow_deployment
+from deployments.client import follow_deployment
 from deployments.models import Deployment, DeploymentStatus, Event
-from norn_project.cli import BAD_REQUEST, FAILED, Command
+from deployments.stream import SYMBOLS, StreamedEvent, as_json_line, describe, still_queued
+from norn_project.cli import BAD_REQUEST, FAILED, OK, UNAVAILABLE, Command
 
-__all__ = ["BAD_REQUEST", "FAILED", "Command", "FollowPrinter", "add_follow_arguments", "find_app",
+__all__ = ["BAD_REQUEST", "FAILED", "SYMBOLS", "Command", "FollowPrinter", "continue_from_database", "find_app",
            "find_deployment", "following", "queue_and_follow"]
-
-SYMBOLS = {"running": "…", "succeeded": "✓", "failed": "✗", "skipped": "–"}
 
 
 def find_deployment(text: str) -> Deployment:
     """The deployment a user named by its UUID or its first 8+ characters."""
-    text = text.strip().lower()
     try:
-        return Deployment.objects.select_related("app").get(public_id=uuid.UUID(text))
-    except ValueError:
-        pass
+        return Deployment.objects.select_related("app").named(text)
     except Deployment.DoesNotExist:
-        raise CommandError(f"no deployment {text}", returncode=BAD_REQUEST) from None
-    if len(text) < 8 or not all(c in "0123456789abcdef-" for c in text):
-        raise CommandError(
-            f"{text!r} is not a deployment id; use the UUID or at least its first 8 characters",
-            returncode=BAD_REQUEST,
-        )
-    matches = list(
-        Deployment.objects.select_related("app")
-        .annotate(id_text=Cast("public_id", CharField()))
-        .filter(id_text__startswith=text)[:2]
-    )
-    if not matches:
-        raise CommandError(f"no deployment {text}", returncode=BAD_REQUEST)
-    if len(matches) > 1:
-        raise CommandError(f"{text} matches several deployments; give more characters", returncode=BAD_REQUEST)
-    return matches[0]
+        raise CommandError(f"no deployment {text.strip().lower()}", returncode=BAD_REQUEST) from None
+    except ValueError as exc:
+        raise CommandError(str(exc), returncode=BAD_REQUEST) from None
 
 
 def queue_and_follow(
@@ -91,15 +71,6 @@ def following(command: BaseCommand, deployment: Deployment) -> None:
     program) that only the following stops (norn_project/cli.py prints it)."""
     command.interrupted = (
         f"Stopped following; the deployment goes on (cancel it with: manage.py cancel {deployment.public_id})"
-    )
-
-
-def add_follow_arguments(parser: ArgumentParser) -> None:
-    """The options of every command that follows a deployment."""
-    parser.add_argument("--json", action="store_true", help="Print one JSON event per line.")
-    parser.add_argument(
-        "--db", action="store_true",
-        help="Follow by reading the database instead of the Norn server's live stream.",
     )
 
 
@@ -154,39 +125,29 @@ class FollowPrinter:
             return
         self.warned_idle = True
         ahead = Deployment.objects.filter(app_id=deployment.app_id, pk__lt=deployment.pk).unfinished().count()
-        reason = f"{ahead} earlier deployment(s) of this app first" if ahead else "a worker: is manage.py qcluster running?"
-        self.out.write(self.style.WARNING(f"Still queued, waiting for {reason}"))
+        self.out.write(self.style.WARNING(still_queued(ahead)))
 
     def show(self, event: StreamedEvent | Event) -> None:
         if self.as_json:
-            self.out.write(json.dumps({"seq": event.seq, "event": event.kind, "payload": event.payload}))
+            self.out.write(as_json_line(event))
             return
-        payload = event.payload
-        if event.kind == "deploy.step":
-            status = payload["status"]
-            line = f"  {payload['step']:<9} {SYMBOLS.get(status, ' ')} {status}"
-            if "duration" in payload:
-                line += f" in {payload['duration']:.1f}s"
-            if payload.get("reason"):
-                line += f": {payload['reason']}"
-            style = {"failed": self.style.ERROR, "succeeded": self.style.SUCCESS}.get(status, str)
-            self.out.write(style(line))
-            if status == "failed" and payload.get("error"):
-                for text in payload["error"].splitlines():
-                    self.out.write(f"            {text}")
-        elif event.kind == "deploy.completed":
-            kind = payload.get("kind", "deploy")
-            if kind == "restore":
-                text = f"Restored {payload['app']}'s database from snapshot {payload['snapshot']}"
-            elif kind == "rollback":
-                text = f"Rolled back {payload['app']} to {payload['image']}"
-            else:
-                text = f"Deployed {payload['app']} {payload['commit_sha'][:12]} as {payload['image']}"
-            self.out.write(self.style.SUCCESS(text))
-        elif event.kind == "deploy.failed":
-            self.out.write(self.style.ERROR(f"Deployment {payload['id']} failed: {payload['error']}"))
-        elif event.kind == "deploy.cancelled":
-            self.out.write(self.style.WARNING(f"Cancel requested by {payload['by']}"))
+        for text, style in describe(event):
+            self.out.write(getattr(self.style, style)(text) if style else text)
+
+
+def continue_from_database(public_id: str, *, after: int, as_json: bool, verbosity: int, no_color: bool,
+                           force_color: bool) -> int:
+    """The fast path's follow (deployments/remote.py) goes on from the database
+    after event `after`, when the server went away; its exit code."""
+    command = Command(no_color=no_color, force_color=force_color)
+    try:
+        deployment = Deployment.objects.select_related("app").get(public_id=public_id)
+        following(command, deployment)
+        status = FollowPrinter(command, as_json=as_json, use_db=True, verbosity=verbosity).run(deployment, after=after)
+    except (OperationalError, InterfaceError) as exc:
+        command.stderr.write(f"CommandError: cannot reach Norn's database (DATABASE_URL): {str(exc).strip()[:200]}")
+        return UNAVAILABLE
+    return OK if status == DeploymentStatus.DEPLOYED else FAILED
 
 
 def find_app(name: str) -> App:

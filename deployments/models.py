@@ -8,7 +8,8 @@ import uuid
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Exists, OuterRef, Q, Subquery
+from django.db.models import CharField, Exists, OuterRef, Q, Subquery
+from django.db.models.functions import Cast
 from django.urls import reverse
 from django.utils import timezone
 
@@ -76,6 +77,26 @@ class DeploymentQuerySet(models.QuerySet):
     def unfinished(self):
         """Queued or in flight."""
         return self.exclude(status__in=TERMINAL_STATUSES)
+
+    def named(self, text):
+        """The deployment a user named by its UUID or its first 8+ characters.
+
+        Raises Deployment.DoesNotExist, or ValueError with a message to show
+        when `text` cannot name one or names several.
+        """
+        text = text.strip().lower()
+        try:
+            return self.get(public_id=uuid.UUID(text))
+        except ValueError:
+            pass
+        if len(text) < 8 or len(text) > 36 or not all(c in "0123456789abcdef-" for c in text):
+            raise ValueError(f"{text[:40]!r} is not a deployment id; use the UUID or at least its first 8 characters")
+        matches = list(self.annotate(id_text=Cast("public_id", CharField())).filter(id_text__startswith=text)[:2])
+        if not matches:
+            raise self.model.DoesNotExist(text)
+        if len(matches) > 1:
+            raise ValueError(f"{text} matches several deployments; give more characters")
+        return matches[0]
 
     def newest_first(self):
         return self.order_by("-finished_at", "-pk")

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from deployments import views
+from deployments import api, views
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -19,4 +19,7 @@ urlpatterns = [
     path("deployments/<uuid:public_id>/_outcome", views.deployment_partial, {"partial": "outcome"}, name="deployment-outcome"),
     path("deployments/<uuid:public_id>/_status", views.deployment_partial, {"partial": "status"}, name="deployment-status"),
     path("simulator/", views.simulator, name="simulator"),
+    # The command line's fast path (deployments/remote.py), by API token.
+    path("api/deployments", api.deployments, name="api-deployments"),
+    path("api/deployments/<str:text>", api.deployment, name="api-deployment"),
 ]

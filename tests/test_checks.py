@@ -192,7 +192,7 @@ def test_start_up_imports_neither_twisted_nor_the_clients_of_other_services():
     # What every manage.py process paid for before a command ran (issue 13):
     # Twisted and OpenSSL (daphne's AppConfig), redis (with jwt and
     # cryptography), the WebSocket client. Imported where they are used.
-    result = run_manage("deploy", "--help", PYTHONPROFILEIMPORTTIME="1")
+    result = run_manage("deployments", "--help", PYTHONPROFILEIMPORTTIME="1")
     assert result.returncode == 0, result.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "django.db.models" in imported  # the list is real

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.contrib.auth.models import Permission, User
 
 from apps_registry.models import App
-from deployments import client, transitions
+from deployments import client, stream, transitions
 from deployments.cli import SYMBOLS
 from deployments.models import ApiToken, Deployment, Event
 from deployments.requests import request_deployment
@@ -381,7 +381,7 @@ def test_queued_deployment_warns_stops_on_ctrl_c_and_ends_when_cancelled(daphne,
 
 
 @pytest.mark.parametrize(
-    "norn_url, stream, shown",
+    "norn_url, ws_url, shown",
     [
         ("http://127.0.0.1:8000", "ws://127.0.0.1:8000/ws/deployments/ID/?after=7", "http://127.0.0.1:8000"),
         ("https://norn.example.com/", "wss://norn.example.com/ws/deployments/ID/?after=7", "https://norn.example.com"),
@@ -389,9 +389,9 @@ def test_queued_deployment_warns_stops_on_ctrl_c_and_ends_when_cancelled(daphne,
         ("https://me:pw@example.com/norn/", "wss://me:pw@example.com/norn/ws/deployments/ID/?after=7", "https://example.com/norn"),
     ],
 )
-def test_norn_url_gives_the_stream_url(norn_url, stream, shown):
-    assert client.stream_url(norn_url, "ID", 7) == stream
-    assert client.display_url(norn_url) == shown
+def test_norn_url_gives_the_stream_url(norn_url, ws_url, shown):
+    assert stream.stream_url(norn_url, "ID", 7) == ws_url
+    assert stream.display_url(norn_url) == shown
 
 
 def test_a_norn_url_that_is_no_url_is_refused_at_start(daphne, token, make_app):

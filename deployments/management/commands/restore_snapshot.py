@@ -5,7 +5,8 @@ import getpass
 from django.core.management.base import CommandError
 
 from deployments.cli import Command as NornCommand
-from deployments.cli import add_follow_arguments, queue_and_follow
+from deployments.cli import queue_and_follow
+from deployments.cliargs import add_follow_arguments
 from deployments.models import Snapshot
 from deployments.requests import request_restore
 

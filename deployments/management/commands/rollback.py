@@ -3,7 +3,8 @@
 import getpass
 
 from deployments.cli import Command as NornCommand
-from deployments.cli import add_follow_arguments, find_deployment, queue_and_follow
+from deployments.cli import find_deployment, queue_and_follow
+from deployments.cliargs import add_follow_arguments
 from deployments.requests import request_rollback
 
 

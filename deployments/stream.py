@@ -1,0 +1,277 @@
+"""One deployment's events from Norn's WebSocket stream (docs/live.md).
+
+`LiveStream` yields them in `seq` order, exactly once, resuming from the last
+`seq` after a dropped connection. Nothing here imports Django: the CLI's fast
+path (deployments/remote.py) follows a deployment without starting Django,
+and deployments/client.py adds the database fallback for the full commands.
+"""
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
+
+from deployments import wire
+
+# The events after which a deployment has nothing more to say (the same
+# transactions that make it terminal write them, as its last event).
+TERMINAL_EVENTS = frozenset({"deploy.completed", "deploy.failed"})
+
+# Close codes after which reconnecting cannot help (docs/live.md).
+REFUSALS = {
+    4400: "it did not understand this client (4400 bad request)",
+    4401: "NORN_API_TOKEN was not accepted (4401 not authenticated)",
+    4403: "the API token's user may not view deployments (4403 forbidden)",
+    4404: "it does not know this deployment (4404)",
+}
+
+OPEN_TIMEOUT = 5.0
+# How often the idle callback runs while nothing arrives.
+IDLE_TICK = 1.0
+# Publishing is best-effort (deployments/events.py): a live event lost on
+# the way (Redis restarted) would leave us waiting for ever, so after this
+# much silence we ask the server to replay from the database what we missed.
+RESYNC_AFTER = 30.0
+# A dropped connection is retried this many times in a row without getting
+# anything new; the waits double from 0.25 s up to 5 s (about 23 s in all).
+RECONNECTS = 8
+MAX_BACKOFF = 5.0
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class StreamedEvent(NamedTuple):
+    """One event as the stream sends it; reads like a deployments.models.Event."""
+
+    seq: int
+    kind: str
+    payload: dict
+
+
+class Unavailable(Exception):
+    """No Norn server can serve this stream; the message is safe to print."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"Norn server not reachable at {where} ({reason})")
+
+
+class _Reconnect(Exception):
+    """This connection is no use any more; a new one resumes from `last`."""
+
+
+def display_url(base_url: str) -> str:
+    """The server as the user named it, without any credentials in it."""
+    parts = urlsplit(base_url)
+    if not parts.hostname:
+        return base_url  # not a URL at all; stream_url says so
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+def stream_url(base_url: str, public_id: Any, after: int) -> str:
+    """NORN_URL's http(s) becomes ws(s); a path prefix (a proxy) is kept."""
+    parts = urlsplit(base_url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.hostname:
+        raise ValueError(f"NORN_URL={display_url(base_url)!r} is not an http:// or https:// URL")
+    path = f"{parts.path.rstrip('/')}/ws/deployments/{public_id}/"
+    return urlunsplit((scheme, parts.netloc, path, f"after={after}", ""))
+
+
+class LiveStream:
+    """Iterates over one deployment's events from its WebSocket stream.
+
+    Raises Unavailable when there is no usable server: at once if the first
+    connection fails or the server refuses us, after RECONNECTS failed
+    attempts if a working connection drops. Events arrive in order without
+    duplicates by contract; we still check `seq`, because reconnects and
+    resumes replay what we may already have.
+    """
+
+    def __init__(
+        self,
+        public_id: Any,
+        *,
+        base_url: str,
+        token: str,
+        after: int = 0,
+        idle_callback: Callable[[float], None] | None = None,
+        info: Callable[[str], None] | None = None,
+        resync_after: float = RESYNC_AFTER,
+        reconnects: int = RECONNECTS,
+    ) -> None:
+        self.public_id = str(public_id)
+        self.base_url = base_url
+        self.where = display_url(base_url)
+        self.token = token
+        self.last = after
+        self.idle_callback = idle_callback
+        self.info = info or (lambda text: None)
+        self.resync_after = resync_after
+        self.reconnects = reconnects
+
+    def __iter__(self) -> Iterator[StreamedEvent]:
+        if not self.token:
+            raise Unavailable(self.where, "NORN_API_TOKEN is not set")
+        try:
+            stream_url(self.base_url, self.public_id, 0)
+        except ValueError as exc:
+            raise Unavailable(self.where, str(exc)) from None
+        failures = 0
+        ever_connected = False
+        while True:
+            url = stream_url(self.base_url, self.public_id, self.last)
+            try:
+                websocket = wire.connect(url, {"Authorization": f"Token {self.token}"}, OPEN_TIMEOUT)
+            except wire.InvalidStatus as exc:
+                # The server answered but would not upgrade (a server without
+                # the WebSocket routes, or a proxy in front): at first contact
+                # that is no Norn stream; later, a restarting server's proxy.
+                reason = f"it refused the WebSocket: HTTP {exc.status}"
+                if not ever_connected:
+                    raise Unavailable(self.where, reason) from None
+                failures += 1
+                self._wait_before_retry(failures, reason)
+                continue
+            except (OSError, wire.WebSocketError) as exc:
+                if not ever_connected:
+                    raise Unavailable(self.where, _describe(exc)) from None
+                failures += 1
+                self._wait_before_retry(failures, _describe(exc))
+                continue
+            if not ever_connected:
+                shown = stream_url(self.where, self.public_id, self.last).split("?")[0]
+                self.info(f"Following over WebSocket: {shown}")
+            elif failures:
+                self.info(f"Reconnected; resuming after event #{self.last}")
+            ever_connected = True
+            before = self.last
+            try:
+                with websocket:
+                    yield from self._read(websocket)
+                return
+            except wire.ConnectionClosed as exc:
+                code = exc.code
+                if code in REFUSALS:
+                    raise Unavailable(self.where, REFUSALS[code]) from None
+                reason = f"connection closed ({code})" if code else "connection lost"
+            except _Reconnect as exc:
+                reason = str(exc)
+            # Retries are bounded per stretch without progress: a connection
+            # that brought new events resets the count, one that didn't adds to it.
+            failures = 1 if self.last > before else failures + 1
+            self._wait_before_retry(failures, reason)
+
+    def _wait_before_retry(self, failures, reason):
+        if failures > self.reconnects:
+            raise Unavailable(self.where, f"{reason}; {self.reconnects} reconnects failed")
+        delay = min(0.25 * 2 ** (failures - 1), MAX_BACKOFF)
+        self.info(f"{reason[:1].upper()}{reason[1:]}; reconnecting in {delay:.2g}s after event #{self.last} "
+                  f"(attempt {failures} of {self.reconnects})")
+        time.sleep(delay)
+
+    def _read(self, websocket):
+        """Yield this connection's events in order until the terminal one.
+
+        The server replays what it missed live before sending anything newer
+        (docs/live.md), so a gap should not happen; if one does, a fresh
+        connection replays from `self.last` rather than print out of order.
+        """
+        caught_up = False
+        last_event_at = last_resync_at = time.monotonic()
+        while True:
+            try:
+                raw = websocket.recv(timeout=IDLE_TICK)
+            except TimeoutError:
+                now = time.monotonic()
+                if self.idle_callback:
+                    self.idle_callback(now - last_event_at)
+                if caught_up and now - max(last_event_at, last_resync_at) >= self.resync_after:
+                    websocket.send(json.dumps({"type": "resume", "deployment": self.public_id, "after": self.last}))
+                    last_resync_at = now
+                continue
+            try:
+                message = json.loads(raw)
+                kind = message["type"]
+                if kind == "event" and message.get("deployment") == self.public_id:
+                    event = StreamedEvent(int(message["seq"]), str(message["event"]), message["payload"])
+                else:
+                    event = None
+            except (ValueError, TypeError, KeyError):
+                raise _Reconnect("the server sent something that is not a stream message") from None
+            if event is not None:
+                if event.seq <= self.last:
+                    continue  # replayed after a resume or reconnect: already shown
+                if event.seq > self.last + 1:
+                    raise _Reconnect(f"event #{self.last + 1} is missing from the stream")
+                self.last = event.seq
+                last_event_at = time.monotonic()
+                yield event
+                if event.kind in TERMINAL_EVENTS:
+                    return
+            elif kind == "caught_up":
+                caught_up = True
+            # "ping" keeps proxies from closing an idle connection; it needs
+            # no answer. Anything else is from a newer protocol: ignored.
+
+
+def _describe(exc):
+    """A short, secret-free reason for a failed connection."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+# How a follower prints the events: the full commands (deployments/cli.py)
+# and the fast path (deployments/remote.py) alike.
+SYMBOLS = {"running": "…", "succeeded": "✓", "failed": "✗", "skipped": "–"}
+SUCCESS, WARNING, ERROR = "SUCCESS", "WARNING", "ERROR"  # Django's style names
+
+
+def describe(event: StreamedEvent) -> list[tuple[str, str | None]]:
+    """The lines a follower prints for `event`, each with its style (or None)."""
+    payload = event.payload
+    if event.kind == "deploy.step":
+        status = payload["status"]
+        line = f"  {payload['step']:<9} {SYMBOLS.get(status, ' ')} {status}"
+        if "duration" in payload:
+            line += f" in {payload['duration']:.1f}s"
+        if payload.get("reason"):
+            line += f": {payload['reason']}"
+        lines = [(line, {"failed": ERROR, "succeeded": SUCCESS}.get(status))]
+        if status == "failed" and payload.get("error"):
+            lines += [(f"            {text}", None) for text in payload["error"].splitlines()]
+        return lines
+    if event.kind == "deploy.completed":
+        kind = payload.get("kind", "deploy")
+        if kind == "restore":
+            text = f"Restored {payload['app']}'s database from snapshot {payload['snapshot']}"
+        elif kind == "rollback":
+            text = f"Rolled back {payload['app']} to {payload['image']}"
+        else:
+            text = f"Deployed {payload['app']} {payload['commit_sha'][:12]} as {payload['image']}"
+        return [(text, SUCCESS)]
+    if event.kind == "deploy.failed":
+        return [(f"Deployment {payload['id']} failed: {payload['error']}", ERROR)]
+    if event.kind == "deploy.cancelled":
+        return [(f"Cancel requested by {payload['by']}", WARNING)]
+    return []
+
+
+def still_queued(ahead: int) -> str:
+    """What a follower says when a deployment waits in the queue for long."""
+    reason = f"{ahead} earlier deployment(s) of this app first" if ahead else "a worker: is manage.py qcluster running?"
+    return f"Still queued, waiting for {reason}"
+
+
+def as_json_line(event: StreamedEvent) -> str:
+    """An event as `--json` prints it: one JSON object per line."""
+    return json.dumps({"seq": event.seq, "event": event.kind, "payload": event.payload})
