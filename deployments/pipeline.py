@@ -23,6 +23,7 @@ from apps_registry.spec import Spec
 from deployments import appdb, containers, events, gitauth, queue, retention, rollback, runner, states, transitions
 from deployments.models import Deployment
 from deployments.outcomes import Outcome, Skip, StepFailed, cancel_message
+from deployments.outputwriter import OutputWriter
 from deployments.steps import Context
 from deployments.workdirs import make as make_workdir
 
@@ -284,6 +285,17 @@ def _run_steps(deployment, owner, heartbeat, progress):
     ctx.record_pgid = record_pgid
     progress.redact = ctx.redact
     progress.workdir = ctx.workdir
+    # Output is written behind the steps; each state change below waits for it.
+    output = OutputWriter(deployment.pk)
+    try:
+        _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, output)
+    except BaseException:
+        output.close(quietly=True)  # what went wrong is the deployment's error, not this
+        raise
+    output.close()
+
+
+def _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, output):
     steps = states.initial(deployment.kind)
     first = next(iter(steps))
     error = ""
@@ -294,7 +306,7 @@ def _run_steps(deployment, owner, heartbeat, progress):
             return
         progress.running = name
         ctx.timeout = settings.NORN_STEP_TIMEOUTS[name]
-        ctx.output = lambda text, name=name: transitions.append_output(deployment.pk, name, text)
+        ctx.output = lambda text, name=name: output.append(name, text)
         if name == first and spec_error:
             outcome = Outcome.failed(spec_error)
         else:
@@ -302,6 +314,7 @@ def _run_steps(deployment, owner, heartbeat, progress):
             progress.pgid = None
         if name == "clone":
             make_workdir(ctx.workdir)  # cleanup's target exists either way
+        output.flush()  # the step's output comes before its end
         transitions.finish_step(
             deployment.pk, name, outcome.status, error=outcome.error, skip_reason=outcome.skip_reason
         )

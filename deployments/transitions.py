@@ -147,13 +147,20 @@ def skip_cut_short(deployment_id: int, names: list[str], failed: str) -> None:
 
 def append_output(deployment_id: int, name: str, text: str) -> None:
     """Append captured output to a step (already redacted by the caller)."""
-    if not text:
+    append_outputs(deployment_id, [(name, text)])
+
+
+def append_outputs(deployment_id: int, pieces: list[tuple[str, str]]) -> None:
+    """Append each (step, text) to its step, with its deploy.log event, in one transaction."""
+    pieces = [(name, text) for name, text in pieces if text]
+    if not pieces:
         return
     with transaction.atomic():
-        Step.objects.filter(deployment_id=deployment_id, name=name).update(
-            output=Concat(F("output"), Value(text))
-        )
-        events.record(deployment_id, events.LOG, {"step": name, "text": text})
+        for name, text in pieces:
+            Step.objects.filter(deployment_id=deployment_id, name=name).update(
+                output=Concat(F("output"), Value(text))
+            )
+            events.record(deployment_id, events.LOG, {"step": name, "text": text})
 
 
 def finish(deployment_id: int, status: DeploymentStatus, error: str = "") -> bool:

@@ -1,0 +1,105 @@
+"""A deployment's step output, written to the database behind the step.
+
+Every piece of output is a transaction (the step's text and a `deploy.log`
+event, transitions.append_output): ~10 ms on this kind of machine, and a
+webserver deploy writes 30-40 of them, each one waited for by the step that
+produced it (issue 13). Here a thread of the worker writes them instead, with
+a connection of its own: the step only hands the text over, and whatever
+piled up while one write was under way goes out together in the next.
+
+Order is kept: the output of a step is written in the order it came, and
+`flush()` waits until all of it is in before the step's end (or any other
+state change) is recorded, so the events of a deployment keep their order.
+An error in the thread (a DatabaseError) is raised by the next `append` or
+`flush`, in the step's own thread, where the pipeline fails the deployment
+with it, as it would have failed the write there.
+"""
+
+import threading
+
+from django.db import connection
+
+from deployments import transitions
+
+
+class OutputWriter:
+    def __init__(self, deployment_id: int) -> None:
+        self.deployment_id = deployment_id
+        self._pending: list[tuple[str, str]] = []  # (step, text), in order
+        self._writing = False
+        self._closed = False
+        self._error: Exception | None = None
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=f"output-{deployment_id}", daemon=True)
+        self._thread.start()
+
+    def append(self, step: str, text: str) -> None:
+        """Queue `text` (already redacted) as output of `step`."""
+        if not text:
+            return
+        with self._changed:
+            self._raise_error()
+            self._pending.append((step, text))
+            self._changed.notify_all()
+
+    def flush(self) -> None:
+        """Return once everything appended so far is written; raise the error
+        (a DatabaseError, as a rule) that kept it from being written."""
+        with self._changed:
+            while (self._pending or self._writing) and self._error is None and self._thread.is_alive():
+                self._changed.wait(1.0)
+            self._raise_error()
+
+    def close(self, quietly: bool = False) -> None:
+        """Flush what can be, then stop the thread (its connection closes with
+        it); `quietly` when another error is already on its way."""
+        try:
+            self.flush()
+        except Exception:
+            if not quietly:
+                raise
+        finally:
+            with self._changed:
+                self._closed = True
+                self._changed.notify_all()
+            self._thread.join(timeout=10)
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._pending.clear()  # lost with the transaction that failed
+            raise error
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._changed:
+                    while not self._pending and not self._closed:
+                        self._changed.wait()
+                    if not self._pending:
+                        return
+                    batch, self._pending = self._pending, []
+                    self._writing = True
+                try:
+                    transitions.append_outputs(self.deployment_id, _merged(batch))
+                except Exception as exc:  # DatabaseError above all; raised in the step's thread
+                    with self._changed:
+                        self._error = exc
+                    connection.close()  # a broken connection is no use for the next batch
+                finally:
+                    with self._changed:
+                        self._writing = False
+                        self._changed.notify_all()
+        finally:
+            connection.close()  # this thread's own
+
+
+def _merged(batch: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Consecutive pieces of the same step's output as one."""
+    merged: list[tuple[str, str]] = []
+    for step, text in batch:
+        if merged and merged[-1][0] == step:
+            merged[-1] = (step, merged[-1][1] + text)
+        else:
+            merged.append((step, text))
+    return merged
