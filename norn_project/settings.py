@@ -378,9 +378,11 @@ NORN_API_TOKEN = env("NORN_API_TOKEN") or None
 Q_CLUSTER = {
     "name": "norn",
     "orm": "default",
-    # How often an idle cluster asks PostgreSQL for new tasks: the latency a
-    # deploy waits before it starts.
-    "poll": 0.1,
+    # The ORM broker, woken by PostgreSQL's NOTIFY when a task is queued
+    # instead of asking for new tasks every `poll` seconds: a deploy starts at
+    # once. Its own wait replaces the poll's sleep (deployments/broker.py).
+    "broker_class": "deployments.broker.NotifiedORM",
+    "poll": 0,
     "workers": envint("NORN_WORKERS", 2, minimum=1, maximum=64),
     # A worker is killed after `timeout` seconds. Each pipeline step has its own
     # shorter timeout, so this is only the backstop for a wedged worker.
