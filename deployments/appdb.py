@@ -207,9 +207,19 @@ def ensure_database(app: str, database: str) -> bool:
     """
     role = role_name(app)
     try:
-        with _connect("postgres") as conn:
-            created = _ensure_on_server(conn, app, database, role)
-        with _connect(database) as conn:
+        created = None
+        try:
+            # As a rule the database exists: one connection does it all
+            # (roles and grants are the server's, reachable from any database).
+            conn = _connect(database)
+        except psycopg.OperationalError:
+            # It does not exist (or the server is away: said below, the same way).
+            with _connect("postgres") as server:
+                created = _ensure_on_server(server, app, database, role)
+            conn = _connect(database)
+        with conn:
+            if created is None:
+                created = _ensure_on_server(conn, app, database, role)
             _adopt_objects(conn, role)
     except psycopg.Error as exc:
         # The server's message only: str(exc) can quote the statement, and
@@ -229,23 +239,26 @@ def _ensure_on_server(conn, app: str, database: str, role: str) -> bool:
             f"database {database} belongs to another app's role {owner}; choose another "
             "services.postgres.database for this app"
         )
-    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
-        try:
-            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident_role))
-        except psycopg.errors.DuplicateObject:
-            pass  # created meanwhile by a deploy of the same app on another worker
     # The verifier is computed here (libpq's PQencryptPasswordConn), so the
     # statement, which the server may log, never holds the password itself.
     verifier = conn.pgconn.encrypt_password(
         password(app).encode(), role.encode(), b"scram-sha-256"
     ).decode()
-    conn.execute(
-        sql.SQL(
-            "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION "
-            "NOBYPASSRLS PASSWORD {}"
-        ).format(ident_role, sql.Literal(verifier))
-    )
-    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(APPS_GROUP), ident_role))
+    # One transaction, one commit to wait for, where autocommit made one each.
+    with conn.transaction():
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+            try:
+                with conn.transaction():  # a savepoint: the duplicate must not abort the rest
+                    conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident_role))
+            except psycopg.errors.DuplicateObject:
+                pass  # created meanwhile by a deploy of the same app on another worker
+        conn.execute(
+            sql.SQL(
+                "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION "
+                "NOBYPASSRLS PASSWORD {}"
+            ).format(ident_role, sql.Literal(verifier))
+        )
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(APPS_GROUP), ident_role))
     created = False
     if owner is None:
         try:
@@ -258,13 +271,14 @@ def _ensure_on_server(conn, app: str, database: str, role: str) -> bool:
                     f"database {database} belongs to another app's role {owner}; choose another "
                     "services.postgres.database for this app"
                 ) from None
-    conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident_db, ident_role))
-    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident_db))
-    conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident_db, ident_role))
-    # Every cluster has these two, open to PUBLIC by default; an app's role
-    # has no business in either (the admin, a superuser, needs no grant).
-    for shared in ("postgres", "template1"):
-        conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(shared)))
+    with conn.transaction():
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident_db, ident_role))
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident_db))
+        conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident_db, ident_role))
+        # Every cluster has these two, open to PUBLIC by default; an app's role
+        # has no business in either (the admin, a superuser, needs no grant).
+        for shared in ("postgres", "template1"):
+            conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(shared)))
     return created
 
 
