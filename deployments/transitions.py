@@ -152,7 +152,8 @@ def append_output(deployment_id: int, name: str, text: str) -> None:
 
 def append_outputs(deployment_id: int, pieces: list[tuple[str, str]]) -> None:
     """Append each (step, text) to its step, with its deploy.log event, in one transaction."""
-    pieces = [(name, text) for name, text in pieces if text]
+    # PostgreSQL text cannot hold NUL, and a command may print one.
+    pieces = [(name, text.replace("\x00", "\ufffd")) for name, text in pieces if text]
     if not pieces:
         return
     with transaction.atomic():
