@@ -191,8 +191,13 @@ class _Session:
         """Go on where the stream stopped, as the full command does."""
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "norn_project.settings")
         import django
+        from django.core.exceptions import ImproperlyConfigured
 
-        django.setup()
+        try:
+            django.setup()
+        except ImproperlyConfigured as exc:  # as manage.py says it
+            self._err(f"Norn is misconfigured: {exc}")
+            return BAD_REQUEST
         from deployments.cli import continue_from_database
 
         return continue_from_database(
