@@ -299,6 +299,7 @@ def _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, outp
     steps = states.initial(deployment.kind)
     first = next(iter(steps))
     error = ""
+    recorded = {"commit_sha": deployment.commit_sha, "image": deployment.image}
 
     while (name := states.next_step(steps)) is not None:
         if not transitions.start_step(deployment.pk, owner, name):
@@ -319,7 +320,7 @@ def _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, outp
             deployment.pk, name, outcome.status, error=outcome.error, skip_reason=outcome.skip_reason
         )
         progress.running, progress.finished = None, name
-        _record_progress(deployment.pk, ctx)
+        _record_progress(deployment.pk, ctx, recorded)
         cut = states.apply(steps, name, outcome)
         if states.failed_step(steps) == name:
             # An invalid infraspec is the reason, not the step it stopped.
@@ -387,11 +388,12 @@ def _step_outcome(ctx: Context, name: str, heartbeat: Heartbeat) -> Outcome:
     return Outcome.succeeded()
 
 
-def _record_progress(deployment_id, ctx):
-    fields = {}
-    if ctx.commit_sha:
-        fields["commit_sha"] = ctx.commit_sha
-    if ctx.image:
-        fields["image"] = ctx.image
+def _record_progress(deployment_id, ctx, recorded):
+    """The commit and the image, once a step learned them (not again after every step)."""
+    fields = {
+        name: value for name, value in (("commit_sha", ctx.commit_sha), ("image", ctx.image))
+        if value and recorded.get(name) != value
+    }
     if fields:
         transitions.set_fields(deployment_id, **fields)
+        recorded.update(fields)
