@@ -145,15 +145,17 @@ class _Session:
             data = json.dumps(body).encode()
         try:
             answer = wire.request(url, method, headers, data, REQUEST_TIMEOUT)
-        except (ConnectionError, wire.WebSocketError, OSError) as exc:
-            if isinstance(exc, TimeoutError) and method == "POST":
+        except wire.NoAnswer as exc:
+            if method == "POST":
                 # It may have been queued: doing it again could deploy twice.
                 raise _Refused(
                     UNAVAILABLE,
-                    f"no answer from the Norn server at {self.where} within {REQUEST_TIMEOUT:.0f}s; "
+                    f"the Norn server at {self.where} gave no answer ({exc}); "
                     "the deployment may have been queued: see manage.py deployments",
                 ) from None
-            return None  # not reachable: the full command queues it itself
+            return None
+        except OSError:
+            return None  # not reachable, nothing sent: the full command does it itself
         try:
             content = json.loads(answer.body)
         except ValueError:

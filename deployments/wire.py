@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_MESSAGE = 16 * 1024 * 1024  # a deployment's events are far smaller
 MAX_HEADERS = 64 * 1024
+CONNECT_TIMEOUT = 5.0  # a server that is up accepts at once; the answer may take longer
 
 TEXT, BINARY, CLOSE, PING, PONG, CONTINUATION = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
 
@@ -37,6 +38,10 @@ class InvalidStatus(WebSocketError):
     def __init__(self, status: int) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
+
+
+class NoAnswer(WebSocketError):
+    """An HTTP request was sent, but no whole answer came back."""
 
 
 class ConnectionClosed(WebSocketError):
@@ -56,8 +61,8 @@ class Response(NamedTuple):
 def request(url: str, method: str, headers: dict[str, str], body: bytes, timeout: float) -> Response:
     """One HTTP/1.1 request to an http:// or https:// URL, and its answer.
 
-    Raises OSError (TimeoutError included) when there is no answer in time,
-    WebSocketError when the answer is not HTTP.
+    Raises OSError when no connection could be made (the request was not
+    sent), NoAnswer when it was sent but no whole answer came (in time).
     """
     sock = _open(url, timeout)
     try:
@@ -71,8 +76,12 @@ def request(url: str, method: str, headers: dict[str, str], body: bytes, timeout
         else:
             content = reader._read_to_end()
         return Response(status, response_headers, content)
+    except TimeoutError:
+        raise NoAnswer(f"no answer within {timeout:g}s") from None
+    except (OSError, WebSocketError) as exc:
+        raise NoAnswer(str(exc) or type(exc).__name__) from None
     except ValueError:
-        raise WebSocketError("the server's answer is not valid HTTP") from None
+        raise NoAnswer("the answer is not valid HTTP") from None
     finally:
         sock.close()
 
@@ -105,8 +114,10 @@ def connect(url: str, headers: dict[str, str], timeout: float) -> "WebSocket":
 def _open(url: str, timeout: float) -> socket.socket:
     parts = urlsplit(url)
     secure = parts.scheme in ("https", "wss")
-    sock = socket.create_connection((parts.hostname, parts.port or (443 if secure else 80)), timeout=timeout)
+    address = (parts.hostname, parts.port or (443 if secure else 80))
+    sock = socket.create_connection(address, timeout=min(timeout, CONNECT_TIMEOUT))
     try:
+        sock.settimeout(timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if secure:
             import ssl

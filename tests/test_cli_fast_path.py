@@ -135,6 +135,31 @@ def test_no_server_leaves_it_to_the_full_command(cluster, deployer, make_app):
     assert f"Norn server not reachable at {nowhere} (connection refused): following from the database" in result.stderr
 
 
+def test_a_deploy_request_without_an_answer_is_not_sent_again(tmp_path):
+    """The server took the request and closed: it may have queued it, so the
+    full command does not queue it a second time."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def take_and_hang_up():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.close()
+
+    threading.Thread(target=take_and_hang_up, daemon=True).start()
+    try:
+        env = {"PATH": "/usr/bin:/bin", "NORN_URL": f"http://127.0.0.1:{listener.getsockname()[1]}",
+               "NORN_API_TOKEN": "norn_" + "x" * 43, "DATABASE_URL": NO_DATABASE}
+        result = manage("deploy", "web", env=env, timeout=60)
+    finally:
+        listener.close()
+    assert result.returncode == cli.UNAVAILABLE, result.stdout + result.stderr
+    assert "gave no answer" in result.stderr and "may have been queued: see manage.py deployments" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_fast_path_imports_nothing_of_django():
     probe = (
         "import sys; import deployments.remote; "

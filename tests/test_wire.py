@@ -192,3 +192,18 @@ def test_http_answers_are_read_whole(scripted, answer, body):
     assert response.body == body
     assert seen["head"].startswith("POST /api/x HTTP/1.1\r\n") and "Connection: close" in seen["head"]
     assert seen["body"] == '{"a":1}'
+
+
+@pytest.mark.parametrize("answer", [b"", b"HTTP/1.1 201 Created\r\nContent-Length: 50\r\n\r\n{\"id\""], ids=["nothing", "cut short"])
+def test_a_request_without_a_whole_answer_is_no_answer(scripted, answer):
+    server = scripted(lambda conn, received: conn.sendall(answer))
+    with pytest.raises(wire.NoAnswer):
+        wire.request(f"http://127.0.0.1:{server.port}/api/x", "POST", {}, b"{}", 5)
+
+
+def test_no_server_is_an_oserror_not_no_answer():
+    from tests.support.servers import free_port
+
+    with pytest.raises(OSError) as raised:
+        wire.request(f"http://127.0.0.1:{free_port()}/api/x", "POST", {}, b"{}", 5)
+    assert not isinstance(raised.value, wire.NoAnswer)
