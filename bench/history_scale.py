@@ -383,6 +383,7 @@ def sortable_columns():
 
 def pages():
     """(label, url) of the measured pages, for the app with the longest history."""
+    from django.contrib import admin as django_admin
     from django.db.models import Count
 
     from apps_registry.models import App
@@ -398,8 +399,9 @@ def pages():
     except ImportError:
         from django.core.paginator import Paginator as HistoryPaginator
     last_page = HistoryPaginator(history, HISTORY_PAGE_SIZE).num_pages
-    from django.contrib import admin as django_admin
-
+    # The admin imports its modules when its URLs are first needed
+    # (norn_project/adminsite.py); the sortable columns are read before that.
+    django_admin.autodiscover()
     model_admin = django_admin.site._registry[Deployment]
     admin_last = model_admin.paginator(Deployment.objects.all(), model_admin.list_per_page).num_pages
     app_admin_last = model_admin.paginator(Deployment.objects.filter(app=app), model_admin.list_per_page).num_pages
