@@ -2,12 +2,16 @@
 operator actions (deploy an app, cancel a deployment), permission-checked."""
 
 import uuid
+from html import escape
 
 from django.contrib import admin, messages
+from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import Q, Sum
 from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
+from django.utils import formats, timezone
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext
 
@@ -104,6 +108,35 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
 
     def get_changelist(self, request, **kwargs):
         return SameWayChangeList
+
+    def list_rows(self, cl):
+        """The list's rows as the admin's items_for_result writes them (the
+        change_list template's `deployment_result_list`), one string per
+        cell. The admin looks every column up again, reverses a URL and
+        translates the checkbox's label for each row: that was half the
+        list's time. tests/test_history_admin.py checks that both agree."""
+        placeholder = "0-norn-pk-0"
+        change_url = add_preserved_filters(
+            {"preserved_filters": cl.preserved_filters, "opts": cl.opts},
+            reverse(f"admin:{cl.opts.app_label}_{cl.opts.model_name}_change", args=[placeholder],
+                    current_app=self.admin_site.name),
+        )
+        label = gettext("Select this object for an action - {}")
+        empty = self.get_empty_value_display()
+        return [[
+            f'<td class="action-checkbox"><input type="checkbox" name="{admin.helpers.ACTION_CHECKBOX_NAME}" '
+            f'value="{obj.pk}" class="action-select" aria-label="{escape(label.replace("{}", str(obj)))}"></td>',
+            f'<th class="field-short_id"><a href="{escape(change_url.replace(placeholder, str(obj.pk)))}">'
+            f'{obj.short_id}</a></th>',
+            f'<td class="field-app nowrap">{escape(str(obj.app))}</td>',
+            f'<td class="field-ref">{escape(obj.ref if obj.ref.strip() else empty)}</td>',
+            f'<td class="field-short_commit">{escape(self.short_commit(obj))}</td>',
+            f'<td class="field-status">{escape(obj.get_status_display())}</td>',
+            f'<td class="field-requested_by_label">{escape(obj.requested_by_label)}</td>',
+            f'<td class="field-queued_at nowrap">'
+            f'{escape(formats.localize(timezone.template_localtime(obj.queued_at)))}</td>',
+            f'<td class="field-took">{escape(self.took(obj))}</td>',
+        ] for obj in cl.result_list]
 
     def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
         # The page's rows with only what the columns show (actions still get
