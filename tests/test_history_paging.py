@@ -235,3 +235,67 @@ def test_admin_rows_are_the_admins_own(admin_user, web, make_app):
         cl.formset = None
         assert cl.result_list
         assert model_admin.list_rows(cl) == [list(items_for_result(cl, obj, None)) for obj in cl.result_list]
+
+
+# --- rows written by tags (deployments/templatetags/norn.py) ---------------------
+
+# The template markup the tags replace, kept here to compare with.
+OLD_HISTORY_ROWS = """{% load norn %}{% for deployment in history %}
+<tr>
+<th scope="row"><a href="{% url 'deployment-detail' deployment.public_id %}"><code>{{ deployment.short_id }}</code></a></th>
+<td data-label="Status">{% include "deployments/_status.html" with status=deployment.status label=deployment.get_status_display %}</td>
+<td data-label="Ref">{% if deployment.kind == "deploy" %}<code>{{ deployment.ref }}</code>{% else %}<span class="kind">{{ deployment.get_kind_display }}</span>{% endif %}</td>
+<td data-label="Commit">{% if deployment.commit_sha %}<code class="sha" title="{{ deployment.commit_sha }}">{{ deployment.commit_sha|slice:":12" }}</code>{% else %}—{% endif %}</td>
+<td data-label="Queued"><time datetime="{{ deployment.queued_at|date:'c' }}">{{ deployment.queued_at|date:"Y-m-d H:i" }}</time></td>
+<td data-label="Took">{{ deployment.took|duration }}</td>
+<td data-label="By">{{ deployment.requested_by_label }}</td>
+</tr>
+{% endfor %}"""
+
+OLD_CHART = """{% load l10n norn %}{% localize off %}{% for bar in chart.bars %}{% with d=bar.deployment %}
+<a href="{% url 'deployment-detail' d.public_id %}" class="bar bar-{{ d.status }}">
+<title>{{ d.short_id }} · {{ d.ref }} · {{ d.get_status_display }} · {{ bar.total|duration }}{% for s in bar.segments %}; {{ s.step }} {{ s.seconds|duration }}{% endfor %}</title>
+{% for s in bar.segments %}<rect class="seg seg-{{ s.step }}" x="{{ s.x }}" y="{{ s.y }}" width="{{ s.w }}" height="{{ s.h }}" data-step="{{ s.step }}"/>{% endfor %}
+{% if bar.mark %}<text class="bar-mark" x="{{ bar.cx }}" y="{{ bar.top }}" dy="-0.3em" text-anchor="middle" aria-hidden="true">{{ bar.mark }}</text>{% endif %}
+</a>
+{% endwith %}{% endfor %}|{% for bar in chart.bars %}
+<tr>
+<th scope="row"><a href="{% url 'deployment-detail' bar.deployment.public_id %}"><code>{{ bar.deployment.short_id }}</code></a> <span class="muted">{{ bar.deployment.queued_at|date:"M j H:i" }}</span></th>
+<td>{% include "deployments/_status.html" with status=bar.deployment.status label=bar.deployment.get_status_display %}</td>
+{% for seconds in bar.durations %}<td class="num">{{ seconds|duration }}</td>{% endfor %}
+<td class="num">{{ bar.total|duration }}</td>
+</tr>
+{% endfor %}{% endlocalize %}"""
+
+NEW_CHART = "{% load norn %}{% chart_bars chart %}|{% chart_table_rows chart %}"
+
+
+def squeeze(markup):
+    return [re.sub(r">\s+<", "><", part.strip()) for part in markup.split("|")]
+
+
+def test_history_and_chart_tags_write_what_the_templates_did(web):
+    from django.contrib.auth.models import User
+    from django.template import engines
+    from django.utils import timezone
+
+    from deployments import views
+    from deployments.charts import duration_chart
+    from tests.support.dashboard import all_succeeded
+
+    alice = User.objects.create_user("al'ice<")
+    one = make_deployment(web, ref="feat/<x>&'\"", commit="f" * 40, steps=all_succeeded(3), ago=30)
+    Deployment.objects.filter(pk=one.pk).update(requested_by=alice)
+    make_deployment(web, DeploymentStatus.FAILED, kind="rollback", ago=20, steps=all_succeeded(700))
+    make_deployment(web, DeploymentStatus.BUILDING, ref="main", ago=1, steps=all_succeeded(12))
+    now = timezone.now()
+    rows = list(Deployment.objects.filter(app=web).select_related("requested_by"))
+    for deployment in rows:
+        deployment.took = views._took(deployment, now)
+    engine = engines["django"]
+    assert squeeze(engine.from_string("{% load norn %}{% history_rows history %}").render({"history": rows})) == \
+        squeeze(engine.from_string(OLD_HISTORY_ROWS).render({"history": rows}))
+    chart = duration_chart(reversed(rows))
+    assert chart["bars"][0]["segments"] and any(bar["mark"] for bar in chart["bars"])
+    assert squeeze(engine.from_string(NEW_CHART).render({"chart": chart})) == \
+        squeeze(engine.from_string(OLD_CHART).render({"chart": chart}))
