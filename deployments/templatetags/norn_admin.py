@@ -21,7 +21,8 @@ def deployment_result_list(cl):
         "result_hidden_fields": [],
         "result_headers": headers,
         "num_sorted_fields": sum(1 for h in headers if h["sortable"] and h["sorted"]),
-        "results": [[mark_safe(cell) for cell in row] for row in cl.model_admin.list_rows(cl)],
+        # A row's cells as one string: the template writes each "item" of a row.
+        "results": [[mark_safe("".join(row))] for row in cl.model_admin.list_rows(cl)],
     }
 
 
