@@ -19,7 +19,7 @@ from deployments import appdb, rollback, states, transitions
 from deployments.charts import duration_chart
 from deployments.forms import DeployForm, RollbackForm
 from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, Snapshot, Step
-from deployments.paging import BEFORE, AFTER, LongListPaginator
+from deployments.paging import AFTER, BEFORE, LongListPaginator
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 from deployments.simulator import Simulation, SimulationError, StaleStep
 

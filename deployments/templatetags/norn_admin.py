@@ -1,11 +1,12 @@
 """Admin template tags: `{% load norn_admin %}`.
 
 `deployment_result_list` is the admin's `result_list` with the rows written
-by DeploymentAdmin.list_rows, columns looked up once rather than per row (templates/admin/deployments/deployment/change_list.html).
+by DeploymentAdmin.list_rows, the columns looked up once rather than per row
+(templates/admin/deployments/deployment/change_list.html).
 """
 
 from django import template
-from django.contrib.admin.templatetags.admin_list import result_list, result_headers
+from django.contrib.admin.templatetags.admin_list import result_headers, result_list
 from django.contrib.admin.templatetags.base import InclusionAdminNode
 from django.utils.safestring import mark_safe
 
