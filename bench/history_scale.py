@@ -8,10 +8,11 @@ with --first deployments (default 1,000) and the full one (--deployments,
 default 1,000,000). In each it requests, through django.test.Client logged in
 as a superuser, every page that lists deployments or steps: the apps
 overview, the busiest app's page (its first, a middle and its last history
-page), a deployment's page (the newest and the oldest), the rollback page,
-the admin deployment list (all apps, sorted by default and by each column a
-user can click, its middle and last page; filtered to the busiest app, with
-its last page), a deployment's admin page (its steps inline), the admin
+page, and the page its middle page's "Older" link opens), a deployment's
+page (the newest and the oldest), the rollback page, the admin deployment
+list (all apps, sorted by default and by each column a user can click, its
+middle page by number and by its "Next" link, its last page; filtered to
+the busiest app, with its last page and a middle page's "Next" link), a deployment's admin page (its steps inline), the admin
 snapshot and app lists. Per page it prints the number of SQL queries (one
 request under CaptureQueriesContext) and the server time (median and p95
 over --requests requests, after --warmup). Targets: the same number of
@@ -383,6 +384,7 @@ def sortable_columns():
 
 def pages():
     """(label, url) of the measured pages, for the app with the longest history."""
+    from django.contrib import admin as django_admin
     from django.db.models import Count
 
     from apps_registry.models import App
@@ -398,17 +400,28 @@ def pages():
     except ImportError:
         from django.core.paginator import Paginator as HistoryPaginator
     last_page = HistoryPaginator(history, HISTORY_PAGE_SIZE).num_pages
-    from django.contrib import admin as django_admin
-
+    # The admin imports its modules when its URLs are first needed
+    # (norn_project/adminsite.py); the sortable columns are read before that.
+    django_admin.autodiscover()
     model_admin = django_admin.site._registry[Deployment]
     admin_last = model_admin.paginator(Deployment.objects.all(), model_admin.list_per_page).num_pages
     app_admin_last = model_admin.paginator(Deployment.objects.filter(app=app), model_admin.list_per_page).num_pages
     admin = "/admin/deployments/deployment/"
     one_app = f"app__id__exact={app.pk}"
+
+    def next_link(rows, per_page, number):
+        """The query of the "Older"/"Next" link of page `number` (a page that
+        starts after the last row of the one before: deployments/paging.py)."""
+        last_row = HistoryPaginator(rows, per_page).page(number).object_list[-1]
+        return f"page={number + 1}&after={last_row.public_id}"
+
+    middle = max(1, last_page // 2)
+    admin_rows = Deployment.objects.order_by("-queued_at", "-id")
     listed = [
         ("apps overview", "/"),
         ("app page, page 1", f"/apps/{app.name}/"),
-        ("app page, middle page", f"/apps/{app.name}/?page={max(1, last_page // 2)}"),
+        ("app page, middle page", f"/apps/{app.name}/?page={middle}"),
+        ("app page, middle, Older link", f"/apps/{app.name}/?{next_link(history, HISTORY_PAGE_SIZE, middle)}"),
         ("app page, last page", f"/apps/{app.name}/?page={last_page}"),
         ("app history partial (htmx)", f"/apps/{app.name}/?page={last_page}"),
         ("deployment page, newest", f"/deployments/{newest.public_id}/"),
@@ -421,9 +434,14 @@ def pages():
         listed.append((f"admin list by {name}, desc", f"{admin}?o=-{position}"))
     listed += [
         ("admin list, middle page", f"{admin}?p={max(1, admin_last // 2)}"),
+        ("admin list, middle, Next",
+         f"{admin}?{next_link(admin_rows, model_admin.list_per_page, max(1, admin_last // 2)).replace('page=', 'p=')}"),
         ("admin list, last page", f"{admin}?p={admin_last}"),
         ("admin list, one app", f"{admin}?{one_app}"),
         ("admin list, one app, last p.", f"{admin}?{one_app}&p={app_admin_last}"),
+        ("admin list, 1 app, mid. Next",
+         f"{admin}?{one_app}&"
+         f"{next_link(admin_rows.filter(app=app), model_admin.list_per_page, max(1, app_admin_last // 2)).replace('page=', 'p=')}"),
         ("admin list, failed, one app", f"{admin}?{one_app}&status__exact=failed"),
         ("admin list, search", f"{admin}?q={newest.commit_sha[:12] or newest.ref}"),
         ("admin deployment (steps)", f"{admin}{oldest.pk}/change/"),

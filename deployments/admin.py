@@ -2,12 +2,16 @@
 operator actions (deploy an app, cancel a deployment), permission-checked."""
 
 import uuid
+from html import escape
 
 from django.contrib import admin, messages
-from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
+from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.db.models import Q, Sum
 from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
+from django.utils import formats, timezone
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext
 
@@ -16,7 +20,7 @@ from apps_registry.models import App
 from deployments import admin_ingress, admin_queue, admin_tokens  # noqa: F401 (register their admins)
 from deployments import transitions
 from deployments.models import CronJob, CronRun, Deployment, Event, Snapshot, Step
-from deployments.paging import LongListPaginator
+from deployments.paging import BEFORE, AFTER, LongListPaginator
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 
 
@@ -52,13 +56,51 @@ class QuickCheckbox:
 class SameWayChangeList(ChangeList):
     """Sorts ties by id the same way as the column sorted by (the admin's own
     tie-break is always newest first), so one index read forwards or
-    backwards serves both directions of a sort."""
+    backwards serves both directions of a sort, and a page can start after
+    the last row of the one before (?after=, ?before=: LongListPaginator)."""
 
     def _get_deterministic_ordering(self, ordering):
         ordering = super()._get_deterministic_ordering(ordering)
         if ordering and ordering[-1] == "-pk" and isinstance(ordering[0], str) and not ordering[0].startswith("-"):
             ordering[-1] = "pk"
         return ordering
+
+    def get_filters_params(self, params=None):
+        # The cursors choose the page, they filter nothing.
+        lookup_params = super().get_filters_params(params)
+        for name in (AFTER, BEFORE):
+            lookup_params.pop(name, None)
+        return lookup_params
+
+    def get_query_string(self, new_params=None, remove=None):
+        # Links to other sorts, filters and numbered pages start afresh.
+        return super().get_query_string(new_params, [*(remove or []), AFTER, BEFORE])
+
+    def page_links(self):
+        """The page numbers to link. Past the exactly counted rows, only the
+        ends and this page: a number deep inside a million rows is found by
+        skipping rows, the previous and next links by starting at a row."""
+        if not self.paginator.estimated:
+            return list(self.paginator.get_elided_page_range(self.page_num))
+        last = self.paginator.num_pages
+        links = []
+        for number in sorted({n for n in (1, 2, self.page_num, last - 1, last) if 1 <= n <= last}):
+            if links and number - links[-1] > 1:
+                links.append(self.paginator.ELLIPSIS)
+            links.append(number)
+        return links
+
+    def before_link(self):
+        page = self.paginator.shown
+        if page is None or not page.has_previous():
+            return ""
+        return self.get_query_string({PAGE_VAR: page.previous_page_number(), BEFORE: page.before_cursor})
+
+    def after_link(self):
+        page = self.paginator.shown
+        if page is None or not page.has_next():
+            return ""
+        return self.get_query_string({PAGE_VAR: page.next_page_number(), AFTER: page.after_cursor})
 
 
 class RuntimeFilter(admin.SimpleListFilter):
@@ -105,6 +147,35 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
     def get_changelist(self, request, **kwargs):
         return SameWayChangeList
 
+    def list_rows(self, cl):
+        """The list's rows as the admin's items_for_result writes them (the
+        change_list template's `deployment_result_list`), one string per
+        cell. The admin looks every column up again, reverses a URL and
+        translates the checkbox's label for each row: that was half the
+        list's time. tests/test_history_admin.py checks that both agree."""
+        placeholder = "0-norn-pk-0"
+        change_url = add_preserved_filters(
+            {"preserved_filters": cl.preserved_filters, "opts": cl.opts},
+            reverse(f"admin:{cl.opts.app_label}_{cl.opts.model_name}_change", args=[placeholder],
+                    current_app=self.admin_site.name),
+        )
+        label = gettext("Select this object for an action - {}")
+        empty = self.get_empty_value_display()
+        return [[
+            f'<td class="action-checkbox"><input type="checkbox" name="{admin.helpers.ACTION_CHECKBOX_NAME}" '
+            f'value="{obj.pk}" class="action-select" aria-label="{escape(label.replace("{}", str(obj)))}"></td>',
+            f'<th class="field-short_id"><a href="{escape(change_url.replace(placeholder, str(obj.pk)))}">'
+            f'{obj.short_id}</a></th>',
+            f'<td class="field-app nowrap">{escape(str(obj.app))}</td>',
+            f'<td class="field-ref">{escape(obj.ref if obj.ref.strip() else empty)}</td>',
+            f'<td class="field-short_commit">{escape(self.short_commit(obj))}</td>',
+            f'<td class="field-status">{escape(obj.get_status_display())}</td>',
+            f'<td class="field-requested_by_label">{escape(obj.requested_by_label)}</td>',
+            f'<td class="field-queued_at nowrap">'
+            f'{escape(formats.localize(timezone.template_localtime(obj.queued_at)))}</td>',
+            f'<td class="field-took">{escape(self.took(obj))}</td>',
+        ] for obj in cl.result_list]
+
     def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
         # The page's rows with only what the columns show (actions still get
         # whole rows: they use the changelist's queryset, not the page's).
@@ -112,7 +183,8 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
             "public_id", "app__name", "ref", "commit_sha", "status", "requested_by__username",
             "requested_by_name", "requested_via", "queued_at", "started_at", "finished_at",
         )
-        return super().get_paginator(request, listed, per_page, orphans, allow_empty_first_page)
+        return self.paginator(listed, per_page, orphans, allow_empty_first_page,
+                              after=request.GET.get(AFTER), before=request.GET.get(BEFORE))
 
     def get_search_results(self, request, queryset, search_term):
         """Every word must match: an id by its first characters, an app by its

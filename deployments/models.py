@@ -268,6 +268,14 @@ class Deployment(models.Model):
                 condition=Q(status=DeploymentStatus.DEPLOYED),
                 name="deploy_live",
             ),
+            # DeploymentQuerySet.success_counts (the app page's success rate): an
+            # app's latest finished deploys, newest first, from the index alone
+            # (deploy_app_recent would read each row to check kind and status).
+            models.Index(
+                fields=["app", "-queued_at", "-id"],
+                condition=Q(kind=DeploymentKind.DEPLOY, status__in=TERMINAL_STATUSES),
+                name="deploy_app_finished_deploys",
+            ),
             # Crash recovery and the dispatcher: in-flight/queued deployments.
             models.Index(
                 fields=["status"],

@@ -2,9 +2,19 @@
 Django's Paginator counts them all and skips them with OFFSET."""
 
 import json
+import uuid
 
-from django.core.paginator import Paginator
+from django.core.paginator import InvalidPage, Page, Paginator
+from django.db.models import BooleanField
+from django.db.models.expressions import RawSQL
 from django.utils.functional import cached_property
+
+# The query parameters of a page after or before a row in the list's order,
+# named by its public id: ?after=<uuid> lists the rows after it (the older
+# ones, in a newest-first list), ?before=<uuid> those before it. With
+# ?page=N (the page's number, as a label) they are bookmarkable, and show
+# the same rows however many deployments come later.
+AFTER, BEFORE = "after", "before"
 
 
 class LongListPaginator(Paginator):
@@ -13,15 +23,26 @@ class LongListPaginator(Paginator):
 
     Counts exactly up to EXACT_UP_TO rows and estimates beyond (PostgreSQL's
     row estimate, shown as "about N"): COUNT(*) reads every row it counts.
-    A page's ids come first, from the ordering's index alone, then its rows:
-    an OFFSET over whole rows fetches every skipped row. Pages past the middle
-    are read from the oldest end, so no scan skips more than half the list.
-    With an estimated count those pages are numbered from the end (the last
-    page holds the oldest rows), so around the middle a row may show on two
-    pages or on none. Every page takes the same three queries.
+
+    A page next to one already shown is read from where that one ended
+    (keyset pagination, `after`/`before`: one index range scan of a page's
+    rows, however deep). A page by number skips rows: its ids come first,
+    from the ordering's index alone, then its rows (an OFFSET over whole rows
+    fetches every skipped row), and pages past the middle are read from the
+    oldest end, so no scan skips more than half the list. With an estimated
+    count those pages are numbered from the end (the last page holds the
+    oldest rows), so around the middle a row may show on two pages or on
+    none; the after/before links never skip or repeat a row. Every page takes
+    the same three queries.
     """
 
     EXACT_UP_TO = 10_000
+
+    def __init__(self, object_list, per_page, orphans=0, allow_empty_first_page=True, after=None, before=None):
+        super().__init__(object_list, per_page, orphans, allow_empty_first_page)
+        self.after, self.before = _public_id(after), _public_id(before)
+        # The page page() returned last (the admin's pagination template reads it).
+        self.shown = None
 
     @cached_property
     def _counts(self):
@@ -44,6 +65,19 @@ class LongListPaginator(Paginator):
         return self._counts[1]
 
     def page(self, number):
+        """The page after the row `after` or before the row `before` if
+        given (numbered `number` as far as that is valid), else page
+        `number`. A cursor that names no row, or past which there is none,
+        gives the page by number."""
+        if (self.after or self.before) and self._keyset_columns():
+            page = self._keyset_page(number)
+            if page is not None:
+                self.shown = page
+                return page
+        self.shown = self._numbered_page(number)
+        return self.shown
+
+    def _numbered_page(self, number):
         number = self.validate_number(number)
         bottom = (number - 1) * self.per_page
         size = min(self.per_page, max(self.count - bottom, 0))
@@ -57,3 +91,117 @@ class LongListPaginator(Paginator):
             ids = self.object_list.values_list("pk", flat=True)[bottom:bottom + size]
         # One query: PostgreSQL reads the ids first (the subquery), then their rows.
         return self._get_page(list(self.object_list.filter(pk__in=ids)), number, self)
+
+    def _get_page(self, *args, **kwargs):
+        return ListPage(*args, **kwargs)
+
+    def _keyset_columns(self):
+        """[(column, descending)] of the list's ordering, if a page can start
+        after a row: plain non-null columns sorted the same way (a row
+        comparison, which one index range scan serves), in a model whose rows
+        have a public id to name them by."""
+        model, query = self.object_list.model, self.object_list.query
+        if not any(f.name == "public_id" for f in model._meta.concrete_fields):
+            return []
+        columns = []
+        for name in query.order_by or (model._meta.ordering if query.default_ordering else ()):
+            if not isinstance(name, str):  # an expression: no column to compare
+                return []
+            descending = name.startswith("-")
+            name = name.lstrip("-")
+            field = model._meta.pk if name == "pk" else next(
+                (f for f in model._meta.concrete_fields if name in (f.name, f.attname)), None)
+            if field is None or field.null:
+                return []
+            columns.append((field.column, descending))
+        if not columns or len({descending for _, descending in columns}) != 1:
+            return []
+        return columns
+
+    def _keyset_page(self, number):
+        columns = self._keyset_columns()
+        table = self.object_list.model._meta.db_table
+        names = ", ".join(f'"{table}"."{column}"' for column, _ in columns)
+        cursor_names = ", ".join(f'"{column}"' for column, _ in columns)
+        backwards = self.before is not None
+        # Later in the list is smaller when it is sorted descending.
+        later = "<" if columns[0][1] else ">"
+        sign = {"<": ">", ">": "<"}[later] if backwards else later
+        beyond = RawSQL(
+            f'({names}) {sign} (SELECT {cursor_names} FROM "{table}" WHERE "public_id" = %s)',
+            [self.before if backwards else self.after], output_field=BooleanField(),
+        )
+        rows = self.object_list.filter(beyond)
+        if backwards:
+            rows = rows.reverse()
+        rows = list(rows[: self.per_page + 1])
+        if not rows:
+            return None
+        more = len(rows) > self.per_page
+        rows = rows[: self.per_page]
+        if backwards:
+            rows.reverse()
+        try:
+            number = self.validate_number(number)
+        except InvalidPage:
+            number = 1 if backwards else self.num_pages
+        # Numbered as the page it follows or precedes, kept in range: the rows
+        # decide what a page shows, the number only labels it.
+        low, high = (1, self.num_pages - 1) if backwards else (2, self.num_pages)
+        number = min(max(number, low), max(high, 1))
+        page = KeysetPage(rows, number, self)
+        page.more_before = more if backwards else True
+        page.more_after = True if backwards else more
+        return page
+
+
+class ListPage(Page):
+    """A page, and the rows its previous and next links start from: those
+    links read the next page after a row rather than by number, when the
+    list's ordering allows it (LongListPaginator._keyset_columns)."""
+
+    @cached_property
+    def keyset(self):
+        return bool(self.paginator._keyset_columns())
+
+    @property
+    def before_cursor(self):
+        # The newest page is linked by number: page 1 is always the newest rows.
+        if self.keyset and self.has_previous() and self.previous_page_number() > 1:
+            return self.object_list[0].public_id
+        return None
+
+    @property
+    def after_cursor(self):
+        if self.keyset and self.has_next():
+            return self.object_list[-1].public_id
+        return None
+
+
+class KeysetPage(ListPage):
+    """A page read after or before a row: whether there are rows beyond it
+    is known from the rows read, not from the (estimated) count."""
+
+    more_before = more_after = False
+
+    def has_next(self):
+        return self.more_after
+
+    def has_previous(self):
+        return self.more_before
+
+    def next_page_number(self):
+        return min(self.number + 1, self.paginator.num_pages)
+
+    def previous_page_number(self):
+        return max(self.number - 1, 1)
+
+
+def _public_id(value):
+    """A cursor from the query string, or None when it is no UUID."""
+    if not value:
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None

@@ -19,7 +19,7 @@ from deployments import appdb, rollback, states, transitions
 from deployments.charts import duration_chart
 from deployments.forms import DeployForm, RollbackForm
 from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, Snapshot, Step
-from deployments.paging import LongListPaginator
+from deployments.paging import AFTER, BEFORE, LongListPaginator
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 from deployments.simulator import Simulation, SimulationError, StaleStep
 
@@ -94,11 +94,22 @@ def overview(request):
 # --- app page -----------------------------------------------------------------
 
 
-def _history_page(history, number):
-    """One page of `history`, newest first (paging.LongListPaginator: the
-    page's ids from deploy_app_recent alone, the deep pages from the oldest
-    end, counted exactly up to 10,000 deployments and estimated beyond)."""
-    return LongListPaginator(history.order_by("-queued_at", "-id"), HISTORY_PAGE_SIZE).get_page(number)
+def _history_page(history, params):
+    """One page of `history`, newest first (paging.LongListPaginator): the
+    page after (?after=) or before (?before=) a deployment, read from
+    deploy_app_recent where that one ended, or by number (?page=: the
+    page's ids from the index alone, deep pages from the oldest end),
+    counted exactly up to 10,000 deployments and estimated beyond."""
+    # Only the columns the table shows (not the error text or the worker's fields).
+    listed = history.only(
+        "public_id", "app", "kind", "status", "ref", "commit_sha", "queued_at", "started_at", "finished_at",
+        "requested_by__username", "requested_by_name", "requested_via",
+    )
+    paginator = LongListPaginator(
+        listed.order_by("-queued_at", "-id"), HISTORY_PAGE_SIZE,
+        after=params.get(AFTER), before=params.get(BEFORE),
+    )
+    return paginator.get_page(params.get("page"))
 
 
 @login_required
@@ -108,7 +119,7 @@ def app_detail(request, name):
     app = _get_app_for_user(request, name)
     now = timezone.now()
     history = Deployment.objects.filter(app=app).select_related("requested_by")
-    page = _history_page(history, request.GET.get("page"))
+    page = _history_page(history, request.GET)
     for deployment in page:
         deployment.took = _took(deployment, now)
     ctx = {"app": app, "history": page}
@@ -124,8 +135,10 @@ def app_detail(request, name):
     recent = list(
         deploys.filter(started_at__isnull=False)
         .order_by("-queued_at", "-id")
-        # The chart reads durations and statuses, never the steps' log output.
-        .prefetch_related(Prefetch("steps", queryset=Step.objects.defer("output").order_by("position")))
+        # The chart reads each step's name, status and duration (charts.bar_of),
+        # never its log output: 210 rows of four columns.
+        .prefetch_related(Prefetch(
+            "steps", queryset=Step.objects.only("deployment", "name", "status", "duration").order_by("position")))
         [:CHART_DEPLOYMENTS]
     )
     recent.reverse()  # oldest on the left

@@ -5,11 +5,13 @@ running clocks show texts rendered here too (`duration_ticks`), so the page
 never formats a duration itself.
 """
 
+import uuid
 from datetime import timedelta
-
 from html import escape
 
 from django import template
+from django.urls import reverse
+from django.utils import dateformat, timezone
 from django.utils.safestring import mark_safe
 
 register = template.Library()
@@ -17,6 +19,7 @@ register = template.Library()
 # A running clock's texts cover this many seconds; live.js fetches the page's
 # partials again when they run out.
 TICKS = 600
+_NO_ID = uuid.UUID(int=0)
 
 
 @register.filter
@@ -51,29 +54,100 @@ def duration_ticks(seconds: float | timedelta | str | None, count: int = TICKS) 
 
 
 # The duration chart's repeated parts (templates/deployments/_duration_chart.html),
-# written in one call each rather than by a template loop per segment and
-# cell: those loops took a third of the app page's time.
+# written in one call per chart rather than by template loops per bar,
+# segment and cell: those loops took most of the app page's time. Plain
+# escaping: the coordinates are numbers charts.py computed.
 
 
-@register.simple_tag
-def chart_rects(bar) -> str:
-    """A bar's segments, bottom to top, as SVG rectangles. Plain escaping
-    (the coordinates are numbers charts.py computed): format_html per
-    segment costs as much as the template loop did."""
-    return mark_safe("".join(
+def _segments(bar) -> str:
+    """A bar's segments, bottom to top, as SVG rectangles."""
+    return "".join(
         f'<rect class="seg seg-{escape(s["step"])}" x="{s["x"]}" y="{s["y"]}" '
         f'width="{s["w"]}" height="{s["h"]}" data-step="{escape(s["step"])}"/>'
         for s in bar["segments"]
-    ))
+    )
 
 
 @register.simple_tag
-def chart_steps_title(bar) -> str:
-    """"; build 3 min 05 s; test 12 s": the steps in a bar's tooltip."""
-    return "".join(f"; {s['step']} {duration(s['seconds'])}" for s in bar["segments"])
+def chart_bars(chart) -> str:
+    """The bars, each a link to its deployment with a tooltip naming it,
+    its status, its total and each step's duration."""
+    url = reverse("deployment-detail", args=[_NO_ID])
+    out = []
+    for bar in chart["bars"]:
+        d = bar["deployment"]
+        steps = "".join(f"; {s['step']} {duration(s['seconds'])}" for s in bar["segments"])
+        title = f"{d.short_id} · {d.ref} · {d.get_status_display()} · {duration(bar['total'])}{steps}"
+        mark = (f'<text class="bar-mark" x="{bar["cx"]}" y="{bar["top"]}" dy="-0.3em" text-anchor="middle" '
+                f'aria-hidden="true">{bar["mark"]}</text>' if bar["mark"] else "")
+        out.append(
+            f'<a href="{url.replace(str(_NO_ID), str(d.public_id))}" class="bar bar-{escape(d.status)}">'
+            f"<title>{escape(title)}</title>{_segments(bar)}{mark}</a>"
+        )
+    return mark_safe("\n".join(out))
 
 
 @register.simple_tag
-def chart_cells(bar) -> str:
-    """A bar's row in the chart's table: one cell per step."""
-    return mark_safe("".join(f'<td class="num">{escape(duration(seconds))}</td>' for seconds in bar["durations"]))
+def chart_table_rows(chart) -> str:
+    """The chart's table: a row per bar, a cell per step."""
+    url = reverse("deployment-detail", args=[_NO_ID])
+    out = []
+    for bar in chart["bars"]:
+        d = bar["deployment"]
+        queued = dateformat.format(timezone.localtime(d.queued_at), "M j H:i")
+        cells = "".join(f'<td class="num">{escape(duration(seconds))}</td>' for seconds in bar["durations"])
+        out.append(
+            f'<tr><th scope="row"><a href="{url.replace(str(_NO_ID), str(d.public_id))}"><code>{d.short_id}</code></a> '
+            f'<span class="muted">{escape(queued)}</span></th>'
+            f"<td>{status_badge(d.status, d.get_status_display())}</td>{cells}"
+            f'<td class="num">{escape(duration(bar["total"]))}</td></tr>'
+        )
+    return mark_safe("\n".join(out))
+
+
+# A status's symbol: never shown by colour alone (templates/deployments/_status.html).
+STATUS_SYMBOLS = {
+    "deployed": "✓", "succeeded": "✓", "failed": "✗", "rolled_back": "↩", "skipped": "–",
+    "pending": "○", "queued": "○",
+}
+
+
+@register.simple_tag
+def status_badge(status: str, label: str) -> str:
+    """A status as a symbol and its name (▶ for any running state): one call
+    instead of an {% include %} per row of a list."""
+    symbol = STATUS_SYMBOLS.get(status, "▶")
+    return mark_safe(
+        f'<span class="status status-{escape(str(status))}"><span class="symbol" aria-hidden="true">{symbol} </span>'
+        f"{escape(str(label))}</span>"
+    )
+
+
+@register.simple_tag
+def history_rows(deployments) -> str:
+    """The history table's rows (templates/deployments/_history.html), one
+    f-string each: the template's URL, date and display lookups per cell
+    were a third of the app page's time. `deployment.took` is set by the
+    view; tests/test_history_paging.py checks the rows against the template
+    markup they replace."""
+    # One reverse for the page: the UUID is the URL's only variable part.
+    url = reverse("deployment-detail", args=[_NO_ID])
+    rows = []
+    for d in deployments:
+        queued = timezone.localtime(d.queued_at)
+        if d.kind == "deploy":
+            ref = f"<code>{escape(d.ref)}</code>"
+        else:
+            ref = f'<span class="kind">{escape(str(d.get_kind_display()))}</span>'
+        commit = (f'<code class="sha" title="{escape(d.commit_sha)}">{escape(d.commit_sha[:12])}</code>'
+                  if d.commit_sha else "—")
+        rows.append(
+            f'<tr>\n        <th scope="row"><a href="{url.replace(str(_NO_ID), str(d.public_id))}"><code>{d.short_id}</code></a></th>\n'
+            f'        <td data-label="Status">{status_badge(d.status, d.get_status_display())}</td>\n'
+            f'        <td data-label="Ref">{ref}</td>\n'
+            f'        <td data-label="Commit">{commit}</td>\n'
+            f'        <td data-label="Queued"><time datetime="{queued.isoformat()}">{queued:%Y-%m-%d %H:%M}</time></td>\n'
+            f'        <td data-label="Took">{escape(duration(d.took))}</td>\n'
+            f'        <td data-label="By">{escape(d.requested_by_label)}</td>\n      </tr>'
+        )
+    return mark_safe("\n".join(rows))

@@ -1,0 +1,34 @@
+"""Admin template tags: `{% load norn_admin %}`.
+
+`deployment_result_list` is the admin's `result_list` with the rows written
+by DeploymentAdmin.list_rows, the columns looked up once rather than per row
+(templates/admin/deployments/deployment/change_list.html).
+"""
+
+from django import template
+from django.contrib.admin.templatetags.admin_list import result_headers, result_list
+from django.contrib.admin.templatetags.base import InclusionAdminNode
+from django.utils.safestring import mark_safe
+
+register = template.Library()
+
+
+def deployment_result_list(cl):
+    if cl.formset or cl.is_popup:  # neither is used for deployments; then the admin's own rows
+        return result_list(cl)
+    headers = list(result_headers(cl))
+    return {
+        "cl": cl,
+        "result_hidden_fields": [],
+        "result_headers": headers,
+        "num_sorted_fields": sum(1 for h in headers if h["sortable"] and h["sorted"]),
+        # A row's cells as one string: the template writes each "item" of a row.
+        "results": [[mark_safe("".join(row))] for row in cl.model_admin.list_rows(cl)],
+    }
+
+
+@register.tag(name="deployment_result_list")
+def deployment_result_list_tag(parser, token):
+    return InclusionAdminNode(
+        parser, token, func=deployment_result_list, template_name="change_list_results.html", takes_context=False,
+    )

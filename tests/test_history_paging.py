@@ -1,0 +1,292 @@
+"""Pages of a long history read after or before a row (keyset pagination,
+paging.LongListPaginator): the app page's Newer/Older links and the admin
+deployment list's Previous/Next links show every deployment once, in order,
+stay put when newer deployments arrive, take the same queries as numbered
+pages, and odd page parameters never fail. Also: the admin list's rows,
+written by DeploymentAdmin.list_rows, are the admin's own."""
+
+import html
+import re
+import uuid
+
+import pytest
+from django.contrib import admin
+from django.contrib.admin.templatetags.admin_list import items_for_result
+from django.db import connection
+from django.test import RequestFactory
+from django.test.utils import CaptureQueriesContext
+
+from deployments.models import Deployment, DeploymentStatus
+from deployments.paging import LongListPaginator
+from tests.support.dashboard import web, operator  # noqa: F401 (fixtures)
+from tests.support.dashboard import make_deployment, page
+
+pytestmark = pytest.mark.django_db
+
+ADMIN = "/admin/deployments/deployment/"
+
+
+def history(client, url):
+    """(short ids listed, {link text: href}) of one history page."""
+    body = page(client, url).split('<div id="history">')[1]
+    ids = re.findall(r'<th scope="row"><a href="/deployments/[^"]+/"><code>([0-9a-f]{8})</code>', body)
+    nav = body.split("</nav>")[0].split("<nav")[-1] if "<nav" in body else ""
+    links = {text: html.unescape(href) for href, text in re.findall(r'<a href="([^"]+)"[^>]*>([^<]+)</a>', nav)}
+    return ids, links
+
+
+def walk(client, start, link, base="/apps/web/", read=history):
+    """The pages from `start` following the link named `link` to the end."""
+    pages, url = [], start
+    while True:
+        ids, links = read(client, url)
+        pages.append(ids)
+        if link not in links:
+            return pages
+        url = base + links[link]
+
+
+def queries(client, url):
+    """The SQL queries of one request (after a first one has warmed up)."""
+    client.get(url)
+    with CaptureQueriesContext(connection) as ctx:
+        assert client.get(url).status_code == 200
+    return len(ctx.captured_queries)
+
+
+@pytest.fixture
+def estimating(monkeypatch):
+    """Counts estimated past a handful of rows, as past 10,000 for real
+    (call it once the rows are there: the estimate is ANALYZE's)."""
+    monkeypatch.setattr(LongListPaginator, "EXACT_UP_TO", 5)
+
+    def analyse():
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE deployments_deployment")
+
+    return analyse
+
+
+def test_older_and_newer_links_walk_the_whole_history_once_each_way(operator, web):
+    made = [make_deployment(web, ref=f"r{i}", ago=70 - i) for i in range(65)]
+    newest_first = [d.short_id for d in reversed(made)]
+    down = walk(operator, "/apps/web/", "Older ›")
+    assert [len(p) for p in down] == [20, 20, 20, 5]
+    assert sum(down, []) == newest_first
+    _, links = history(operator, "/apps/web/")
+    assert links["Older ›"] == f"?page=2&after={made[45].public_id}"
+    # From the last page back up, by the rows each page starts at.
+    up = walk(operator, "/apps/web/?page=4", "‹ Newer")
+    assert list(reversed(up)) == down
+
+
+def test_walking_an_estimated_history_never_skips_or_repeats_a_deployment(operator, web, estimating):
+    made = [make_deployment(web, ref=f"r{i}", ago=70 - i) for i in range(47)]
+    estimating()
+    down = walk(operator, "/apps/web/", "Older ›")
+    assert sum(down, []) == [d.short_id for d in reversed(made)]
+    assert "Page 1 of about" in page(operator, "/apps/web/")
+
+
+def test_a_page_after_a_deployment_stays_put_when_newer_ones_arrive(operator, web):
+    made = [make_deployment(web, ref=f"r{i}", ago=50 - i) for i in range(45)]
+    _, links = history(operator, "/apps/web/")
+    bookmark = "/apps/web/" + links["Older ›"]
+    before, _ = history(operator, bookmark)
+    for i in range(7):
+        make_deployment(web, ref=f"new{i}")
+    after, _ = history(operator, bookmark)
+    assert after == before == [d.short_id for d in reversed(made[5:25])]
+
+
+def test_keyset_and_numbered_history_pages_take_the_same_queries(operator, web, estimating):
+    made = [make_deployment(web, ref=f"r{i}", ago=70 - i) for i in range(65)]
+    estimating()
+    numbered = queries(operator, "/apps/web/?page=2")
+    assert queries(operator, f"/apps/web/?page=2&after={made[45].public_id}") == numbered
+    assert queries(operator, f"/apps/web/?page=2&before={made[20].public_id}") == numbered
+
+
+ODD = [
+    "page=abc", "page=-1", "page=0", "page=1.5", "page=99999999999999999999", "page=",
+    "after=not-a-uuid", "before=zzz", f"after={uuid.uuid4()}", f"before={uuid.uuid4()}",
+    "page=3&after=", "page=x&after={last}", "page=999&before={first}", "after={first}&before={last}",
+    "page=2&after={last}", "page=2&before={first}", "after={other}", "page=%00", "after=%00",
+]
+
+
+@pytest.mark.parametrize("query", ODD)
+def test_odd_history_page_parameters_show_a_page(operator, web, make_app, query):
+    made = [make_deployment(web, ref=f"r{i}", ago=30 - i) for i in range(25)]
+    make_app("api", "app: api\nrole: worker\n")
+    from apps_registry.models import App
+
+    other = make_deployment(App.objects.get(name="api"), ago=3)
+    query = query.format(first=made[-1].public_id, last=made[0].public_id, other=other.public_id)
+    response = operator.get(f"/apps/web/?{query}")
+    # The NUL guard answers 400 before the view; everything else is a page.
+    assert response.status_code in ((400,) if "%00" in query else (200,))
+    if response.status_code == 200:
+        ids, _ = history(operator, f"/apps/web/?{query}")
+        assert ids and set(ids) <= {d.short_id for d in made}
+
+
+# --- the admin list ----------------------------------------------------------
+
+
+def admin_ids(client, url):
+    body = page(client, url)
+    ids = [int(pk) for pk in re.findall(r'name="_selected_action" value="(\d+)"', body)]
+    pager = body.split('<p class="paginator">')[1].split("</p>")[0]
+    links = {text.strip(): html.unescape(href) for href, text in re.findall(r'<a href="([^"]+)"[^>]*>([^<]+)</a>', pager)}
+    return ids, links
+
+
+def admin_walk(client, url, link):
+    return walk(client, url, link, base=ADMIN, read=admin_ids)
+
+
+@pytest.mark.parametrize("order", ["", "o=7", "o=-5", "o=5"])
+def test_admin_next_and_previous_links_walk_every_deployment_once(admin_client, web, estimating, order):
+    statuses = [DeploymentStatus.FAILED, DeploymentStatus.DEPLOYED, DeploymentStatus.ROLLED_BACK]
+    made = [make_deployment(web, statuses[i % 3], ref=f"r{i}", ago=200 - i) for i in range(120)]
+    estimating()
+    start = f"{ADMIN}?{order}"
+    down = admin_walk(admin_client, start, "Next ›")
+    assert [len(p) for p in down] == [50, 50, 20]
+    every = sum(down, [])
+    assert sorted(every) == sorted(d.pk for d in made)
+    key = {"": lambda d: (d.queued_at, d.pk), "o=7": lambda d: (d.queued_at, d.pk),
+           "o=-5": lambda d: (d.status, d.pk), "o=5": lambda d: (d.status, d.pk)}[order]
+    expected = [d.pk for d in sorted(made, key=key, reverse=order in ("", "o=-5"))]
+    assert every == expected
+    # Back from the last page by the rows each page starts at.
+    _, links = admin_ids(admin_client, start)
+    last = admin_ids(admin_client, ADMIN + links["Next ›"])[1]["Next ›"]
+    assert list(reversed(admin_walk(admin_client, ADMIN + last, "‹ Previous"))) == down
+
+
+def test_admin_links_to_sorts_and_filters_start_afresh(admin_client, web):
+    made = [make_deployment(web, ref=f"r{i}", ago=60 - i) for i in range(55)]
+    body = page(admin_client, f"{ADMIN}?p=2&after={made[5].public_id}")
+    sort_links = re.findall(r'<a href="(\?[^"]*o=[^"]*)"', body)
+    assert sort_links and not any("after=" in html.unescape(link) for link in sort_links)
+    assert "after=" not in html.unescape(body.split('id="changelist-filter"')[1])
+
+
+def test_admin_shows_page_numbers_only_near_the_ends_when_estimated(admin_client, web, estimating):
+    for i in range(260):
+        make_deployment(web, ref=f"r{i}", ago=300 - i)
+    estimating()
+    _, links = admin_ids(admin_client, f"{ADMIN}?p=3")
+    numbers = sorted(int(text) for text in links if text.isdigit())
+    # Six pages: 1, 2, this one (3, not a link), … and the last two.
+    assert numbers == [1, 2, 5, 6]
+    assert set(links) >= {"‹ Previous", "Next ›"}
+
+
+@pytest.mark.parametrize("query", ODD)
+def test_odd_admin_page_parameters_never_fail(admin_client, web, query):
+    made = [make_deployment(web, ref=f"r{i}", ago=60 - i) for i in range(55)]
+    query = query.replace("page=", "p=").format(first=made[-1].public_id, last=made[0].public_id,
+                                                other=made[10].public_id)
+    response = admin_client.get(f"{ADMIN}?{query}")
+    # An out-of-range page number is the admin's own "?e=1" redirect; a NUL
+    # is refused (400) before any view.
+    assert response.status_code in (200, 302, 400), response.status_code
+    assert response.status_code != 302 or "e=1" in response["Location"]
+    assert response.status_code != 400 or "%00" in query
+
+
+def test_admin_keyset_and_numbered_pages_take_the_same_queries(admin_client, web, estimating):
+    made = [make_deployment(web, ref=f"r{i}", ago=200 - i) for i in range(120)]
+    estimating()
+    numbered = queries(admin_client, f"{ADMIN}?p=2")
+    assert queries(admin_client, f"{ADMIN}?p=2&after={made[70].public_id}") == numbered
+    assert queries(admin_client, f"{ADMIN}?p=2&before={made[19].public_id}") == numbered
+
+
+def test_admin_rows_are_the_admins_own(admin_user, web, make_app):
+    from django.contrib.auth.models import User
+
+    make_app("a&b", "app: a&b\nrole: worker\n")
+    alice = User.objects.create_user("alice<script>")
+    make_deployment(web, ref="feature/<b>", commit="c" * 40)
+    make_deployment(web, DeploymentStatus.QUEUED, ref=" ")
+    last = make_deployment(web, DeploymentStatus.FAILED, ref="main")
+    Deployment.objects.filter(pk=last.pk).update(requested_by=alice)
+    admin.autodiscover()
+    model_admin = admin.site._registry[Deployment]
+    request = RequestFactory().get(ADMIN, {"status__exact": "failed", "q": "main"})
+    request.user = admin_user
+    for query in ({}, {"app__id__exact": str(web.pk), "o": "5"}):
+        request = RequestFactory().get(ADMIN, query)
+        request.user = admin_user
+        cl = model_admin.get_changelist_instance(request)
+        cl.formset = None
+        assert cl.result_list
+        assert model_admin.list_rows(cl) == [list(items_for_result(cl, obj, None)) for obj in cl.result_list]
+
+
+# --- rows written by tags (deployments/templatetags/norn.py) ---------------------
+
+# The template markup the tags replace, kept here to compare with.
+OLD_HISTORY_ROWS = """{% load norn %}{% for deployment in history %}
+<tr>
+<th scope="row"><a href="{% url 'deployment-detail' deployment.public_id %}"><code>{{ deployment.short_id }}</code></a></th>
+<td data-label="Status">{% include "deployments/_status.html" with status=deployment.status label=deployment.get_status_display %}</td>
+<td data-label="Ref">{% if deployment.kind == "deploy" %}<code>{{ deployment.ref }}</code>{% else %}<span class="kind">{{ deployment.get_kind_display }}</span>{% endif %}</td>
+<td data-label="Commit">{% if deployment.commit_sha %}<code class="sha" title="{{ deployment.commit_sha }}">{{ deployment.commit_sha|slice:":12" }}</code>{% else %}—{% endif %}</td>
+<td data-label="Queued"><time datetime="{{ deployment.queued_at|date:'c' }}">{{ deployment.queued_at|date:"Y-m-d H:i" }}</time></td>
+<td data-label="Took">{{ deployment.took|duration }}</td>
+<td data-label="By">{{ deployment.requested_by_label }}</td>
+</tr>
+{% endfor %}"""
+
+OLD_CHART = """{% load l10n norn %}{% localize off %}{% for bar in chart.bars %}{% with d=bar.deployment %}
+<a href="{% url 'deployment-detail' d.public_id %}" class="bar bar-{{ d.status }}">
+<title>{{ d.short_id }} · {{ d.ref }} · {{ d.get_status_display }} · {{ bar.total|duration }}{% for s in bar.segments %}; {{ s.step }} {{ s.seconds|duration }}{% endfor %}</title>
+{% for s in bar.segments %}<rect class="seg seg-{{ s.step }}" x="{{ s.x }}" y="{{ s.y }}" width="{{ s.w }}" height="{{ s.h }}" data-step="{{ s.step }}"/>{% endfor %}
+{% if bar.mark %}<text class="bar-mark" x="{{ bar.cx }}" y="{{ bar.top }}" dy="-0.3em" text-anchor="middle" aria-hidden="true">{{ bar.mark }}</text>{% endif %}
+</a>
+{% endwith %}{% endfor %}|{% for bar in chart.bars %}
+<tr>
+<th scope="row"><a href="{% url 'deployment-detail' bar.deployment.public_id %}"><code>{{ bar.deployment.short_id }}</code></a> <span class="muted">{{ bar.deployment.queued_at|date:"M j H:i" }}</span></th>
+<td>{% include "deployments/_status.html" with status=bar.deployment.status label=bar.deployment.get_status_display %}</td>
+{% for seconds in bar.durations %}<td class="num">{{ seconds|duration }}</td>{% endfor %}
+<td class="num">{{ bar.total|duration }}</td>
+</tr>
+{% endfor %}{% endlocalize %}"""
+
+NEW_CHART = "{% load norn %}{% chart_bars chart %}|{% chart_table_rows chart %}"
+
+
+def squeeze(markup):
+    return [re.sub(r">\s+<", "><", part.strip()) for part in markup.split("|")]
+
+
+def test_history_and_chart_tags_write_what_the_templates_did(web):
+    from django.contrib.auth.models import User
+    from django.template import engines
+    from django.utils import timezone
+
+    from deployments import views
+    from deployments.charts import duration_chart
+    from tests.support.dashboard import all_succeeded
+
+    alice = User.objects.create_user("al'ice<")
+    one = make_deployment(web, ref="feat/<x>&'\"", commit="f" * 40, steps=all_succeeded(3), ago=30)
+    Deployment.objects.filter(pk=one.pk).update(requested_by=alice)
+    make_deployment(web, DeploymentStatus.FAILED, kind="rollback", ago=20, steps=all_succeeded(700))
+    make_deployment(web, DeploymentStatus.BUILDING, ref="main", ago=1, steps=all_succeeded(12))
+    now = timezone.now()
+    rows = list(Deployment.objects.filter(app=web).select_related("requested_by"))
+    for deployment in rows:
+        deployment.took = views._took(deployment, now)
+    engine = engines["django"]
+    assert squeeze(engine.from_string("{% load norn %}{% history_rows history %}").render({"history": rows})) == \
+        squeeze(engine.from_string(OLD_HISTORY_ROWS).render({"history": rows}))
+    chart = duration_chart(reversed(rows))
+    assert chart["bars"][0]["segments"] and any(bar["mark"] for bar in chart["bars"])
+    assert squeeze(engine.from_string(NEW_CHART).render({"chart": chart})) == \
+        squeeze(engine.from_string(OLD_CHART).render({"chart": chart}))
