@@ -7,6 +7,7 @@ from html import escape
 from django.contrib import admin, messages
 from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
 from django.contrib.admin.views.main import PAGE_VAR, ChangeList
+from django.core.paginator import Paginator
 from django.db.models import Q, Sum
 from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
@@ -177,6 +178,9 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
         ] for obj in cl.result_list]
 
     def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
+        if queryset.model is not Deployment:
+            # The history page of one deployment lists the admin's LogEntry rows.
+            return Paginator(queryset, per_page, orphans, allow_empty_first_page)
         # The page's rows with only what the columns show (actions still get
         # whole rows: they use the changelist's queryset, not the page's).
         listed = queryset.only(

@@ -76,6 +76,22 @@ def test_deployment_page_shows_steps_output_and_errors(admin_client, make_app, n
     assert admin_client.post(f"/admin/deployments/deployment/{deployment.pk}/change/", {"status": "deployed"}).status_code == 403
 
 
+def test_a_deployments_admin_history_lists_its_actions(admin_client, make_app):
+    """The admin's own history page of a row pages LogEntry rows, not deployments."""
+    from django.contrib.admin.models import CHANGE, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    make_app("web", "app: web\nrole: worker\n")
+    deployment = finished("web", "web:" + "a" * 40)
+    user = User.objects.get(username="admin")
+    LogEntry.objects.create(user=user, content_type=ContentType.objects.get_for_model(Deployment),
+                            object_id=str(deployment.pk), object_repr=str(deployment), action_flag=CHANGE,
+                            change_message="Cancelled")
+    response = admin_client.get(f"/admin/deployments/deployment/{deployment.pk}/history/")
+    assert response.status_code == 200
+    assert "Cancelled" in response.content.decode()
+
+
 def finished(app_name, image, status="deployed"):
     from django.utils import timezone
 
