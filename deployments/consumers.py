@@ -8,17 +8,22 @@ forwards live ones, so that each deployment's events reach the client in
 """
 
 import asyncio
+import collections
 import json
+import logging
 import uuid
+import weakref
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
-from channels.layers import BaseChannelLayer
+from channels.layers import BaseChannelLayer, get_channel_layer
 
 from apps_registry.models import App
 from deployments import events
 from deployments.models import Deployment, Event
+
+log = logging.getLogger(__name__)
 
 # Seconds between keepalive pings; read at every tick, so tests can shorten it.
 PING_INTERVAL = 20
@@ -48,11 +53,18 @@ _GROUP_NAMES = BaseChannelLayer()
 class EventStream(AsyncJsonWebsocketConsumer):
     """What the three endpoints share; subclasses say which group they follow.
 
-    Channels dispatches one message at a time per consumer: while a replay
-    awaits the database, live events for the same deployment wait in the
-    channel layer, and reach `deploy_event` only after the replay recorded
-    what it sent. That ordering is what makes the de-duplication below safe.
+    Live events come from this process's _Hub, not from a channel of each
+    consumer. Everything that sends events to the client (the replay on
+    connect, a `resume`, the ping's catch-up, live events) runs holding
+    `self.order`, so each deployment's events leave in `seq` order, once:
+    live events that arrive while a replay or a gap fill awaits the database
+    wait in `self.backlog`, and are sent (or dropped as duplicates) after it.
     """
+
+    # No channel of its own in the channel layer: the hub is subscribed to
+    # the groups, once per process (see _Hub). Without this Channels would
+    # subscribe every connection to a channel of its own in Redis.
+    channel_layer_alias = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -66,6 +78,13 @@ class EventStream(AsyncJsonWebsocketConsumer):
         # all endpoints): of a deployment first seen live, the events after
         # it are the ones this client missed; earlier ones are history.
         self.watermark = None
+        # The group this consumer follows through the hub (None until joined).
+        self.following = None
+        self.order = asyncio.Lock()
+        # Live (message, frame) pairs waiting for `order`, in arrival order,
+        # and the task that sends them once it has it.
+        self.backlog = collections.deque()
+        self.catching_up = None
 
     # --- subclass hooks -------------------------------------------------------
 
@@ -78,7 +97,7 @@ class EventStream(AsyncJsonWebsocketConsumer):
         raise NotImplementedError
 
     async def start(self):
-        """Called once the group is joined; the deployment endpoint replays here."""
+        """Called, holding `order`, once the group is joined; the deployment endpoint replays here."""
 
     # --- connection -----------------------------------------------------------
 
@@ -98,29 +117,34 @@ class EventStream(AsyncJsonWebsocketConsumer):
         if code is not None:
             await self.close_with(code)
             return
-        # Join before anything reads the database: an event committed from
-        # here on is either in the rows read below or arrives live (or both,
-        # and is dropped as a duplicate). Joining after would lose those
-        # committed between the read and the join.
-        await self.channel_layer.group_add(group, self.channel_name)
-        self.groups.append(group)
-        self.pinger = asyncio.create_task(self.ping_forever())
-        await self.start()
+        async with self.order:
+            # Join before anything reads the database: an event committed
+            # from here on is either in the rows read below or arrives live
+            # (or both, and is dropped as a duplicate). Joining after would
+            # lose those committed between the read and the join. Live
+            # events that come meanwhile wait for `order` in the backlog.
+            self.following = group
+            await _hub().join(group, self)
+            self.pinger = asyncio.create_task(self.ping_forever())
+            await self.start()
 
     async def disconnect(self, code):
-        if self.pinger is not None:
-            self.pinger.cancel()
+        await self.stop_following()
 
     async def close_with(self, code):
         self.closing = True
-        if self.pinger is not None:
-            self.pinger.cancel()
-        # Leave the groups now, not at disconnect: nothing more is sent, so
-        # live events must stop piling up in this channel.
-        for group in self.groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
-        self.groups = []
+        # Leave the group now, not at disconnect: nothing more is sent.
+        await self.stop_following()
         await self.close(code)
+
+    async def stop_following(self):
+        for task in (self.pinger, self.catching_up):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        self.backlog.clear()
+        if self.following is not None:
+            group, self.following = self.following, None
+            await _hub().leave(group, self)
 
     def authorize(self):
         """Runs in a worker thread. None if the client may watch, else a close code.
@@ -144,7 +168,8 @@ class EventStream(AsyncJsonWebsocketConsumer):
             # would otherwise read every viewer's in-flight events from the
             # database (1,000 viewers: 50 queries/s, the live copies wasted).
             if not self.heard:
-                await self.catch_up()
+                async with self.order:
+                    await self.catch_up()
             self.heard = False
             await self.send_json({"type": "ping"})
 
@@ -159,27 +184,8 @@ class EventStream(AsyncJsonWebsocketConsumer):
         if not self.last_sent:
             return
         for key in await database_sync_to_async(_behind)(dict(self.last_sent)):
-            last = self.last_sent[key]
-            for missed in await database_sync_to_async(_events_after)(key, last):
-                # A live event may have sent it while this was reading.
-                if missed["seq"] > self.last_sent.get(key, 0):
-                    await self.send_event(missed)
-
-    async def dispatch(self, message):
-        # Live events are the hot path: one message per viewer per batch. The
-        # base dispatch first closes stale database connections, a hop to the
-        # sync thread that costs about half of daphne's CPU with hundreds of
-        # viewers (bench/fanout.py); deploy_event reaches the database only
-        # through database_sync_to_async, which does that itself.
-        kind = message.get("type")
-        if kind == events.BATCH:
-            for event in message["events"]:
-                await self.deploy_event(event)
-            return
-        if kind == "deploy.event":  # one event, as publishers before batching sent them
-            await self.deploy_event(message)
-            return
-        await super().dispatch(message)
+            for missed in await database_sync_to_async(_events_after)(key, self.last_sent[key]):
+                await self.send_event(missed)
 
     # --- client messages ------------------------------------------------------
 
@@ -205,12 +211,13 @@ class EventStream(AsyncJsonWebsocketConsumer):
         if deployment is None or not self.covers(deployment):
             await self.close_with(NOT_FOUND)
             return
-        await self.replay(deployment.public_id, after)
+        async with self.order:
+            await self.replay(deployment.public_id, after)
 
     # --- events ---------------------------------------------------------------
 
     async def replay(self, deployment, after):
-        """Send the stored events after `after`, then `caught_up`."""
+        """Send the stored events after `after`, then `caught_up`. Hold `order`."""
         last = after
         while True:
             batch = await database_sync_to_async(_events_after)(deployment, last, limit=REPLAY_BATCH)
@@ -223,42 +230,191 @@ class EventStream(AsyncJsonWebsocketConsumer):
         self.last_sent[deployment] = last
         await self.send_json({"type": "caught_up", "deployment": deployment, "seq": last})
 
-    async def deploy_event(self, message):
-        """A live event from the channel layer (events.Publisher)."""
+    async def live(self, items):
+        """Live events from the hub: [(channel-layer message, its frame)], in commit order.
+
+        The hot path, once per viewer and batch: when nothing else is being
+        sent to this client and no event is missing, the frames go out now,
+        in the hub's task. Otherwise they wait in the backlog for a task of
+        this consumer, so that the hub never waits for the database.
+        """
         if self.closing:
             return
         self.heard = True
+        if self.backlog or self.order.locked():
+            self.backlog.extend(items)
+            self.work_off_backlog()
+            return
+        async with self.order:  # free: taken without waiting
+            for i, (message, frame) in enumerate(items):
+                verdict = self.placement(message)
+                if verdict is _MISSING:
+                    self.backlog.extend(items[i:])
+                    self.work_off_backlog()
+                    return
+                if verdict is _NEXT:
+                    self.last_sent[message["deployment"]] = message["seq"]
+                    await self.send(text_data=frame)
+
+    def work_off_backlog(self):
+        if self.catching_up is None and not self.closing:
+            self.catching_up = asyncio.create_task(self.send_backlog())
+
+    async def send_backlog(self):
+        try:
+            async with self.order:
+                while self.backlog and not self.closing:
+                    message, frame = self.backlog.popleft()
+                    await self.deploy_event(message, frame)
+        finally:
+            self.catching_up = None
+
+    def placement(self, message):
+        """Whether a live event is a duplicate, the next one, or comes after missing ones."""
         deployment, seq = message["deployment"], message["seq"]
         last = self.last_sent.get(deployment)
-        if last is None and self.watermark is not None and seq > 1:
-            # First seen live, and not from its start: send what it committed
-            # since this client subscribed and the live stream did not bring
-            # (a publish lost, or a process that died before publishing).
-            for missed in await database_sync_to_async(_events_after)(deployment, 0, before=seq,
-                                                                      above_id=self.watermark):
-                await self.send_event(missed)
-        elif last is not None:
-            if seq <= last:
-                return  # Already sent by a replay (or delivered twice).
-            if seq > last + 1:
-                # Something between was not delivered: a publish dropped
-                # while Redis was down or this channel was full, or another
-                # process's publisher was slower. Seq numbers are handed out
-                # under the deployment's row lock, so every lower one is
-                # committed by now: fetch them.
-                for missed in await database_sync_to_async(_events_after)(deployment, last, before=seq):
-                    await self.send_event(missed)
-        await self.send_event(message)
+        if last is None:
+            # First seen live, and not from its start: what it committed since
+            # this client subscribed, the live stream may not have brought (a
+            # publish lost, or a process that died before publishing).
+            return _MISSING if self.watermark is not None and seq > 1 else _NEXT
+        if seq <= last:
+            return _DUPLICATE  # Already sent by a replay (or delivered twice).
+        # Something between was not delivered: a publish dropped while Redis
+        # was down, or another process's publisher was slower.
+        return _NEXT if seq == last + 1 else _MISSING
+
+    async def deploy_event(self, message, frame):
+        """A live event, holding `order`: what it reveals missing first, then itself."""
+        deployment, seq = message["deployment"], message["seq"]
+        verdict = self.placement(message)
+        if verdict is _DUPLICATE:
+            return
+        if verdict is _MISSING:
+            last = self.last_sent.get(deployment)
+            # Seq numbers are handed out under the deployment's row lock, so
+            # every lower one is committed by now: fetch them.
+            if last is None:
+                missed = await database_sync_to_async(_events_after)(deployment, 0, before=seq,
+                                                                     above_id=self.watermark)
+            else:
+                missed = await database_sync_to_async(_events_after)(deployment, last, before=seq)
+            for stored in missed:
+                await self.send_event(stored)
+            if seq <= self.last_sent.get(deployment, 0):
+                return
+        self.last_sent[deployment] = seq
+        await self.send(text_data=frame)
 
     async def send_event(self, message):
+        """A stored event (replay, gap fill): encoded for this client alone."""
         self.last_sent[message["deployment"]] = message["seq"]
-        await self.send_json({
-            "type": "event",
-            "deployment": message["deployment"],
-            "seq": message["seq"],
-            "event": message["event"],
-            "payload": message["payload"],
-        })
+        await self.send(text_data=_frame(message))
+
+
+# What EventStream.placement says of a live event.
+_DUPLICATE = "duplicate"
+_NEXT = "next"
+_MISSING = "missing"
+
+
+def _frame(message):
+    """The client's frame of an event (docs/live.md), from its channel-layer message."""
+    return json.dumps({
+        "type": "event",
+        "deployment": message["deployment"],
+        "seq": message["seq"],
+        "event": message["event"],
+        "payload": message["payload"],
+    })
+
+
+class _Hub:
+    """This process's subscription to the groups its viewers follow, shared by them.
+
+    With a channel per consumer, every viewer got its own copy of every
+    batch from channels-redis: 1,000 viewers of one deployment cost 1,000
+    queue wake-ups, msgpack decodes, JSON encodings and task switches per
+    event (bench/fanout.py). The hub has one channel in the layer, joins
+    each group once, decodes each batch once, encodes each event's frame
+    once, and hands the frames to every viewer of the group in turn.
+    """
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.viewers = {}  # group -> the consumers following it
+        self.subscribed = set()  # groups whose group_add completed
+        self.channel = None
+        self.reader = None
+        # One change of the subscriptions at a time: a join must not return
+        # before its group's group_add has, nor race a leave's group_discard.
+        self.changing = asyncio.Lock()
+
+    async def join(self, group, viewer):
+        self.viewers.setdefault(group, set()).add(viewer)
+        if group in self.subscribed:
+            return
+        async with self.changing:
+            if self.reader is None:
+                self.channel = await self.layer.new_channel()
+                self.reader = asyncio.create_task(self.read(self.channel))
+            if group not in self.subscribed:
+                await self.layer.group_add(group, self.channel)
+                self.subscribed.add(group)
+
+    async def leave(self, group, viewer):
+        members = self.viewers.get(group)
+        if not members or viewer not in members:
+            return
+        members.discard(viewer)
+        if members:
+            return
+        del self.viewers[group]
+        async with self.changing:
+            if group in self.viewers or group not in self.subscribed:
+                return  # someone joined again meanwhile
+            self.subscribed.discard(group)
+            await self.layer.group_discard(group, self.channel)
+            if not self.subscribed:
+                # Nobody left: stop reading (the layer then drops the channel).
+                self.reader.cancel()
+                self.reader = self.channel = None
+
+    async def read(self, channel):
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except Exception:
+                # Whatever the layer raises, this task must go on reading:
+                # every viewer in the process depends on it. What a Redis
+                # outage loses, the viewers fill in from the database.
+                log.exception("could not read live events from the channel layer")
+                await asyncio.sleep(1)
+                continue
+            members = self.viewers.get(message.get("group"))
+            if not members or message.get("type") != events.BATCH:
+                continue
+            items = [(body, _frame(body)) for body in message["events"]]
+            for viewer in list(members):
+                try:
+                    await viewer.live(items)
+                except Exception:
+                    # One client's failure (its connection went away while
+                    # being sent to) must not cost the others their events.
+                    log.exception("could not send live events to a client")
+
+
+# One hub per event loop (daphne has one; each test has its own, and a
+# channel layer's connections belong to the loop that opened them).
+_hubs = weakref.WeakKeyDictionary()
+
+
+def _hub():
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = _Hub(get_channel_layer())
+    return hub
 
 
 class DeploymentConsumer(EventStream):

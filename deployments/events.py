@@ -171,12 +171,14 @@ class Publisher:
         for groups, body in events:
             for group in groups:
                 batches.setdefault(group, []).append(body)
-        sends = [layer.group_send(group, {"type": BATCH, "events": bodies}) for group, bodies in batches.items()]
+        # The group is named in the message: each web process reads all its
+        # groups from one channel (consumers._Hub) and must know whose it is.
+        sends = [layer.group_send(group, {"type": BATCH, "group": group, "events": bodies})
+                 for group, bodies in batches.items()]
         await asyncio.wait_for(asyncio.gather(*sends), timeout=SEND_TIMEOUT)
 
 
-# The channel-layer message type of a batch; consumers also still take single
-# "deploy.event" messages.
+# The channel-layer message type of a batch.
 BATCH = "deploy.events"
 # Events sent to the channel layer at once, at most; a bound on one batch's
 # memory and on what one Redis failure drops.
