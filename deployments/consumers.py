@@ -32,6 +32,9 @@ PING_INTERVAL = 20
 # (and the connection) at once.
 REPLAY_BATCH = 500
 
+# Viewers a hub hands an event to before it lets the event loop write them out.
+HUB_SLICE = 50
+
 NOT_AUTHENTICATED = 4401
 FORBIDDEN = 4403
 NOT_FOUND = 4404
@@ -396,13 +399,18 @@ class _Hub:
             if not members or message.get("type") != events.BATCH:
                 continue
             items = [(body, _frame(body)) for body in message["events"]]
-            for viewer in list(members):
+            for count, viewer in enumerate(list(members), 1):
                 try:
                     await viewer.live(items)
                 except Exception:
                     # One client's failure (its connection went away while
                     # being sent to) must not cost the others their events.
                     log.exception("could not send live events to a client")
+                if count % HUB_SLICE == 0:
+                    # daphne writes to the sockets when the event loop polls
+                    # them: let it, so the first viewers' frames leave while
+                    # the rest are being handed theirs.
+                    await asyncio.sleep(0)
 
 
 # One hub per event loop (daphne has one; each test has its own, and a
