@@ -313,7 +313,7 @@ def main():
         time.sleep(1)
         connected = daphne.status()
         # The pub/sub layer's channel of the deployment's group: one
-        # subscriber per web process with viewers (consumers._Hub), not one per viewer.
+        # subscriber per web process with viewers (deployments/livehub.py), not one per viewer.
         redis_client = redis.Redis.from_url(settings.REDIS_URL)
         group = f"{env['NORN_CHANNEL_PREFIX']}__group__deployment.{deployment.public_id.hex}"
         [(_, subscribers)] = redis_client.pubsub_numsub(group)

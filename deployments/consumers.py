@@ -10,20 +10,16 @@ forwards live ones, so that each deployment's events reach the client in
 import asyncio
 import collections
 import json
-import logging
 import uuid
-import weakref
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
-from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.layers import BaseChannelLayer
 
 from apps_registry.models import App
-from deployments import events
-from deployments.models import Deployment, Event
-
-log = logging.getLogger(__name__)
+from deployments import events, livehub
+from deployments.models import Deployment
 
 # Seconds between keepalive pings; read at every tick, so tests can shorten it.
 PING_INTERVAL = 20
@@ -31,9 +27,6 @@ PING_INTERVAL = 20
 # has thousands of log events, and one query for all of them would hold them
 # (and the connection) at once.
 REPLAY_BATCH = 500
-
-# Viewers a hub hands an event to before it lets the event loop write them out.
-HUB_SLICE = 50
 
 NOT_AUTHENTICATED = 4401
 FORBIDDEN = 4403
@@ -56,8 +49,8 @@ _GROUP_NAMES = BaseChannelLayer()
 class EventStream(AsyncJsonWebsocketConsumer):
     """What the three endpoints share; subclasses say which group they follow.
 
-    Live events come from this process's _Hub, not from a channel of each
-    consumer. Everything that sends events to the client (the replay on
+    Live events come from this process's livehub.Hub, not from a channel of
+    each consumer. Everything that sends events to the client (the replay on
     connect, a `resume`, the ping's catch-up, live events) runs holding
     `self.order`, so each deployment's events leave in `seq` order, once:
     live events that arrive while a replay or a gap fill awaits the database
@@ -65,7 +58,7 @@ class EventStream(AsyncJsonWebsocketConsumer):
     """
 
     # No channel of its own in the channel layer: the hub is subscribed to
-    # the groups, once per process (see _Hub). Without this Channels would
+    # the groups, once per process (livehub.py). Without this Channels would
     # subscribe every connection to a channel of its own in Redis.
     channel_layer_alias = None
 
@@ -127,7 +120,7 @@ class EventStream(AsyncJsonWebsocketConsumer):
             # lose those committed between the read and the join. Live
             # events that come meanwhile wait for `order` in the backlog.
             self.following = group
-            await _hub().join(group, self)
+            await livehub.hub().join(group, self)
             self.pinger = asyncio.create_task(self.ping_forever())
             await self.start()
 
@@ -147,7 +140,7 @@ class EventStream(AsyncJsonWebsocketConsumer):
         self.backlog.clear()
         if self.following is not None:
             group, self.following = self.following, None
-            await _hub().leave(group, self)
+            await livehub.hub().leave(group, self)
 
     def authorize(self):
         """Runs in a worker thread. None if the client may watch, else a close code.
@@ -186,8 +179,8 @@ class EventStream(AsyncJsonWebsocketConsumer):
         """
         if not self.last_sent:
             return
-        for key in await database_sync_to_async(_behind)(dict(self.last_sent)):
-            for missed in await database_sync_to_async(_events_after)(key, self.last_sent[key]):
+        for key in await database_sync_to_async(events.behind)(dict(self.last_sent)):
+            for missed in await database_sync_to_async(events.stored_after)(key, self.last_sent[key]):
                 await self.send_event(missed)
 
     # --- client messages ------------------------------------------------------
@@ -223,7 +216,7 @@ class EventStream(AsyncJsonWebsocketConsumer):
         """Send the stored events after `after`, then `caught_up`. Hold `order`."""
         last = after
         while True:
-            batch = await database_sync_to_async(_events_after)(deployment, last, limit=REPLAY_BATCH)
+            batch = await database_sync_to_async(events.stored_after)(deployment, last, limit=REPLAY_BATCH)
             for message in batch:
                 await self.send_event(message)
                 last = message["seq"]
@@ -299,10 +292,10 @@ class EventStream(AsyncJsonWebsocketConsumer):
             # Seq numbers are handed out under the deployment's row lock, so
             # every lower one is committed by now: fetch them.
             if last is None:
-                missed = await database_sync_to_async(_events_after)(deployment, 0, before=seq,
+                missed = await database_sync_to_async(events.stored_after)(deployment, 0, before=seq,
                                                                      above_id=self.watermark)
             else:
-                missed = await database_sync_to_async(_events_after)(deployment, last, before=seq)
+                missed = await database_sync_to_async(events.stored_after)(deployment, last, before=seq)
             for stored in missed:
                 await self.send_event(stored)
             if seq <= self.last_sent.get(deployment, 0):
@@ -313,117 +306,13 @@ class EventStream(AsyncJsonWebsocketConsumer):
     async def send_event(self, message):
         """A stored event (replay, gap fill): encoded for this client alone."""
         self.last_sent[message["deployment"]] = message["seq"]
-        await self.send(text_data=_frame(message))
+        await self.send(text_data=livehub.frame(message))
 
 
 # What EventStream.placement says of a live event.
 _DUPLICATE = "duplicate"
 _NEXT = "next"
 _MISSING = "missing"
-
-
-def _frame(message):
-    """The client's frame of an event (docs/live.md), from its channel-layer message."""
-    return json.dumps({
-        "type": "event",
-        "deployment": message["deployment"],
-        "seq": message["seq"],
-        "event": message["event"],
-        "payload": message["payload"],
-    })
-
-
-class _Hub:
-    """This process's subscription to the groups its viewers follow, shared by them.
-
-    With a channel per consumer, every viewer got its own copy of every
-    batch from channels-redis: 1,000 viewers of one deployment cost 1,000
-    queue wake-ups, msgpack decodes, JSON encodings and task switches per
-    event (bench/fanout.py). The hub has one channel in the layer, joins
-    each group once, decodes each batch once, encodes each event's frame
-    once, and hands the frames to every viewer of the group in turn.
-    """
-
-    def __init__(self, layer):
-        self.layer = layer
-        self.viewers = {}  # group -> the consumers following it
-        self.subscribed = set()  # groups whose group_add completed
-        self.channel = None
-        self.reader = None
-        # One change of the subscriptions at a time: a join must not return
-        # before its group's group_add has, nor race a leave's group_discard.
-        self.changing = asyncio.Lock()
-
-    async def join(self, group, viewer):
-        self.viewers.setdefault(group, set()).add(viewer)
-        if group in self.subscribed:
-            return
-        async with self.changing:
-            if self.reader is None:
-                self.channel = await self.layer.new_channel()
-                self.reader = asyncio.create_task(self.read(self.channel))
-            if group not in self.subscribed:
-                await self.layer.group_add(group, self.channel)
-                self.subscribed.add(group)
-
-    async def leave(self, group, viewer):
-        members = self.viewers.get(group)
-        if not members or viewer not in members:
-            return
-        members.discard(viewer)
-        if members:
-            return
-        del self.viewers[group]
-        async with self.changing:
-            if group in self.viewers or group not in self.subscribed:
-                return  # someone joined again meanwhile
-            self.subscribed.discard(group)
-            await self.layer.group_discard(group, self.channel)
-            if not self.subscribed:
-                # Nobody left: stop reading (the layer then drops the channel).
-                self.reader.cancel()
-                self.reader = self.channel = None
-
-    async def read(self, channel):
-        while True:
-            try:
-                message = await self.layer.receive(channel)
-            except Exception:
-                # Whatever the layer raises, this task must go on reading:
-                # every viewer in the process depends on it. What a Redis
-                # outage loses, the viewers fill in from the database.
-                log.exception("could not read live events from the channel layer")
-                await asyncio.sleep(1)
-                continue
-            members = self.viewers.get(message.get("group"))
-            if not members or message.get("type") != events.BATCH:
-                continue
-            items = [(body, _frame(body)) for body in message["events"]]
-            for count, viewer in enumerate(list(members), 1):
-                try:
-                    await viewer.live(items)
-                except Exception:
-                    # One client's failure (its connection went away while
-                    # being sent to) must not cost the others their events.
-                    log.exception("could not send live events to a client")
-                if count % HUB_SLICE == 0:
-                    # daphne writes to the sockets when the event loop polls
-                    # them: let it, so the first viewers' frames leave while
-                    # the rest are being handed theirs.
-                    await asyncio.sleep(0)
-
-
-# One hub per event loop (daphne has one; each test has its own, and a
-# channel layer's connections belong to the loop that opened them).
-_hubs = weakref.WeakKeyDictionary()
-
-
-def _hub():
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        hub = _hubs[loop] = _Hub(get_channel_layer())
-    return hub
 
 
 class DeploymentConsumer(EventStream):
@@ -468,7 +357,7 @@ class AppConsumer(EventStream):
         return deployment.app_name == self.app_name
 
     async def start(self):
-        self.watermark = await database_sync_to_async(_last_event_id)()
+        self.watermark = await database_sync_to_async(events.last_id)()
 
 
 class AllDeploymentsConsumer(EventStream):
@@ -482,7 +371,7 @@ class AllDeploymentsConsumer(EventStream):
         return True
 
     async def start(self):
-        self.watermark = await database_sync_to_async(_last_event_id)()
+        self.watermark = await database_sync_to_async(events.last_id)()
 
 
 class NotFoundConsumer(AsyncWebsocketConsumer):
@@ -514,33 +403,6 @@ def _find_deployment(public_id):
         return None
     row = Deployment.objects.filter(public_id=public_id).values_list("public_id", "app__name").first()
     return _DeploymentRef(*row) if row else None
-
-
-def _events_after(public_id, after, before=None, limit=None, above_id=None):
-    """Stored events of a deployment with after < seq (< before), as channel-layer messages."""
-    rows = Event.objects.filter(deployment__public_id=public_id, seq__gt=after)
-    if before is not None:
-        rows = rows.filter(seq__lt=before)
-    if above_id is not None:
-        rows = rows.filter(id__gt=above_id)
-    rows = rows.order_by("seq").values_list("seq", "kind", "payload")
-    if limit is not None:
-        rows = rows[:limit]
-    public_id = str(public_id)
-    return [
-        {"type": "deploy.event", "deployment": public_id, "seq": seq, "event": kind, "payload": payload}
-        for seq, kind, payload in rows
-    ]
-
-
-def _last_event_id():
-    return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
-
-
-def _behind(last_sent):
-    """Of the deployments in `last_sent` ({public id: seq}), those with later events stored."""
-    rows = Deployment.objects.filter(public_id__in=list(last_sent)).values_list("public_id", "last_event_seq")
-    return [str(public_id) for public_id, seq in rows if seq > last_sent[str(public_id)]]
 
 
 def _parse_frame(text_data):

@@ -90,13 +90,40 @@ def group_names(public_id: uuid.UUID, app_name: str) -> list[str]:
 
 
 def message(event: Event, public_id: uuid.UUID) -> dict:
-    return {
-        "type": "deploy.event",
-        "deployment": str(public_id),
-        "seq": event.seq,
-        "event": event.kind,
-        "payload": event.payload,
-    }
+    return _message(str(public_id), event.seq, event.kind, event.payload)
+
+
+def _message(public_id: str, seq: int, kind: str, payload: dict) -> dict:
+    """An event as the channel layer carries it (and consumers.py reads it)."""
+    return {"type": "deploy.event", "deployment": public_id, "seq": seq, "event": kind, "payload": payload}
+
+
+# --- reading them back (consumers.py: replays and gap filling) ----------------
+
+
+def stored_after(public_id, after, before=None, limit=None, above_id=None):
+    """Stored events of a deployment with after < seq (< before), as channel-layer messages."""
+    rows = Event.objects.filter(deployment__public_id=public_id, seq__gt=after)
+    if before is not None:
+        rows = rows.filter(seq__lt=before)
+    if above_id is not None:
+        rows = rows.filter(id__gt=above_id)
+    rows = rows.order_by("seq").values_list("seq", "kind", "payload")
+    if limit is not None:
+        rows = rows[:limit]
+    public_id = str(public_id)
+    return [_message(public_id, seq, kind, payload) for seq, kind, payload in rows]
+
+
+def last_id():
+    """The largest Event id committed so far (0: none)."""
+    return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def behind(last_sent):
+    """Of the deployments in `last_sent` ({public id: seq}), those with later events stored."""
+    rows = Deployment.objects.filter(public_id__in=list(last_sent)).values_list("public_id", "last_event_seq")
+    return [str(public_id) for public_id, seq in rows if seq > last_sent[str(public_id)]]
 
 
 class Publisher:
@@ -172,7 +199,7 @@ class Publisher:
             for group in groups:
                 batches.setdefault(group, []).append(body)
         # The group is named in the message: each web process reads all its
-        # groups from one channel (consumers._Hub) and must know whose it is.
+        # groups from one channel (deployments/livehub.py) and must know whose it is.
         sends = [layer.group_send(group, {"type": BATCH, "group": group, "events": bodies})
                  for group, bodies in batches.items()]
         await asyncio.wait_for(asyncio.gather(*sends), timeout=SEND_TIMEOUT)

@@ -450,7 +450,7 @@ async def test_events_committed_during_the_replay_arrive_once_and_in_order(open_
     read by the next query *and* delivered live, and must be sent once."""
     await database_sync_to_async(record)(deployment, 2)  # seq 2, 3
     monkeypatch.setattr(consumers, "REPLAY_BATCH", 2)
-    original = consumers._events_after
+    original = events.stored_after
     commits = []
 
     def racing_events_after(public_id, after, before=None, limit=None):
@@ -460,7 +460,7 @@ async def test_events_committed_during_the_replay_arrive_once_and_in_order(open_
             commits.append(after)
         return rows
 
-    monkeypatch.setattr(consumers, "_events_after", racing_events_after)
+    monkeypatch.setattr(events, "stored_after", racing_events_after)
     socket = await open_socket(deployment_path(deployment), token_headers(token))
     messages = await receive_until_caught_up(socket)
     # Read: [1, 2] (4 commits), [3, 4] (5 commits), [5] (6 commits), done.
@@ -653,7 +653,7 @@ async def test_a_viewer_waiting_for_the_database_holds_up_no_other_viewer(open_s
     is stuck in the database keeps them for later, the others get them now."""
     watching = await open_socket(deployment_path(deployment), token_headers(token))
     await receive_until_caught_up(watching)
-    original = consumers._events_after
+    original = events.stored_after
     reading, release = threading.Event(), threading.Event()
 
     def stuck_events_after(*args, **kwargs):
@@ -661,7 +661,7 @@ async def test_a_viewer_waiting_for_the_database_holds_up_no_other_viewer(open_s
         release.wait(TIMEOUT)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(consumers, "_events_after", stuck_events_after)
+    monkeypatch.setattr(events, "stored_after", stuck_events_after)
     replaying = await open_socket(deployment_path(deployment), token_headers(token))
     await asyncio.to_thread(reading.wait, TIMEOUT)
 
