@@ -2,8 +2,8 @@
 
 Three endpoints (one deployment, one app, everything) share one base: it
 authorizes the user deployments/ws_auth.py authenticated (session or API
-token), joins the channel-layer group, replays stored events on request and
-forwards live ones, so that each deployment's events reach the client in
+token), follows its route through this process's hub (livehub.py), replays
+stored events on request and forwards live ones, so that each deployment's events reach the client in
 `seq` order, each exactly once.
 """
 
@@ -15,7 +15,6 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
-from channels.layers import BaseChannelLayer
 
 from apps_registry.models import App
 from deployments import events, livehub
@@ -40,14 +39,10 @@ MAX_FRAME_BYTES = 64 * 1024
 # Sequence numbers are bigints; anything longer is no seq (and int() of a
 # few thousand digits raises).
 MAX_SEQ = 2**63 - 1
-# Checks group names as Channels' own layers do; the pub/sub layer itself
-# has no such check (any Redis channel name goes), but an app name that is
-# no valid group name cannot have been deployed (see AppConsumer).
-_GROUP_NAMES = BaseChannelLayer()
 
 
 class EventStream(AsyncJsonWebsocketConsumer):
-    """What the three endpoints share; subclasses say which group they follow.
+    """What the three endpoints share; subclasses say which route they follow.
 
     Live events come from this process's livehub.Hub, not from a channel of
     each consumer. Everything that sends events to the client (the replay on
@@ -57,8 +52,8 @@ class EventStream(AsyncJsonWebsocketConsumer):
     wait in `self.backlog`, and are sent (or dropped as duplicates) after it.
     """
 
-    # No channel of its own in the channel layer: the hub is subscribed to
-    # the groups, once per process (livehub.py). Without this Channels would
+    # No channel of its own in the channel layer: the hub is subscribed,
+    # once per process (livehub.py). Without this Channels would
     # subscribe every connection to a channel of its own in Redis.
     channel_layer_alias = None
 
@@ -74,7 +69,7 @@ class EventStream(AsyncJsonWebsocketConsumer):
         # all endpoints): of a deployment first seen live, the events after
         # it are the ones this client missed; earlier ones are history.
         self.watermark = None
-        # The group this consumer follows through the hub (None until joined).
+        # The route (events.routes) this consumer follows through the hub.
         self.following = None
         self.order = asyncio.Lock()
         # Live (message, frame) pairs waiting for `order`, in arrival order,
@@ -84,8 +79,8 @@ class EventStream(AsyncJsonWebsocketConsumer):
 
     # --- subclass hooks -------------------------------------------------------
 
-    def find_group(self):
-        """Runs in a worker thread. The group to join, or None for 4404."""
+    def find_route(self):
+        """Runs in a worker thread. The route to follow (events.routes), or None for 4404."""
         raise NotImplementedError
 
     def covers(self, deployment):
@@ -93,7 +88,7 @@ class EventStream(AsyncJsonWebsocketConsumer):
         raise NotImplementedError
 
     async def start(self):
-        """Called, holding `order`, once the group is joined; the deployment endpoint replays here."""
+        """Called, holding `order`, once the route is followed; the deployment endpoint replays here."""
 
     # --- connection -----------------------------------------------------------
 
@@ -102,13 +97,13 @@ class EventStream(AsyncJsonWebsocketConsumer):
         # rejected handshake (HTTP 403) cannot carry.
         await self.accept()
         code = await database_sync_to_async(self.authorize)()
-        group = None
+        route = None
         if code is None and _has_nul(self.scope["url_route"]["kwargs"]):
             # PostgreSQL cannot compare text with NUL in it; no name has one.
             code = NOT_FOUND
         elif code is None:
-            group = await database_sync_to_async(self.find_group)()
-            if group is None:
+            route = await database_sync_to_async(self.find_route)()
+            if route is None:
                 code = NOT_FOUND
         if code is not None:
             await self.close_with(code)
@@ -119,8 +114,8 @@ class EventStream(AsyncJsonWebsocketConsumer):
             # (or both, and is dropped as a duplicate). Joining after would
             # lose those committed between the read and the join. Live
             # events that come meanwhile wait for `order` in the backlog.
-            self.following = group
-            await livehub.hub().join(group, self)
+            self.following = route
+            await livehub.hub().join(route, self)
             self.pinger = asyncio.create_task(self.ping_forever())
             await self.start()
 
@@ -129,7 +124,7 @@ class EventStream(AsyncJsonWebsocketConsumer):
 
     async def close_with(self, code):
         self.closing = True
-        # Leave the group now, not at disconnect: nothing more is sent.
+        # Stop following now, not at disconnect: nothing more is sent.
         await self.stop_following()
         await self.close(code)
 
@@ -139,8 +134,8 @@ class EventStream(AsyncJsonWebsocketConsumer):
                 task.cancel()
         self.backlog.clear()
         if self.following is not None:
-            group, self.following = self.following, None
-            await livehub.hub().leave(group, self)
+            route, self.following = self.following, None
+            await livehub.hub().leave(route, self)
 
     def authorize(self):
         """Runs in a worker thread. None if the client may watch, else a close code.
@@ -318,11 +313,11 @@ _MISSING = "missing"
 class DeploymentConsumer(EventStream):
     """/ws/deployments/<uuid>/?after=<seq>: stored events, `caught_up`, then live ones."""
 
-    def find_group(self):
+    def find_route(self):
         self.deployment = _find_deployment(self.scope["url_route"]["kwargs"]["deployment_id"])
         if self.deployment is None:
             return None
-        return self.deployment.groups[0]
+        return self.deployment.route
 
     def covers(self, deployment):
         return deployment.public_id == self.deployment.public_id
@@ -339,19 +334,11 @@ class DeploymentConsumer(EventStream):
 class AppConsumer(EventStream):
     """/ws/apps/<name>/: live events of every deployment of one app."""
 
-    def find_group(self):
+    def find_route(self):
         self.app_name = self.scope["url_route"]["kwargs"]["name"]
         if not App.objects.filter(name=self.app_name).exists():
             return None
-        # The name events.group_names publishes the app's events under.
-        group = f"app.{self.app_name}"
-        try:
-            _GROUP_NAMES.require_valid_group_name(group)
-        except TypeError:
-            # An app whose directory name is no valid app name (an invalid
-            # infraspec) cannot have been deployed, so it has no events.
-            return None
-        return group
+        return events.app_route(self.app_name)
 
     def covers(self, deployment):
         return deployment.app_name == self.app_name
@@ -363,9 +350,8 @@ class AppConsumer(EventStream):
 class AllDeploymentsConsumer(EventStream):
     """/ws/deployments/: live events of every deployment."""
 
-    def find_group(self):
-        # The group events.group_names sends every event to.
-        return "deployments"
+    def find_route(self):
+        return events.ALL_ROUTE
 
     def covers(self, deployment):
         return True
@@ -392,8 +378,8 @@ class _DeploymentRef:
     def __init__(self, public_id, app_name):
         self.public_id = str(public_id)
         self.app_name = app_name
-        # The same names events.record publishes to: deployment, app, all.
-        self.groups = events.group_names(public_id, app_name)
+        # The route its viewers follow (events.routes).
+        self.route = events.deployment_route(self.public_id)
 
 
 def _find_deployment(public_id):

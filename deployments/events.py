@@ -78,19 +78,37 @@ def record(deployment_id: int, kind: str, payload: dict) -> Event:
         )
         seq, public_id, app_name = cursor.fetchone()
     event = Event.objects.create(deployment_id=deployment_id, seq=seq, kind=kind, payload=payload)
-    groups = group_names(public_id, app_name)
-    body = message(event, public_id)
-    transaction.on_commit(lambda: publisher.send(groups, body))
+    body = message(event, public_id, app_name)
+    transaction.on_commit(lambda: publisher.send([GROUP], body))
     return event
 
 
-def group_names(public_id: uuid.UUID, app_name: str) -> list[str]:
-    """The channel-layer groups an event goes to: its deployment, its app, all."""
-    return [f"deployment.{public_id.hex}", f"app.{app_name}", "deployments"]
+# Every event goes to one channel-layer group, whoever watches it: a batch
+# of events is one Redis message (one round trip), and each web process's
+# hub (livehub.py) hands each event to the viewers of its routes.
+GROUP = "deployments"
 
 
-def message(event: Event, public_id: uuid.UUID) -> dict:
-    return _message(str(public_id), event.seq, event.kind, event.payload)
+def routes(deployment: str, app_name: str) -> list[str]:
+    """What viewers follow that an event belongs to: its deployment (its id as
+    text), its app, all deployments."""
+    return [deployment_route(deployment), app_route(app_name), ALL_ROUTE]
+
+
+def deployment_route(deployment: str) -> str:
+    return f"deployment.{deployment}"
+
+
+def app_route(app_name: str) -> str:
+    return f"app.{app_name}"
+
+
+ALL_ROUTE = "all"
+
+
+def message(event: Event, public_id: uuid.UUID, app_name: str) -> dict:
+    """A committed event as published: it names its app, for the hubs to route it."""
+    return {**_message(str(public_id), event.seq, event.kind, event.payload), "app": app_name}
 
 
 def _message(public_id: str, seq: int, kind: str, payload: dict) -> dict:
@@ -191,17 +209,14 @@ class Publisher:
 
     @staticmethod
     async def _send(layer, events):
-        # One message per group for the whole batch, in commit order, all
-        # groups at once: a batch costs three round trips to Redis, not
-        # three per event, and each viewer's process wakes once for it.
+        # One message per group for the whole batch, in commit order: a
+        # batch costs one round trip to Redis per group (record() uses one),
+        # not one per event, and each viewer's process wakes once for it.
         batches = {}
         for groups, body in events:
             for group in groups:
                 batches.setdefault(group, []).append(body)
-        # The group is named in the message: each web process reads all its
-        # groups from one channel (deployments/livehub.py) and must know whose it is.
-        sends = [layer.group_send(group, {"type": BATCH, "group": group, "events": bodies})
-                 for group, bodies in batches.items()]
+        sends = [layer.group_send(group, {"type": BATCH, "events": bodies}) for group, bodies in batches.items()]
         await asyncio.wait_for(asyncio.gather(*sends), timeout=SEND_TIMEOUT)
 
 

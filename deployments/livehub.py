@@ -1,8 +1,9 @@
-"""Live events in a web process: one subscription per group, shared by its viewers.
+"""Live events in a web process: one subscription, shared by all its viewers.
 
-The consumers (consumers.py) of one process follow their groups through one
-Hub: it reads each batch the publisher (events.py) sent once, encodes each
-event's frame once and hands the frames to every consumer of the group.
+The consumers (consumers.py) of one process follow their deployment, app or
+all deployments through one Hub: it reads each batch the publisher
+(events.py) sent once, encodes each event's frame once and hands the frames
+to every consumer that follows one of the event's routes.
 """
 
 import asyncio
@@ -32,55 +33,57 @@ def frame(message):
 
 
 class Hub:
-    """This process's subscription to the groups its viewers follow, shared by them.
+    """This process's subscription to the events, shared by all its viewers.
 
     With a channel per consumer, every viewer got its own copy of every
     batch from channels-redis: 1,000 viewers of one deployment cost 1,000
     queue wake-ups, msgpack decodes, JSON encodings and task switches per
-    event (bench/fanout.py). The hub has one channel in the layer, joins
-    each group once, decodes each batch once, encodes each event's frame
-    once, and hands the frames to every viewer of the group in turn.
+    event (bench/fanout.py). The hub has one channel in the layer, in the
+    group every event is published to (events.GROUP), while any viewer is
+    connected; it decodes each batch once, encodes each event's frame once,
+    and hands the frames to the viewers of the event's routes (its
+    deployment, its app, all) in turn.
     """
 
     def __init__(self, layer):
         self.layer = layer
-        self.viewers = {}  # group -> the consumers following it
-        self.subscribed = set()  # groups whose group_add completed
+        self.viewers = {}  # route (events.routes) -> the consumers following it
+        self.subscribed = False
         self.channel = None
         self.reader = None
-        # One change of the subscriptions at a time: a join must not return
-        # before its group's group_add has, nor race a leave's group_discard.
+        # One change of the subscription at a time: a join must not return
+        # before the group_add has, nor race a leave's group_discard.
         self.changing = asyncio.Lock()
 
-    async def join(self, group, viewer):
-        self.viewers.setdefault(group, set()).add(viewer)
-        if group in self.subscribed:
+    async def join(self, route, viewer):
+        self.viewers.setdefault(route, set()).add(viewer)
+        if self.subscribed:
             return
         async with self.changing:
-            if self.reader is None:
+            if not self.subscribed:
                 self.channel = await self.layer.new_channel()
                 self.reader = asyncio.create_task(self.read(self.channel))
-            if group not in self.subscribed:
-                await self.layer.group_add(group, self.channel)
-                self.subscribed.add(group)
+                await self.layer.group_add(events.GROUP, self.channel)
+                self.subscribed = True
 
-    async def leave(self, group, viewer):
-        members = self.viewers.get(group)
+    async def leave(self, route, viewer):
+        members = self.viewers.get(route)
         if not members or viewer not in members:
             return
         members.discard(viewer)
-        if members:
+        if not members:
+            del self.viewers[route]
+        if self.viewers:
             return
-        del self.viewers[group]
         async with self.changing:
-            if group in self.viewers or group not in self.subscribed:
+            if self.viewers or not self.subscribed:
                 return  # someone joined again meanwhile
-            self.subscribed.discard(group)
-            await self.layer.group_discard(group, self.channel)
-            if not self.subscribed:
-                # Nobody left: stop reading (the layer then drops the channel).
-                self.reader.cancel()
-                self.reader = self.channel = None
+            # Nobody left: stop reading (the layer then drops the channel).
+            self.subscribed = False
+            reader, channel = self.reader, self.channel
+            self.reader = self.channel = None
+            await self.layer.group_discard(events.GROUP, channel)
+            reader.cancel()
 
     async def read(self, channel):
         while True:
@@ -93,11 +96,24 @@ class Hub:
                 log.exception("could not read live events from the channel layer")
                 await asyncio.sleep(1)
                 continue
-            members = self.viewers.get(message.get("group"))
-            if not members or message.get("type") != events.BATCH:
-                continue
-            items = [(body, frame(body)) for body in message["events"]]
-            for count, viewer in enumerate(list(members), 1):
+            if message.get("type") == events.BATCH:
+                await self.hand_out(message["events"])
+
+    async def hand_out(self, batch):
+        """Each event of the batch to the viewers of its routes, encoded once."""
+        routed = {}
+        for body in batch:
+            for route in events.routes(body["deployment"], body.get("app")):
+                if route in self.viewers:
+                    routed.setdefault(route, []).append(body)
+        frames = {}
+        for route, bodies in routed.items():
+            items = []
+            for body in bodies:
+                if id(body) not in frames:
+                    frames[id(body)] = (body, frame(body))
+                items.append(frames[id(body)])
+            for count, viewer in enumerate(list(self.viewers.get(route, ())), 1):
                 try:
                     await viewer.live(items)
                 except Exception:

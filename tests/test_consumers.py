@@ -595,11 +595,12 @@ async def test_rejected_connections_get_no_pings_or_events(open_socket, deployme
 # --- one hub per process: viewers share the subscription ---------------------
 
 
-async def redis_subscribers(group):
-    """Redis pub/sub subscribers of a channel-layer group: one per process following it."""
+async def redis_subscribers():
+    """Redis pub/sub subscribers of the group every event is published to: one per
+    process with viewers."""
     client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
     try:
-        [(_, count)] = await client.pubsub_numsub(get_channel_layer()._get_group_channel_name(group))
+        [(_, count)] = await client.pubsub_numsub(get_channel_layer()._get_group_channel_name(events.GROUP))
     finally:
         await client.aclose()
     return count
@@ -616,33 +617,30 @@ async def redis_channels_of_consumers():
 
 @websocket_db
 @pytest.mark.asyncio
-async def test_viewers_in_one_process_share_one_subscription_per_group(open_socket, deployment, token):
-    group = f"deployment.{deployment.public_id.hex}"
+async def test_viewers_in_one_process_share_one_subscription(open_socket, deployment, token):
     viewers = [await open_socket(deployment_path(deployment), token_headers(token)) for _ in range(3)]
     for viewer in viewers:
         await receive_until_caught_up(viewer)
     app_viewer = await open_socket(f"/ws/apps/{deployment.app.name}/", token_headers(token))
     await subscribed(app_viewer, deployment, after=1)
-    assert await redis_subscribers(group) == 1
-    assert await redis_subscribers(f"app.{deployment.app.name}") == 1
-    # One channel-layer channel for the process (the hub's), not one per viewer.
+    # One subscriber and one channel-layer channel for the process (the
+    # hub's), not one per viewer.
+    assert await redis_subscribers() == 1
     assert await redis_channels_of_consumers() == 1
 
     await database_sync_to_async(record)(deployment, 2)
     for viewer in [*viewers, app_viewer]:
         assert seqs(await receive(viewer, 2)) == [2, 3]
 
-    # The last viewer of a group to leave ends the subscription; the others keep it.
-    await viewers[0].disconnect()
-    assert await redis_subscribers(group) == 1
-    await database_sync_to_async(record)(deployment, 1)
-    for viewer in viewers[1:]:
-        assert seqs(await receive(viewer, 1)) == [4]
-    for viewer in viewers[1:]:
+    # The last viewer to leave ends the subscription; till then it stays.
+    for viewer in viewers:
         await viewer.disconnect()
-    assert await redis_subscribers(group) == 0
-    assert await redis_subscribers(f"app.{deployment.app.name}") == 1
+    assert await redis_subscribers() == 1
+    await database_sync_to_async(record)(deployment, 1)
     assert seqs(await receive(app_viewer, 1, deployments={str(deployment.public_id)})) == [4]
+    await app_viewer.disconnect()
+    assert await redis_subscribers() == 0
+    assert await redis_channels_of_consumers() == 0
 
 
 @websocket_db
