@@ -312,11 +312,10 @@ def main():
         ready = merge([expect(here, "ready", args.timeout * 4, daphne) for here in pipes])
         time.sleep(1)
         connected = daphne.status()
-        # The pub/sub layer's channel of the deployment's group: one
+        # The pub/sub layer's channel of the group every event goes to: one
         # subscriber per web process with viewers (deployments/livehub.py), not one per viewer.
         redis_client = redis.Redis.from_url(settings.REDIS_URL)
-        group = f"{env['NORN_CHANNEL_PREFIX']}__group__deployment.{deployment.public_id.hex}"
-        [(_, subscribers)] = redis_client.pubsub_numsub(group)
+        [(_, subscribers)] = redis_client.pubsub_numsub(f"{env['NORN_CHANNEL_PREFIX']}__group__{events.GROUP}")
         redis_client.close()
 
         committed, writing = write_events(deployment.pk, args.events, args.rate)
@@ -354,7 +353,7 @@ def main():
         print(f"daphne:           {args.daphnes} process(es) on one port")
         print(f"viewers:          {ready['connected']} of {args.viewers} connected and caught up in "
               f"{ready['seconds']:.1f} s ({args.handshakes} handshakes at a time); "
-              f"{subscribers} Redis subscriber(s) of the deployment's group (one per web process)")
+              f"{subscribers} Redis subscriber(s) of the events' group (one per web process)")
         for error in ready["errors"][:5]:
             print(f"  connect failed: {error}")
         print(f"events:           {args.events} log events, one transaction each, {pace} "
