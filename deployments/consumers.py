@@ -229,8 +229,8 @@ class EventStream(AsyncJsonWebsocketConsumer):
         in the hub's task. Otherwise they wait in the backlog for a task of
         this consumer, so that the hub never waits for the database.
         """
-        if self.closing:
-            return
+        if self.closing or self.following is None:
+            return  # closed or disconnected while the hub was handing out
         self.heard = True
         if self.backlog or self.order.locked():
             self.backlog.extend(items)

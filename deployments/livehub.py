@@ -116,10 +116,10 @@ class Hub:
             for count, viewer in enumerate(list(self.viewers.get(route, ())), 1):
                 try:
                     await viewer.live(items)
-                except Exception:
+                except Exception as exc:
                     # One client's failure (its connection went away while
                     # being sent to) must not cost the others their events.
-                    log.exception("could not send live events to a client")
+                    log.warning("could not send live events to a client: %s: %s", type(exc).__name__, exc)
                 if count % SLICE == 0:
                     # daphne writes to the sockets when the event loop polls
                     # them: let it, so the first viewers' frames leave while
