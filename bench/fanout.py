@@ -5,7 +5,8 @@ Starts one daphne (or --daphnes N, sharing one listening socket: each
 adopts it with `daphne --fd`, and the kernel hands each new connection to
 one of them) on a free loopback port against a fresh database, connects
 V viewers (default 500) to /ws/deployments/<uuid>/ from one asyncio process
-(the websockets library, API token), waits until every viewer had its
+(or --clients N, the viewers spread over them; the websockets library, API
+token), waits until every viewer had its
 `caught_up`, then acts as the worker: commits N log events (default 200) with
 deployments.events.record, one transaction each, at --rate events/s.
 
@@ -14,15 +15,15 @@ duplicates (counts), the latency from each event's commit (an on_commit
 stamp, right after COMMIT) to each viewer's recv() returning (p50/p99/max
 over all viewer x event pairs, and until the last viewer had it), and
 daphne's resident memory (VmRSS) before connecting, with the viewers
-connected, after the events and after they disconnected. All viewers share
-one client process: its own CPU time is printed, since a busy client adds
-to the latency it measures.
+connected, after the events and after they disconnected. The client
+processes' CPU time is printed too: they share the machine with daphne, and
+a busy client adds to the latency it measures.
 
-    .venv/bin/python bench/fanout.py [--viewers 500] [--events 200] [--rate 4] [--daphnes 1]
+    .venv/bin/python bench/fanout.py [--viewers 500] [--events 200] [--rate 4] [--daphnes 1] [--clients 1]
 
 Needs PostgreSQL and Redis (scripts/services); uses its own database
 norn_bench_fanout and channel prefix norn-bench-<pid>, and removes both,
-daphne and the client when it ends (also on Ctrl-C). The setup helpers are
+daphne and the clients when it ends (also on Ctrl-C). The setup helpers are
 bench/event_latency.py's.
 """
 
@@ -58,6 +59,8 @@ from event_latency import (
 )
 
 DB = "norn_bench_fanout"
+# How an event's frame starts (consumers._frame, json.dumps' separators).
+EVENT_FRAME = '{"type": "event"'
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -156,27 +159,34 @@ async def _watch(url, token, viewers, count, concurrency, timeout, conn):
                 await ws.close()
                 raise
 
-    async def read(ws, caught_up):
-        """(seq, receive stamp) of every event, until all arrived or none for `timeout` s."""
-        pending = set(range(caught_up + 1, caught_up + count + 1))
-        received, closed = [], None
-        deadline = loop.time() + timeout
-        while pending:
-            try:
-                raw = await asyncio.wait_for(ws.recv(), deadline - loop.time())
-            except TimeoutError:
-                break
-            except ConnectionClosed as exc:
-                closed = f"closed by the server: {exc}"
-                break
-            at = time.time()
+    async def read(ws):
+        """(seq, receive stamp) of every event, until all arrived or none for `timeout` s.
+
+        Frames are parsed after the last one: the client shares the CPUs with
+        daphne, and its own per-frame work (a wait_for task, a JSON parse)
+        would add to the latency it measures.
+        """
+        frames, events, closed = [], 0, None
+        try:
+            async with asyncio.timeout(timeout) as idle:
+                while events < count:
+                    raw = await ws.recv()
+                    frames.append((raw, time.time()))
+                    # The server's pings (every 20 s) neither count nor
+                    # extend the wait: a viewer ends `timeout` s after its
+                    # last event.
+                    if raw.startswith(EVENT_FRAME):
+                        events += 1
+                        idle.reschedule(loop.time() + timeout)
+        except TimeoutError:
+            pass
+        except ConnectionClosed as exc:
+            closed = f"closed by the server: {exc}"
+        received = []
+        for raw, at in frames:
             message = json.loads(raw)
             if message["type"] == "event":
-                # Only events extend the wait: the server's pings come every
-                # 20 s and would otherwise keep a viewer waiting for ever.
-                deadline = loop.time() + timeout
                 received.append((message["seq"], at))
-                pending.discard(message["seq"])
         return received, closed
 
     started = time.monotonic()
@@ -187,7 +197,7 @@ async def _watch(url, token, viewers, count, concurrency, timeout, conn):
 
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
-    results = await asyncio.gather(*(read(ws, caught_up) for ws, caught_up in sockets))
+    results = await asyncio.gather(*(read(ws) for ws, _ in sockets))
     after = resource.getrusage(resource.RUSAGE_SELF)
     conn.send(("received", {
         "viewers": [received for received, _ in results],
@@ -201,6 +211,26 @@ async def _watch(url, token, viewers, count, concurrency, timeout, conn):
     started = time.monotonic()
     await asyncio.gather(*(ws.close() for ws, _ in sockets), return_exceptions=True)
     conn.send(("closed", {"seconds": time.monotonic() - started}))
+
+
+def shares(viewers, clients):
+    """`viewers` spread over `clients` processes as evenly as can be."""
+    return [viewers // clients + (1 if i < viewers % clients else 0) for i in range(clients)]
+
+
+def merge(reports):
+    """One report of all client processes: lists joined, CPU seconds and
+    connections summed, other figures (seconds: they ran at once) the largest."""
+    merged = {}
+    for report in reports:
+        for key, value in report.items():
+            if isinstance(value, list):
+                merged.setdefault(key, []).extend(value)
+            elif key in ("cpu", "connected"):
+                merged[key] = merged.get(key, 0) + value
+            else:
+                merged[key] = max(merged.get(key, 0), value)
+    return merged
 
 
 def expect(here, kind, timeout, daphne):
@@ -236,16 +266,21 @@ def main():
                         help="seconds to wait for a start-up step, or a viewer for its next event (default 15)")
     parser.add_argument("--daphnes", type=int, default=1,
                         help="daphne processes behind the one port (default 1)")
+    parser.add_argument("--clients", type=int, default=1,
+                        help="client processes the viewers are spread over (default 1)")
     args = parser.parse_args()
     if args.daphnes < 1:
         parser.error("--daphnes must be at least 1")
+    if not 1 <= args.clients <= args.viewers:
+        parser.error("--clients must be at least 1 and at most --viewers")
     signal.signal(signal.SIGTERM, on_sigterm)
     # One descriptor per WebSocket in daphne and in the client (both inherit this).
     raise_open_files(args.viewers + 1024)
     context = machine()
     tmp = Path(tempfile.mkdtemp(prefix="norn-bench-fanout-"))
     env = bench_env(DB, tmp)
-    daphne = client = None
+    daphne = None
+    clients = []
     django_ready = False
     try:
         create_database(DB, env)
@@ -266,16 +301,21 @@ def main():
         before = daphne.status()
 
         ctx = multiprocessing.get_context("spawn")
-        here, there = ctx.Pipe()
         url = f"ws://127.0.0.1:{daphne.port}/ws/deployments/{deployment.public_id}/"
-        client = ctx.Process(target=watch, daemon=True, args=(
-            url, token, args.viewers, args.events, args.handshakes, args.timeout, there))
-        client.start()
-        ready = expect(here, "ready", args.timeout * 4, daphne)
+        pipes = []
+        for share in shares(args.viewers, args.clients):
+            here, there = ctx.Pipe()
+            clients.append(ctx.Process(target=watch, daemon=True, args=(
+                url, token, share, args.events, max(1, args.handshakes // args.clients), args.timeout, there)))
+            clients[-1].start()
+            pipes.append(here)
+        ready = merge([expect(here, "ready", args.timeout * 4, daphne) for here in pipes])
         time.sleep(1)
         connected = daphne.status()
+        # The pub/sub layer's channel of the group every event goes to: one
+        # subscriber per web process with viewers (deployments/livehub.py), not one per viewer.
         redis_client = redis.Redis.from_url(settings.REDIS_URL)
-        members = redis_client.zcard(f"{env['NORN_CHANNEL_PREFIX']}:group:deployment.{deployment.public_id.hex}")
+        [(_, subscribers)] = redis_client.pubsub_numsub(f"{env['NORN_CHANNEL_PREFIX']}__group__{events.GROUP}")
         redis_client.close()
 
         committed, writing = write_events(deployment.pk, args.events, args.rate)
@@ -284,10 +324,12 @@ def main():
         flushing = time.monotonic() - flushing
         # Bounded: each viewer gives up `timeout` s after its last event, and
         # a daphne slower than 200 frames/s is broken, not slow.
-        received = expect(here, "received", args.timeout * 2 + args.viewers * args.events / 200, daphne)
+        received = merge([expect(here, "received", args.timeout * 2 + args.viewers * args.events / 200, daphne)
+                          for here in pipes])
         loaded = daphne.status()
-        here.send("close")
-        closed = expect(here, "closed", args.timeout * 2, daphne)
+        for here in pipes:
+            here.send("close")
+        closed = merge([expect(here, "closed", args.timeout * 2, daphne) for here in pipes])
         time.sleep(1)
         after = daphne.status()
 
@@ -311,8 +353,7 @@ def main():
         print(f"daphne:           {args.daphnes} process(es) on one port")
         print(f"viewers:          {ready['connected']} of {args.viewers} connected and caught up in "
               f"{ready['seconds']:.1f} s ({args.handshakes} handshakes at a time); "
-              f"{members} members in the deployment's group "
-              "(channels-redis core layer; the pub/sub layer keeps none in Redis)")
+              f"{subscribers} Redis subscriber(s) of the events' group (one per web process)")
         for error in ready["errors"][:5]:
             print(f"  connect failed: {error}")
         print(f"events:           {args.events} log events, one transaction each, {pace} "
@@ -332,8 +373,8 @@ def main():
         print(f"  last viewer:    {format_ms(percentiles(list(last_viewer.values())))}  (per event, until all had it)")
         print(f"throughput:       {frames} frames in {delivering:.2f} s (first commit to last receive): "
               f"{frames / delivering:.0f} frames/s")
-        print(f"cpu:              daphne {loaded['cpu'] - connected['cpu']:.1f} s, the client process "
-              f"{received['cpu']:.1f} s, over the {received['seconds']:.1f} s the viewers read")
+        print(f"cpu:              daphne {loaded['cpu'] - connected['cpu']:.1f} s, {args.clients} client "
+              f"process(es) {received['cpu']:.1f} s, over the {received['seconds']:.1f} s the viewers read")
         print(f"daphne memory:    before connecting    {memory(before)}")
         print(f"                  {ready['connected']} connected        {memory(connected)}")
         print(f"                  after the events     {memory(loaded)}")
@@ -342,7 +383,7 @@ def main():
             print(line)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the cleanup finish
-        clean_up(DB, tmp, env["NORN_CHANNEL_PREFIX"], client, daphne, django_ready)
+        clean_up(DB, tmp, env["NORN_CHANNEL_PREFIX"], clients, daphne, django_ready)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # deploy/install.sh: run Norn for real, under systemd, as the unprivileged user norn.
 #
 #   sudo deploy/install.sh [--prefix /opt/norn] [--root /] [--user norn]
-#                          [--database-url URL] [--acme-email EMAIL] [--no-systemctl]
+#                          [--database-url URL] [--acme-email EMAIL] [--web-processes N]
+#                          [--no-systemctl]
 #
 # - installs Debian's caddy (the ingress) when it is missing and switches off
 #   Debian's own caddy.service and caddy-api.service (they would hold port 80),
@@ -18,9 +19,12 @@
 #   on the unix socket /run/norn-ingress/admin.sock,
 # - creates the state directories under /var/lib/norn (owned by norn),
 # - runs migrate and collectstatic with that environment,
-# - installs deploy/systemd/*.service and norn.target (with PREFIX in their
-#   paths), enables and starts norn.target and restarts the web server and
-#   the workers (the ingress is not restarted: the apps stay reachable).
+# - installs deploy/systemd/* (with PREFIX in their paths, and the env file's
+#   NORN_HOST:NORN_PORT in norn-web.socket), enables norn.target and N web
+#   processes norn-web@1..N on that one socket (--web-processes; without it,
+#   as many as are enabled already, at first one per CPU, at most 4), starts
+#   norn.target and restarts the web server and the workers (the ingress is
+#   not restarted: the apps stay reachable).
 #
 # It can run again at any time (after an update, for instance): each step
 # does only what is missing. --root puts /etc, /var and the units under
@@ -35,9 +39,10 @@ NORN_USER=norn
 DATABASE_URL_DEFAULT="postgres://postgres@127.0.0.1:5432/norn"
 SYSTEMCTL=1
 ACME_EMAIL=""
+WEB_PROCESSES=""
 
 usage() {
-    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -48,6 +53,7 @@ while [ $# -gt 0 ]; do
         --user) NORN_USER=${2:?--user needs a name}; shift 2 ;;
         --database-url) DATABASE_URL_DEFAULT=${2:?--database-url needs a URL}; shift 2 ;;
         --acme-email) ACME_EMAIL=${2:?--acme-email needs an address}; shift 2 ;;
+        --web-processes) WEB_PROCESSES=${2:?--web-processes needs a number}; shift 2 ;;
         --no-systemctl) SYSTEMCTL=0; shift ;;
         -h|--help) usage ;;
         *) echo "install.sh: unknown argument $1" >&2; usage ;;
@@ -58,6 +64,10 @@ case "$ROOT" in /*) ;; *) echo "install.sh: --root must be an absolute path, not
 case "$NORN_USER" in *[!a-z0-9_-]*|"") echo "install.sh: --user must be a plain user name, not $NORN_USER" >&2; exit 2 ;; esac
 if [ -n "$ACME_EMAIL" ] && ! [[ "$ACME_EMAIL" =~ ^[A-Za-z0-9._+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$ ]]; then
     echo "install.sh: --acme-email must be an address like ops@example.com, not $ACME_EMAIL" >&2
+    exit 2
+fi
+if [ -n "$WEB_PROCESSES" ] && ! [[ "$WEB_PROCESSES" =~ ^[1-9][0-9]?$ ]]; then
+    echo "install.sh: --web-processes must be a number from 1 to 99, not $WEB_PROCESSES" >&2
     exit 2
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -227,14 +237,45 @@ say "database migrated, static files collected"
 
 # --- the units -----------------------------------------------------------------
 install -d -m 0755 "$UNIT_DIR"
-for unit in "$SOURCE"/deploy/systemd/*.service "$SOURCE"/deploy/systemd/*.target; do
+# The web port, from the env file: a socket unit cannot read one.
+WEB_HOST=$(sed -n 's/^NORN_HOST=//p' "$ENV_FILE" | tail -n 1)
+WEB_PORT=$(sed -n 's/^NORN_PORT=//p' "$ENV_FILE" | tail -n 1)
+if ! [[ "${WEB_PORT:-8000}" =~ ^[0-9]{1,5}$ ]] || [[ "${WEB_HOST:-127.0.0.1}" =~ [[:space:]/#] ]]; then
+    echo "install.sh: $ENV_FILE has NORN_HOST=$WEB_HOST NORN_PORT=$WEB_PORT; the web socket needs an address and a port number" >&2
+    exit 1
+fi
+case "${WEB_HOST:=127.0.0.1}" in *:*) WEB_LISTEN="[$WEB_HOST]:${WEB_PORT:-8000}" ;; *) WEB_LISTEN="$WEB_HOST:${WEB_PORT:-8000}" ;; esac
+for unit in "$SOURCE"/deploy/systemd/*.service "$SOURCE"/deploy/systemd/*.socket "$SOURCE"/deploy/systemd/*.target; do
     name=$(basename "$unit")
     sed -e "s#/opt/norn#$PREFIX#g" -e "s#^User=norn\$#User=$NORN_USER#" -e "s#^Group=norn\$#Group=$GROUP#" \
+        -e "s#^ListenStream=.*#ListenStream=$WEB_LISTEN#" \
         "$unit" > "$UNIT_DIR/.$name.tmp"
     chmod 0644 "$UNIT_DIR/.$name.tmp"
     mv "$UNIT_DIR/.$name.tmp" "$UNIT_DIR/$name"
 done
-say "installed the units in $UNIT_DIR"
+say "installed the units in $UNIT_DIR (the web port: $WEB_LISTEN)"
+# How many web processes: as asked, else as many as are enabled, else one
+# per CPU (each takes about 100 MB), at most 4.
+if [ -z "$WEB_PROCESSES" ]; then
+    WEB_PROCESSES=0
+    if [ -d "$UNIT_DIR/norn.target.wants" ]; then
+        WEB_PROCESSES=$(find "$UNIT_DIR/norn.target.wants" -name 'norn-web@*.service' | wc -l)
+    fi
+    if [ "$WEB_PROCESSES" -eq 0 ]; then
+        WEB_PROCESSES=$(nproc)
+        [ "$WEB_PROCESSES" -le 4 ] || WEB_PROCESSES=4
+    fi
+fi
+WEB_UNITS=()
+for i in $(seq 1 "$WEB_PROCESSES"); do WEB_UNITS+=("norn-web@$i.service"); done
+# Before, one norn-web.service held the port itself: it would hold it still.
+if [ -e "$UNIT_DIR/norn-web.service" ]; then
+    if [ "$SYSTEMCTL" -eq 1 ]; then
+        systemctl disable --now norn-web.service || true
+    fi
+    rm -f "$UNIT_DIR/norn-web.service"
+    say "replaced norn-web.service by norn-web.socket and norn-web@N.service"
+fi
 if [ "$SYSTEMCTL" -eq 1 ]; then
     systemctl daemon-reload
     # Debian's own Caddy units serve /etc/caddy/Caddyfile on port 80: off for good.
@@ -245,14 +286,26 @@ if [ "$SYSTEMCTL" -eq 1 ]; then
             say "disabled and stopped Debian's $unit (it would hold port 80)"
         fi
     done
-    systemctl enable norn.target norn-web.service norn-worker.service norn-ingress.service
+    # Web processes beyond the number asked for: stopped and disabled.
+    for wanted in "$UNIT_DIR"/norn.target.wants/norn-web@*.service; do
+        [ -e "$wanted" ] || continue
+        instance=$(basename "$wanted")
+        number=${instance#norn-web@}; number=${number%.service}
+        if ! [[ "$number" =~ ^[0-9]+$ ]] || [ "$number" -gt "$WEB_PROCESSES" ]; then
+            systemctl disable --now "$instance"
+        fi
+    done
+    systemctl enable norn.target norn-web.socket "${WEB_UNITS[@]}" norn-worker.service norn-ingress.service
     # Restart Norn's own code, start what else is not running: the ingress
-    # keeps running (and serving the apps) when this script runs again.
-    systemctl restart norn-web.service norn-worker.service
+    # keeps running (and serving the apps) when this script runs again. The
+    # socket too is restarted (its port may have changed), which needs its
+    # processes stopped first.
+    systemctl stop 'norn-web@*.service' norn-web.socket
+    systemctl restart norn-worker.service
     systemctl start norn.target
-    say "started norn.target: systemctl status 'norn-*'"
+    say "started norn.target with $WEB_PROCESSES web process(es): systemctl status 'norn-*'"
 else
-    say "--no-systemctl: not enabled or started"
+    say "--no-systemctl: not enabled or started (would enable ${WEB_UNITS[*]})"
 fi
 if [ -e "$UNIT_DIR/norn-proxy.service" ]; then
     say "norn-proxy.service (Norn's old proxy) is still installed: docs/production.md, \"Migrating from Norn's proxy\", says how to hand its ports to the ingress"

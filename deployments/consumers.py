@@ -2,23 +2,23 @@
 
 Three endpoints (one deployment, one app, everything) share one base: it
 authorizes the user deployments/ws_auth.py authenticated (session or API
-token), joins the channel-layer group, replays stored events on request and
-forwards live ones, so that each deployment's events reach the client in
+token), follows its route through this process's hub (livehub.py), replays
+stored events on request and forwards live ones, so that each deployment's events reach the client in
 `seq` order, each exactly once.
 """
 
 import asyncio
+import collections
 import json
 import uuid
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
-from channels.layers import BaseChannelLayer
 
 from apps_registry.models import App
-from deployments import events
-from deployments.models import Deployment, Event
+from deployments import events, livehub
+from deployments.models import Deployment
 
 # Seconds between keepalive pings; read at every tick, so tests can shorten it.
 PING_INTERVAL = 20
@@ -39,20 +39,23 @@ MAX_FRAME_BYTES = 64 * 1024
 # Sequence numbers are bigints; anything longer is no seq (and int() of a
 # few thousand digits raises).
 MAX_SEQ = 2**63 - 1
-# Checks group names as Channels' own layers do; the pub/sub layer itself
-# has no such check (any Redis channel name goes), but an app name that is
-# no valid group name cannot have been deployed (see AppConsumer).
-_GROUP_NAMES = BaseChannelLayer()
 
 
 class EventStream(AsyncJsonWebsocketConsumer):
-    """What the three endpoints share; subclasses say which group they follow.
+    """What the three endpoints share; subclasses say which route they follow.
 
-    Channels dispatches one message at a time per consumer: while a replay
-    awaits the database, live events for the same deployment wait in the
-    channel layer, and reach `deploy_event` only after the replay recorded
-    what it sent. That ordering is what makes the de-duplication below safe.
+    Live events come from this process's livehub.Hub, not from a channel of
+    each consumer. Everything that sends events to the client (the replay on
+    connect, a `resume`, the ping's catch-up, live events) runs holding
+    `self.order`, so each deployment's events leave in `seq` order, once:
+    live events that arrive while a replay or a gap fill awaits the database
+    wait in `self.backlog`, and are sent (or dropped as duplicates) after it.
     """
+
+    # No channel of its own in the channel layer: the hub is subscribed,
+    # once per process (livehub.py). Without this Channels would
+    # subscribe every connection to a channel of its own in Redis.
+    channel_layer_alias = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -66,11 +69,18 @@ class EventStream(AsyncJsonWebsocketConsumer):
         # all endpoints): of a deployment first seen live, the events after
         # it are the ones this client missed; earlier ones are history.
         self.watermark = None
+        # The route (events.routes) this consumer follows through the hub.
+        self.following = None
+        self.order = asyncio.Lock()
+        # Live (message, frame) pairs waiting for `order`, in arrival order,
+        # and the task that sends them once it has it.
+        self.backlog = collections.deque()
+        self.catching_up = None
 
     # --- subclass hooks -------------------------------------------------------
 
-    def find_group(self):
-        """Runs in a worker thread. The group to join, or None for 4404."""
+    def find_route(self):
+        """Runs in a worker thread. The route to follow (events.routes), or None for 4404."""
         raise NotImplementedError
 
     def covers(self, deployment):
@@ -78,7 +88,7 @@ class EventStream(AsyncJsonWebsocketConsumer):
         raise NotImplementedError
 
     async def start(self):
-        """Called once the group is joined; the deployment endpoint replays here."""
+        """Called, holding `order`, once the route is followed; the deployment endpoint replays here."""
 
     # --- connection -----------------------------------------------------------
 
@@ -87,40 +97,45 @@ class EventStream(AsyncJsonWebsocketConsumer):
         # rejected handshake (HTTP 403) cannot carry.
         await self.accept()
         code = await database_sync_to_async(self.authorize)()
-        group = None
+        route = None
         if code is None and _has_nul(self.scope["url_route"]["kwargs"]):
             # PostgreSQL cannot compare text with NUL in it; no name has one.
             code = NOT_FOUND
         elif code is None:
-            group = await database_sync_to_async(self.find_group)()
-            if group is None:
+            route = await database_sync_to_async(self.find_route)()
+            if route is None:
                 code = NOT_FOUND
         if code is not None:
             await self.close_with(code)
             return
-        # Join before anything reads the database: an event committed from
-        # here on is either in the rows read below or arrives live (or both,
-        # and is dropped as a duplicate). Joining after would lose those
-        # committed between the read and the join.
-        await self.channel_layer.group_add(group, self.channel_name)
-        self.groups.append(group)
-        self.pinger = asyncio.create_task(self.ping_forever())
-        await self.start()
+        async with self.order:
+            # Join before anything reads the database: an event committed
+            # from here on is either in the rows read below or arrives live
+            # (or both, and is dropped as a duplicate). Joining after would
+            # lose those committed between the read and the join. Live
+            # events that come meanwhile wait for `order` in the backlog.
+            self.following = route
+            await livehub.hub().join(route, self)
+            self.pinger = asyncio.create_task(self.ping_forever())
+            await self.start()
 
     async def disconnect(self, code):
-        if self.pinger is not None:
-            self.pinger.cancel()
+        await self.stop_following()
 
     async def close_with(self, code):
         self.closing = True
-        if self.pinger is not None:
-            self.pinger.cancel()
-        # Leave the groups now, not at disconnect: nothing more is sent, so
-        # live events must stop piling up in this channel.
-        for group in self.groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
-        self.groups = []
+        # Stop following now, not at disconnect: nothing more is sent.
+        await self.stop_following()
         await self.close(code)
+
+    async def stop_following(self):
+        for task in (self.pinger, self.catching_up):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        self.backlog.clear()
+        if self.following is not None:
+            route, self.following = self.following, None
+            await livehub.hub().leave(route, self)
 
     def authorize(self):
         """Runs in a worker thread. None if the client may watch, else a close code.
@@ -144,7 +159,8 @@ class EventStream(AsyncJsonWebsocketConsumer):
             # would otherwise read every viewer's in-flight events from the
             # database (1,000 viewers: 50 queries/s, the live copies wasted).
             if not self.heard:
-                await self.catch_up()
+                async with self.order:
+                    await self.catch_up()
             self.heard = False
             await self.send_json({"type": "ping"})
 
@@ -158,28 +174,9 @@ class EventStream(AsyncJsonWebsocketConsumer):
         """
         if not self.last_sent:
             return
-        for key in await database_sync_to_async(_behind)(dict(self.last_sent)):
-            last = self.last_sent[key]
-            for missed in await database_sync_to_async(_events_after)(key, last):
-                # A live event may have sent it while this was reading.
-                if missed["seq"] > self.last_sent.get(key, 0):
-                    await self.send_event(missed)
-
-    async def dispatch(self, message):
-        # Live events are the hot path: one message per viewer per batch. The
-        # base dispatch first closes stale database connections, a hop to the
-        # sync thread that costs about half of daphne's CPU with hundreds of
-        # viewers (bench/fanout.py); deploy_event reaches the database only
-        # through database_sync_to_async, which does that itself.
-        kind = message.get("type")
-        if kind == events.BATCH:
-            for event in message["events"]:
-                await self.deploy_event(event)
-            return
-        if kind == "deploy.event":  # one event, as publishers before batching sent them
-            await self.deploy_event(message)
-            return
-        await super().dispatch(message)
+        for key in await database_sync_to_async(events.behind)(dict(self.last_sent)):
+            for missed in await database_sync_to_async(events.stored_after)(key, self.last_sent[key]):
+                await self.send_event(missed)
 
     # --- client messages ------------------------------------------------------
 
@@ -205,15 +202,16 @@ class EventStream(AsyncJsonWebsocketConsumer):
         if deployment is None or not self.covers(deployment):
             await self.close_with(NOT_FOUND)
             return
-        await self.replay(deployment.public_id, after)
+        async with self.order:
+            await self.replay(deployment.public_id, after)
 
     # --- events ---------------------------------------------------------------
 
     async def replay(self, deployment, after):
-        """Send the stored events after `after`, then `caught_up`."""
+        """Send the stored events after `after`, then `caught_up`. Hold `order`."""
         last = after
         while True:
-            batch = await database_sync_to_async(_events_after)(deployment, last, limit=REPLAY_BATCH)
+            batch = await database_sync_to_async(events.stored_after)(deployment, last, limit=REPLAY_BATCH)
             for message in batch:
                 await self.send_event(message)
                 last = message["seq"]
@@ -223,52 +221,103 @@ class EventStream(AsyncJsonWebsocketConsumer):
         self.last_sent[deployment] = last
         await self.send_json({"type": "caught_up", "deployment": deployment, "seq": last})
 
-    async def deploy_event(self, message):
-        """A live event from the channel layer (events.Publisher)."""
-        if self.closing:
-            return
+    async def live(self, items):
+        """Live events from the hub: [(channel-layer message, its frame)], in commit order.
+
+        The hot path, once per viewer and batch: when nothing else is being
+        sent to this client and no event is missing, the frames go out now,
+        in the hub's task. Otherwise they wait in the backlog for a task of
+        this consumer, so that the hub never waits for the database.
+        """
+        if self.closing or self.following is None:
+            return  # closed or disconnected while the hub was handing out
         self.heard = True
+        if self.backlog or self.order.locked():
+            self.backlog.extend(items)
+            self.work_off_backlog()
+            return
+        async with self.order:  # free: taken without waiting
+            for i, (message, frame) in enumerate(items):
+                verdict = self.placement(message)
+                if verdict is _MISSING:
+                    self.backlog.extend(items[i:])
+                    self.work_off_backlog()
+                    return
+                if verdict is _NEXT:
+                    self.last_sent[message["deployment"]] = message["seq"]
+                    # Straight to the server, as send() would after two more calls.
+                    await self.base_send({"type": "websocket.send", "text": frame})
+
+    def work_off_backlog(self):
+        if self.catching_up is None and not self.closing:
+            self.catching_up = asyncio.create_task(self.send_backlog())
+
+    async def send_backlog(self):
+        try:
+            async with self.order:
+                while self.backlog and not self.closing:
+                    message, frame = self.backlog.popleft()
+                    await self.deploy_event(message, frame)
+        finally:
+            self.catching_up = None
+
+    def placement(self, message):
+        """Whether a live event is a duplicate, the next one, or comes after missing ones."""
         deployment, seq = message["deployment"], message["seq"]
         last = self.last_sent.get(deployment)
-        if last is None and self.watermark is not None and seq > 1:
-            # First seen live, and not from its start: send what it committed
-            # since this client subscribed and the live stream did not bring
-            # (a publish lost, or a process that died before publishing).
-            for missed in await database_sync_to_async(_events_after)(deployment, 0, before=seq,
-                                                                      above_id=self.watermark):
-                await self.send_event(missed)
-        elif last is not None:
-            if seq <= last:
-                return  # Already sent by a replay (or delivered twice).
-            if seq > last + 1:
-                # Something between was not delivered: a publish dropped
-                # while Redis was down or this channel was full, or another
-                # process's publisher was slower. Seq numbers are handed out
-                # under the deployment's row lock, so every lower one is
-                # committed by now: fetch them.
-                for missed in await database_sync_to_async(_events_after)(deployment, last, before=seq):
-                    await self.send_event(missed)
-        await self.send_event(message)
+        if last is None:
+            # First seen live, and not from its start: what it committed since
+            # this client subscribed, the live stream may not have brought (a
+            # publish lost, or a process that died before publishing).
+            return _MISSING if self.watermark is not None and seq > 1 else _NEXT
+        if seq <= last:
+            return _DUPLICATE  # Already sent by a replay (or delivered twice).
+        # Something between was not delivered: a publish dropped while Redis
+        # was down, or another process's publisher was slower.
+        return _NEXT if seq == last + 1 else _MISSING
+
+    async def deploy_event(self, message, frame):
+        """A live event, holding `order`: what it reveals missing first, then itself."""
+        deployment, seq = message["deployment"], message["seq"]
+        verdict = self.placement(message)
+        if verdict is _DUPLICATE:
+            return
+        if verdict is _MISSING:
+            last = self.last_sent.get(deployment)
+            # Seq numbers are handed out under the deployment's row lock, so
+            # every lower one is committed by now: fetch them.
+            if last is None:
+                missed = await database_sync_to_async(events.stored_after)(deployment, 0, before=seq,
+                                                                     above_id=self.watermark)
+            else:
+                missed = await database_sync_to_async(events.stored_after)(deployment, last, before=seq)
+            for stored in missed:
+                await self.send_event(stored)
+            if seq <= self.last_sent.get(deployment, 0):
+                return
+        self.last_sent[deployment] = seq
+        await self.send(text_data=frame)
 
     async def send_event(self, message):
+        """A stored event (replay, gap fill): encoded for this client alone."""
         self.last_sent[message["deployment"]] = message["seq"]
-        await self.send_json({
-            "type": "event",
-            "deployment": message["deployment"],
-            "seq": message["seq"],
-            "event": message["event"],
-            "payload": message["payload"],
-        })
+        await self.send(text_data=livehub.frame(message))
+
+
+# What EventStream.placement says of a live event.
+_DUPLICATE = "duplicate"
+_NEXT = "next"
+_MISSING = "missing"
 
 
 class DeploymentConsumer(EventStream):
     """/ws/deployments/<uuid>/?after=<seq>: stored events, `caught_up`, then live ones."""
 
-    def find_group(self):
+    def find_route(self):
         self.deployment = _find_deployment(self.scope["url_route"]["kwargs"]["deployment_id"])
         if self.deployment is None:
             return None
-        return self.deployment.groups[0]
+        return self.deployment.route
 
     def covers(self, deployment):
         return deployment.public_id == self.deployment.public_id
@@ -285,39 +334,30 @@ class DeploymentConsumer(EventStream):
 class AppConsumer(EventStream):
     """/ws/apps/<name>/: live events of every deployment of one app."""
 
-    def find_group(self):
+    def find_route(self):
         self.app_name = self.scope["url_route"]["kwargs"]["name"]
         if not App.objects.filter(name=self.app_name).exists():
             return None
-        # The name events.group_names publishes the app's events under.
-        group = f"app.{self.app_name}"
-        try:
-            _GROUP_NAMES.require_valid_group_name(group)
-        except TypeError:
-            # An app whose directory name is no valid app name (an invalid
-            # infraspec) cannot have been deployed, so it has no events.
-            return None
-        return group
+        return events.app_route(self.app_name)
 
     def covers(self, deployment):
         return deployment.app_name == self.app_name
 
     async def start(self):
-        self.watermark = await database_sync_to_async(_last_event_id)()
+        self.watermark = await database_sync_to_async(events.last_id)()
 
 
 class AllDeploymentsConsumer(EventStream):
     """/ws/deployments/: live events of every deployment."""
 
-    def find_group(self):
-        # The group events.group_names sends every event to.
-        return "deployments"
+    def find_route(self):
+        return events.ALL_ROUTE
 
     def covers(self, deployment):
         return True
 
     async def start(self):
-        self.watermark = await database_sync_to_async(_last_event_id)()
+        self.watermark = await database_sync_to_async(events.last_id)()
 
 
 class NotFoundConsumer(AsyncWebsocketConsumer):
@@ -338,8 +378,8 @@ class _DeploymentRef:
     def __init__(self, public_id, app_name):
         self.public_id = str(public_id)
         self.app_name = app_name
-        # The same names events.record publishes to: deployment, app, all.
-        self.groups = events.group_names(public_id, app_name)
+        # The route its viewers follow (events.routes).
+        self.route = events.deployment_route(self.public_id)
 
 
 def _find_deployment(public_id):
@@ -349,33 +389,6 @@ def _find_deployment(public_id):
         return None
     row = Deployment.objects.filter(public_id=public_id).values_list("public_id", "app__name").first()
     return _DeploymentRef(*row) if row else None
-
-
-def _events_after(public_id, after, before=None, limit=None, above_id=None):
-    """Stored events of a deployment with after < seq (< before), as channel-layer messages."""
-    rows = Event.objects.filter(deployment__public_id=public_id, seq__gt=after)
-    if before is not None:
-        rows = rows.filter(seq__lt=before)
-    if above_id is not None:
-        rows = rows.filter(id__gt=above_id)
-    rows = rows.order_by("seq").values_list("seq", "kind", "payload")
-    if limit is not None:
-        rows = rows[:limit]
-    public_id = str(public_id)
-    return [
-        {"type": "deploy.event", "deployment": public_id, "seq": seq, "event": kind, "payload": payload}
-        for seq, kind, payload in rows
-    ]
-
-
-def _last_event_id():
-    return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
-
-
-def _behind(last_sent):
-    """Of the deployments in `last_sent` ({public id: seq}), those with later events stored."""
-    rows = Deployment.objects.filter(public_id__in=list(last_sent)).values_list("public_id", "last_event_seq")
-    return [str(public_id) for public_id, seq in rows if seq > last_sent[str(public_id)]]
 
 
 def _parse_frame(text_data):

@@ -78,25 +78,70 @@ def record(deployment_id: int, kind: str, payload: dict) -> Event:
         )
         seq, public_id, app_name = cursor.fetchone()
     event = Event.objects.create(deployment_id=deployment_id, seq=seq, kind=kind, payload=payload)
-    groups = group_names(public_id, app_name)
-    body = message(event, public_id)
-    transaction.on_commit(lambda: publisher.send(groups, body))
+    body = message(event, public_id, app_name)
+    transaction.on_commit(lambda: publisher.send([GROUP], body))
     return event
 
 
-def group_names(public_id: uuid.UUID, app_name: str) -> list[str]:
-    """The channel-layer groups an event goes to: its deployment, its app, all."""
-    return [f"deployment.{public_id.hex}", f"app.{app_name}", "deployments"]
+# Every event goes to one channel-layer group, whoever watches it: a batch
+# of events is one Redis message (one round trip), and each web process's
+# hub (livehub.py) hands each event to the viewers of its routes.
+GROUP = "deployments"
 
 
-def message(event: Event, public_id: uuid.UUID) -> dict:
-    return {
-        "type": "deploy.event",
-        "deployment": str(public_id),
-        "seq": event.seq,
-        "event": event.kind,
-        "payload": event.payload,
-    }
+def routes(deployment: str, app_name: str) -> list[str]:
+    """What viewers follow that an event belongs to: its deployment (its id as
+    text), its app, all deployments."""
+    return [deployment_route(deployment), app_route(app_name), ALL_ROUTE]
+
+
+def deployment_route(deployment: str) -> str:
+    return f"deployment.{deployment}"
+
+
+def app_route(app_name: str) -> str:
+    return f"app.{app_name}"
+
+
+ALL_ROUTE = "all"
+
+
+def message(event: Event, public_id: uuid.UUID, app_name: str) -> dict:
+    """A committed event as published: it names its app, for the hubs to route it."""
+    return {**_message(str(public_id), event.seq, event.kind, event.payload), "app": app_name}
+
+
+def _message(public_id: str, seq: int, kind: str, payload: dict) -> dict:
+    """An event as the channel layer carries it (and consumers.py reads it)."""
+    return {"type": "deploy.event", "deployment": public_id, "seq": seq, "event": kind, "payload": payload}
+
+
+# --- reading them back (consumers.py: replays and gap filling) ----------------
+
+
+def stored_after(public_id, after, before=None, limit=None, above_id=None):
+    """Stored events of a deployment with after < seq (< before), as channel-layer messages."""
+    rows = Event.objects.filter(deployment__public_id=public_id, seq__gt=after)
+    if before is not None:
+        rows = rows.filter(seq__lt=before)
+    if above_id is not None:
+        rows = rows.filter(id__gt=above_id)
+    rows = rows.order_by("seq").values_list("seq", "kind", "payload")
+    if limit is not None:
+        rows = rows[:limit]
+    public_id = str(public_id)
+    return [_message(public_id, seq, kind, payload) for seq, kind, payload in rows]
+
+
+def last_id():
+    """The largest Event id committed so far (0: none)."""
+    return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def behind(last_sent):
+    """Of the deployments in `last_sent` ({public id: seq}), those with later events stored."""
+    rows = Deployment.objects.filter(public_id__in=list(last_sent)).values_list("public_id", "last_event_seq")
+    return [str(public_id) for public_id, seq in rows if seq > last_sent[str(public_id)]]
 
 
 class Publisher:
@@ -164,9 +209,9 @@ class Publisher:
 
     @staticmethod
     async def _send(layer, events):
-        # One message per group for the whole batch, in commit order, all
-        # groups at once: a batch costs three round trips to Redis, not
-        # three per event, and each viewer's process wakes once for it.
+        # One message per group for the whole batch, in commit order: a
+        # batch costs one round trip to Redis per group (record() uses one),
+        # not one per event, and each viewer's process wakes once for it.
         batches = {}
         for groups, body in events:
             for group in groups:
@@ -175,8 +220,7 @@ class Publisher:
         await asyncio.wait_for(asyncio.gather(*sends), timeout=SEND_TIMEOUT)
 
 
-# The channel-layer message type of a batch; consumers also still take single
-# "deploy.event" messages.
+# The channel-layer message type of a batch.
 BATCH = "deploy.events"
 # Events sent to the channel layer at once, at most; a bound on one batch's
 # memory and on what one Redis failure drops.

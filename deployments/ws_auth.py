@@ -5,6 +5,7 @@ takes an API token as well as the session, and turns a session away unless
 one of our own pages opened the socket. Consumers only check permissions.
 """
 
+from importlib import import_module
 from typing import Any
 from urllib.parse import urlparse
 
@@ -12,7 +13,7 @@ from channels.auth import get_user
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from channels.security.websocket import OriginValidator
-from channels.sessions import SessionMiddlewareStack
+from channels.sessions import CookieMiddleware
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -38,12 +39,19 @@ class WebSocketAuthMiddleware(BaseMiddleware):
     """Sets scope["user"], scope["auth_method"] and scope["auth_refused"].
 
     A connection that sends an Authorization header is authenticated by the
-    token alone; otherwise by the session, which SessionMiddleware must have
-    put in the scope (use NornAuthMiddlewareStack).
+    token alone; otherwise by the session of the cookie CookieMiddleware put
+    in the scope (use NornAuthMiddlewareStack).
     """
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         scope = dict(scope)
+        if "session" not in scope:
+            # Read only: a WebSocket never changes the session. Channels'
+            # SessionMiddleware would also wrap `send` to save it, a check
+            # on every frame sent to every viewer (bench/fanout.py: an
+            # eighth of daphne's time sending live events).
+            key = scope.get("cookies", {}).get(settings.SESSION_COOKIE_NAME)
+            scope["session"] = import_module(settings.SESSION_ENGINE).SessionStore(key)
         headers = dict(scope.get("headers", []))
         authorization = headers.get(b"authorization")
         if authorization is not None:
@@ -59,8 +67,8 @@ class WebSocketAuthMiddleware(BaseMiddleware):
 
 
 def NornAuthMiddlewareStack(inner: Any) -> Any:  # noqa: N802 (named like channels' AuthMiddlewareStack)
-    """Cookies, then the session, then WebSocketAuthMiddleware around `inner`."""
-    return SessionMiddlewareStack(WebSocketAuthMiddleware(inner))
+    """Cookies, then WebSocketAuthMiddleware (which reads the session) around `inner`."""
+    return CookieMiddleware(WebSocketAuthMiddleware(inner))
 
 
 def _token_user(authorization: bytes) -> Identity:

@@ -13,8 +13,10 @@ import uuid
 
 import pytest
 import pytest_asyncio
+import redis.asyncio
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.admin.models import LogEntry
@@ -448,7 +450,7 @@ async def test_events_committed_during_the_replay_arrive_once_and_in_order(open_
     read by the next query *and* delivered live, and must be sent once."""
     await database_sync_to_async(record)(deployment, 2)  # seq 2, 3
     monkeypatch.setattr(consumers, "REPLAY_BATCH", 2)
-    original = consumers._events_after
+    original = events.stored_after
     commits = []
 
     def racing_events_after(public_id, after, before=None, limit=None):
@@ -458,7 +460,7 @@ async def test_events_committed_during_the_replay_arrive_once_and_in_order(open_
             commits.append(after)
         return rows
 
-    monkeypatch.setattr(consumers, "_events_after", racing_events_after)
+    monkeypatch.setattr(events, "stored_after", racing_events_after)
     socket = await open_socket(deployment_path(deployment), token_headers(token))
     messages = await receive_until_caught_up(socket)
     # Read: [1, 2] (4 commits), [3, 4] (5 commits), [5] (6 commits), done.
@@ -588,6 +590,97 @@ async def test_rejected_connections_get_no_pings_or_events(open_socket, deployme
     assert await close_code(socket) == 4401
     await database_sync_to_async(record)(deployment, 1)
     assert await socket.receive_nothing(0.3)
+
+
+# --- one hub per process: viewers share the subscription ---------------------
+
+
+async def redis_subscribers():
+    """Redis pub/sub subscribers of the group every event is published to: one per
+    process with viewers."""
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    try:
+        [(_, count)] = await client.pubsub_numsub(get_channel_layer()._get_group_channel_name(events.GROUP))
+    finally:
+        await client.aclose()
+    return count
+
+
+async def redis_channels_of_consumers():
+    """Redis pub/sub channels of this test run's consumers' own channel-layer channels."""
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    try:
+        return len(await client.pubsub_channels(f"{get_channel_layer().prefix}specific.*"))
+    finally:
+        await client.aclose()
+
+
+@websocket_db
+@pytest.mark.asyncio
+async def test_viewers_in_one_process_share_one_subscription(open_socket, deployment, token):
+    viewers = [await open_socket(deployment_path(deployment), token_headers(token)) for _ in range(3)]
+    for viewer in viewers:
+        await receive_until_caught_up(viewer)
+    app_viewer = await open_socket(f"/ws/apps/{deployment.app.name}/", token_headers(token))
+    await subscribed(app_viewer, deployment, after=1)
+    # One subscriber and one channel-layer channel for the process (the
+    # hub's), not one per viewer.
+    assert await redis_subscribers() == 1
+    assert await redis_channels_of_consumers() == 1
+
+    await database_sync_to_async(record)(deployment, 2)
+    for viewer in [*viewers, app_viewer]:
+        assert seqs(await receive(viewer, 2)) == [2, 3]
+
+    # The last viewer to leave ends the subscription; till then it stays.
+    for viewer in viewers:
+        await viewer.disconnect()
+    assert await redis_subscribers() == 1
+    await database_sync_to_async(record)(deployment, 1)
+    assert seqs(await receive(app_viewer, 1, deployments={str(deployment.public_id)})) == [4]
+    await app_viewer.disconnect()
+    assert await redis_subscribers() == 0
+    assert await redis_channels_of_consumers() == 0
+
+
+@websocket_db
+@pytest.mark.asyncio
+async def test_a_viewer_waiting_for_the_database_holds_up_no_other_viewer(open_socket, deployment, token,
+                                                                          monkeypatch):
+    """The hub hands live events to every viewer in turn: one whose replay
+    is stuck in the database keeps them for later, the others get them now."""
+    watching = await open_socket(deployment_path(deployment), token_headers(token))
+    await receive_until_caught_up(watching)
+    original = events.stored_after
+    reading, release = threading.Event(), threading.Event()
+
+    def stuck_events_after(*args, **kwargs):
+        reading.set()
+        release.wait(TIMEOUT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(events, "stored_after", stuck_events_after)
+    replaying = await open_socket(deployment_path(deployment), token_headers(token))
+    await asyncio.to_thread(reading.wait, TIMEOUT)
+
+    def record_elsewhere():
+        # Not in the sync thread database_sync_to_async uses: the stuck
+        # replay holds it.
+        try:
+            record(deployment, 2)
+        finally:
+            connection.close()
+
+    try:
+        await asyncio.to_thread(record_elsewhere)
+        assert seqs(await receive(watching, 2)) == [2, 3]
+        assert await replaying.receive_nothing(0.2)
+    finally:
+        release.set()
+    # The replay read seq 1-3; the live 2 and 3 it kept are duplicates by then.
+    messages = await receive_until_caught_up(replaying)
+    assert seqs(messages) == [1, 2, 3] and messages[-1]["seq"] == 3
+    assert await replaying.receive_nothing(0.3)
 
 
 # --- API tokens in the admin --------------------------------------------------

@@ -3,9 +3,9 @@ the install script, run into a temporary root, writes an env file only Norn's
 user may read with a generated SECRET_KEY that a second run keeps, and the
 ingress's first config; `systemd-analyze verify` finds nothing to say about
 the installed units; each unit's ExecStart, run as its User= and Group= with
-its UMask=, ambient capabilities, environment and directories in a process
-group of its own, serves (the web server answers /healthz, the worker runs a
-task, the ingress (Caddy) takes a config from the user norn on its admin
+its UMask=, ambient capabilities, environment, directories and sockets in a
+process group of its own, serves (two web server processes share the socket
+unit's port and each answers /healthz, the worker runs a task, the ingress (Caddy) takes a config from the user norn on its admin
 socket, serves it on a privileged port and resumes it after a restart) and
 stops within the unit's TimeoutStopSec of SIGTERM to its group."""
 
@@ -20,6 +20,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -35,7 +36,9 @@ from tests.support.servers import database_url_for_tests, free_port
 pytestmark = pytest.mark.django_db(transaction=True)
 
 USER = "norn"
-UNITS = ("norn-web.service", "norn-worker.service", "norn-ingress.service")
+UNITS = ("norn-web@.service", "norn-web.socket", "norn-worker.service", "norn-ingress.service")
+# What norn.target starts: the web processes it wants are the enabled norn-web@N.
+TARGET_WANTS = {"norn-web.socket", "norn-worker.service", "norn-ingress.service"}
 INGRESS_ADMIN = "unix//run/norn-ingress/admin.sock"
 # Absolute paths in the units that the tests map into the temporary root.
 UNIT_PATHS = ("/etc/norn", "/var/lib/norn-ingress", "/run/norn-ingress")
@@ -65,10 +68,10 @@ def installed():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def install(root):
+def install(root, *extra):
     return subprocess.run(
         [str(REPO_ROOT / "deploy" / "install.sh"), "--prefix", str(REPO_ROOT), "--root", str(root),
-         "--database-url", database_url_for_tests(), "--no-systemctl"],
+         "--database-url", database_url_for_tests(), "--no-systemctl", *extra],
         capture_output=True, text=True, timeout=300,
     )
 
@@ -83,15 +86,15 @@ def read_env_file(path):
     return values
 
 
-def unit_settings(path):
-    """{key: value} of a unit's [Service] section."""
+def unit_settings(path, section_name="[Service]"):
+    """{key: value} of a unit's [Service] (or another) section."""
     values = {}
     section = None
     for line in path.read_text().splitlines():
         line = line.strip()
         if line.startswith("["):
             section = line
-        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+        elif section == section_name and "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)
             values[key] = value
     return values
@@ -134,7 +137,12 @@ def test_install_writes_a_private_env_file_once_and_keeps_its_key(installed):
         unit = (unit_dir / name).read_text()
         assert "/opt/norn" not in unit and str(REPO_ROOT) in unit
     target = (unit_dir / "norn.target").read_text()
-    assert set(re.search(r"^Wants=(.*)$", target, re.M).group(1).split()) == set(UNITS)
+    assert set(re.search(r"^Wants=(.*)$", target, re.M).group(1).split()) == TARGET_WANTS
+    # The env file's address, and one web process per CPU (at most 4) unless told.
+    socket_unit = unit_settings(unit_dir / "norn-web.socket", "[Socket]")
+    assert socket_unit["ListenStream"] == f"{values['NORN_HOST']}:{values['NORN_PORT']}"
+    processes = min(os.cpu_count(), 4)
+    assert f"(would enable {' '.join(f'norn-web@{i}.service' for i in range(1, processes + 1))})" in again.stdout
     work = installed / "var" / "lib" / "norn" / "work"
     assert stat.S_IMODE(work.stat().st_mode) == 0o700 and work.stat().st_uid == pwd.getpwnam(USER).pw_uid
     assert not (installed / "var" / "lib" / "norn" / "proxy").exists()
@@ -147,6 +155,16 @@ def test_install_refuses_a_relative_prefix_and_a_bad_acme_email(installed):
     result = subprocess.run([str(REPO_ROOT / "deploy" / "install.sh"), "--acme-email", "ops@example.com\nDEBUG=true",
                              "--no-systemctl"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--acme-email must be an address like ops@example.com" in result.stderr
+    for bad in ("0", "three", "1 2", "100"):
+        result = subprocess.run([str(REPO_ROOT / "deploy" / "install.sh"), "--web-processes", bad, "--no-systemctl"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "--web-processes must be a number from 1 to 99" in result.stderr
+
+
+def test_install_enables_as_many_web_processes_as_asked(installed):
+    result = install(installed, "--web-processes", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(would enable norn-web@1.service norn-web@2.service norn-web@3.service)" in result.stdout
 
 
 def test_systemd_analyze_verify_has_nothing_to_say_about_the_units(installed):
@@ -157,8 +175,14 @@ def test_systemd_analyze_verify_has_nothing_to_say_about_the_units(installed):
     result = install(installed)
     assert result.returncode == 0, result.stdout + result.stderr
     unit_dir = installed / "etc" / "systemd" / "system"
-    verify = subprocess.run([analyze, "verify", *(str(unit_dir / name) for name in (*UNITS, "norn.target"))],
-                            capture_output=True, text=True, timeout=60)
+    # A template is verified as one of its instances, which systemd would load from it.
+    (unit_dir / "norn-web@1.service").symlink_to("norn-web@.service")
+    try:
+        names = [name.replace("@.", "@1.") for name in (*UNITS, "norn.target")]
+        verify = subprocess.run([analyze, "verify", *(str(unit_dir / name) for name in names)],
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        (unit_dir / "norn-web@1.service").unlink()
     assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
 
 
@@ -198,7 +222,8 @@ class Service:
         self.runtime_dir = None
         self.proc = None
 
-    def start(self):
+    def start(self, listener=None):
+        """`listener`: the socket unit's socket, which the process gets as fd 3, as from systemd."""
         setpriv = ["setpriv", "--reuid", self.user.pw_name, "--regid", self.group, "--init-groups"]
         for cap in self.unit.get("AmbientCapabilities", "").split():
             name = cap.lower().removeprefix("cap_")
@@ -213,9 +238,15 @@ class Service:
                 directory.chmod(int(self.unit.get(f"{key}Mode", "0755"), 8))
                 if key == "RuntimeDirectory":
                     self.runtime_dir = directory
+        argv, pass_fds = [*setpriv, *self.argv], ()
+        if "Sockets" in self.unit:
+            assert listener is not None, f"{self.unit['Sockets']} first"
+            adopt = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execvp(sys.argv[2], sys.argv[2:])"
+            argv = [sys.executable, "-c", adopt, str(listener.fileno()), *argv]
+            pass_fds = (listener.fileno(),)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [*setpriv, *self.argv], cwd=self.unit.get("WorkingDirectory", "/"), env=self.env,
+            argv, cwd=self.unit.get("WorkingDirectory", "/"), env=self.env, pass_fds=pass_fds,
             umask=int(self.unit.get("UMask", "0022"), 8),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -282,8 +313,8 @@ def services(installed):
     }
     started = []
 
-    def start(name, **extra):
-        started.append(Service(installed, name, {**overrides, **extra}).start())
+    def start(name, listener=None, **extra):
+        started.append(Service(installed, name, {**overrides, **extra}).start(listener))
         return started[-1]
 
     yield start
@@ -291,13 +322,28 @@ def services(installed):
         service.kill()
 
 
-def test_web_unit_serves_and_stops_in_time(services):
-    web = services("norn-web.service")
-    assert web.user.pw_name == USER
-    url = f"http://{web.env['NORN_HOST']}:{web.env['NORN_PORT']}/healthz"
+def listening_socket(root, name, port):
+    """The socket unit's ListenStream=, bound as systemd would (on `port`: a free one)."""
+    host, _, _ = unit_settings(root / "etc" / "systemd" / "system" / name, "[Socket]")["ListenStream"].rpartition(":")
+    listener = socket.socket()
+    listener.bind((host, port))
+    listener.listen(128)
+    return listener
+
+
+def test_web_processes_share_the_socket_unit_and_stop_in_time(services, installed):
+    listener = listening_socket(installed, "norn-web.socket", free_port())
+    host, port = listener.getsockname()
+    try:
+        webs = [services("norn-web@.service", listener) for _ in range(2)]
+    finally:
+        listener.close()  # the processes hold it; as in systemd, one going does not close it
+    assert webs[0].user.pw_name == USER
+    url = f"http://{host}:{port}/healthz"
 
     def answer():
-        assert web.alive(), web.output()[-3000:]
+        for web in webs:
+            assert web.alive(), web.output()[-3000:]
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 return response.status
@@ -307,7 +353,11 @@ def test_web_unit_serves_and_stops_in_time(services):
             return None
 
     assert wait_for(answer, timeout=60, message=f"{url} to answer") == 200
-    assert web.stop() < 10
+    # Each process serves the port: with the first stopped, the second answers.
+    assert webs[0].stop() < 10
+    webs = webs[1:]
+    assert answer() == 200
+    assert webs[0].stop() < 10
 
 
 def test_worker_unit_runs_tasks_and_stops_in_time(services):
