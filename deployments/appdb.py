@@ -185,13 +185,17 @@ def restore_command(database: str, path: str, app: str | None = None) -> str:
     """The command a user runs to restore a snapshot (no password in it): as
     the admin, with what it restores owned by `app`'s role (the role is left
     out when the caller does not know the app: the next deploy hands the
-    tables over then)."""
-    admin = _admin()
+    tables over then). Without NORN_APP_DATABASES_URL here (a snapshot taken
+    before it was unset), the server is left to libpq's PGHOST, PGPORT and
+    PGUSER."""
     role = f"--role={role_name(app)} " if app else ""
-    return (
-        f"pg_restore --clean --if-exists --single-transaction --no-owner {role}"
-        f"-h {admin['host']} -p {admin['port']} -U {admin['user']} -d {database} {path}"
-    )
+    try:
+        admin = _admin()
+    except DatabaseProblem:
+        server = ""
+    else:
+        server = f"-h {admin['host']} -p {admin['port']} -U {admin['user']} "
+    return f"pg_restore --clean --if-exists --single-transaction --no-owner {role}{server}-d {database} {path}"
 
 
 # --- ensuring the database and its role -----------------------------------------

@@ -92,6 +92,19 @@ def test_app_page_lists_snapshots_with_restore_command(operator, web):
     assert appdb.restore_command("web_db", "/var/snap/web_db_abc.dump", app="web") in html
 
 
+def test_snapshots_are_listed_without_the_apps_database_server_setting(operator, web, settings):
+    """NORN_APP_DATABASES_URL unset since the snapshot was taken: the page
+    still answers, and the command leaves the server to libpq's PG* variables."""
+    settings.NORN_APP_DATABASES = None
+    Snapshot.objects.create(
+        deployment=make_deployment(web), app=web, database="web_db", path="/var/snap/web_db_abc.dump",
+        size=2048, sha256="f" * 64,
+    )
+    html = page(operator, "/apps/web/")
+    assert ("pg_restore --clean --if-exists --single-transaction --no-owner --role=norn_app_web "
+            "-d web_db /var/snap/web_db_abc.dump") in html
+
+
 @pytest.mark.parametrize("url", ["/", "/apps/web/"])
 def test_query_count_does_not_grow_with_history(operator, web, url):
     def count_queries():
