@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from deployments.models import ApiToken, Deployment
+from deployments.models import ApiToken, Deployment, DeploymentStatus
 from deployments.requests import DeployRequestError, request_deployment
 
 VIEW = "deployments.view_deployment"
@@ -31,11 +31,8 @@ def _error(status, text):
 
 def _token_user(request):
     """The active user whose API token the request carries, else anonymous."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "token" or "\x00" in token:
-        return AnonymousUser()
-    return ApiToken.authenticate(token) or AnonymousUser()
+    token = ApiToken.from_authorization(request.headers.get("Authorization", ""))
+    return (token and ApiToken.authenticate(token)) or AnonymousUser()
 
 
 def _refusal(user, *perms):
@@ -48,11 +45,6 @@ def _refusal(user, *perms):
 
 
 def _described(deployment):
-    ahead = 0
-    if deployment.status == "queued":
-        ahead = (
-            Deployment.objects.filter(app_id=deployment.app_id, pk__lt=deployment.pk).unfinished().count()
-        )
     return {
         "id": str(deployment.public_id),
         "app": deployment.app.name,
@@ -60,7 +52,7 @@ def _described(deployment):
         "kind": deployment.kind,
         "status": deployment.status,
         "finished": deployment.is_terminal,
-        "ahead": ahead,
+        "ahead": deployment.queued_ahead() if deployment.status == DeploymentStatus.QUEUED else 0,
         "url": reverse("deployment-detail", kwargs={"public_id": deployment.public_id}),
     }
 

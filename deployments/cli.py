@@ -124,8 +124,7 @@ class FollowPrinter:
         if deployment.status != DeploymentStatus.QUEUED:
             return
         self.warned_idle = True
-        ahead = Deployment.objects.filter(app_id=deployment.app_id, pk__lt=deployment.pk).unfinished().count()
-        self.out.write(self.style.WARNING(still_queued(ahead)))
+        self.out.write(self.style.WARNING(still_queued(deployment.queued_ahead())))
 
     def show(self, event: StreamedEvent | Event) -> None:
         if self.as_json:

@@ -298,6 +298,10 @@ class Deployment(models.Model):
     def is_terminal(self):
         return self.status in TERMINAL_STATUSES
 
+    def queued_ahead(self):
+        """How many of this app's deployments are still to run before this one."""
+        return Deployment.objects.filter(app_id=self.app_id, pk__lt=self.pk).unfinished().count()
+
     @property
     def requested_by_label(self):
         if self.requested_by:
@@ -493,6 +497,17 @@ class ApiToken(models.Model):
         token = "norn_" + secrets.token_urlsafe(32)
         row = cls.objects.create(user=user, name=name, prefix=token[:12], digest=cls.hash(token))
         return row, token
+
+    @staticmethod
+    def from_authorization(header):
+        """The token of an `Authorization: Token <token>` header, else None.
+
+        No token has a NUL in it, and PostgreSQL cannot compare one."""
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "token" or "\x00" in token:
+            return None
+        return token
 
     @classmethod
     def authenticate(cls, token):

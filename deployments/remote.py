@@ -24,7 +24,7 @@ import getpass
 import json
 import os
 import sys
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from deployments import cliargs, stream, wire
 from norn_project.exitcodes import BAD_REQUEST, BROKEN_PIPE, FAILED, INTERRUPTED, OK, UNAVAILABLE
@@ -108,7 +108,7 @@ class _Session:
                 if not self.args.json:
                     self._out(f"Deploying {self.args.app} at {self.args.ref} (deployment {found['id']})")
             else:
-                found = self._request("GET", "/api/deployments/" + quote(self.args.deployment.strip(), safe="") + "?events=1")
+                found = self._request("GET", "/api/deployments/" + quote(self.args.deployment.strip(), safe=""), query="events=1")
                 if found is None:
                     return None
                 self.public_id = found["id"]
@@ -134,10 +134,11 @@ class _Session:
                 pass
             return BROKEN_PIPE
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> dict | None:
+    def _request(self, method: str, path: str, body: dict | None = None, query: str = "") -> dict | None:
         """The API's answer; None when the full command should do it instead."""
-        url = self.base_url.rstrip("/").replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-        url = urlsplit(url)._replace(path=urlsplit(url).path.rstrip("/") + path).geturl()
+        parts = urlsplit(self.base_url)
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+        url = urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, query, ""))
         headers = {"Authorization": f"Token {self.token}", "Accept": "application/json"}
         data = b""
         if body is not None:

@@ -66,7 +66,7 @@ def request(url: str, method: str, headers: dict[str, str], body: bytes, timeout
     """
     sock = _open(url, timeout)
     try:
-        reader = WebSocket(sock)  # only its buffered reading
+        reader = _Reader(sock)
         _send_head(sock, method, url, {**headers, "Content-Length": str(len(body)), "Connection": "close"}, body)
         status, response_headers = reader._read_head()
         if response_headers.get("transfer-encoding", "").lower() == "chunked":
@@ -140,67 +140,13 @@ def _send_head(sock: socket.socket, method: str, url: str, headers: dict[str, st
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin1") + body)
 
 
-class WebSocket:
+class _Reader:
+    """Buffered reading of what the server sends: an HTTP head and body, or frames."""
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = bytearray()
         self.closed = False
-
-    def __enter__(self) -> "WebSocket":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def recv(self, timeout: float | None = None) -> str | bytes:
-        """The next message; TimeoutError if none completes within `timeout` s."""
-        self.sock.settimeout(timeout)
-        fragments: list[bytes] = []
-        kind = None
-        while True:
-            opcode, final, payload = self._read_frame()
-            if opcode == PING:
-                self._send_frame(PONG, payload)
-            elif opcode == PONG:
-                pass
-            elif opcode == CLOSE:
-                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-                self._answer_close(payload[:2])
-                raise ConnectionClosed(code)
-            elif opcode in (TEXT, BINARY, CONTINUATION):
-                if (opcode == CONTINUATION) == (kind is None):
-                    raise self._fail("a continuation frame out of place")
-                kind = kind if opcode == CONTINUATION else opcode
-                fragments.append(payload)
-                if sum(map(len, fragments)) > MAX_MESSAGE:
-                    raise self._fail("a message over 16 MiB")
-                if final:
-                    data = b"".join(fragments)
-                    if kind == BINARY:
-                        return data
-                    try:
-                        return data.decode()
-                    except UnicodeDecodeError:
-                        raise self._fail("a text message that is not UTF-8") from None
-            else:
-                raise self._fail(f"an unknown frame type {opcode}")
-
-    def send(self, text: str) -> None:
-        self._send_frame(TEXT, text.encode())
-
-    def close(self, code: int = 1000) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.sock.settimeout(0.5)
-            self.sock.sendall(self._frame(CLOSE, struct.pack("!H", code)))
-        except OSError:
-            pass
-        finally:
-            self.sock.close()
-
-    # Reading.
 
     def _read_head(self) -> tuple[int, dict[str, str]]:
         while b"\r\n\r\n" not in self.buffer:
@@ -263,6 +209,62 @@ class WebSocket:
     def _need(self, count: int) -> None:
         while len(self.buffer) < count:
             self._fill()
+
+
+class WebSocket(_Reader):
+    def __enter__(self) -> "WebSocket":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def recv(self, timeout: float | None = None) -> str | bytes:
+        """The next message; TimeoutError if none completes within `timeout` s."""
+        self.sock.settimeout(timeout)
+        fragments: list[bytes] = []
+        kind = None
+        while True:
+            opcode, final, payload = self._read_frame()
+            if opcode == PING:
+                self._send_frame(PONG, payload)
+            elif opcode == PONG:
+                pass
+            elif opcode == CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                self._answer_close(payload[:2])
+                raise ConnectionClosed(code)
+            elif opcode in (TEXT, BINARY, CONTINUATION):
+                if (opcode == CONTINUATION) == (kind is None):
+                    raise self._fail("a continuation frame out of place")
+                kind = kind if opcode == CONTINUATION else opcode
+                fragments.append(payload)
+                if sum(map(len, fragments)) > MAX_MESSAGE:
+                    raise self._fail("a message over 16 MiB")
+                if final:
+                    data = b"".join(fragments)
+                    if kind == BINARY:
+                        return data
+                    try:
+                        return data.decode()
+                    except UnicodeDecodeError:
+                        raise self._fail("a text message that is not UTF-8") from None
+            else:
+                raise self._fail(f"an unknown frame type {opcode}")
+
+    def send(self, text: str) -> None:
+        self._send_frame(TEXT, text.encode())
+
+    def close(self, code: int = 1000) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.settimeout(0.5)
+            self.sock.sendall(self._frame(CLOSE, struct.pack("!H", code)))
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
 
     def _read_frame(self) -> tuple[int, bool, bytes]:
         # Nothing is consumed until the whole frame is in the buffer: a

@@ -75,10 +75,8 @@ def _token_user(authorization: bytes) -> Identity:
     """Runs in a worker thread. (user, why refused) for an Authorization header."""
     # Browsers cannot set this header on a WebSocket, so a cross-site page
     # cannot use it: token connections need no Origin check.
-    scheme, _, token = authorization.decode("latin1").partition(" ")
-    token = token.strip()
-    # No token has a NUL in it, and PostgreSQL cannot compare one.
-    if scheme.lower() != "token" or "\x00" in token:
+    token = ApiToken.from_authorization(authorization.decode("latin1"))
+    if token is None:
         return AnonymousUser(), None
     user = ApiToken.authenticate(token)
     if user is not None:
