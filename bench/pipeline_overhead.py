@@ -393,7 +393,7 @@ def main():
         django.setup()
         from django.contrib.auth import get_user_model
 
-        from deployments.models import ApiToken
+        from deployments.models import ApiToken, Deployment
 
         user = get_user_model().objects.create_superuser("bench", "bench@example.com", None)
         env["NORN_API_TOKEN"] = ApiToken.issue(user, "bench")[1]
@@ -408,6 +408,12 @@ def main():
             last_cli[which] = (wall, wall + elapsed)
             if code != 0:
                 raise SystemExit(f"manage.py deploy {NAMES[which]} exited {code}:\n{output[-3000:]}")
+            # The path users take: queued by the server's API (the CLI's fast
+            # path sets the token's user; the full command queues without one)
+            # and followed live, not from the database.
+            latest = Deployment.objects.filter(app__name=NAMES[which]).order_by("-pk").first()
+            if latest.requested_by_id is None or "from the database" in output:
+                raise SystemExit(f"manage.py deploy {NAMES[which]} did not take the fast path:\n{output[-3000:]}")
             return elapsed
 
         results = {}
