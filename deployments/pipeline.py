@@ -106,6 +106,7 @@ def execute(deployment_id: int) -> bool:
         _fail_crashed(deployment_id, owner, progress, exc)
     finally:
         heartbeat.stop()
+        _run_deferred(deployment_id, progress)
         _dispatch_next(deployment_id, progress.app_id)
         # Live listeners get the last events before this worker goes idle.
         events.publisher.flush()
@@ -123,6 +124,7 @@ class Progress:
         self.redact = runner.Redactor([])
         self.running = None  # the step started and not yet recorded as finished
         self.finished = None  # the last step recorded as finished
+        self.deferred = []  # the steps' ctx.defer() work, run once the deployment ended
 
     def where(self):
         if self.running:
@@ -195,6 +197,27 @@ def _fail_crashed(deployment_id, owner, progress, exc):
             containers.remove_for_deployment(progress.public_id)
         except Exception:
             log.exception("could not remove the containers of deployment %s", deployment_id)
+
+
+def _run_deferred(deployment_id, progress):
+    """The steps' deferred work (Context.defer), after the deployment ended
+    however it ended: what it logs goes to its step's output."""
+    # Live listeners learn the end before this work starts.
+    events.publisher.flush()
+    for step, work in progress.deferred:
+        def record(text, step=step):
+            text = progress.redact(text if text.endswith("\n") else text + "\n")
+            try:
+                transitions.append_output(deployment_id, step, text)
+            except DatabaseError:
+                connection.close()  # reopened by the next write
+                log.warning("deployment %s, %s step: %s", deployment_id, step, text.rstrip("\n"))
+        try:
+            work(record)
+        except Exception as exc:
+            log.exception("deferred work of the %s step of deployment %s failed", step, deployment_id)
+            record(f"{exc.__class__.__name__}: {exc}")
+    events.publisher.flush()
 
 
 def _dispatch_next(deployment_id, app_id):
@@ -285,6 +308,7 @@ def _run_steps(deployment, owner, heartbeat, progress):
     ctx.record_pgid = record_pgid
     progress.redact = ctx.redact
     progress.workdir = ctx.workdir
+    progress.deferred = ctx.deferred
     # Output is written behind the steps; each state change below waits for it.
     output = OutputWriter(deployment.pk)
     try:
@@ -305,7 +329,7 @@ def _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, outp
         if not transitions.start_step(deployment.pk, owner, name):
             log.warning("deployment %s was taken over (recovered?); stopping", deployment.pk)
             return
-        progress.running = name
+        progress.running = ctx.step = name
         ctx.timeout = settings.NORN_STEP_TIMEOUTS[name]
         ctx.output = lambda text, name=name: output.append(name, text)
         if name == first and spec_error:

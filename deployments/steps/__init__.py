@@ -47,6 +47,11 @@ class Context:
     record_pgid: object = None
     redact: runner.Redactor = field(default_factory=runner.Redactor)
     timeout: float | None = None
+    # Work a step leaves for after the deployment's final status is recorded
+    # (defer()): (step name, callable), run by the pipeline in order.
+    deferred: list = field(default_factory=list)
+    # The step that is running, set by the pipeline.
+    step: str = ""
 
     def log(self, text: str) -> None:
         """Append a line (or lines) to the current step's output."""
@@ -54,6 +59,15 @@ class Context:
             text += "\n"
         if self.output:
             self.output(self.redact(text))
+
+    def defer(self, work) -> None:
+        """Run `work(log)` once the deployment's final status is recorded and
+        the follower has been told, before the worker hands the app to its
+        next deployment: for what need not hold up "deployed" (the previous
+        container's retirement). `log(text)` appends to this step's output;
+        what `work` raises is logged there and in the worker's log, and
+        changes no status."""
+        self.deferred.append((self.step, work))
 
     def base_env(self, **extra) -> dict[str, str]:
         return host_env(**extra)
