@@ -7,6 +7,12 @@ produced it (issue 13). Here a thread of the worker writes them instead, with
 a connection of its own: the step only hands the text over, and whatever
 piled up while one write was under way goes out together in the next.
 
+The deployment's columns that crash recovery reads (the step's process
+group, the work directory) go the same way (`set_fields`), with the next
+batch: a worker that dies within milliseconds of starting a command may
+leave that command's process group unrecorded, but not its containers,
+which recovery finds by their labels.
+
 Order is kept: the output of a step is written in the order it came, and
 `flush()` waits until all of it is in before the step's end (or any other
 state change) is recorded, so the events of a deployment keep their order.
@@ -26,6 +32,7 @@ class OutputWriter:
     def __init__(self, deployment_id: int) -> None:
         self.deployment_id = deployment_id
         self._pending: list[tuple[str, str]] = []  # (step, text), in order
+        self._fields: dict[str, object] = {}  # deployment columns to set with the next batch
         self._writing = False
         self._closed = False
         self._error: Exception | None = None
@@ -42,11 +49,18 @@ class OutputWriter:
             self._pending.append((step, text))
             self._changed.notify_all()
 
+    def set_fields(self, **fields) -> None:
+        """Set these columns of the deployment with the next batch."""
+        with self._changed:
+            self._raise_error()
+            self._fields.update(fields)
+            self._changed.notify_all()
+
     def flush(self) -> None:
         """Return once everything appended so far is written; raise the error
         (a DatabaseError, as a rule) that kept it from being written."""
         with self._changed:
-            while (self._pending or self._writing) and self._error is None and self._thread.is_alive():
+            while (self._pending or self._fields or self._writing) and self._error is None and self._thread.is_alive():
                 self._changed.wait(1.0)
             self._raise_error()
 
@@ -68,20 +82,22 @@ class OutputWriter:
         if self._error is not None:
             error, self._error = self._error, None
             self._pending.clear()  # lost with the transaction that failed
+            self._fields.clear()
             raise error
 
     def _run(self) -> None:
         try:
             while True:
                 with self._changed:
-                    while not self._pending and not self._closed:
+                    while not self._pending and not self._fields and not self._closed:
                         self._changed.wait()
-                    if not self._pending:
+                    if not self._pending and not self._fields:
                         return
                     batch, self._pending = self._pending, []
+                    fields, self._fields = self._fields, {}
                     self._writing = True
                 try:
-                    transitions.append_outputs(self.deployment_id, _merged(batch))
+                    transitions.append_outputs(self.deployment_id, _merged(batch), **fields)
                 except Exception as exc:  # DatabaseError above all; raised in the step's thread
                     with self._changed:
                         self._error = exc

@@ -25,6 +25,7 @@ from deployments.models import Deployment
 from deployments.outcomes import Outcome, Skip, StepFailed, cancel_message
 from deployments.outputwriter import OutputWriter
 from deployments.steps import Context
+from deployments.steps import snapshot as snapshot_step
 from deployments.workdirs import make as make_workdir
 
 log = logging.getLogger(__name__)
@@ -301,16 +302,20 @@ def _run_steps(deployment, owner, heartbeat, progress):
     spec, spec_error = load_spec(deployment.app, deployment.kind)
     ctx = _context(deployment, heartbeat, spec)
 
-    def record_pgid(pgid):
-        progress.pgid = pgid  # first: the write below may be what fails
-        transitions.set_fields(deployment.pk, step_pgid=pgid)
-
-    ctx.record_pgid = record_pgid
     progress.redact = ctx.redact
     progress.workdir = ctx.workdir
     progress.deferred = ctx.deferred
-    # Output is written behind the steps; each state change below waits for it.
+    # Output is written behind the steps; each state change below waits for
+    # it. So are the step's process group and the work directory, for crash
+    # recovery (OutputWriter.set_fields).
     output = OutputWriter(deployment.pk)
+
+    def record_pgid(pgid):
+        progress.pgid = pgid  # for this worker's own crash handling
+        output.set_fields(step_pgid=pgid)
+
+    ctx.record_pgid = record_pgid
+    ctx.record_workdir = lambda: output.set_fields(workdir=str(ctx.workdir))
     try:
         _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, output)
     except BaseException:
@@ -321,41 +326,46 @@ def _run_steps(deployment, owner, heartbeat, progress):
 
 def _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, output):
     steps = states.initial(deployment.kind)
-    first = next(iter(steps))
+    first = name = next(iter(steps))
     error = ""
     recorded = {"commit_sha": deployment.commit_sha, "image": deployment.image}
+    if not transitions.start_step(deployment.pk, owner, first):
+        log.warning("deployment %s was taken over (recovered?) before its first step", deployment.pk)
+        return
 
-    while (name := states.next_step(steps)) is not None:
-        if not transitions.start_step(deployment.pk, owner, name):
-            log.warning("deployment %s was taken over (recovered?); stopping", deployment.pk)
-            return
+    while name is not None:
         progress.running = ctx.step = name
         ctx.timeout = settings.NORN_STEP_TIMEOUTS[name]
         ctx.output = lambda text, name=name: output.append(name, text)
+        if name == "test":
+            # The snapshot step's database check runs meanwhile (the tests never touch it).
+            snapshot_step.prepare_ahead(ctx)
         if name == first and spec_error:
             outcome = Outcome.failed(spec_error)
         else:
             outcome = _run_one(ctx, name, heartbeat)
-            progress.pgid = None
         if name == "clone":
             make_workdir(ctx.workdir)  # cleanup's target exists either way
         output.flush()  # the step's output comes before its end
-        transitions.finish_step(
-            deployment.pk, name, outcome.status, error=outcome.error, skip_reason=outcome.skip_reason
-        )
-        progress.running, progress.finished = None, name
-        _record_progress(deployment.pk, ctx, recorded)
         cut = states.apply(steps, name, outcome)
         if states.failed_step(steps) == name:
             # An invalid infraspec is the reason, not the step it stopped.
             error = spec_error if name == first and spec_error else states.failure_error(name, outcome)
             if name == "deploy" and deployment.kind == Deployment.Kind.DEPLOY and not outcome.is_cancel:
                 error += _auto_rollback(deployment, ctx.spec)
-        if cut:
-            transitions.skip_cut_short(deployment.pk, cut, name)
-    final = states.final_status(steps)
-    if not transitions.finish(deployment.pk, final, error):
-        return
+        then = states.next_step(steps)
+        final = states.final_status(steps) if then is None else None
+        # The step's end, the steps it cut short and the next one's start (or
+        # the deployment's end): one transaction.
+        fields = _learned(ctx, recorded)
+        if not transitions.advance(deployment.pk, owner, name, outcome, cut=cut, then=then, final=final,
+                                   error=error, **fields):
+            log.warning("deployment %s was taken over (recovered?); stopping", deployment.pk)
+            return
+        progress.pgid = None
+        progress.running, progress.finished = None, name
+        recorded.update(fields)
+        name = then
     if final == Deployment.Status.DEPLOYED:
         rollback.after_success(deployment)
         if deployment.kind == Deployment.Kind.DEPLOY:
@@ -382,15 +392,9 @@ def _run_one(ctx: Context, name: str, heartbeat: Heartbeat) -> Outcome:
         return Outcome.cancelled(heartbeat.cancel_by)
     if name == "clone":
         make_workdir(ctx.workdir)  # 0700 whatever the umask: it holds the clone
-        transitions.set_fields(ctx.deployment_id, workdir=str(ctx.workdir))
-    try:
-        outcome = _step_outcome(ctx, name, heartbeat)
-    except DatabaseError:
-        # Norn's own database failed it, not the step: the worker's guard in
-        # execute() fails the deployment with that reason (and clears the pgid).
-        raise
-    transitions.set_fields(ctx.deployment_id, step_pgid=None)
-    return outcome
+        ctx.record_workdir()
+    # The step's process group is cleared with its end (transitions.advance).
+    return _step_outcome(ctx, name, heartbeat)
 
 
 def _step_outcome(ctx: Context, name: str, heartbeat: Heartbeat) -> Outcome:
@@ -412,12 +416,10 @@ def _step_outcome(ctx: Context, name: str, heartbeat: Heartbeat) -> Outcome:
     return Outcome.succeeded()
 
 
-def _record_progress(deployment_id, ctx, recorded):
-    """The commit and the image, once a step learned them (not again after every step)."""
-    fields = {
+def _learned(ctx, recorded):
+    """The commit and the image, once a step learned them (written with the
+    step's end, not again after every step)."""
+    return {
         name: value for name, value in (("commit_sha", ctx.commit_sha), ("image", ctx.image))
         if value and recorded.get(name) != value
     }
-    if fields:
-        transitions.set_fields(deployment_id, **fields)
-        recorded.update(fields)

@@ -100,49 +100,86 @@ def set_fields(deployment_id: int, **fields) -> None:
 
 
 def start_step(deployment_id: int, owner: str, name: str) -> bool:
-    now = timezone.now()
+    """Step `name` runs now; False when this owner no longer holds the
+    deployment in flight (recovered or finished by someone else meanwhile)."""
     with transaction.atomic():
-        moved = (
-            Deployment.objects.filter(pk=deployment_id, owner=owner)
-            .in_flight()
-            .update(status=states.IN_FLIGHT_STATUS[name], heartbeat_at=now)
-        )
-        if not moved:
-            return False  # recovered or finished by someone else meanwhile
-        Step.objects.filter(deployment_id=deployment_id, name=name).update(
-            status=StepStatus.RUNNING, started_at=now
-        )
-        events.record(deployment_id, events.STEP, {"step": name, "status": StepStatus.RUNNING})
+        return _start_step(deployment_id, owner, name, timezone.now())
+
+
+def _start_step(deployment_id: int, owner: str, name: str, now) -> bool:
+    moved = (
+        Deployment.objects.filter(pk=deployment_id, owner=owner)
+        .in_flight()
+        .update(status=states.IN_FLIGHT_STATUS[name], heartbeat_at=now)
+    )
+    if not moved:
+        return False
+    Step.objects.filter(deployment_id=deployment_id, name=name).update(status=StepStatus.RUNNING, started_at=now)
+    events.record(deployment_id, events.STEP, {"step": name, "status": StepStatus.RUNNING})
     return True
 
 
 def finish_step(deployment_id: int, name: str, status: StepStatus, *, error: str = "", skip_reason: str = "") -> Step:
-    now = timezone.now()
     with transaction.atomic():
-        step = Step.objects.select_for_update().get(deployment_id=deployment_id, name=name)
-        if step.status in states.DONE:
-            return step  # recovery already closed it
-        step.status = status
-        step.finished_at = now
-        step.duration = now - step.started_at if step.started_at else None
-        step.error = error
-        step.skip_reason = skip_reason
-        step.save(update_fields=["status", "finished_at", "duration", "error", "skip_reason"])
-        payload = {"step": name, "status": status}
-        if step.duration is not None:
-            payload["duration"] = round(step.duration.total_seconds(), 3)
-        if skip_reason:
-            payload["reason"] = skip_reason
-        if error:
-            payload["error"] = error
-        events.record(deployment_id, events.STEP, payload)
+        return _finish_step(deployment_id, name, status, timezone.now(), error=error, skip_reason=skip_reason)
+
+
+def _finish_step(deployment_id: int, name: str, status: StepStatus, now, *, error: str = "",
+                 skip_reason: str = "") -> Step:
+    step = Step.objects.select_for_update().get(deployment_id=deployment_id, name=name)
+    if step.status in states.DONE:
+        return step  # recovery already closed it
+    step.status = status
+    step.finished_at = now
+    step.duration = now - step.started_at if step.started_at else None
+    step.error = error
+    step.skip_reason = skip_reason
+    step.save(update_fields=["status", "finished_at", "duration", "error", "skip_reason"])
+    payload = {"step": name, "status": status}
+    if step.duration is not None:
+        payload["duration"] = round(step.duration.total_seconds(), 3)
+    if skip_reason:
+        payload["reason"] = skip_reason
+    if error:
+        payload["error"] = error
+    events.record(deployment_id, events.STEP, payload)
     return step
 
 
+def advance(deployment_id: int, owner: str, name: str, outcome, *, cut: list[str], then: str | None,
+            final: DeploymentStatus | None = None, error: str = "", **fields) -> bool:
+    """Step `name` ended with `outcome`; the steps in `cut` will never run;
+    then step `then` starts, or (then=None) the deployment ends `final` with
+    `error`. One transaction, in the order the events tell it: a boundary
+    between two steps is one commit, not three or four. `fields` are the
+    deployment's columns learned during the step (commit_sha, image); the
+    step's process group is cleared.
+
+    False when this owner no longer holds the deployment (recovered or
+    finished meanwhile): then nothing is written.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        held = (
+            Deployment.objects.filter(pk=deployment_id, owner=owner).in_flight()
+            .update(step_pgid=None, **fields)
+        )
+        if not held:
+            return False
+        _finish_step(deployment_id, name, outcome.status, now, error=outcome.error, skip_reason=outcome.skip_reason)
+        _skip_cut_short(deployment_id, cut, name, now)
+        if then is not None:
+            return _start_step(deployment_id, owner, then, now)
+        return _finish(deployment_id, final, error, now)
 def skip_cut_short(deployment_id: int, names: list[str], failed: str) -> None:
     """Mark steps that will not run because `failed` failed."""
+    with transaction.atomic():
+        _skip_cut_short(deployment_id, names, failed, timezone.now())
+
+
+def _skip_cut_short(deployment_id: int, names: list[str], failed: str, now) -> None:
     for name in names:
-        finish_step(deployment_id, name, StepStatus.SKIPPED, skip_reason=f"{failed} failed")
+        _finish_step(deployment_id, name, StepStatus.SKIPPED, now, skip_reason=f"{failed} failed")
 
 
 def append_output(deployment_id: int, name: str, text: str) -> None:
@@ -150,13 +187,16 @@ def append_output(deployment_id: int, name: str, text: str) -> None:
     append_outputs(deployment_id, [(name, text)])
 
 
-def append_outputs(deployment_id: int, pieces: list[tuple[str, str]]) -> None:
-    """Append each (step, text) to its step, with its deploy.log event, in one transaction."""
+def append_outputs(deployment_id: int, pieces: list[tuple[str, str]], **fields) -> None:
+    """Append each (step, text) to its step, with its deploy.log event, and set
+    the deployment's `fields` (step_pgid), in one transaction."""
     # PostgreSQL text cannot hold NUL, and a command may print one.
     pieces = [(name, text.replace("\x00", "\ufffd")) for name, text in pieces if text]
-    if not pieces:
+    if not pieces and not fields:
         return
     with transaction.atomic():
+        if fields:
+            Deployment.objects.filter(pk=deployment_id).update(**fields)
         for name, text in pieces:
             Step.objects.filter(deployment_id=deployment_id, name=name).update(
                 output=Concat(F("output"), Value(text))
@@ -166,18 +206,22 @@ def append_outputs(deployment_id: int, pieces: list[tuple[str, str]]) -> None:
 
 def finish(deployment_id: int, status: DeploymentStatus, error: str = "") -> bool:
     """Move an unfinished deployment to a terminal status. False if already terminal."""
-    assert status in TERMINAL_STATUSES
     with transaction.atomic():
-        done = (
-            Deployment.objects.filter(pk=deployment_id)
-            .unfinished()
-            .update(status=status, error=error, finished_at=timezone.now(), step_pgid=None)
-        )
-        if not done:
-            return False
-        deployment = Deployment.objects.select_related("app", "requested_by").get(pk=deployment_id)
-        kind = events.COMPLETED if status == DeploymentStatus.DEPLOYED else events.FAILED
-        events.record(deployment_id, kind, events.deployment_payload(deployment))
+        return _finish(deployment_id, status, error, timezone.now())
+
+
+def _finish(deployment_id: int, status: DeploymentStatus, error: str, now) -> bool:
+    assert status in TERMINAL_STATUSES
+    done = (
+        Deployment.objects.filter(pk=deployment_id)
+        .unfinished()
+        .update(status=status, error=error, finished_at=now, step_pgid=None)
+    )
+    if not done:
+        return False
+    deployment = Deployment.objects.select_related("app", "requested_by").get(pk=deployment_id)
+    kind = events.COMPLETED if status == DeploymentStatus.DEPLOYED else events.FAILED
+    events.record(deployment_id, kind, events.deployment_payload(deployment))
     return True
 
 

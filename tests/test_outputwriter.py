@@ -112,3 +112,19 @@ def test_close_quietly_keeps_the_error_on_its_way(deployment, monkeypatch):
 
 def test_consecutive_pieces_of_a_step_are_merged():
     assert _merged([("a", "1"), ("a", "2"), ("b", "3"), ("a", "4")]) == [("a", "12"), ("b", "3"), ("a", "4")]
+
+
+def test_fields_for_crash_recovery_go_with_the_next_batch_and_flush_waits_for_them(deployment):
+    writer = OutputWriter(deployment.pk)
+    try:
+        writer.append("clone", "$ git clone\n")
+        writer.set_fields(step_pgid=4242, workdir="/tmp/work-of-it")
+        writer.flush()
+        row = type(deployment).objects.values("step_pgid", "workdir").get(pk=deployment.pk)
+        assert row == {"step_pgid": 4242, "workdir": "/tmp/work-of-it"}
+        writer.set_fields(step_pgid=None)  # fields alone, no output: written all the same
+        writer.flush()
+        assert type(deployment).objects.values_list("step_pgid", flat=True).get(pk=deployment.pk) is None
+    finally:
+        writer.close()
+    assert Step.objects.get(deployment=deployment, name="clone").output == "$ git clone\n"

@@ -163,9 +163,12 @@ def test_snapshot_creates_a_missing_database(make_app, deploy_now, busybox_image
     assert f"Database {db} did not exist; created it empty" in snapshot_step.output
 
 
-def test_unreachable_app_database_fails_the_snapshot(make_app, deploy_now, busybox_image, settings):
+# With a test step, the snapshot's database check starts as the tests do
+# (snapshot.prepare_ahead) and its failure is the snapshot's all the same.
+@pytest.mark.parametrize("test", [None, "exit 0"], ids=["checked-in-the-step", "checked-ahead"])
+def test_unreachable_app_database_fails_the_snapshot(make_app, deploy_now, busybox_image, settings, test):
     settings.NORN_APP_DATABASES = {**settings.NORN_APP_DATABASES, "PORT": 1, "PASSWORD": "db-secret-pw"}
-    make_app("nodb", spec("nodb", database="whatever"), {"Dockerfile": DOCKERFILE})
+    make_app("nodb", spec("nodb", test=test, database="whatever"), {"Dockerfile": DOCKERFILE})
     deployment = deploy_now("nodb")
     assert deployment.error.startswith("snapshot failed: cannot reach the app database whatever")
     assert step_table(deployment)["migrate"] == ("skipped", "snapshot failed")
@@ -271,6 +274,71 @@ def test_bad_requests_are_refused_before_anything_runs(make_app, app, ref, messa
     assert message in str(excinfo.value)
     assert Deployment.objects.count() == 0
     assert Event.objects.count() == 0
+
+
+def test_deferred_work_runs_once_the_deployment_ended_and_logs_to_its_step(make_app, deploy_now, busybox_image,
+                                                                          monkeypatch):
+    from deployments.outcomes import StepFailed
+    from deployments.steps import test as test_step
+
+    seen = {}
+
+    def work(log):
+        deployment = Deployment.objects.get(app__name="later")
+        seen["status"] = deployment.status
+        seen["events"] = deployment.last_event_seq
+        log("retired the old one")
+
+    def broken(log):
+        raise RuntimeError("docker went away")
+
+    def run(ctx):
+        ctx.defer(work)
+        ctx.defer(broken)  # logged; changes nothing
+        raise StepFailed("tests failed")
+
+    monkeypatch.setattr(test_step, "run", run)
+    make_app("later", spec("later", test="exit 0"), {"Dockerfile": DOCKERFILE})
+    deployment = deploy_now("later")
+    # The end was recorded (and its event written) before the work began.
+    assert seen == {"status": "failed", "events": seen["events"]}
+    ended = deployment.events.get(kind="deploy.failed")
+    assert ended.seq <= seen["events"]
+    assert deployment.status == "failed" and deployment.error == "test failed: tests failed"
+    output = deployment.steps.get(name="test").output
+    assert output.endswith("retired the old one\nRuntimeError: docker went away\n")
+    late = [e.payload["text"] for e in deployment.events.filter(kind="deploy.log", seq__gt=ended.seq)]
+    assert late == ["retired the old one\n", "RuntimeError: docker went away\n"]
+
+
+def test_a_boundary_is_written_only_by_the_owner_that_holds_the_deployment(make_app):
+    from deployments.outcomes import Outcome
+
+    make_app("held", spec("held"))
+    deployment = request_deployment("held")
+    assert transitions.claim(deployment.pk, "host:1:a")
+    assert transitions.start_step(deployment.pk, "host:1:a", "clone")
+    # Another owner (recovery took it and a worker restarted it, say) writes nothing.
+    assert not transitions.advance(deployment.pk, "host:2:b", "clone", Outcome.succeeded(), cut=[], then="build",
+                                   commit_sha="a" * 40)
+    deployment.refresh_from_db()
+    assert (deployment.commit_sha, step_table(deployment)["clone"]) == ("", ("running", ""))
+    # The owner's boundary: the end, what it cut short, and the next start, in that order.
+    assert transitions.advance(deployment.pk, "host:1:a", "clone", Outcome.failed("no such ref"),
+                               cut=["build", "test", "snapshot", "migrate", "deploy"], then="cleanup",
+                               commit_sha="a" * 40)
+    deployment.refresh_from_db()
+    assert deployment.commit_sha == "a" * 40 and deployment.status == "cleaning_up"
+    assert event_kinds(deployment)[-7:] == [
+        ("deploy.step", "clone", "failed"),
+        *[("deploy.step", name, "skipped") for name in ("build", "test", "snapshot", "migrate", "deploy")],
+        ("deploy.step", "cleanup", "running"),
+    ]
+    assert transitions.advance(deployment.pk, "host:1:a", "cleanup", Outcome.succeeded(), cut=[], then=None,
+                               final="failed", error="clone failed: no such ref")
+    deployment.refresh_from_db()
+    assert (deployment.status, deployment.error, deployment.step_pgid) == ("failed", "clone failed: no such ref", None)
+    assert event_kinds(deployment)[-2:] == [("deploy.step", "cleanup", "succeeded"), ("deploy.failed", None, None)]
 
 
 def test_transition_rules():

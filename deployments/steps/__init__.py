@@ -41,10 +41,13 @@ class Context:
     commit_sha: str = ""
     image: str = ""
     snapshot: object = None
+    # The snapshot step's appdb.ensure_database, started ahead (snapshot.prepare_ahead).
+    database_ready: object = None
     # Wired by the pipeline: output sink, cancel probe, pgid recorder, secrets.
     output: object = None
     cancel_reason: object = None
     record_pgid: object = None
+    record_workdir: object = None
     redact: runner.Redactor = field(default_factory=runner.Redactor)
     timeout: float | None = None
     # Work a step leaves for after the deployment's final status is recorded
