@@ -16,7 +16,7 @@ else, the rows and their leases, is django-q2's ORM broker.
 import logging
 import time
 
-from django.db import connections
+from django.db import connections, transaction
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 
@@ -30,9 +30,12 @@ class NotifiedORM(ORM):
     _listener = None  # this process's listening connection, once opened
 
     def enqueue(self, task):
-        pk = super().enqueue(task)
-        with connections[Conf.ORM].cursor() as cursor:
-            cursor.execute(f"NOTIFY {CHANNEL}")
+        # The row and the notification in one commit (within the caller's
+        # transaction, if any: both are delivered when it commits).
+        with transaction.atomic(using=Conf.ORM):
+            pk = super().enqueue(task)
+            with connections[Conf.ORM].cursor() as cursor:
+                cursor.execute(f"NOTIFY {CHANNEL}")
         return pk
 
     def dequeue(self):

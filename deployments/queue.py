@@ -5,7 +5,6 @@ the claim in transitions.claim; this module only wakes a worker. The task is
 named by its dotted path, so nothing here imports the worker's entry points.
 """
 
-from django.db import transaction
 from django_q.tasks import async_task
 
 from deployments import transitions
@@ -14,15 +13,15 @@ RUN_DEPLOYMENT = "deployments.tasks.run_deployment"
 
 
 def enqueue(deployment_id: int) -> None:
-    """Queue the deployment's task once the current transaction commits
-    (a worker must never look for a row that is not visible yet)."""
-    transaction.on_commit(
-        lambda: async_task(
-            RUN_DEPLOYMENT,
-            deployment_id,
-            task_name=f"deployment-{deployment_id}",
-            group="deployments",
-        )
+    """Queue the deployment's task: in the caller's transaction when there is
+    one, so the task and the deployment's row are committed together (a
+    worker never looks for a row that is not visible yet, and a request is
+    one commit, not three)."""
+    async_task(
+        RUN_DEPLOYMENT,
+        deployment_id,
+        task_name=f"deployment-{deployment_id}",
+        group="deployments",
     )
 
 

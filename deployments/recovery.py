@@ -12,6 +12,7 @@ import logging
 import shutil
 import signal
 import socket
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -23,6 +24,8 @@ from deployments.models import Deployment
 log = logging.getLogger(__name__)
 
 ERROR = "norn restarted during deployment"
+# How long the Docker engine may take to finish a request whose client was killed.
+ENGINE_SETTLE = 1.0
 
 
 def owner_is_dead(deployment, now):
@@ -55,10 +58,15 @@ def fail(deployment):
     if not transitions.fail_abandoned(deployment, ERROR):
         return False
     log.warning("recovered deployment %s of %s: %s", deployment.pk, deployment.app.name, ERROR)
-    _kill_leftovers(deployment)
+    killed = _kill_leftovers(deployment)
     # Killing the docker client (above) leaves its container running: a
     # test or migration of the dead worker's would go on and on.
     removed = containers.remove_for_deployment(str(deployment.public_id))
+    if killed:
+        # A client killed while its create request was under way leaves the
+        # engine to finish it: a container that appears just after that sweep.
+        time.sleep(ENGINE_SETTLE)
+        removed += containers.remove_for_deployment(str(deployment.public_id))
     if removed:
         log.warning("removed the containers %s of deployment %s", ", ".join(removed), deployment.pk)
     if deployment.runtime == "kubernetes":
@@ -86,15 +94,17 @@ def _remove_jobs(deployment):
 
 def _kill_leftovers(deployment):
     """The step's subprocess ran in its own session and outlives a SIGKILLed
-    worker; kill its group if it ran on this host."""
+    worker; kill its group if it ran on this host. True if it did."""
     if not deployment.step_pgid:
-        return
+        return False
     try:
         host, _, _ = transitions.parse_owner(deployment.owner)
     except ValueError:
-        return
-    if host == socket.gethostname():
-        runner.kill_tree(deployment.step_pgid, signal.SIGKILL)
+        return False
+    if host != socket.gethostname():
+        return False
+    runner.kill_tree(deployment.step_pgid, signal.SIGKILL)
+    return True
 
 
 def dispatch_waiting():

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 
 from apps_registry import discovery
 from apps_registry.infraspec import HEX_RE, branch_name_problem, redact_url
@@ -71,8 +72,9 @@ def request_deployment(app_name, ref="HEAD", *, user=None, name="", via="cli"):
     if spec.repo and ref != "HEAD":
         verify_ref_exists(spec.repo.url, ref)
     runtime = "cron" if spec.is_cron else settings.NORN_RUNTIME
-    deployment = transitions.create(app, ref, user=user, name=name, via=via, runtime=runtime)
-    queue.enqueue(deployment.pk)
+    with transaction.atomic():  # the deployment and its task: one commit
+        deployment = transitions.create(app, ref, user=user, name=name, via=via, runtime=runtime)
+        queue.enqueue(deployment.pk)
     return deployment
 
 
@@ -134,8 +136,9 @@ def request_rollback(app_name, to=None, *, user=None, name="", via="cli"):
         target, replaces = rollback.choose(app, to)
     except rollback.NothingToRollBackTo as exc:
         raise DeployRequestError(f"cannot roll back {app.name}: {exc}") from None
-    deployment = rollback.queue(app, target, replaces, user=user, name=name, via=via)
-    queue.enqueue(deployment.pk)
+    with transaction.atomic():
+        deployment = rollback.queue(app, target, replaces, user=user, name=name, via=via)
+        queue.enqueue(deployment.pk)
     return deployment
 
 
@@ -149,10 +152,11 @@ def request_restore(snapshot, *, user=None, name="", via="cli"):
     problem = file_problem(snapshot)
     if problem:
         raise DeployRequestError(f"cannot restore snapshot {snapshot.pk}: {problem}; nothing was changed")
-    deployment = transitions.create(
-        snapshot.app, "HEAD", user=user, name=name, via=via, runtime="postgres",
-        kind="restore", snapshot=snapshot,
-    )
-    queue.enqueue(deployment.pk)
+    with transaction.atomic():
+        deployment = transitions.create(
+            snapshot.app, "HEAD", user=user, name=name, via=via, runtime="postgres",
+            kind="restore", snapshot=snapshot,
+        )
+        queue.enqueue(deployment.pk)
     return deployment
 
