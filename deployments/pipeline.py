@@ -344,6 +344,7 @@ def _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, outp
             outcome = Outcome.failed(spec_error)
         else:
             outcome = _run_one(ctx, name, heartbeat)
+            progress.pgid = None  # its commands are over: a pgid now may be another process's
         if name == "clone":
             make_workdir(ctx.workdir)  # cleanup's target exists either way
         output.flush()  # the step's output comes before its end
@@ -362,7 +363,6 @@ def _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, outp
                                    error=error, **fields):
             log.warning("deployment %s was taken over (recovered?); stopping", deployment.pk)
             return
-        progress.pgid = None
         progress.running, progress.finished = None, name
         recorded.update(fields)
         name = then
