@@ -11,13 +11,12 @@ import threading
 import urllib.request
 
 import pytest
-from django.db import connection
 
 from deployments import ingress, pipeline
 from deployments.models import Deployment
 from deployments.requests import request_deployment
 from deployments.runtimes import docker as runtime
-from tests.support.cluster import wait_for
+from tests.support.cluster import execute_in_thread, wait_for
 from tests.support.docker_images import docker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -77,15 +76,7 @@ def test_deployed_before_the_old_container_stops_which_finishes_its_request(make
         wait_for(lambda: ingress.in_flight(old_backend), timeout=10, message="the request to reach the old container")
 
         second = request_deployment(app)
-
-        def work():
-            try:
-                pipeline.execute(second.pk)
-            finally:
-                connection.close()  # this thread's own connection
-
-        worker = threading.Thread(target=work)
-        worker.start()
+        worker = execute_in_thread(second.pk)
         wait_for(lambda: Deployment.objects.get(pk=second.pk).finished_at, timeout=120, message="the deployment's end")
 
         # Deployed, while the old container still runs and holds its request.
