@@ -137,9 +137,10 @@ def _clear_leftover(ctx, name, next_name):
     """Deal with what an interrupted deploy left behind.
 
     A norn-<app>.retiring is the previous container of an earlier deploy
-    (the ingress left it at the switch) that was not retired yet: its worker
-    stopped first, or is still at it when this deploy was queued meanwhile.
-    It is retired here, requests in flight and all (dockerswitch.retire).
+    (the ingress left it at the switch) that was not retired yet: that
+    deploy's worker died first, or is still at it while another worker took
+    this deployment. It is retired here, its requests in flight allowed to
+    finish first (dockerswitch.retire).
 
     A norn-<app>-next is the live app, not litter, when the deploy died after
     the switch: the ingress routes to it, or (serving nothing) the old

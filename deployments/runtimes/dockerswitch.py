@@ -175,9 +175,9 @@ def retire(app: str, retiring: str, backend: int | None, since: float | None, lo
     it and have the ingress forget its backend.
 
     Deferred after a replacement, and run by the app's next deploy when it
-    finds one still there (docker.py). Never raises: what goes wrong is
-    logged with `log(text)`, and the next deploy or `manage.py undeploy`
-    removes what is left.
+    finds one still there (docker.py). What docker or the ingress refuse is
+    logged with `log(text)`, not raised: the next deploy or `manage.py
+    undeploy` removes what is left.
     """
     if backend is not None:
         _drain(retiring, backend, since, log)
