@@ -102,7 +102,8 @@ class Route:
     https: str = "redirect"
     # The app's previous backends, kept known to Caddy after a switch so that
     # their requests still in flight are counted (upstreams()): Caddy forgets
-    # an upstream no config refers to, in-flight requests and all.
+    # an upstream no config refers to, in-flight requests and all. Dropped
+    # once the old container is gone (ingress.forget_drained).
     draining: tuple[int, ...] = ()
 
     @property

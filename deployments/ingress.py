@@ -5,8 +5,9 @@ An app is reached through its `domains` (by Host, on the ingress's HTTP and
 HTTPS ports, NORN_INGRESS_HTTP_PORT/HTTPS_PORT) and/or its own `port`; the
 ingress forwards to the app's current container on 127.0.0.1:<backend>. The
 Docker runtime switches an app's route only once the new container passed its
-health check (runtimes/dockerswitch.py), then waits for the old container's
-requests to finish (wait_drained).
+health check (runtimes/dockerswitch.py); the old backend stays known to Caddy
+(set_route's drain) until the old container's requests finished
+(wait_drained) and it is gone (forget_drained), after the deployment ended.
 
 Every change runs under one PostgreSQL advisory lock, reads all rows, loads
 the config they make and commits only when Caddy took it: two workers
@@ -28,7 +29,10 @@ from deployments import caddy
 from deployments.caddy import AdminError, Route
 from deployments.models import IngressRoute
 
-__all__ = ["AdminError", "IngressError", "Route", "alive", "apply", "drop_route", "route", "routes", "set_route"]
+__all__ = [
+    "AdminError", "IngressError", "Route", "alive", "apply", "drop_route", "forget_drained", "route", "routes",
+    "set_route",
+]
 
 # pg_advisory_xact_lock key: "norn-ingress".
 _LOCK_KEY = 0x6E6F726E_1A
@@ -152,9 +156,10 @@ def _lock() -> None:
 def set_route(new: Route, deployment: str = "", drain: bool = False) -> Route | None:
     """Serve `new` from now on; returns the app's previous route (None if it
     had none). drain: keep counting the requests in flight to the previous
-    backend (wait_drained). Raises IngressError and changes nothing when a
-    domain or port is another app's, or Caddy refuses the config or does not
-    answer."""
+    backend (wait_drained) until forget_drained; without it, and for a
+    backend that did not change, the route has none draining. Raises
+    IngressError and changes nothing when a domain or port is another app's,
+    or Caddy refuses the config or does not answer."""
     with transaction.atomic():
         _lock()
         problem = claims_problem(new)
@@ -179,6 +184,22 @@ def put_back(app: str, previous: Route | None, deployment: str = "") -> None:
         set_route(previous, deployment)
 
 
+def forget_drained(app: str, backend: int) -> bool:
+    """The app's previous backend `backend` (set_route's drain) is gone:
+    Caddy need not know it any more. False (and nothing loaded) when the
+    route does not hold it. Raises IngressError (and keeps it) when Caddy does
+    not take the change."""
+    with transaction.atomic():
+        _lock()
+        row = IngressRoute.objects.filter(app_name=app).first()
+        if row is None or backend not in row.draining:
+            return False
+        row.draining = [b for b in row.draining if b != backend]
+        row.save()
+        _load_all()
+    return True
+
+
 def drop_route(app: str) -> bool:
     """Stop serving the app (its domains answer 404, its port closes); False
     if it had no route. Raises IngressError (and keeps the route) when Caddy
@@ -198,25 +219,28 @@ def in_flight(backend: int) -> int:
     return caddy.upstreams().get(f"127.0.0.1:{backend}", 0)
 
 
-def wait_drained(backend: int, timeout: float, quiet: float = DRAIN_QUIET) -> int:
+def wait_drained(backend: int, timeout: float, quiet: float = DRAIN_QUIET, since: float | None = None) -> int:
     """Wait until no request to 127.0.0.1:<backend> has been in flight for
-    `quiet` seconds, at most `timeout` seconds; returns how many still were
-    at the end (0: drained).
+    `quiet` seconds, at most `timeout` seconds from `since` (a
+    time.monotonic() of the switch; default: now); returns how many still
+    were in flight at the end (0: drained).
 
     The quiet period covers requests on connections the previous config
     accepted just before the switch (a TLS handshake still under way): Caddy
     serves them with that config, so they reach the old backend moments
-    after the switch.
+    after the switch. It counts from `since` as long as none is in flight
+    at the first look: one that came and went since then needs no wait.
     """
-    deadline = time.monotonic() + timeout
-    idle_since = None
+    start = time.monotonic() if since is None else since
+    deadline = start + timeout
+    idle_since = start
     while True:
         try:
             left = in_flight(backend)
         except AdminError:
             return 0
         now = time.monotonic()
-        idle_since = (idle_since or now) if not left else None
+        idle_since = (idle_since if idle_since is not None else now) if not left else None
         if (idle_since is not None and now - idle_since >= quiet) or now >= deadline:
             return left
         time.sleep(DRAIN_POLL)

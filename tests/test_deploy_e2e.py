@@ -101,6 +101,12 @@ def test_cli_deploys_through_a_worker_and_streams_every_step(cluster, make_app, 
     deployment = Deployment.objects.latest("pk")
     assert (deployment.commit_sha, deployment.image) == (first, f"web:{first}")
     assert deployment.requested_by_label.endswith("via cli")
+    # The worker retires the previous container once the deployment ended.
+    deploy_step = deployment.steps.get(name="deploy")
+    wait_for(lambda: "Stopped and removed the previous container norn-web.retiring"
+             in type(deploy_step).objects.get(pk=deploy_step.pk).output, message="the old container's retirement")
+    assert docker_runtime.status("web")["deployment"] == str(deployment.public_id)
+    assert subprocess.run(["docker", "inspect", "norn-web.retiring"], capture_output=True).returncode != 0
 
     listing = manage(cluster, "deployments", "--app", "web")
     assert listing.returncode == 0

@@ -21,7 +21,7 @@ from deployments.runtimes import docker as runtime
 from norn_project import checks
 from tests.support.contexts import parse_spec, step_context
 from tests.support.docker_images import docker_build
-from tests.test_docker_runtime import containers, images, remove_app_containers  # noqa: F401 (images: a fixture)
+from tests.test_docker_runtime import containers, deploy, images, remove_app_containers  # noqa: F401 (images: a fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -67,9 +67,9 @@ def write_ca(tmp_path):
 def test_two_apps_share_the_ingress_ports_by_host_with_https(tmp_path, images, app, ingress_service):
     other = f"{app}-b"
     try:
-        runtime.deploy(ctx_for(tmp_path, app, images["v1"], [f"{app}.example.test", f"www.{app}.example.test"]))
+        deploy(ctx_for(tmp_path, app, images["v1"], [f"{app}.example.test", f"www.{app}.example.test"]))
         ctx = ctx_for(tmp_path, other, images["v2"], [f"{other}.example.test"], https="redirect")
-        runtime.deploy(ctx)
+        deploy(ctx)
         assert f"The ingress has a certificate for {other}.example.test" in ctx.lines()
         cafile = write_ca(tmp_path)
 
@@ -89,7 +89,7 @@ def test_two_apps_share_the_ingress_ports_by_host_with_https(tmp_path, images, a
         assert status["domains"] == [f"{other}.example.test"] and status["port"] is None
         # A third app cannot take a domain the first one has.
         with pytest.raises(StepFailed, match=f"the domain {app}.example.test is already served by the app {app}"):
-            runtime.deploy(ctx_for(tmp_path, f"{app}-c", images["v2"], [f"{app}.example.test"]))
+            deploy(ctx_for(tmp_path, f"{app}-c", images["v2"], [f"{app}.example.test"]))
     finally:
         remove_app_containers(other)
         remove_app_containers(f"{app}-c")
@@ -144,7 +144,7 @@ def test_no_request_fails_through_ten_deploys_and_an_ingress_restart(tmp_path, i
     with open(checks.TCP_MIGRATE_REQ) as f:
         assert f.read().strip() == "1", "net.ipv4.tcp_migrate_req is not 1: run scripts/services"
     domain = f"{app}.example.test"
-    runtime.deploy(ctx_for(tmp_path, app, images["v1"], [domain]))
+    deploy(ctx_for(tmp_path, app, images["v1"], [domain]))
     client = Client(ingress_service, domain, write_ca(tmp_path))
     client.start()
     outcomes = []
@@ -152,7 +152,7 @@ def test_no_request_fails_through_ten_deploys_and_an_ingress_restart(tmp_path, i
         plan = ["v2", "unhealthy", "v1", "crash", "v2", "v1", "unhealthy", "v2", "crash", "v1"]
         for number, variant in enumerate(plan, 1):
             try:
-                runtime.deploy(ctx_for(tmp_path, app, images[variant], [domain], timeout=3))
+                deploy(ctx_for(tmp_path, app, images[variant], [domain], timeout=3))
                 outcomes.append(variant)
             except StepFailed:
                 outcomes.append(f"{variant} failed")
@@ -179,7 +179,7 @@ def test_no_request_fails_through_ten_deploys_and_an_ingress_restart(tmp_path, i
 def test_a_container_that_dies_right_after_its_start_is_caught_at_once(tmp_path, images, app, busybox_image,
                                                                       ingress_service):
     domain = f"{app}.example.test"
-    runtime.deploy(ctx_for(tmp_path, app, images["v1"], [domain]))
+    deploy(ctx_for(tmp_path, app, images["v1"], [domain]))
     directory = tmp_path / "dies"
     (directory / "www").mkdir(parents=True)
     (directory / "www" / "healthz").write_text("ok\n")
@@ -192,7 +192,7 @@ def test_a_container_that_dies_right_after_its_start_is_caught_at_once(tmp_path,
     try:
         ctx = ctx_for(tmp_path, app, image, [domain])
         with pytest.raises(StepFailed) as failed:
-            runtime.deploy(ctx)
+            deploy(ctx)
     finally:
         subprocess.run(["docker", "rmi", "--force", image], capture_output=True)
     message = str(failed.value)

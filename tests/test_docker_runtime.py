@@ -23,7 +23,7 @@ from deployments.runtimes import docker as runtime
 from deployments.caddy import Route
 from deployments.runtimes import dockerengine, dockerready, dockerswitch
 from deployments.outcomes import StepFailed
-from tests.support.contexts import parse_spec, step_context
+from tests.support.contexts import parse_spec, run_deferred, step_context
 from tests.support.docker_images import docker, docker_build
 
 # busybox sh as PID 1 ignores SIGTERM unless it traps it; without the trap
@@ -32,8 +32,8 @@ from tests.support.docker_images import docker, docker_build
 # 127.0.0.1 (the container is on its app's network, not the host's).
 SERVE = 'CMD trap "exit 0" TERM; httpd -f -p "$PORT" -h /www & wait\n'
 IMAGE_PATH = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"  # set by norn-busybox:1
-# A request that takes 2 s to answer (busybox httpd runs CGI scripts).
-SLOW_CGI = '#!/bin/sh\nsleep 2\nprintf "Content-Type: text/plain\\r\\n\\r\\n%s-slow\\n" "$VERSION"\n'
+# A request that takes 4 s to answer (busybox httpd runs CGI scripts).
+SLOW_CGI = '#!/bin/sh\nsleep 4\nprintf "Content-Type: text/plain\\r\\n\\r\\n%s-slow\\n" "$VERSION"\n'
 
 pytestmark = pytest.mark.django_db
 
@@ -97,6 +97,15 @@ def free_port():
 @pytest.fixture
 def port():
     return free_port()
+
+
+def deploy(ctx):
+    """deploy(ctx), then the work it deferred, as the worker runs them:
+    the deployment's end (the previous container's retirement) included."""
+    try:
+        runtime.deploy(ctx)
+    finally:
+        run_deferred(ctx)
 
 
 def make_ctx(tmp_path, app, image, port=None, healthcheck="/healthz", env=None, extra="", timeout=30, kind="deploy"):
@@ -172,7 +181,7 @@ class Poller:
 
 def test_first_deploy_serves_the_public_port_through_the_ingress(tmp_path, images, app, port):
     ctx = make_ctx(tmp_path, app, images["v1"], port=port)
-    runtime.deploy(ctx)
+    deploy(ctx)
 
     assert fetch(port) == "v1\n"
     assert containers(app) == [f"norn-{app}"]
@@ -199,39 +208,60 @@ def test_first_deploy_serves_the_public_port_through_the_ingress(tmp_path, image
     assert any(line.startswith(f"norn-{app}-next passed 3 checks in a row") for line in lines)
 
 
-def test_second_deploy_switches_before_the_old_container_stops(tmp_path, images, app, port):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+def running(container):
+    return docker(["inspect", "--format", "{{.State.Running}}", container]).stdout.strip() == "true"
+
+
+def test_second_deploy_switches_then_retires_the_old_container_after_the_step(tmp_path, images, app, port):
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     old_id = container_id(f"norn-{app}")
     old_backend = runtime.status(app)["backend_port"]
 
     ctx = make_ctx(tmp_path, app, images["v2"], port=port)
     runtime.deploy(ctx)
 
+    # The step is over: the new container is norn-<app> and serves; the old
+    # one still runs, renamed, until the deferred work retires it.
     assert fetch(port) == "v2\n"
+    state = runtime.status(app)
+    assert state["image"] == images["v2"] and state["running"]
+    assert state["backend_port"] != old_backend
+    assert containers(app) == [f"norn-{app}", f"norn-{app}.retiring"]
+    assert container_id(f"norn-{app}.retiring") == old_id and running(old_id)
+    assert ingress.route(app).draining == (old_backend,)
+    assert len(ctx.deferred) == 1
+    assert not [line for line in ctx.lines() if line.startswith(("$ docker stop", "$ docker rm"))]
+
+    run_deferred(ctx)
+
     assert containers(app) == [f"norn-{app}"]
     assert not exists(old_id)
-    state = runtime.status(app)
-    assert state["image"] == images["v2"]
-    assert state["backend_port"] != old_backend
+    assert ingress.route(app) == Route(app, state["backend_port"], port=port)  # draining nothing
+    assert fetch(port) == "v2\n"
     lines = ctx.lines()
     start = lines.index(f"$ docker start norn-{app}-next")
     switch = next(i for i, line in enumerate(lines) if line.startswith(f"Switching port {port} to norn-{app}-next"))
-    stop = lines.index(f"$ docker stop --timeout {dockerengine.STOP_GRACE} norn-{app}")
-    remove = lines.index(f"$ docker rm --force norn-{app}")
+    retiring = lines.index(f"$ docker rename norn-{app} norn-{app}.retiring")
     rename = lines.index(f"$ docker rename norn-{app}-next norn-{app}")
-    # The old container stops only once the new one was checked and the ingress moved.
-    assert start < switch < stop < remove < rename
+    drained = next(i for i, line in enumerate(lines)
+                   if line.startswith(f"No request in flight to norn-{app}.retiring for 0.25 s: drained "))
+    stop = lines.index(f"$ docker stop --timeout {dockerengine.STOP_GRACE} norn-{app}.retiring")
+    remove = lines.index(f"$ docker rm --force norn-{app}.retiring")
+    # The old container stops only once the new one was checked, the ingress
+    # moved and the step ended.
+    assert start < switch < retiring < rename < drained < stop < remove
+    assert lines[remove + 1].startswith(f"Stopped and removed the previous container norn-{app}.retiring in ")
 
 
 def test_failed_deploys_never_interrupt_the_public_port(tmp_path, images, app, port):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
 
     with Poller(port) as unhealthy_polls:
         with pytest.raises(StepFailed, match="did not pass its health check within 5 s") as unhealthy:
-            runtime.deploy(make_ctx(tmp_path, app, images["unhealthy"], port=port, timeout=5))
+            deploy(make_ctx(tmp_path, app, images["unhealthy"], port=port, timeout=5))
     with Poller(port) as crash_polls:
         with pytest.raises(StepFailed, match=f"norn-{app}-next exited with status 3") as crash:
-            runtime.deploy(make_ctx(tmp_path, app, images["crash"], port=port))
+            deploy(make_ctx(tmp_path, app, images["crash"], port=port))
 
     for polls in (unhealthy_polls, crash_polls):
         assert polls.failures == []
@@ -244,7 +274,7 @@ def test_failed_deploys_never_interrupt_the_public_port(tmp_path, images, app, p
     assert containers(app) == [f"norn-{app}"]
 
     with Poller(port) as good_polls:
-        runtime.deploy(make_ctx(tmp_path, app, images["v2"], port=port))
+        deploy(make_ctx(tmp_path, app, images["v2"], port=port))
         time.sleep(0.3)  # a few polls after the switch
     assert good_polls.failures == []
     answers = good_polls.answers
@@ -255,12 +285,12 @@ def test_failed_deploys_never_interrupt_the_public_port(tmp_path, images, app, p
 
 
 def test_crashing_new_container_is_removed_and_the_old_one_kept(tmp_path, images, app, port):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     old_id = container_id(f"norn-{app}")
 
     ctx = make_ctx(tmp_path, app, images["crash"], port=port)
     with pytest.raises(StepFailed) as failed:
-        runtime.deploy(ctx)
+        deploy(ctx)
 
     message = str(failed.value)
     assert f"the new container norn-{app}-next exited with status 3" in message
@@ -275,12 +305,12 @@ def test_crashing_new_container_is_removed_and_the_old_one_kept(tmp_path, images
 
 
 def test_unhealthy_new_container_is_removed_and_the_old_one_kept(tmp_path, images, app, port):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     backend = runtime.status(app)["backend_port"]
 
     ctx = make_ctx(tmp_path, app, images["unhealthy"], port=port, timeout=5)
     with pytest.raises(StepFailed) as failed:
-        runtime.deploy(ctx)
+        deploy(ctx)
 
     message = str(failed.value)
     assert re.search(
@@ -297,7 +327,7 @@ def test_unhealthy_new_container_is_removed_and_the_old_one_kept(tmp_path, image
 
 def test_failed_first_deploy_leaves_nothing_behind(tmp_path, images, app, port):
     with pytest.raises(StepFailed, match="There was no previous container to fall back to"):
-        runtime.deploy(make_ctx(tmp_path, app, images["crash"], port=port))
+        deploy(make_ctx(tmp_path, app, images["crash"], port=port))
     assert containers(app) == []
     assert runtime.status(app) is None
     assert ingress.route(app) is None
@@ -309,7 +339,7 @@ def test_public_port_held_by_another_program_fails_the_deploy_before_anything_st
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         with pytest.raises(StepFailed) as failed:
-            runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+            deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     assert str(failed.value) == (
         f"port {port} is in use by another program on this host, so the ingress cannot listen on it: "
         "stop that program or choose another port; nothing was changed."
@@ -319,7 +349,7 @@ def test_public_port_held_by_another_program_fails_the_deploy_before_anything_st
 
 
 def test_cancel_while_waiting_keeps_the_previous_one_serving(tmp_path, images, app, port):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
 
     ctx = make_ctx(tmp_path, app, images["unhealthy"], port=port, timeout=60)
     # Cancel once the new container is started and being waited for; the
@@ -327,7 +357,7 @@ def test_cancel_while_waiting_keeps_the_previous_one_serving(tmp_path, images, a
     ctx.cancel_reason = lambda: "cancelled by tester" if any(l.startswith("Waiting up to") for l in ctx.lines()) else None
     with Poller(port) as polls:
         with pytest.raises(runner.Cancelled, match="cancelled by tester"):
-            runtime.deploy(ctx)
+            deploy(ctx)
 
     assert polls.failures == [] and set(polls.answers) == {"v1\n"}
     assert fetch(port) == "v1\n"
@@ -336,25 +366,34 @@ def test_cancel_while_waiting_keeps_the_previous_one_serving(tmp_path, images, a
 
 
 def test_a_request_in_flight_to_the_old_container_finishes_before_it_stops(tmp_path, images, app, port):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     ctx = make_ctx(tmp_path, app, images["v2"], port=port)
     answer = []
     client = threading.Thread(target=lambda: answer.append(fetch(port, "/cgi-bin/slow")))
     client.start()
     deadline = time.monotonic() + 10
-    backend = runtime.status(app)["backend_port"]
-    while not ingress.in_flight(backend):  # the ingress is sending it to v1
+    old_backend = runtime.status(app)["backend_port"]
+    while not ingress.in_flight(old_backend):  # the ingress is sending it to v1
         assert time.monotonic() < deadline
         time.sleep(0.02)
     runtime.deploy(ctx)
+    # Switched, with the request still in flight to the old container (it
+    # takes 4 s): the step did not wait for it.
+    assert fetch(port) == "v2\n"
+    assert ingress.in_flight(old_backend) == 1
+    assert client.is_alive()
+
+    run_deferred(ctx)
     client.join(timeout=10)
 
     # v1 answered it, after the switch, before it was stopped.
     assert answer == ["v1-slow\n"]
     lines = ctx.lines()
-    drain = lines.index(f"Waiting up to {dockerswitch.DRAIN_SECONDS:g} s for 1 request(s) in flight to norn-{app} to finish")
+    drain = lines.index(f"Waiting up to {dockerswitch.DRAIN_SECONDS:g} s for 1 request(s) in flight to "
+                        f"norn-{app}.retiring to finish")
     assert lines.index(f"The ingress sends new requests for port {port} to norn-{app}-next") < drain
-    assert drain < lines.index(f"$ docker stop --timeout {dockerengine.STOP_GRACE} norn-{app}")
+    assert drain < lines.index(f"$ docker stop --timeout {dockerengine.STOP_GRACE} norn-{app}.retiring")
+    assert containers(app) == [f"norn-{app}"]
     assert fetch(port) == "v2\n"
 
 
@@ -363,7 +402,7 @@ def test_env_values_reach_the_container_but_no_command_line(tmp_path, images, ap
     password = appdb.password(app)  # the app's own role's
     extra = "services:\n  postgres:\n    database: shop\n"
     ctx = make_ctx(tmp_path, app, images["v1"], port=port, env={"API_TOKEN": secret}, extra=extra)
-    runtime.deploy(ctx)
+    deploy(ctx)
 
     commands = [line for line in ctx.lines() if line.startswith("$ ")]
     assert any(line.startswith("$ docker create ") for line in commands)
@@ -413,7 +452,7 @@ def run_next(app, image, port):
 
 
 def test_interrupted_deploy_after_the_switch_is_finished_not_undone(tmp_path, images, app, port):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     # The deploy died right after switching the route to its new container.
     live_id, backend = run_next(app, images["v2"], port)
     ingress.set_route(Route(app, backend, port=port))
@@ -423,7 +462,7 @@ def test_interrupted_deploy_after_the_switch_is_finished_not_undone(tmp_path, im
     ctx = make_ctx(tmp_path, app, images["crash"], port=port)
     with Poller(port) as polls:
         with pytest.raises(StepFailed, match="kept serving throughout"):
-            runtime.deploy(ctx)
+            deploy(ctx)
     assert f"norn-{app}-next is the one in service: finishing an interrupted deploy" in ctx.lines()
     assert polls.failures == [] and set(polls.answers) == {"v2\n"}
     assert containers(app) == [f"norn-{app}"]
@@ -432,24 +471,85 @@ def test_interrupted_deploy_after_the_switch_is_finished_not_undone(tmp_path, im
 
 
 def test_interrupted_deploy_before_the_switch_is_removed(tmp_path, images, app, port):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     leftover_id, _ = run_next(app, images["unhealthy"], port)  # never got the route
 
     ctx = make_ctx(tmp_path, app, images["v2"], port=port)
-    runtime.deploy(ctx)
+    deploy(ctx)
     assert f"Removing norn-{app}-next, left over from an interrupted deploy" in ctx.lines()
     assert not exists(leftover_id)
     assert containers(app) == [f"norn-{app}"]
     assert fetch(port) == "v2\n"
 
 
+def leave_retiring(tmp_path, app, image, port):
+    """A deploy whose worker died before its deferred work: norn-<app>.retiring
+    (the previous container, still running) stays. Returns its id."""
+    ctx = make_ctx(tmp_path, app, image, port=port)
+    runtime.deploy(ctx)
+    ctx.deferred.clear()
+    assert running(f"norn-{app}.retiring")
+    return container_id(f"norn-{app}.retiring")
+
+
+def test_a_container_left_retiring_is_retired_by_the_next_deploy(tmp_path, images, app, port):
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    left_id = leave_retiring(tmp_path, app, images["v2"], port)
+
+    ctx = make_ctx(tmp_path, app, images["v1"], port=port)
+    with Poller(port) as polls:
+        deploy(ctx)
+    assert polls.failures == []
+    lines = ctx.lines()
+    first = lines.index(f"norn-{app}.retiring, the previous container of an earlier deploy, is still there: "
+                        "retiring it first")
+    assert first < lines.index(f"$ docker stop --timeout {dockerengine.STOP_GRACE} norn-{app}.retiring")
+    assert not exists(left_id)
+    assert containers(app) == [f"norn-{app}"]
+    assert fetch(port) == "v1\n"
+
+
+def test_a_deploy_interrupted_between_its_renames_is_finished_by_the_next(tmp_path, images, app, port):
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    left_id = leave_retiring(tmp_path, app, images["v2"], port)
+    # It died after renaming the old container, before renaming the new one.
+    docker(["rename", f"norn-{app}", f"norn-{app}-next"])
+    live_id = container_id(f"norn-{app}-next")
+
+    ctx = make_ctx(tmp_path, app, images["crash"], port=port)
+    with Poller(port) as polls:
+        with pytest.raises(StepFailed, match="kept serving throughout"):
+            deploy(ctx)
+    assert polls.failures == [] and set(polls.answers) == {"v2\n"}
+    assert f"norn-{app}-next is the one in service: finishing an interrupted deploy" in ctx.lines()
+    assert not exists(left_id)
+    assert containers(app) == [f"norn-{app}"]
+    assert container_id(f"norn-{app}") == live_id
+
+
+def test_undeploy_removes_a_container_left_retiring(tmp_path, images, app, port):
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    ctx = make_ctx(tmp_path, app, images["v2"], port=port)
+    runtime.deploy(ctx)  # its deferred work runs only after the undeploy
+
+    assert runtime.remove(app) == [f"norn-{app}", f"norn-{app}.retiring"]
+    assert containers(app) == []
+    assert ingress.route(app) is None
+    assert refused(port)
+
+    # The late retirement finds nothing left to do, and says so.
+    run_deferred(ctx)
+    assert f"norn-{app}.retiring is already gone: removed meanwhile" in ctx.lines()
+    assert containers(app) == []
+
+
 def test_a_deploy_fails_at_once_when_the_ingress_is_down(tmp_path, images, app, port, ingress_service):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     ingress_service.stop()
     assert refused(port)
 
     with pytest.raises(StepFailed) as failed:
-        runtime.deploy(make_ctx(tmp_path, app, images["v2"], port=port))
+        deploy(make_ctx(tmp_path, app, images["v2"], port=port))
     assert str(failed.value) == (
         f"the ingress (Caddy) is not answering at {ingress_service.admin} (No such file or directory): start "
         f"norn-ingress.service (scripts/services in development). It serves port {port}; nothing was changed."
@@ -460,16 +560,16 @@ def test_a_deploy_fails_at_once_when_the_ingress_is_down(tmp_path, images, app, 
 
     ingress_service.start()
     assert fetch(port) == "v1\n"  # Caddy resumed its route
-    runtime.deploy(make_ctx(tmp_path, app, images["v2"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v2"], port=port))
     assert fetch(port) == "v2\n"
 
 
 def test_two_apps_cannot_share_a_public_port(tmp_path, images, app, port):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     other = f"{app}-b"
     try:
         with pytest.raises(StepFailed, match=f"port {port} is already the public port of the app {app}"):
-            runtime.deploy(make_ctx(tmp_path, other, images["v2"], port=port))
+            deploy(make_ctx(tmp_path, other, images["v2"], port=port))
         assert containers(other) == []
     finally:
         remove_app_containers(other)
@@ -477,13 +577,13 @@ def test_two_apps_cannot_share_a_public_port(tmp_path, images, app, port):
 
 
 def test_rollback_to_the_image_in_service_does_nothing(tmp_path, images, app, port):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     live_id = container_id(f"norn-{app}")
     with pytest.raises(StepFailed):
-        runtime.deploy(make_ctx(tmp_path, app, images["unhealthy"], port=port, timeout=4))
+        deploy(make_ctx(tmp_path, app, images["unhealthy"], port=port, timeout=4))
 
     ctx = make_ctx(tmp_path, app, images["v1"], port=port, kind="rollback")
-    runtime.deploy(ctx)
+    deploy(ctx)
     assert (
         f"norn-{app} already runs {images['v1']} and is healthy: it is in service, nothing to do. "
         "(The failed deploy's container was already replaced back by this one.)"
@@ -494,14 +594,14 @@ def test_rollback_to_the_image_in_service_does_nothing(tmp_path, images, app, po
 
     # A rollback to another image is a real replacement.
     ctx = make_ctx(tmp_path, app, images["v2"], port=port, kind="rollback")
-    runtime.deploy(ctx)
+    deploy(ctx)
     assert fetch(port) == "v2\n"
     assert container_id(f"norn-{app}") != live_id
 
 
 def test_status_and_remove(tmp_path, images, app, port):
     assert runtime.status(app) is None
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     assert runtime.status(app)["running"]
 
     assert runtime.remove(app) == [f"norn-{app}"]
@@ -514,19 +614,19 @@ def test_status_and_remove(tmp_path, images, app, port):
 
 def test_port_without_healthcheck_waits_until_the_app_answers_http(tmp_path, images, app, port):
     ctx = make_ctx(tmp_path, app, images["v1"], port=port, healthcheck=None)
-    runtime.deploy(ctx)
+    deploy(ctx)
     backend = runtime.status(app)["backend_port"]
     assert f"GET http://127.0.0.1:{backend}/: HTTP 200" in ctx.lines()
     assert fetch(port) == "v1\n"
 
     with pytest.raises(StepFailed, match=f"norn-{app}-next exited with status 0"):
-        runtime.deploy(make_ctx(tmp_path, app, images["short"], port=port, healthcheck=None))
+        deploy(make_ctx(tmp_path, app, images["short"], port=port, healthcheck=None))
     assert fetch(port) == "v1\n"
 
 
 def test_worker_without_port_is_up_once_it_stays_running(tmp_path, images, app):
     ctx = make_ctx(tmp_path, app, images["worker"])
-    runtime.deploy(ctx)
+    deploy(ctx)
     state = runtime.status(app)
     assert state["running"]
     assert state["port"] is None and state["backend_port"] is None
@@ -535,10 +635,10 @@ def test_worker_without_port_is_up_once_it_stays_running(tmp_path, images, app):
 
 
 def test_worker_that_exits_within_its_first_seconds_fails_the_deploy(tmp_path, images, app):
-    runtime.deploy(make_ctx(tmp_path, app, images["worker"]))
+    deploy(make_ctx(tmp_path, app, images["worker"]))
 
     with pytest.raises(StepFailed, match=f"norn-{app}-next exited with status 0") as failed:
-        runtime.deploy(make_ctx(tmp_path, app, images["short"]))
+        deploy(make_ctx(tmp_path, app, images["short"]))
 
     assert "done early" in str(failed.value)
     assert "was restored and is running again" in str(failed.value)
@@ -547,9 +647,9 @@ def test_worker_that_exits_within_its_first_seconds_fails_the_deploy(tmp_path, i
 
 
 def test_app_that_drops_its_port_loses_its_route(tmp_path, images, app, port):
-    runtime.deploy(make_ctx(tmp_path, app, images["v1"], port=port))
+    deploy(make_ctx(tmp_path, app, images["v1"], port=port))
     ctx = make_ctx(tmp_path, app, images["worker"])
-    runtime.deploy(ctx)
+    deploy(ctx)
     assert ingress.route(app) is None
     assert f"{app} no longer declares a port or domains: the ingress stopped serving them" in ctx.lines()
     assert refused(port)

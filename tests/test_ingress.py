@@ -10,6 +10,7 @@ standing in for app containers (tests/test_ingress_docker.py has real ones).
 import http.server
 import subprocess
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -143,6 +144,36 @@ def test_an_apps_own_port_is_a_listener_of_the_ingress(ingress_service, backends
     ingress.drop_route("api")
     refused = subprocess.run(["curl", "-sS", f"http://127.0.0.1:{port}/"], capture_output=True, text=True)
     assert refused.returncode == 7  # connection refused: the port is closed again
+
+
+def test_a_previous_backend_stays_known_until_it_is_forgotten(ingress_service, backends, monkeypatch):
+    old, new = backends("old"), backends("new")
+    port = free_port()
+    ingress.set_route(Route("api", old.port, port=port))
+    ingress.set_route(Route("api", new.port, port=port), drain=True)
+    assert curl(f"http://127.0.0.1:{port}/")[1].startswith("new ")
+    # Its requests in flight can still be counted.
+    assert ingress.route("api").draining == (old.port,)
+    assert f"127.0.0.1:{old.port}" in caddy.upstreams()
+
+    # Drained as soon as it is looked at when it has been quiet since the
+    # switch long enough; from now on, only after the quiet period.
+    looks = []
+    counted = ingress.in_flight
+    monkeypatch.setattr(ingress, "in_flight", lambda backend: looks.append(backend) or counted(backend))
+    assert ingress.wait_drained(old.port, 5, since=time.monotonic() - ingress.DRAIN_QUIET) == 0
+    assert looks == [old.port]
+    assert ingress.wait_drained(old.port, 5) == 0
+    assert len(looks) > 2
+
+    assert ingress.forget_drained("api", old.port) is True
+    assert ingress.route("api") == Route("api", new.port, port=port)
+    assert caddy.request("GET", "/config/") == caddy.build(ingress.routes())
+    assert f"127.0.0.1:{old.port}" not in caddy.upstreams()
+    assert curl(f"http://127.0.0.1:{port}/")[1].startswith("new ")
+    # Nothing to forget: nothing is loaded.
+    assert ingress.forget_drained("api", old.port) is False
+    assert ingress.forget_drained("nobody", old.port) is False
 
 
 def test_a_domain_or_port_of_another_app_is_refused(ingress_service, backends):

@@ -79,6 +79,10 @@ def test_adopt_routes_running_containers_by_their_labels(tmp_path, images, ingre
     domain = f"{app}.example.test"
     try:
         runtime.deploy(ctx_for(tmp_path, app, images["v1"], [domain], https="both"))
+        # The next deploy's worker died before retiring the previous container:
+        # it still runs, as norn-<app>.retiring, and must not be taken for the app.
+        runtime.deploy(ctx_for(tmp_path, app, images["v2"], [domain], https="both"))
+        assert runtime.status(app)["image"] == images["v2"]
         backend = runtime.status(app)["backend_port"]
         # Norn's database restored from before the deploy, the ingress reinstalled.
         IngressRoute.objects.all().delete()
@@ -88,8 +92,9 @@ def test_adopt_routes_running_containers_by_their_labels(tmp_path, images, ingre
 
         text = run("adopt")
         assert f"{app}: routed to 127.0.0.1:{backend}" in text
+        assert text.count(f"{app}:") == 1
         assert ingress.route(app) == Route(app, backend, domains=(domain,), https="both")
-        assert get(ingress_service, domain) == (200, "v1\n")
+        assert get(ingress_service, domain) == (200, "v2\n")
         # Again: nothing more to do.
         assert f"{app}: already routed to 127.0.0.1:{backend}" in run("adopt")
     finally:

@@ -13,7 +13,7 @@ from apps_registry.models import App
 from deployments import pipeline
 from deployments.models import Deployment
 from deployments.requests import request_deployment
-from tests.support.cluster import Cluster, wait_for
+from tests.support.cluster import Cluster, execute_in_thread, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -204,21 +204,13 @@ def test_a_connection_lost_mid_step_fails_the_deploy_with_the_database_error(mak
     # The worker's database connections are cut while its test step runs:
     # recording the step's end fails, and the worker reconnects to record
     # the failure with that reason, at once (no wait for crash recovery).
-    import threading
     import time
 
     make_app("cut", SPEC.format(name="cut").replace("build: {}", "build:\n  test: sleep 4"), {"Dockerfile": DOCKERFILE})
     deployment = request_deployment("cut")
     later = request_deployment("cut")
 
-    def work():
-        try:
-            pipeline.execute(deployment.pk)
-        finally:
-            connection.close()  # this thread's own connection
-
-    worker = threading.Thread(target=work)
-    worker.start()
+    worker = execute_in_thread(deployment.pk)
     wait_for(lambda: deployment.steps.filter(name="test", status="running").exists(), timeout=60, message="test step")
     with connection.cursor() as cursor:
         cursor.execute(

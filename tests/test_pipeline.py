@@ -4,16 +4,15 @@ seed's "on failure" column, timeouts, cancel, and secrets kept out."""
 import os
 import shlex
 import subprocess
-import threading
 import time
 
 import psycopg
 import pytest
-from django.db import connection
 
 from deployments import appdb, pipeline, runner, states, transitions
 from deployments.models import Deployment, Event, Snapshot
 from deployments.requests import DeployRequestError, request_deployment
+from tests.support.cluster import execute_in_thread
 from tests.support.docker_images import docker
 from tests.support.networks import remove_networks_of_apps_dir
 from tests.support.psql_image import ensure_psql_image
@@ -191,14 +190,7 @@ def test_cancel_a_running_deployment(make_app, norn_dirs, busybox_image, tmp_pat
     make_app("cancelme", spec("cancelme", test="sleep 300 & echo $! > child.pid; wait"), {"Dockerfile": DOCKERFILE})
     deployment = request_deployment("cancelme")
     marker = pipeline.Path(norn_dirs.NORN_WORK_DIR) / str(deployment.public_id) / "src" / "child.pid"
-    def work():
-        try:
-            pipeline.execute(deployment.pk)
-        finally:
-            connection.close()  # this thread's own connection
-
-    worker = threading.Thread(target=work)
-    worker.start()
+    worker = execute_in_thread(deployment.pk)
     deadline = time.monotonic() + 60
     while not marker.exists() or not marker.read_text().strip():
         assert time.monotonic() < deadline, "test step never started"
@@ -397,8 +389,7 @@ def test_cleanup_failure_is_recorded_but_never_fails_the_deployment(make_app, no
     make_app("pinned", CRON_APP.format(name="pinned", url=repo.file_url, build=build))
     deployment = request_deployment("pinned")
     workdir = pipeline.Path(norn_dirs.NORN_WORK_DIR) / str(deployment.public_id)
-    worker = threading.Thread(target=lambda: (pipeline.execute(deployment.pk), connection.close()))
-    worker.start()
+    worker = execute_in_thread(deployment.pk)
     try:
         deadline = time.monotonic() + 60
         while not (workdir / "src" / "pinned").exists():

@@ -3,8 +3,9 @@
 An app with a port or domains is served by the ingress (Caddy,
 deployments/ingress.py); `deploy(ctx)` starts the new container next to the
 old one on a port of its own, switches the ingress to it once it is ready,
-then retires the old one (dockerswitch.py). Apps that serve nothing (workers)
-are stopped and replaced in place. dockerengine.py has the container basics.
+and the old one, `norn-<app>.retiring`, is retired after the deployment ended
+(dockerswitch.py). Apps that serve nothing (workers) are stopped and replaced
+in place. dockerengine.py has the container basics.
 """
 
 import dataclasses
@@ -25,6 +26,7 @@ from deployments.runtimes.dockerengine import (
     inspect,
     label_int,
     discard,
+    retiring_name,
 )
 
 __all__ = ["DockerError", "Error", "deploy", "remove", "status"]
@@ -132,12 +134,25 @@ def _roll_back(ctx, name, next_name, previous, was_running):
 
 
 def _clear_leftover(ctx, name, next_name):
-    """Deal with a norn-<app>-next that an interrupted deploy left behind.
+    """Deal with what an interrupted deploy left behind.
 
-    It is the live app, not litter, when the deploy died after the switch:
-    the ingress routes to it, or (serving nothing) the old container is already
-    gone. Then the promotion is finished; otherwise it is removed.
+    A norn-<app>.retiring is the previous container of an earlier deploy
+    (the ingress left it at the switch) that was not retired yet: that
+    deploy's worker died first, or is still at it while another worker took
+    this deployment. It is retired here, its requests in flight allowed to
+    finish first (dockerswitch.retire).
+
+    A norn-<app>-next is the live app, not litter, when the deploy died after
+    the switch: the ingress routes to it, or (serving nothing) the old
+    container is already gone. Then the promotion is finished; otherwise it
+    is removed.
     """
+    retiring = retiring_name(ctx.app_name)
+    old = container(ctx, retiring)
+    if old is not None:
+        ctx.log(f"{retiring}, the previous container of an earlier deploy, is still there: retiring it first")
+        backend = label_int(old, "norn.backend-port") if old["state"].get("Running") else None
+        dockerswitch.retire(ctx.app_name, retiring, backend, None, ctx.log)
     leftover = container(ctx, next_name)
     if leftover is None:
         return
@@ -192,7 +207,7 @@ def status(app_name: str) -> dict | None:
 
 def remove(app_name: str) -> list[str]:
     """Stop serving the app's domains and port, and stop and remove its
-    container (and a leftover -next one) and its network.
+    container (and a leftover -next or .retiring one) and its network.
 
     Returns the names removed; raises DockerError when docker fails or the
     ingress does not take the change (then nothing is removed).
@@ -204,7 +219,7 @@ def remove(app_name: str) -> list[str]:
     except ingress.IngressError as exc:
         raise DockerError(f"the ingress kept the route of {app_name}: {exc}") from None
     removed = []
-    for name in (container_name(app_name), f"{container_name(app_name)}-next"):
+    for name in (container_name(app_name), f"{container_name(app_name)}-next", retiring_name(app_name)):
         if inspect(cli, name) is None:
             continue
         returncode, output = cli(["rm", "--force", name], timeout=COMMAND_TIMEOUT + STOP_GRACE)

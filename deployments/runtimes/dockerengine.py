@@ -46,6 +46,13 @@ def container_name(app_name: str) -> str:
     return f"norn-{app_name}"
 
 
+def retiring_name(app_name: str) -> str:
+    """The previous container's name from the switch until it is removed
+    (dockerswitch.py). The dot keeps it from ever being another app's
+    norn-<app>: app names have none."""
+    return f"{container_name(app_name)}.retiring"
+
+
 def create(ctx: StepContext, next_name: str, env: dict[str, str], labels: dict | None = None,
            backend: int | None = None) -> None:
     """docker create the new container; the environment goes in through a file.

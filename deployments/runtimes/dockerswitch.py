@@ -1,12 +1,20 @@
 """Replacing a served app (it has a port or domains) behind the ingress: the new
 container starts on a port of its own ($PORT, published on 127.0.0.1), must
 pass its checks there (dockerready.py), and only then does the ingress send
-new requests to it; the old one's requests in flight finish, then it goes.
-A new container that fails never receives a request.
+new requests to it. A new container that fails never receives a request.
+
+From the switch the new container is norn-<app> and the deployment is
+deployed; the old one, renamed norn-<app>.retiring, is retired after the
+deployment ended (Context.defer, like Kubernetes terminating old pods after a
+rollout): its requests in flight finish, then it is stopped and removed.
+When the worker dies first, the app's next deploy or `manage.py undeploy`
+removes it (docker.py).
 """
 
 import dataclasses
+import functools
 import socket
+import time
 
 from deployments import caddy, ingress
 from deployments.appenv import StepContext
@@ -15,17 +23,22 @@ from deployments.runtimes.dockerengine import (
     BACKEND_HOST,
     COMMAND_TIMEOUT,
     STOP_GRACE,
+    DockerError,
     NotReady,
+    cli,
     create,
     discard,
     label_int,
+    retiring_name,
 )
 from deployments.runtimes.dockerready import DeathWatch, probe, wait_until_ready
 
-__all__ = ["already_in_service", "replace_behind_ingress", "require_ingress", "wait_until_ready"]
+__all__ = ["already_in_service", "replace_behind_ingress", "require_ingress", "retire", "wait_until_ready"]
 
 # After the switch, how long requests still in flight to the old container
 # may take to finish before it is stopped (it then gets STOP_GRACE on top).
+# Its retirement runs after the deployment ended, so none of this holds up
+# "deployed".
 DRAIN_SECONDS = 10.0
 # How long a deploy waits for the certificates of domains new to the app.
 TLS_WAIT = 10.0
@@ -57,7 +70,8 @@ def require_ingress(ctx: StepContext) -> None:
 def _free_backend_port() -> int:
     """A port nothing listens on now, for the new container's $PORT: the
     kernel's pick, never a port the ingress already uses."""
-    taken = {p for r in ingress.routes() for p in (r.port, r.backend)}
+    # A retiring container's backend too: it is still published until it is gone.
+    taken = {p for r in ingress.routes() for p in (r.port, r.backend, *r.draining)}
     for _ in range(100):
         with socket.socket() as s:
             s.bind((BACKEND_HOST, 0))
@@ -70,8 +84,8 @@ def _free_backend_port() -> int:
 def replace_behind_ingress(ctx: StepContext, name: str, next_name: str, previous: dict | None,
                            env: dict[str, str]) -> None:
     """Start the new container next to the old one, wait until it is ready,
-    switch the ingress to it, let the old one's requests finish, then stop and
-    remove the old one and rename the new one to norn-<app>.
+    switch the ingress to it and rename it norn-<app>; the old one is renamed
+    norn-<app>.retiring and retired once the deployment ended (retire).
 
     Until the switch the old container serves alone; when the new one does
     not come up (it dies, fails its check, times out, is cancelled) it is
@@ -86,7 +100,7 @@ def replace_behind_ingress(ctx: StepContext, name: str, next_name: str, previous
     create(ctx, next_name, {**env, "PORT": backend}, labels, backend)
 
     was_running = bool(previous and previous["state"].get("Running"))
-    old_backend = label_int(previous, "norn.backend-port") if previous else None
+    old_backend = label_int(previous, "norn.backend-port") if was_running else None
     serving = f"; {name} keeps serving meanwhile" if was_running else ""
     with DeathWatch(next_name) as watch:
         try:
@@ -95,6 +109,7 @@ def replace_behind_ingress(ctx: StepContext, name: str, next_name: str, previous
             wait_until_ready(ctx, next_name, backend, watch)
             ctx.log(f"Switching {where(new)} to {next_name} ({BACKEND_HOST}:{backend})")
             before = ingress.set_route(new, ctx.public_id, drain=was_running)
+            switched_at = time.monotonic()
         except (NotReady, ingress.IngressError) as exc:
             tail = discard(dataclasses.replace(ctx, cancel_reason=None), next_name)
             message = f"{exc}. {_kept(name, previous)}"
@@ -114,16 +129,15 @@ def replace_behind_ingress(ctx: StepContext, name: str, next_name: str, previous
         # containers behind, so the rest runs to its end (every command has
         # its own timeout).
         finish = dataclasses.replace(ctx, cancel_reason=None)
-        if was_running and old_backend is not None:
-            _drain(finish, name, old_backend)
         if watch.died.is_set():
             _switch_back(finish, name, next_name, previous, before, watch)
     try:
-        if was_running:
-            finish.log(f"Stopping the previous container {name}")
-            finish.run(["docker", "stop", "--timeout", str(STOP_GRACE), name], timeout=STOP_GRACE + COMMAND_TIMEOUT)
         if previous:
-            finish.run(["docker", "rm", "--force", name], timeout=COMMAND_TIMEOUT)
+            retiring = retiring_name(ctx.app_name)
+            finish.run(["docker", "rename", name, retiring], timeout=COMMAND_TIMEOUT)
+            # Deferred at once: from here the old container only has to go,
+            # even if the rename below fails.
+            ctx.defer(functools.partial(retire, ctx.app_name, retiring, old_backend, switched_at))
         finish.run(["docker", "rename", next_name, name], timeout=COMMAND_TIMEOUT)
     except StepFailed as exc:
         raise StepFailed(
@@ -131,6 +145,9 @@ def replace_behind_ingress(ctx: StepContext, name: str, next_name: str, previous
             "The next deploy of the app finishes it."
         ) from None
     ctx.log(f"{name} is running {ctx.image}, serving {where(new)} through the ingress ({BACKEND_HOST}:{backend})")
+    if previous:
+        ctx.log(f"The previous container is now {retiring}: once the deployment ended and its requests "
+                "in flight finished, it is stopped and removed")
 
 
 def _await_certificates(ctx, new, before):
@@ -150,18 +167,70 @@ def _await_certificates(ctx, new, before):
         ctx.log(f"The ingress has a certificate for {', '.join(sorted(added))}")
 
 
-def _drain(ctx, name, backend):
-    """Let requests still in flight to the old container finish, and those on
-    connections the ingress accepted just before the switch arrive."""
+def retire(app: str, retiring: str, backend: int | None, since: float | None, log) -> None:
+    """Retire the previous container `retiring`: let the requests still in
+    flight to it (on `backend`; None when it serves none) finish, and those
+    on connections the ingress accepted just before the switch (at
+    time.monotonic() `since`; None: not known) arrive, then stop and remove
+    it and have the ingress forget its backend.
+
+    Deferred after a replacement, and run by the app's next deploy when it
+    finds one still there (docker.py). What docker or the ingress refuse is
+    logged with `log(text)`, not raised: the next deploy or `manage.py
+    undeploy` removes what is left.
+    """
+    if backend is not None:
+        _drain(retiring, backend, since, log)
+    stopping = time.monotonic()
+    stop = _docker(["stop", "--timeout", str(STOP_GRACE), retiring], STOP_GRACE + COMMAND_TIMEOUT, log)
+    removed = stop if stop == "gone" else _docker(["rm", "--force", retiring], COMMAND_TIMEOUT, log)
+    if removed == "failed":
+        log(f"{retiring} was not removed: the next deploy of {app} or `manage.py undeploy` removes it")
+        return
+    if removed == "gone":
+        log(f"{retiring} is already gone: removed meanwhile")
+    else:
+        done = "Stopped and removed" if stop == "ok" else "Removed"
+        log(f"{done} the previous container {retiring} in {time.monotonic() - stopping:.2f} s")
+    if backend is not None:
+        try:
+            ingress.forget_drained(app, backend)
+        except ingress.IngressError as exc:
+            log(f"The ingress still lists {BACKEND_HOST}:{backend} as draining: {exc}")
+
+
+def _drain(retiring, backend, since, log):
     try:
         left = ingress.in_flight(backend)
-    except ingress.AdminError:
+    except ingress.AdminError as exc:
+        log(f"Not waiting for requests in flight to {retiring}: the ingress did not say how many there are ({exc})")
         return
     if left:
-        ctx.log(f"Waiting up to {DRAIN_SECONDS:g} s for {left} request(s) in flight to {name} to finish")
-    left = ingress.wait_drained(backend, DRAIN_SECONDS)
+        log(f"Waiting up to {DRAIN_SECONDS:g} s for {left} request(s) in flight to {retiring} to finish")
+    started = time.monotonic() if since is None else since
+    left = ingress.wait_drained(backend, DRAIN_SECONDS, since=started)
+    waited = time.monotonic() - started
+    after = "after the switch" if since is not None else "of waiting"
     if left:
-        ctx.log(f"{left} request(s) to {name} still in flight after {DRAIN_SECONDS:g} s; stopping it anyway")
+        log(f"{left} request(s) to {retiring} still in flight {waited:.1f} s {after}; stopping it anyway")
+    else:
+        log(f"No request in flight to {retiring} for {ingress.DRAIN_QUIET:g} s: drained {waited:.2f} s {after}")
+
+
+def _docker(args, timeout, log) -> str:
+    """Run `docker *args` on the retiring container, logged as a step runs
+    it: "ok", "gone" (there is no such container) or "failed" (logged)."""
+    log(f"$ docker {' '.join(args)}")
+    try:
+        returncode, output = cli(args, timeout=timeout)
+    except DockerError as exc:
+        returncode, output = 1, str(exc)
+    if returncode == 0:
+        return "ok"
+    if "no such container" in output.lower():
+        return "gone"
+    log(output.strip() or f"exit status {returncode}")
+    return "failed"
 
 
 def _switch_back(ctx, name, next_name, previous, before, watch):

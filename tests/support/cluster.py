@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -92,3 +93,19 @@ def wait_for(predicate, timeout=60, interval=0.1, message="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {message}")
         time.sleep(interval)
+
+
+def execute_in_thread(deployment_id: int) -> threading.Thread:
+    """Run the deployment's pipeline as a worker would, in a thread of this
+    process (the test needs `transaction=True`); started, returned to join."""
+    from deployments import pipeline
+
+    def work():
+        try:
+            pipeline.execute(deployment_id)
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    return thread

@@ -42,3 +42,11 @@ def step_context(spec, *, workdir=None, app_dir=None, image="", ref="HEAD", comm
     ctx.text = lambda: "".join(output)
     ctx.lines = lambda: ctx.text().splitlines()
     return ctx
+
+
+def run_deferred(ctx):
+    """Run the work the step left with ctx.defer(), in order, as the worker
+    does once the deployment ended: what it logs joins the step's output."""
+    while ctx.deferred:
+        _, work = ctx.deferred.pop(0)
+        work(ctx.log)
