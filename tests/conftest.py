@@ -145,6 +145,7 @@ def deploy_now(norn_dirs):
     def deploy(app, ref="HEAD", **kwargs):
         deployment = request_deployment(app, ref, **kwargs)
         pipeline.execute(deployment.pk)
+        pipeline.wait_deferred()  # as the worker's process would before it exits
         deployment.refresh_from_db()
         return deployment
 

@@ -65,6 +65,7 @@ def test_deployed_before_the_old_container_stops_which_finishes_its_request(make
     try:
         first = request_deployment(app)
         pipeline.execute(first.pk)
+        pipeline.wait_deferred()
         first.refresh_from_db()
         assert first.status == "deployed", first.error
         old_id = inspect(f"norn-{app}", "{{.Id}}")

@@ -311,6 +311,7 @@ def test_an_automatic_rollback_restores_the_earlier_template_through_the_pipelin
 
     rollback = Deployment.objects.get(app__name="kweb", kind="rollback")
     pipeline.execute(rollback.pk)
+    pipeline.wait_deferred()
     rollback.refresh_from_db()
 
     assert rollback.status == "deployed", rollback.error

@@ -34,6 +34,7 @@ def deploy(make_app, repo, db, migrate, version):
     repo.commit({"Dockerfile": DOCKERFILE + f"ENV V={version}\n"}, f"v{version}")
     deployment = request_deployment("keep")
     pipeline.execute(deployment.pk)
+    pipeline.wait_deferred()
     deployment.refresh_from_db()
     return deployment, Snapshot.objects.get(deployment=deployment)
 

@@ -41,6 +41,7 @@ def fetch(port):
 
 def run(deployment):
     pipeline.execute(deployment.pk)
+    pipeline.wait_deferred()
     deployment.refresh_from_db()
     return deployment
 

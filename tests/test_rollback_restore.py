@@ -40,6 +40,7 @@ def fingerprint(db):
 
 def run(deployment):
     pipeline.execute(deployment.pk)
+    pipeline.wait_deferred()
     deployment.refresh_from_db()
     return deployment
 

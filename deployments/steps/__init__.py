@@ -65,11 +65,12 @@ class Context:
 
     def defer(self, work) -> None:
         """Run `work(log)` once the deployment's final status is recorded and
-        the follower has been told, before the worker hands the app to its
-        next deployment: for what need not hold up "deployed" (the previous
-        container's retirement). `log(text)` appends to this step's output;
-        what `work` raises is logged there and in the worker's log, and
-        changes no status."""
+        its followers were told: for what need not hold up "deployed" (the
+        previous container's retirement). It runs in a thread of the worker,
+        which takes its next task meanwhile, and finishes before the worker
+        process exits. `log(text)` appends to this step's output; what `work`
+        raises is logged there and in the worker's log, and changes no status.
+        """
         self.deferred.append((self.step, work))
 
     def base_env(self, **extra) -> dict[str, str]:

@@ -103,6 +103,7 @@ def execute_in_thread(deployment_id: int) -> threading.Thread:
     def work():
         try:
             pipeline.execute(deployment_id)
+            pipeline.wait_deferred()
         finally:
             connection.close()  # this thread's own connection
 
