@@ -8,6 +8,8 @@ written by DeploymentAdmin.list_rows, are the admin's own."""
 import html
 import re
 import uuid
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 from django.contrib import admin
@@ -16,7 +18,7 @@ from django.db import connection
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 
-from deployments.models import Deployment, DeploymentStatus
+from deployments.models import Deployment, DeploymentDay, DeploymentStatus
 from deployments.paging import LongListPaginator
 from tests.support.dashboard import web, operator  # noqa: F401 (fixtures)
 from tests.support.dashboard import make_deployment, page
@@ -290,3 +292,98 @@ def test_history_and_chart_tags_write_what_the_templates_did(web):
     assert chart["bars"][0]["segments"] and any(bar["mark"] for bar in chart["bars"])
     assert squeeze(engine.from_string(NEW_CHART).render({"chart": chart})) == \
         squeeze(engine.from_string(OLD_CHART).render({"chart": chart}))
+
+
+# --- pages by number through the deployments per day (paging.DAY_SKIP_SQL) ------
+
+MIDNIGHT = datetime(2026, 3, 1, tzinfo=dt_timezone.utc)
+# Where in its day a deployment is queued: at midnight UTC exactly, a
+# microsecond either side of it, at the same instant as others, at noon.
+IN_THE_DAY = [timedelta(0), timedelta(microseconds=-1), timedelta(microseconds=1), timedelta(0), timedelta(hours=12)]
+
+
+def spread(apps, count):
+    """`count` deployments of `apps` over four days (ties, rows on the days'
+    edges), one in seven deleted again (gaps in the ids)."""
+    made = []
+    for i in range(count):
+        deployment = make_deployment(apps[i % len(apps)], ref=f"r{i}")
+        queued = MIDNIGHT + timedelta(days=i % 4) + IN_THE_DAY[i % len(IN_THE_DAY)]
+        Deployment.objects.filter(pk=deployment.pk).update(queued_at=queued)
+        made.append(deployment.pk)
+    Deployment.objects.filter(pk__in=made[::7]).delete()
+
+
+def recounted():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT app_id, (queued_at AT TIME ZONE 'UTC')::date, count(*) "
+                       "FROM deployments_deployment GROUP BY 1, 2")
+        return {(app, day): n for app, day, n in cursor.fetchall()}
+
+
+def day_counts():
+    return {(d.app_id, d.day): d.count for d in DeploymentDay.objects.all() if d.count}
+
+
+def test_pages_by_number_skipping_days_show_the_rows_skipping_rows_does(web, make_app):
+    from apps_registry.models import App
+
+    make_app("api", "app: api\nrole: worker\n")
+    api = App.objects.get(name="api")
+    spread([web, api, web], 40)
+    lists = [
+        Deployment.objects.order_by("-queued_at", "-id"),
+        Deployment.objects.filter(app=web).order_by("-queued_at", "-id"),
+        Deployment.objects.filter(app_id=api.pk).order_by("queued_at", "id"),
+        Deployment.objects.order_by("queued_at", "id"),
+    ]
+    for rows in lists:
+        paginator = LongListPaginator(rows, 3)
+        assert paginator._day_scope() is not None
+        total = rows.count()
+        for skip in range(total + 2):
+            for from_the_end in (False, True):
+                ids = paginator._ids(skip, 3, from_the_end)
+                shown = list(rows.filter(pk__in=ids).values_list("pk", flat=True))
+                skipped = list((rows.reverse() if from_the_end else rows).values_list("pk", flat=True)[skip:skip + 3])
+                assert shown == (skipped[::-1] if from_the_end else skipped), (rows.query, skip, from_the_end)
+    # Other filters and orders skip rows, as before.
+    assert LongListPaginator(Deployment.objects.filter(status="failed"), 3)._day_scope() is None
+    assert LongListPaginator(Deployment.objects.order_by("status", "id"), 3)._day_scope() is None
+    assert LongListPaginator(Deployment.objects.exclude(app=web), 3)._day_scope() is None
+
+
+def test_the_admin_lists_and_the_app_page_skip_days(admin_user, web, make_app):
+    from deployments import views
+
+    make_app("api", "app: api\nrole: worker\n")  # the admin offers no filter by app with one app
+    admin.autodiscover()
+    model_admin = admin.site._registry[Deployment]
+    for query, scope in (({}, 0), ({"app__id__exact": str(web.pk)}, web.pk), ({"o": "7"}, 0), ({"o": "-7"}, 0),
+                         ({"status__exact": "failed"}, None), ({"q": "main"}, None)):
+        request = RequestFactory().get(ADMIN, query)
+        request.user = admin_user
+        assert model_admin.get_changelist_instance(request).paginator._day_scope() == scope, query
+    assert views._history_page(Deployment.objects.filter(app=web), {}).paginator._day_scope() == web.pk
+
+
+def test_the_days_count_every_deployment_added_moved_or_removed(web, make_app):
+    from apps_registry.models import App
+
+    make_app("api", "app: api\nrole: worker\n")
+    api = App.objects.get(name="api")
+    spread([web, api], 12)
+    assert day_counts() == recounted() and sum(recounted().values()) == 10
+    first, second = Deployment.objects.order_by("id")[1:3]
+    Deployment.objects.filter(pk=first.pk).update(queued_at=MIDNIGHT - timedelta(days=30))
+    Deployment.objects.filter(pk=second.pk).update(app=api)
+    second.refresh_from_db()
+    second.status = DeploymentStatus.FAILED
+    second.save()  # every column written, none moved
+    assert day_counts() == recounted()
+    Deployment.objects.filter(app=web).delete()
+    assert day_counts() == recounted() and set(day_counts()) == {k for k in recounted() if k[0] == api.pk}
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no foreign key checks pending
+        cursor.execute("TRUNCATE deployments_deployment CASCADE")
+    assert not DeploymentDay.objects.exists()
