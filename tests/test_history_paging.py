@@ -230,6 +230,39 @@ def test_admin_rows_are_the_admins_own(admin_user, web, make_app):
         assert model_admin.list_rows(cl) == [list(items_for_result(cl, obj, None)) for obj in cl.result_list]
 
 
+def test_quick_rows_are_the_admins_own(admin_user, web, make_app):
+    """QuickRows (the snapshot list's rows) writes what items_for_result
+    does, for the snapshot list and, to cover its other kinds of column, for
+    the app, event and cron job lists written by it."""
+    from apps_registry.models import App
+    from deployments.admin import QuickRows
+    from deployments.models import CronJob, Event, Snapshot
+
+    make_app("a&b", "app: a&b\nrole: worker\n")
+    make_app("broken", "app: [\n")
+    other = App.objects.get(name="a&b")
+    one = make_deployment(web, ref="feature/<b>", commit="c" * 40)
+    two = make_deployment(other, DeploymentStatus.FAILED, ref=" ")
+    Snapshot.objects.create(deployment=one, app=web, database="web<db>", path="/s/\"x\"&y.dump", size=12345678,
+                            sha256="ab" * 32)
+    Snapshot.objects.create(deployment=two, app=other, database="a_b", path="/s/a b.dump", size=0, sha256="0" * 64,
+                            kind="pre-restore")
+    CronJob.objects.create(app=other, deployment=two, image="reg/a:1", schedule="* * * * *", command=["true"])
+    assert Event.objects.exists()
+    admin.autodiscover()
+    for model, query in ((Snapshot, {}), (Snapshot, {"app__id__exact": str(web.pk)}), (App, {}), (Event, {"o": "2"}),
+                         (CronJob, {})):
+        registered = admin.site._registry[model]
+        model_admin = registered if isinstance(registered, QuickRows) else \
+            type("Quick", (QuickRows, type(registered)), {})(model, admin.site)
+        request = RequestFactory().get(f"/admin/{model._meta.app_label}/{model._meta.model_name}/", query)
+        request.user = admin_user
+        cl = model_admin.get_changelist_instance(request)
+        cl.formset = None
+        assert cl.result_list, model
+        assert model_admin.list_rows(cl) == [list(items_for_result(cl, obj, None)) for obj in cl.result_list], model
+
+
 # --- rows written by tags (deployments/templatetags/norn.py) ---------------------
 
 # The template markup the tags replace, kept here to compare with.
