@@ -5,7 +5,7 @@ import json
 import uuid
 
 from django.core.paginator import InvalidPage, Page, Paginator
-from django.db.models import BooleanField
+from django.db.models import BooleanField, Sum
 from django.db.models.expressions import Col, RawSQL
 from django.db.models.lookups import Exact
 from django.utils.functional import cached_property
@@ -47,6 +47,8 @@ class LongListPaginator(Paginator):
 
     Counts exactly up to EXACT_UP_TO rows and estimates beyond (PostgreSQL's
     row estimate, shown as "about N"): COUNT(*) reads every row it counts.
+    A list of deployments by queue time, of every app or of one, is counted
+    exactly however long, by adding up its days (DeploymentDay).
 
     A page next to one already shown is read from where that one ended
     (keyset pagination, `after`/`before`: one index range scan of a page's
@@ -59,8 +61,8 @@ class LongListPaginator(Paginator):
     365 counts a year, then at most that day's rows are skipped). With an estimated
     count those pages are numbered from the end (the last page holds the
     oldest rows), so around the middle a row may show on two pages or on
-    none; the after/before links never skip or repeat a row. Every page takes
-    the same three queries.
+    none; the after/before links never skip or repeat a row. Every page of a
+    list takes the same queries: three, or two when it is counted by days.
     """
 
     EXACT_UP_TO = 10_000
@@ -73,6 +75,11 @@ class LongListPaginator(Paginator):
 
     @cached_property
     def _counts(self):
+        app_id = self._day_scope()
+        if app_id is not None:
+            # Exactly, from the days' counts (365 rows a year per app).
+            days = DeploymentDay.objects.all() if app_id == EVERY_APP else DeploymentDay.objects.filter(app_id=app_id)
+            return days.aggregate(count=Sum("count"))["count"] or 0, False
         # Without joins for related rows: the same rows, and the same estimate
         # whichever columns a list shows.
         unordered = self.object_list.order_by().select_related(None)
