@@ -23,9 +23,10 @@ BEGIN
 END
 $$;
 
+-- DELETE, not TRUNCATE: Django's flush truncates both tables in one statement.
 CREATE FUNCTION deployments_forget_days() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    TRUNCATE deployments_deploymentday;
+    DELETE FROM deployments_deploymentday;
     RETURN NULL;
 END
 $$;
