@@ -238,7 +238,7 @@ def test_quick_rows_are_the_admins_own(admin_user, web, make_app):
     does, for the snapshot list and, to cover its other kinds of column, for
     the app, event and cron job lists written by it."""
     from apps_registry.models import App
-    from deployments.admin import QuickRows
+    from deployments.admin_rows import QuickRows
     from deployments.models import CronJob, Event, Snapshot
 
     make_app("a&b", "app: a&b\nrole: worker\n")
