@@ -2,8 +2,10 @@
 paging.LongListPaginator): the app page's Newer/Older links and the admin
 deployment list's Previous/Next links show every deployment once, in order,
 stay put when newer deployments arrive, take the same queries as numbered
-pages, and odd page parameters never fail. Also: the admin list's rows,
-written by DeploymentAdmin.list_rows, are the admin's own."""
+pages, and odd page parameters never fail. Pages by number found by adding
+up the deployments per day (DeploymentDay) show the rows OFFSET would, and
+the triggers keep those counts. Also: the admin lists' rows, written by
+DeploymentAdmin.list_rows and admin_rows.QuickRows, are the admin's own."""
 
 import html
 import re
