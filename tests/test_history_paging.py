@@ -268,6 +268,26 @@ def test_quick_rows_are_the_admins_own(admin_user, web, make_app):
         assert model_admin.list_rows(cl) == [list(items_for_result(cl, obj, None)) for obj in cl.result_list], model
 
 
+def test_the_app_filter_offers_what_the_admins_does(admin_user, web, make_app):
+    from django.contrib.admin.filters import RelatedFieldListFilter
+
+    from deployments.admin import AppFilter
+    from deployments.models import Snapshot
+
+    for name in ("zeta", "a&b", "mid"):
+        make_app(name, f"app: {name}\nrole: worker\n")
+    admin.autodiscover()
+    for model in (Deployment, Snapshot):
+        model_admin = admin.site._registry[model]
+        request = RequestFactory().get("/admin/")
+        request.user = admin_user
+        field = model._meta.get_field("app")
+        ours = AppFilter(field, request, {}, model, model_admin, "app")
+        theirs = RelatedFieldListFilter(field, request, {}, model, model_admin, "app")
+        assert len(ours.lookup_choices) == 4
+        assert ours.lookup_choices == theirs.lookup_choices
+
+
 # --- rows written by tags (deployments/templatetags/norn.py) ---------------------
 
 # The template markup the tags replace, kept here to compare with.
