@@ -35,11 +35,11 @@ def axis(longest: float) -> tuple[int, list[tuple[int, str]]]:
     return top, list(zip(values, labels))
 
 
-def bar_of(deployment: Deployment) -> dict:
+def bar_of(deployment: Deployment, steps=None) -> dict:
     """One deployment's seconds per step (None: the step did not run), their
-    total, and whether it went live. Reads `deployment.steps.all()`, so
-    prefetch the steps for a list of deployments."""
-    steps = list(deployment.steps.all())
+    total, and whether it went live. Reads `steps` (anything with a name,
+    status and duration), else `deployment.steps.all()`."""
+    steps = list(deployment.steps.all()) if steps is None else steps
     durations = {step.name: step.duration.total_seconds() for step in steps if step.duration is not None}
     return {
         "deployment": deployment,
@@ -49,16 +49,29 @@ def bar_of(deployment: Deployment) -> dict:
     }
 
 
-def duration_chart(deployments: Iterable[Deployment]) -> dict | None:
+def chart_steps(deployments: Iterable[Deployment]) -> dict:
+    """{deployment id: its steps in order} for bar_of, in one query, as rows
+    of the three columns it reads: 200 model instances were a fifth of the
+    app page's time."""
+    steps = {}
+    rows = (Step.objects.filter(deployment__in=[d.pk for d in deployments]).order_by("deployment", "position")
+            .values_list("deployment", "name", "status", "duration", named=True))
+    for row in rows:
+        steps.setdefault(row.deployment, []).append(row)
+    return steps
+
+
+def duration_chart(deployments: Iterable[Deployment], steps: dict | None = None) -> dict | None:
     """Geometry of the stacked-bar chart of these deployments (oldest first),
-    or None when there are none.
+    or None when there are none. `steps`: each deployment's steps by its id
+    (chart_steps), else read from each deployment.
 
     Computed here so the template only places rectangles; the same numbers
     fill the table that stands in for the chart for screen readers and
     narrow screens.
     """
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    bars = [bar_of(deployment) for deployment in deployments]
+    bars = [bar_of(deployment, None if steps is None else steps.get(deployment.pk, [])) for deployment in deployments]
     if not bars:
         return None
     scale_max, ticks = axis(max(bar["total"] for bar in bars))

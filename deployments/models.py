@@ -551,3 +551,21 @@ class IngressRoute(models.Model):
 
     def __str__(self):
         return f"{self.app_name} -> 127.0.0.1:{self.backend}"
+
+
+class DeploymentDay(models.Model):
+    """How many deployments of an app were queued on a day (UTC). Kept by
+    triggers on the deployment table (migration 0012), in the transaction
+    that adds, moves or removes a deployment, so any query sees the counts
+    of the rows it sees. A page deep inside a history by number adds up
+    days (a year is 365 rows per app) instead of skipping half a million
+    rows (paging.LongListPaginator)."""
+
+    pk = models.CompositePrimaryKey("app_id", "day")
+    # The app's id; no foreign key: an app's counts go with its deployments.
+    app_id = models.BigIntegerField()
+    day = models.DateField()
+    count = models.BigIntegerField()
+
+    def __str__(self):
+        return f"app {self.app_id} on {self.day}: {self.count}"

@@ -5,9 +5,12 @@ import json
 import uuid
 
 from django.core.paginator import InvalidPage, Page, Paginator
-from django.db.models import BooleanField
-from django.db.models.expressions import RawSQL
+from django.db.models import BooleanField, Sum
+from django.db.models.expressions import Col, RawSQL
+from django.db.models.lookups import Exact
 from django.utils.functional import cached_property
+
+from deployments.models import Deployment, DeploymentDay
 
 # The query parameters of a page after or before a row in the list's order,
 # named by its public id: ?after=<uuid> lists the rows after it (the older
@@ -16,6 +19,27 @@ from django.utils.functional import cached_property
 # the same rows however many deployments come later.
 AFTER, BEFORE = "after", "before"
 
+EVERY_APP = 0  # no app has this id
+
+# The ids of the rows after the first %s of a list of deployments by queue
+# time (of one app, or every app's), newest or oldest first: the day that row
+# falls on and the count of the rows before that day from the days' counts,
+# then the rest skipped within that day, by an index-only range scan
+# (deploy_recent or deploy_app_recent) that starts at the day's end.
+DAY_SKIP_SQL = """
+WITH start AS (
+    SELECT day, upto - n AS before FROM (
+        SELECT day, sum(count) AS n, sum(sum(count)) OVER (ORDER BY day {order}) AS upto
+        FROM {days} {app_days} GROUP BY day
+    ) days
+    WHERE upto > %s ORDER BY day {order} LIMIT 1
+)
+SELECT id FROM {table}
+WHERE {app_rows} queued_at {compare} (SELECT {boundary}::timestamp AT TIME ZONE 'UTC' FROM start)
+ORDER BY queued_at {order}, id {order}
+OFFSET (SELECT %s - before FROM start) LIMIT %s
+"""
+
 
 class LongListPaginator(Paginator):
     """A paginator for lists of a million rows (the admin's deployment list,
@@ -23,17 +47,22 @@ class LongListPaginator(Paginator):
 
     Counts exactly up to EXACT_UP_TO rows and estimates beyond (PostgreSQL's
     row estimate, shown as "about N"): COUNT(*) reads every row it counts.
+    A list of deployments by queue time, of every app or of one, is counted
+    exactly however long, by adding up its days (DeploymentDay).
 
     A page next to one already shown is read from where that one ended
     (keyset pagination, `after`/`before`: one index range scan of a page's
     rows, however deep). A page by number skips rows: its ids come first,
     from the ordering's index alone, then its rows (an OFFSET over whole rows
     fetches every skipped row), and pages past the middle are read from the
-    oldest end, so no scan skips more than half the list. With an estimated
+    oldest end, so no scan skips more than half the list. In a list of
+    deployments newest (or oldest) first, of every app or of one, whole days
+    are skipped instead (DeploymentDay: the rows up to a day are added up from
+    365 counts a year, then at most that day's rows are skipped). With an estimated
     count those pages are numbered from the end (the last page holds the
     oldest rows), so around the middle a row may show on two pages or on
-    none; the after/before links never skip or repeat a row. Every page takes
-    the same three queries.
+    none; the after/before links never skip or repeat a row. Every page of a
+    list takes the same queries: three, or two when it is counted by days.
     """
 
     EXACT_UP_TO = 10_000
@@ -46,6 +75,11 @@ class LongListPaginator(Paginator):
 
     @cached_property
     def _counts(self):
+        app_id = self._day_scope()
+        if app_id is not None:
+            # Exactly, from the days' counts (365 rows a year per app).
+            days = DeploymentDay.objects.all() if app_id == EVERY_APP else DeploymentDay.objects.filter(app_id=app_id)
+            return days.aggregate(count=Sum("count"))["count"] or 0, False
         # Without joins for related rows: the same rows, and the same estimate
         # whichever columns a list shows.
         unordered = self.object_list.order_by().select_related(None)
@@ -86,11 +120,49 @@ class LongListPaginator(Paginator):
                 after, size = (self.num_pages - number) * self.per_page, self.per_page
             else:
                 after = self.count - bottom - size
-            ids = self.object_list.reverse().values_list("pk", flat=True)[after:after + size]
+            ids = self._ids(after, size, from_the_end=True)
         else:
-            ids = self.object_list.values_list("pk", flat=True)[bottom:bottom + size]
+            ids = self._ids(bottom, size, from_the_end=False)
         # One query: PostgreSQL reads the ids first (the subquery), then their rows.
         return self._get_page(list(self.object_list.filter(pk__in=ids)), number, self)
+
+    def _ids(self, skip, size, from_the_end):
+        """The ids of `size` rows after the first `skip` of the list (read
+        from its other end if `from_the_end`), as a subquery."""
+        app_id = self._day_scope()
+        if app_id is None:
+            rows = self.object_list.reverse() if from_the_end else self.object_list
+            return rows.values_list("pk", flat=True)[skip:skip + size]
+        newest_first = self._keyset_columns()[0][1] != from_the_end
+        sql = DAY_SKIP_SQL.format(
+            days=DeploymentDay._meta.db_table, table=Deployment._meta.db_table,
+            order="DESC" if newest_first else "ASC",
+            # A day's rows: day <= queued_at < day + 1 (UTC), as the triggers count them.
+            compare="<" if newest_first else ">=", boundary="(day + 1)" if newest_first else "day",
+            app_days="WHERE app_id = %s" if app_id != EVERY_APP else "",
+            app_rows="app_id = %s AND" if app_id != EVERY_APP else "",
+        )
+        app = [app_id] if app_id != EVERY_APP else []
+        return RawSQL(sql, [*app, skip, *app, skip, size])
+
+    def _day_scope(self):
+        """The app whose deployments the list is (its id; EVERY_APP for all
+        of them) if the days of DeploymentDay can be skipped: a list of
+        deployments by queue time and id, unfiltered or filtered by app
+        alone. Else None."""
+        query = self.object_list.query
+        if (self.object_list.model is not Deployment or query.distinct or query.combinator
+                or [column for column, _ in self._keyset_columns()] != ["queued_at", "id"]):
+            return None
+        if not query.where.children:
+            return EVERY_APP
+        if len(query.where.children) != 1 or query.where.negated:
+            return None
+        lookup = query.where.children[0]
+        if (isinstance(lookup, Exact) and isinstance(lookup.lhs, Col) and lookup.lhs.target.column == "app_id"
+                and lookup.lhs.alias == Deployment._meta.db_table and isinstance(lookup.rhs, int)):
+            return lookup.rhs
+        return None
 
     def _get_page(self, *args, **kwargs):
         return ListPage(*args, **kwargs)

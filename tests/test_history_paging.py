@@ -2,12 +2,16 @@
 paging.LongListPaginator): the app page's Newer/Older links and the admin
 deployment list's Previous/Next links show every deployment once, in order,
 stay put when newer deployments arrive, take the same queries as numbered
-pages, and odd page parameters never fail. Also: the admin list's rows,
-written by DeploymentAdmin.list_rows, are the admin's own."""
+pages, and odd page parameters never fail. Pages by number found by adding
+up the deployments per day (DeploymentDay) show the rows OFFSET would, and
+the triggers keep those counts. Also: the admin lists' rows, written by
+DeploymentAdmin.list_rows and admin_rows.QuickRows, are the admin's own."""
 
 import html
 import re
 import uuid
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 from django.contrib import admin
@@ -16,7 +20,7 @@ from django.db import connection
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 
-from deployments.models import Deployment, DeploymentStatus
+from deployments.models import Deployment, DeploymentDay, DeploymentStatus
 from deployments.paging import LongListPaginator
 from tests.support.dashboard import web, operator  # noqa: F401 (fixtures)
 from tests.support.dashboard import make_deployment, page
@@ -80,12 +84,14 @@ def test_older_and_newer_links_walk_the_whole_history_once_each_way(operator, we
     assert list(reversed(up)) == down
 
 
-def test_walking_an_estimated_history_never_skips_or_repeats_a_deployment(operator, web, estimating):
+def test_a_long_history_is_counted_exactly_by_its_days(operator, web, estimating):
     made = [make_deployment(web, ref=f"r{i}", ago=70 - i) for i in range(47)]
     estimating()
     down = walk(operator, "/apps/web/", "Older ›")
     assert sum(down, []) == [d.short_id for d in reversed(made)]
-    assert "Page 1 of about" in page(operator, "/apps/web/")
+    # Past the limit of exact counting, but counted from DeploymentDay: no estimate.
+    assert "Page 1 of 3<" in page(operator, "/apps/web/")
+    assert [history(operator, f"/apps/web/?page={n}")[0] for n in (1, 2, 3)] == down
 
 
 def test_a_page_after_a_deployment_stays_put_when_newer_ones_arrive(operator, web):
@@ -178,7 +184,8 @@ def test_admin_shows_page_numbers_only_near_the_ends_when_estimated(admin_client
     for i in range(260):
         make_deployment(web, ref=f"r{i}", ago=300 - i)
     estimating()
-    _, links = admin_ids(admin_client, f"{ADMIN}?p=3")
+    # Filtered by status: estimated (every app's deployments, or one's, are counted by their days).
+    _, links = admin_ids(admin_client, f"{ADMIN}?status__exact=deployed&p=3")
     numbers = sorted(int(text) for text in links if text.isdigit())
     # Six pages: 1, 2, this one (3, not a link), … and the last two.
     assert numbers == [1, 2, 5, 6]
@@ -226,6 +233,59 @@ def test_admin_rows_are_the_admins_own(admin_user, web, make_app):
         cl.formset = None
         assert cl.result_list
         assert model_admin.list_rows(cl) == [list(items_for_result(cl, obj, None)) for obj in cl.result_list]
+
+
+def test_quick_rows_are_the_admins_own(admin_user, web, make_app):
+    """QuickRows (the snapshot list's rows) writes what items_for_result
+    does, for the snapshot list and, to cover its other kinds of column, for
+    the app, event and cron job lists written by it."""
+    from apps_registry.models import App
+    from deployments.admin_rows import QuickRows
+    from deployments.models import CronJob, Event, Snapshot
+
+    make_app("a&b", "app: a&b\nrole: worker\n")
+    make_app("broken", "app: [\n")
+    other = App.objects.get(name="a&b")
+    one = make_deployment(web, ref="feature/<b>", commit="c" * 40)
+    two = make_deployment(other, DeploymentStatus.FAILED, ref=" ")
+    Snapshot.objects.create(deployment=one, app=web, database="web<db>", path="/s/\"x\"&y.dump", size=12345678,
+                            sha256="ab" * 32)
+    Snapshot.objects.create(deployment=two, app=other, database="a_b", path="/s/a b.dump", size=0, sha256="0" * 64,
+                            kind="pre-restore")
+    CronJob.objects.create(app=other, deployment=two, image="reg/a:1", schedule="* * * * *", command=["true"])
+    assert Event.objects.exists()
+    admin.autodiscover()
+    for model, query in ((Snapshot, {}), (Snapshot, {"app__id__exact": str(web.pk)}), (App, {}), (Event, {"o": "2"}),
+                         (CronJob, {})):
+        registered = admin.site._registry[model]
+        model_admin = registered if isinstance(registered, QuickRows) else \
+            type("Quick", (QuickRows, type(registered)), {})(model, admin.site)
+        request = RequestFactory().get(f"/admin/{model._meta.app_label}/{model._meta.model_name}/", query)
+        request.user = admin_user
+        cl = model_admin.get_changelist_instance(request)
+        cl.formset = None
+        assert cl.result_list, model
+        assert model_admin.list_rows(cl) == [list(items_for_result(cl, obj, None)) for obj in cl.result_list], model
+
+
+def test_the_app_filter_offers_what_the_admins_does(admin_user, web, make_app):
+    from django.contrib.admin.filters import RelatedFieldListFilter
+
+    from deployments.admin import AppFilter
+    from deployments.models import Snapshot
+
+    for name in ("zeta", "a&b", "mid"):
+        make_app(name, f"app: {name}\nrole: worker\n")
+    admin.autodiscover()
+    for model in (Deployment, Snapshot):
+        model_admin = admin.site._registry[model]
+        request = RequestFactory().get("/admin/")
+        request.user = admin_user
+        field = model._meta.get_field("app")
+        ours = AppFilter(field, request, {}, model, model_admin, "app")
+        theirs = RelatedFieldListFilter(field, request, {}, model, model_admin, "app")
+        assert len(ours.lookup_choices) == 4
+        assert ours.lookup_choices == theirs.lookup_choices
 
 
 # --- rows written by tags (deployments/templatetags/norn.py) ---------------------
@@ -290,3 +350,98 @@ def test_history_and_chart_tags_write_what_the_templates_did(web):
     assert chart["bars"][0]["segments"] and any(bar["mark"] for bar in chart["bars"])
     assert squeeze(engine.from_string(NEW_CHART).render({"chart": chart})) == \
         squeeze(engine.from_string(OLD_CHART).render({"chart": chart}))
+
+
+# --- pages by number through the deployments per day (paging.DAY_SKIP_SQL) ------
+
+MIDNIGHT = datetime(2026, 3, 1, tzinfo=dt_timezone.utc)
+# Where in its day a deployment is queued: at midnight UTC exactly, a
+# microsecond either side of it, at the same instant as others, at noon.
+IN_THE_DAY = [timedelta(0), timedelta(microseconds=-1), timedelta(microseconds=1), timedelta(0), timedelta(hours=12)]
+
+
+def spread(apps, count):
+    """`count` deployments of `apps` over four days (ties, rows on the days'
+    edges), one in seven deleted again (gaps in the ids)."""
+    made = []
+    for i in range(count):
+        deployment = make_deployment(apps[i % len(apps)], ref=f"r{i}")
+        queued = MIDNIGHT + timedelta(days=i % 4) + IN_THE_DAY[i % len(IN_THE_DAY)]
+        Deployment.objects.filter(pk=deployment.pk).update(queued_at=queued)
+        made.append(deployment.pk)
+    Deployment.objects.filter(pk__in=made[::7]).delete()
+
+
+def recounted():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT app_id, (queued_at AT TIME ZONE 'UTC')::date, count(*) "
+                       "FROM deployments_deployment GROUP BY 1, 2")
+        return {(app, day): n for app, day, n in cursor.fetchall()}
+
+
+def day_counts():
+    return {(d.app_id, d.day): d.count for d in DeploymentDay.objects.all() if d.count}
+
+
+def test_pages_by_number_skipping_days_show_the_rows_skipping_rows_does(web, make_app):
+    from apps_registry.models import App
+
+    make_app("api", "app: api\nrole: worker\n")
+    api = App.objects.get(name="api")
+    spread([web, api, web], 40)
+    lists = [
+        Deployment.objects.order_by("-queued_at", "-id"),
+        Deployment.objects.filter(app=web).order_by("-queued_at", "-id"),
+        Deployment.objects.filter(app_id=api.pk).order_by("queued_at", "id"),
+        Deployment.objects.order_by("queued_at", "id"),
+    ]
+    for rows in lists:
+        paginator = LongListPaginator(rows, 3)
+        assert paginator._day_scope() is not None
+        total = rows.count()
+        for skip in range(total + 2):
+            for from_the_end in (False, True):
+                ids = paginator._ids(skip, 3, from_the_end)
+                shown = list(rows.filter(pk__in=ids).values_list("pk", flat=True))
+                skipped = list((rows.reverse() if from_the_end else rows).values_list("pk", flat=True)[skip:skip + 3])
+                assert shown == (skipped[::-1] if from_the_end else skipped), (rows.query, skip, from_the_end)
+    # Other filters and orders skip rows, as before.
+    assert LongListPaginator(Deployment.objects.filter(status="failed"), 3)._day_scope() is None
+    assert LongListPaginator(Deployment.objects.order_by("status", "id"), 3)._day_scope() is None
+    assert LongListPaginator(Deployment.objects.exclude(app=web), 3)._day_scope() is None
+
+
+def test_the_admin_lists_and_the_app_page_skip_days(admin_user, web, make_app):
+    from deployments import views
+
+    make_app("api", "app: api\nrole: worker\n")  # the admin offers no filter by app with one app
+    admin.autodiscover()
+    model_admin = admin.site._registry[Deployment]
+    for query, scope in (({}, 0), ({"app__id__exact": str(web.pk)}, web.pk), ({"o": "7"}, 0), ({"o": "-7"}, 0),
+                         ({"status__exact": "failed"}, None), ({"q": "main"}, None)):
+        request = RequestFactory().get(ADMIN, query)
+        request.user = admin_user
+        assert model_admin.get_changelist_instance(request).paginator._day_scope() == scope, query
+    assert views._history_page(Deployment.objects.filter(app=web), {}).paginator._day_scope() == web.pk
+
+
+def test_the_days_count_every_deployment_added_moved_or_removed(web, make_app):
+    from apps_registry.models import App
+
+    make_app("api", "app: api\nrole: worker\n")
+    api = App.objects.get(name="api")
+    spread([web, api], 12)
+    assert day_counts() == recounted() and sum(recounted().values()) == 10
+    first, second = Deployment.objects.order_by("id")[1:3]
+    Deployment.objects.filter(pk=first.pk).update(queued_at=MIDNIGHT - timedelta(days=30))
+    Deployment.objects.filter(pk=second.pk).update(app=api)
+    second.refresh_from_db()
+    second.status = DeploymentStatus.FAILED
+    second.save()  # every column written, none moved
+    assert day_counts() == recounted()
+    Deployment.objects.filter(app=web).delete()
+    assert day_counts() == recounted() and set(day_counts()) == {k for k in recounted() if k[0] == api.pk}
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no foreign key checks pending
+        cursor.execute("TRUNCATE deployments_deployment CASCADE")
+    assert not DeploymentDay.objects.exists()

@@ -1,8 +1,9 @@
 """Admin template tags: `{% load norn_admin %}`.
 
-`deployment_result_list` is the admin's `result_list` with the rows written
-by DeploymentAdmin.list_rows, the columns looked up once rather than per row
-(templates/admin/deployments/deployment/change_list.html).
+`quick_result_list` is the admin's `result_list` with the rows written by
+the model admin's list_rows (DeploymentAdmin's, or QuickRows'), the columns
+looked up once rather than per row (the change_list.html templates under
+templates/admin/deployments/).
 """
 
 from django import template
@@ -13,8 +14,8 @@ from django.utils.safestring import mark_safe
 register = template.Library()
 
 
-def deployment_result_list(cl):
-    if cl.formset or cl.is_popup:  # neither is used for deployments; then the admin's own rows
+def quick_result_list(cl):
+    if cl.formset or cl.is_popup:  # neither is used here; then the admin's own rows
         return result_list(cl)
     headers = list(result_headers(cl))
     return {
@@ -27,8 +28,8 @@ def deployment_result_list(cl):
     }
 
 
-@register.tag(name="deployment_result_list")
-def deployment_result_list_tag(parser, token):
+@register.tag(name="quick_result_list")
+def quick_result_list_tag(parser, token):
     return InclusionAdminNode(
-        parser, token, func=deployment_result_list, template_name="change_list_results.html", takes_context=False,
+        parser, token, func=quick_result_list, template_name="change_list_results.html", takes_context=False,
     )
