@@ -8,7 +8,9 @@ doing the same work, interleaved (Norn, script, script, Norn, ...):
   database, a migration container, then the switch: the new container on a
   port of its own, its health check polled until it passes 3 times in a row,
   the ingress (a Caddy of each side's own) switched to it through its admin
-  API, the old container stopped and removed, the new one renamed; cleanup.
+  API, the old container renamed out of the way and the new one given its
+  name; cleanup; the old one is stopped and removed after the end (Norn's
+  worker drains it first, then does the same).
 - cron: the same up to the migration, then registering the image.
 
 Norn's side is what a user runs: `manage.py deploy <app>` (the CLI: it
@@ -191,11 +193,16 @@ until [ "$passes" -ge 3 ]; do
 done
 curl -fsS --unix-socket "$CADDY_SOCKET" -H 'Host;' -H 'Content-Type: application/json' \\
   --data "$CADDY_CONFIG" http://ingress/load
+# As Norn does: the old one is renamed out of the way at once and retired
+# after the end (here without a drain), the new one takes its name.
 if docker inspect --type container "$name" >/dev/null 2>&1; then
-  docker stop --timeout 10 "$name" >/dev/null
-  docker rm --force "$name" >/dev/null
+  docker rm --force "$name.retiring" >/dev/null 2>&1 || true  # the last run's, if still there
+  docker rename "$name" "$name.retiring"
+  docker rename "$name-next" "$name"
+  (docker stop --timeout 10 "$name.retiring"; docker rm --force "$name.retiring") >/dev/null 2>&1 &
+else
+  docker rename "$name-next" "$name"
 fi
-docker rename "$name-next" "$name"
 mark cleanup
 rm -rf "$work"
 mark end

@@ -32,7 +32,7 @@ class NotifiedORM(ORM):
     def enqueue(self, task):
         # The row and the notification in one commit (within the caller's
         # transaction, if any: both are delivered when it commits).
-        with transaction.atomic(using=Conf.ORM):
+        with transaction.atomic(using=Conf.ORM, savepoint=False):
             pk = super().enqueue(task)
             with connections[Conf.ORM].cursor() as cursor:
                 cursor.execute(f"NOTIFY {CHANNEL}")

@@ -39,7 +39,9 @@ def create(app, ref: str, *, user=None, name: str = "", via: str = "cli", runtim
 
     `links` are a rollback's rollback_to/replaces or a restore's snapshot.
     """
-    with transaction.atomic():
+    # No savepoint inside a caller's transaction (a request's, which also
+    # queues the task): all of it commits or none does.
+    with transaction.atomic(savepoint=False):
         deployment = Deployment.objects.create(
             app=app, ref=ref, requested_by=user, requested_by_name=name,
             requested_via=via, runtime=runtime, kind=kind,
