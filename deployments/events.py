@@ -66,7 +66,6 @@ def _iso(value):
 
 def record(deployment_id: int, kind: str, payload: dict) -> Event:
     """Append an event for the deployment; call inside the state change's transaction."""
-    assert transaction.get_connection().in_atomic_block, "events are written with their state change"
     # The UPDATE takes the deployment's row lock until commit, so concurrent
     # writers (the worker and a cancel) get consecutive numbers, never equal.
     with connection.cursor() as cursor:
@@ -77,10 +76,23 @@ def record(deployment_id: int, kind: str, payload: dict) -> Event:
             [deployment_id],
         )
         seq, public_id, app_name = cursor.fetchone()
-    event = Event.objects.create(deployment_id=deployment_id, seq=seq, kind=kind, payload=payload)
-    body = message(event, public_id, app_name)
-    transaction.on_commit(lambda: publisher.send([GROUP], body))
-    return event
+    return write_numbered(deployment_id, public_id, app_name, seq, [(kind, payload)])[0]
+
+
+def write_numbered(deployment_id: int, public_id, app_name: str, first_seq: int,
+                   items: list[tuple[str, dict]]) -> list[Event]:
+    """Events (kind, payload) numbered from `first_seq`: numbers the caller
+    took from the deployment's last_event_seq in the same transaction. Each
+    is published once that transaction commits."""
+    assert transaction.get_connection().in_atomic_block, "events are written with their state change"
+    rows = Event.objects.bulk_create(
+        Event(deployment_id=deployment_id, seq=first_seq + i, kind=kind, payload=payload)
+        for i, (kind, payload) in enumerate(items)
+    )
+    for event in rows:
+        body = message(event, public_id, app_name)
+        transaction.on_commit(lambda body=body: publisher.send([GROUP], body))
+    return rows
 
 
 # Every event goes to one channel-layer group, whoever watches it: a batch

@@ -10,13 +10,13 @@ import os
 import socket
 import uuid
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
 from deployments import events, states
-from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentStatus, Step, StepStatus
+from deployments.models import NOT_IN_FLIGHT, TERMINAL_STATUSES, Deployment, DeploymentStatus, Step, StepStatus
 from deployments.outcomes import cancel_message
 
 # Identifies this worker process: host, pid, and a nonce so a reused pid on a
@@ -137,15 +137,24 @@ def _finish_step(deployment_id: int, name: str, status: StepStatus, now, *, erro
     step.error = error
     step.skip_reason = skip_reason
     step.save(update_fields=["status", "finished_at", "duration", "error", "skip_reason"])
+    events.record(deployment_id, events.STEP, _step_ended(name, status, step.duration, error, skip_reason))
+    return step
+
+
+def _step_ended(name, status, duration, error, skip_reason) -> dict:
+    """The deploy.step event of a step that ended."""
     payload = {"step": name, "status": status}
-    if step.duration is not None:
-        payload["duration"] = round(step.duration.total_seconds(), 3)
+    if duration is not None:
+        payload["duration"] = round(duration.total_seconds(), 3)
     if skip_reason:
         payload["reason"] = skip_reason
     if error:
         payload["error"] = error
-    events.record(deployment_id, events.STEP, payload)
-    return step
+    return payload
+
+
+# What advance() may set on the deployment besides its own columns.
+LEARNED = ("commit_sha", "image")
 
 
 def advance(deployment_id: int, owner: str, name: str, outcome, *, cut: list[str], then: str | None,
@@ -153,26 +162,57 @@ def advance(deployment_id: int, owner: str, name: str, outcome, *, cut: list[str
     """Step `name` ended with `outcome`; the steps in `cut` will never run;
     then step `then` starts, or (then=None) the deployment ends `final` with
     `error`. One transaction, in the order the events tell it: a boundary
-    between two steps is one commit, not three or four. `fields` are the
-    deployment's columns learned during the step (commit_sha, image); the
-    step's process group is cleared.
+    between two steps is one commit and four statements (the deployment with
+    its events' numbers, the step that ended, the one that starts, the
+    events), where separate transitions took ten. `fields` are the
+    deployment's columns learned during the step (LEARNED); the step's
+    process group is cleared.
 
     False when this owner no longer holds the deployment (recovered or
     finished meanwhile): then nothing is written.
     """
+    assert set(fields) <= set(LEARNED), fields
     now = timezone.now()
-    with transaction.atomic():
-        held = (
-            Deployment.objects.filter(pk=deployment_id, owner=owner).in_flight()
-            .update(step_pgid=None, **fields)
+    ending = [(name, outcome.status, outcome.error, outcome.skip_reason)]
+    ending += [(other, StepStatus.SKIPPED, "", f"{name} failed") for other in cut]
+    count = len(ending) + (then is not None)
+    changes = {**fields, **({"status": str(states.IN_FLIGHT_STATUS[then])} if then is not None else {})}
+    with transaction.atomic(), connection.cursor() as cursor:
+        # The deployment's row lock, taken here, orders this against a cancel's event.
+        cursor.execute(
+            "UPDATE deployments_deployment d SET last_event_seq = d.last_event_seq + %s, step_pgid = NULL,"
+            " heartbeat_at = %s" + "".join(f", {column} = %s" for column in changes) +
+            " FROM apps_registry_app a WHERE d.id = %s AND d.owner = %s AND NOT (d.status = ANY(%s))"
+            " AND a.id = d.app_id RETURNING d.last_event_seq, d.public_id, a.name",
+            [count, now, *changes.values(), deployment_id, owner, [str(status) for status in NOT_IN_FLIGHT]],
         )
-        if not held:
+        held = cursor.fetchone()
+        if held is None:
             return False
-        _finish_step(deployment_id, name, outcome.status, now, error=outcome.error, skip_reason=outcome.skip_reason)
-        _skip_cut_short(deployment_id, cut, name, now)
+        last_seq, public_id, app_name = held
+        numbered = []
+        for step, status, step_error, skip_reason in ending:
+            cursor.execute(
+                "UPDATE deployments_step SET status = %s, finished_at = %s, duration = %s - started_at,"
+                " error = %s, skip_reason = %s WHERE deployment_id = %s AND name = %s RETURNING duration",
+                [str(status), now, now, step_error, skip_reason, deployment_id, step],
+            )
+            ended = cursor.fetchone()
+            if ended is None:
+                raise Step.DoesNotExist(f"deployment {deployment_id} has no step {step}")
+            numbered.append((events.STEP, _step_ended(step, status, ended[0], step_error, skip_reason)))
         if then is not None:
-            return _start_step(deployment_id, owner, then, now)
-        return _finish(deployment_id, final, error, now)
+            cursor.execute(
+                "UPDATE deployments_step SET status = %s, started_at = %s WHERE deployment_id = %s AND name = %s",
+                [str(StepStatus.RUNNING), now, deployment_id, then],
+            )
+            numbered.append((events.STEP, {"step": then, "status": StepStatus.RUNNING}))
+        events.write_numbered(deployment_id, public_id, app_name, last_seq - count + 1, numbered)
+        if then is None:
+            return _finish(deployment_id, final, error, now)
+    return True
+
+
 def skip_cut_short(deployment_id: int, names: list[str], failed: str) -> None:
     """Mark steps that will not run because `failed` failed."""
     with transaction.atomic():
