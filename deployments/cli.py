@@ -5,9 +5,11 @@ id, queueing a request, and printing a deployment's events as they come.
 The commands in deployments/management/commands/ import this, never each other.
 """
 
+import argparse
+import json as jsonlib
 import logging
-from argparse import ArgumentParser
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import InterfaceError, OperationalError
@@ -19,7 +21,42 @@ from deployments.stream import SYMBOLS, StreamedEvent, as_json_line, describe, s
 from norn_project.cli import BAD_REQUEST, FAILED, OK, UNAVAILABLE, Command
 
 __all__ = ["BAD_REQUEST", "FAILED", "SYMBOLS", "Command", "FollowPrinter", "continue_from_database", "find_app",
-           "find_deployment", "following", "queue_and_follow"]
+           "find_deployment", "following", "iso", "json_line", "one_of", "positive", "queue_and_follow"]
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (`--limit`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def one_of(what: str, values: Iterable[str]) -> Callable[[str], str]:
+    """An argparse type that takes one of `values`; a usage error (exit 2)
+    names the option (argparse adds it), the value and every valid one."""
+    valid = list(values)
+
+    def check(text: str) -> str:
+        if text not in valid:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}; valid: {', '.join(valid)}")
+        return text
+
+    check.__name__ = what  # argparse names the type in some messages
+    return check
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A time as `--json` gives it: ISO 8601 in UTC, or null."""
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def json_line(record: dict) -> str:
+    """One record as `--json` prints it: one JSON object per line."""
+    return jsonlib.dumps(record, ensure_ascii=False)
 
 
 def find_deployment(text: str) -> Deployment:
