@@ -17,7 +17,7 @@ from django.db import InterfaceError, OperationalError
 from apps_registry.models import App
 from deployments.client import follow_deployment
 from deployments.models import Deployment, DeploymentStatus, Event
-from deployments.stream import SYMBOLS, StreamedEvent, as_json_line, describe, still_queued
+from deployments.stream import SYMBOLS, Progress, StreamedEvent, as_json_line, redraws, still_queued
 from norn_project.cli import BAD_REQUEST, FAILED, OK, UNAVAILABLE, Command
 
 __all__ = ["BAD_REQUEST", "FAILED", "SYMBOLS", "Command", "FollowPrinter", "continue_from_database", "find_app",
@@ -129,13 +129,14 @@ class FollowPrinter:
         self.deployment = None
         self.last_kind = None
         self.warned_idle = False
+        self.progress = Progress(in_place=not as_json and redraws(self.out))
 
     def run(self, deployment: Deployment, after: int = 0) -> str:
         self.deployment = deployment
         following(self.command, deployment)
         events = follow_deployment(
             deployment, after=after, use_db=self.use_db, idle_callback=self.idle,
-            warn=lambda text: self.err.write(self.style.WARNING(text)),
+            warn=self.warn,
             info=self.note if self.verbosity >= 2 else None,
         )
         try:
@@ -150,7 +151,12 @@ class FollowPrinter:
         return deployment.status
 
     def note(self, text: str) -> None:
+        self.progress.moved()
         self.err.write(text)
+
+    def warn(self, text: str) -> None:
+        self.progress.moved()
+        self.err.write(self.style.WARNING(text))
 
     def idle(self, idle_for: float) -> None:
         # Only a deployment whose last news is "queued" can be waiting for a
@@ -161,14 +167,15 @@ class FollowPrinter:
         if deployment.status != DeploymentStatus.QUEUED:
             return
         self.warned_idle = True
+        self.progress.moved()
         self.out.write(self.style.WARNING(still_queued(deployment.queued_ahead())))
 
     def show(self, event: StreamedEvent | Event) -> None:
         if self.as_json:
             self.out.write(as_json_line(event))
             return
-        for text, style in describe(event):
-            self.out.write(getattr(self.style, style)(text) if style else text)
+        for prefix, text, style in self.progress.render(event):
+            self.out.write(prefix + (getattr(self.style, style)(text) if style else text))
 
 
 def continue_from_database(public_id: str, *, after: int, as_json: bool, verbosity: int, no_color: bool,

@@ -7,6 +7,7 @@ and deployments/client.py adds the database fallback for the full commands.
 """
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -273,6 +274,49 @@ def describe(event: StreamedEvent) -> list[tuple[str, str | None]]:
     if event.kind == "deploy.cancelled":
         return [(f"Cancel requested by {payload['by']}", WARNING)]
     return []
+
+
+# Cursor up one line, then erase that line: what replaces a step's
+# "running" line with its outcome on a terminal.
+REDRAW = "\x1b[1A\x1b[2K"
+
+
+def redraws(stream: Any) -> bool:
+    """Whether a follower writing to `stream` updates steps in place: on a
+    terminal that understands ANSI (not TERM=dumb); plain lines otherwise."""
+    try:
+        return stream.isatty() and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
+
+
+class Progress:
+    """The lines a follower writes, as (prefix, text, style).
+
+    Plain lines (a pipe, a file, --json's readers) are describe()'s, byte
+    for byte. In place (a terminal), a step's outcome replaces its "running"
+    line, prefix REDRAW, when that line is still the last one written: one
+    line per step. The follower calls `moved()` when it writes anything else
+    (a warning, a note on stderr), after which the outcome goes on a line of
+    its own.
+    """
+
+    def __init__(self, in_place: bool) -> None:
+        self.in_place = in_place
+        self.running = None  # the step whose "running" line is the last one written
+
+    def render(self, event: StreamedEvent) -> list[tuple[str, str, str | None]]:
+        lines = describe(event)
+        if not lines:
+            return []
+        step = event.payload.get("step") if event.kind == "deploy.step" else None
+        prefix = REDRAW if self.in_place and step is not None and step == self.running else ""
+        status = event.payload.get("status") if step is not None else None
+        self.running = step if self.in_place and status == "running" else None
+        return [(prefix if n == 0 else "", text, style) for n, (text, style) in enumerate(lines)]
+
+    def moved(self) -> None:
+        self.running = None
 
 
 def still_queued(ahead: int) -> str:
