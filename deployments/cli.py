@@ -21,7 +21,7 @@ from deployments.stream import SYMBOLS, Progress, StreamedEvent, as_json_line, r
 from norn_project.cli import BAD_REQUEST, FAILED, OK, UNAVAILABLE, Command
 
 __all__ = ["BAD_REQUEST", "FAILED", "SYMBOLS", "Command", "FollowPrinter", "continue_from_database", "find_app",
-           "find_deployment", "following", "iso", "json_line", "one_of", "positive", "queue_and_follow"]
+           "find_deployment", "following", "iso", "json_line", "listed", "one_of", "positive", "queue_and_follow"]
 
 
 def positive(text: str) -> int:
@@ -57,6 +57,20 @@ def iso(moment: datetime | None) -> str | None:
 def json_line(record: dict) -> str:
     """One record as `--json` prints it: one JSON object per line."""
     return jsonlib.dumps(record, ensure_ascii=False)
+
+
+def listed(command: BaseCommand, rows: list, *, as_json: bool, record: Callable[[object], dict], empty: str) -> bool:
+    """What the listing commands share: with --json, each row as one JSON
+    line (none for no rows); else, for no rows, `empty`. True when that was
+    all there is to print; the table itself is the command's."""
+    if as_json:
+        for row in rows:
+            command.stdout.write(json_line(record(row)))
+        return True
+    if not rows:
+        command.stdout.write(empty)
+        return True
+    return False
 
 
 def find_deployment(text: str) -> Deployment:

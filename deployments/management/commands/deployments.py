@@ -3,7 +3,7 @@ the most recent deployments, newest first, as a table or one JSON object per lin
 
 from django.core.management.base import CommandError
 
-from deployments.cli import BAD_REQUEST, find_app, iso, json_line, one_of, positive
+from deployments.cli import BAD_REQUEST, find_app, iso, listed, one_of, positive
 from deployments.cli import Command as NornCommand
 from deployments.models import Deployment, DeploymentKind, DeploymentStatus
 
@@ -57,12 +57,8 @@ class Command(NornCommand):
         if kind:
             qs = qs.filter(kind=kind)
         rows = list(qs[:limit])
-        if json:
-            for d in rows:
-                self.stdout.write(json_line(as_record(d)))
-            return
-        if not rows:
-            self.stdout.write("No deployments match." if app or status or kind else "No deployments yet.")
+        empty = "No deployments match." if app or status or kind else "No deployments yet."
+        if listed(self, rows, as_json=json, record=as_record, empty=empty):
             return
         self.stdout.write(
             f"{'ID':<36}  {'APP':<20} {'KIND':<8} {'REF':<12} {'COMMIT':<12} {'STATUS':<12} {'QUEUED':<20} BY"

@@ -1,6 +1,6 @@
 """`manage.py snapshots [APP] [--json]`: the database snapshots Norn took, newest first."""
 
-from deployments.cli import find_app, iso, json_line, positive
+from deployments.cli import find_app, iso, listed, positive
 from deployments.cli import Command as NornCommand
 from deployments.models import Snapshot
 
@@ -47,12 +47,8 @@ class Command(NornCommand):
         if app is not None:
             snapshots = snapshots.filter(app=find_app(app))
         rows = list(snapshots[:limit])
-        if json:
-            for row in rows:
-                self.stdout.write(json_line(as_record(row)))
-            return
-        if not rows:
-            self.stdout.write(f"No snapshots of {app}." if app else "No snapshots.")
+        empty = f"No snapshots of {app}." if app else "No snapshots."
+        if listed(self, rows, as_json=json, record=as_record, empty=empty):
             return
         self.stdout.write(
             f"{'ID':>5}  {'APP':<20} {'DATABASE':<24} {'KIND':<13} {'SIZE':>10}  {'SHA256':<12}  "

@@ -9,7 +9,7 @@ its digest, only its prefix.
 from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 
-from deployments.cli import BAD_REQUEST, iso, json_line
+from deployments.cli import BAD_REQUEST, iso, listed
 from deployments.cli import Command as NornCommand
 from deployments.models import ApiToken
 
@@ -17,6 +17,12 @@ NAME_MAX = ApiToken._meta.get_field("name").max_length
 PREFIX_LENGTH = ApiToken._meta.get_field("prefix").max_length
 # What a token's user needs for the CLI to follow and queue over the API.
 NEEDED = {"deployments.view_deployment": "follow deployments", "deployments.start_deployment": "deploy"}
+
+
+def as_record(row: ApiToken) -> dict:
+    """A token as `list --json` prints it: never the token or its digest."""
+    return {"id": row.pk, "prefix": row.prefix, "user": row.user.get_username(), "name": row.name,
+            "created_at": iso(row.created_at), "last_used_at": iso(row.last_used_at)}
 
 
 def find_user(username: str):
@@ -98,16 +104,9 @@ class Command(NornCommand):
         tokens = ApiToken.objects.select_related("user").order_by("created_at", "pk")
         if user is not None:
             tokens = tokens.filter(user=find_user(user))
+        empty = "No API tokens." if user is None else f"No API tokens for {user}."
         rows = list(tokens)
-        if json:
-            for row in rows:
-                self.stdout.write(json_line({
-                    "id": row.pk, "prefix": row.prefix, "user": row.user.get_username(), "name": row.name,
-                    "created_at": iso(row.created_at), "last_used_at": iso(row.last_used_at),
-                }))
-            return
-        if not rows:
-            self.stdout.write("No API tokens." if user is None else f"No API tokens for {user}.")
+        if listed(self, rows, as_json=json, record=as_record, empty=empty):
             return
         self.stdout.write(f"{'ID':>4}  {'PREFIX':<13} {'USER':<16} {'CREATED':<16}  {'LAST USED':<16}  NAME")
         for row in rows:
