@@ -26,6 +26,9 @@ _SYNC_LOCK_ID = 0x4E6F726E
 
 @dataclass
 class SyncReport:
+    """What one sync changed (added, updated, missing) or kept (unchanged),
+    and which apps are invalid after it, changed or not."""
+
     added: list = field(default_factory=list)
     updated: list = field(default_factory=list)
     unchanged: list = field(default_factory=list)
@@ -67,6 +70,9 @@ def sync(apps_dir=None):
                 report.added.append(name)
             elif app.spec_digest == digest and app.status != App.Status.MISSING:
                 report.unchanged.append(name)
+                # Still invalid: counted so, as on the sync that found it.
+                if app.status == App.Status.INVALID:
+                    report.invalid.append(name)
                 continue
             else:
                 report.updated.append(name)

@@ -5,9 +5,11 @@ id, queueing a request, and printing a deployment's events as they come.
 The commands in deployments/management/commands/ import this, never each other.
 """
 
+import argparse
+import json as jsonlib
 import logging
-from argparse import ArgumentParser
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import InterfaceError, OperationalError
@@ -15,11 +17,60 @@ from django.db import InterfaceError, OperationalError
 from apps_registry.models import App
 from deployments.client import follow_deployment
 from deployments.models import Deployment, DeploymentStatus, Event
-from deployments.stream import SYMBOLS, StreamedEvent, as_json_line, describe, still_queued
+from deployments.stream import SYMBOLS, Progress, StreamedEvent, as_json_line, redraws, still_queued
 from norn_project.cli import BAD_REQUEST, FAILED, OK, UNAVAILABLE, Command
 
 __all__ = ["BAD_REQUEST", "FAILED", "SYMBOLS", "Command", "FollowPrinter", "continue_from_database", "find_app",
-           "find_deployment", "following", "queue_and_follow"]
+           "find_deployment", "following", "iso", "json_line", "listed", "one_of", "positive", "queue_and_follow"]
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (`--limit`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def one_of(what: str, values: Iterable[str]) -> Callable[[str], str]:
+    """An argparse type that takes one of `values`; a usage error (exit 2)
+    names the option (argparse adds it), the value and every valid one."""
+    valid = list(values)
+
+    def check(text: str) -> str:
+        if text not in valid:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}; valid: {', '.join(valid)}")
+        return text
+
+    check.__name__ = what  # argparse names the type in some messages
+    return check
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A time as `--json` gives it: ISO 8601 in UTC, or null."""
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def json_line(record: dict) -> str:
+    """One record as `--json` prints it: one JSON object per line."""
+    return jsonlib.dumps(record, ensure_ascii=False)
+
+
+def listed(command: BaseCommand, rows: list, *, as_json: bool, record: Callable[[object], dict], empty: str) -> bool:
+    """What the listing commands share: with --json, each row as one JSON
+    line (none for no rows); else, for no rows, `empty`. True when that was
+    all there is to print; the table itself is the command's."""
+    if as_json:
+        for row in rows:
+            command.stdout.write(json_line(record(row)))
+        return True
+    if not rows:
+        command.stdout.write(empty)
+        return True
+    return False
 
 
 def find_deployment(text: str) -> Deployment:
@@ -92,13 +143,14 @@ class FollowPrinter:
         self.deployment = None
         self.last_kind = None
         self.warned_idle = False
+        self.progress = Progress(in_place=not as_json and redraws(self.out))
 
     def run(self, deployment: Deployment, after: int = 0) -> str:
         self.deployment = deployment
         following(self.command, deployment)
         events = follow_deployment(
             deployment, after=after, use_db=self.use_db, idle_callback=self.idle,
-            warn=lambda text: self.err.write(self.style.WARNING(text)),
+            warn=self.warn,
             info=self.note if self.verbosity >= 2 else None,
         )
         try:
@@ -113,7 +165,12 @@ class FollowPrinter:
         return deployment.status
 
     def note(self, text: str) -> None:
+        self.progress.moved()
         self.err.write(text)
+
+    def warn(self, text: str) -> None:
+        self.progress.moved()
+        self.err.write(self.style.WARNING(text))
 
     def idle(self, idle_for: float) -> None:
         # Only a deployment whose last news is "queued" can be waiting for a
@@ -124,14 +181,15 @@ class FollowPrinter:
         if deployment.status != DeploymentStatus.QUEUED:
             return
         self.warned_idle = True
+        self.progress.moved()
         self.out.write(self.style.WARNING(still_queued(deployment.queued_ahead())))
 
     def show(self, event: StreamedEvent | Event) -> None:
         if self.as_json:
             self.out.write(as_json_line(event))
             return
-        for text, style in describe(event):
-            self.out.write(getattr(self.style, style)(text) if style else text)
+        for prefix, text, style in self.progress.render(event):
+            self.out.write(prefix + (getattr(self.style, style)(text) if style else text))
 
 
 def continue_from_database(public_id: str, *, after: int, as_json: bool, verbosity: int, no_color: bool,

@@ -92,6 +92,7 @@ class _Session:
         self.last = 0
         self.last_kind = None
         self.warned_idle = False
+        self.progress = stream.Progress(in_place=not args.json and stream.redraws(sys.stdout))
 
     def run(self, command: str) -> int | None:
         try:
@@ -217,22 +218,24 @@ class _Session:
         except _Refused:
             found = None
         if found and found["status"] == "queued":
+            self.progress.moved()
             self._out(stream.still_queued(found["ahead"]), stream.WARNING)
 
     def _show(self, event: stream.StreamedEvent) -> None:
         if self.args.json:
             self._out(stream.as_json_line(event))
             return
-        for text, style in stream.describe(event):
-            self._out(text, style)
+        for prefix, text, style in self.progress.render(event):
+            self._out(text, style, prefix)
 
-    def _out(self, text: str, style: str | None = None) -> None:
+    def _out(self, text: str, style: str | None = None, prefix: str = "") -> None:
         if style and self.colour:
             text = f"{ANSI[style]}{text}\x1b[0m"
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(prefix + text + "\n")
         sys.stdout.flush()
 
     def _err(self, text: str, style: str | None = None) -> None:
+        self.progress.moved()
         if style and self.colour:  # Django's styles, too, go by stdout
             text = f"{ANSI[style]}{text}\x1b[0m"
         sys.stderr.write(text + "\n")

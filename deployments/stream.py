@@ -7,6 +7,7 @@ and deployments/client.py adds the database fallback for the full commands.
 """
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -18,12 +19,14 @@ from deployments import wire
 # transactions that make it terminal write them, as its last event).
 TERMINAL_EVENTS = frozenset({"deploy.completed", "deploy.failed"})
 
-# Close codes after which reconnecting cannot help (docs/live.md).
+# Close codes after which reconnecting cannot help (docs/live.md): what the
+# server at {where} said, as the user is told it.
 REFUSALS = {
-    4400: "it did not understand this client (4400 bad request)",
-    4401: "NORN_API_TOKEN was not accepted (4401 not authenticated)",
-    4403: "the API token's user may not view deployments (4403 forbidden)",
-    4404: "it does not know this deployment (4404)",
+    4400: "the Norn server at {where} did not understand this client (4400 bad request)",
+    4401: "the Norn server at {where} refused NORN_API_TOKEN: no such token, or it was revoked "
+          "(4401 not authenticated)",
+    4403: "the Norn server at {where} refused NORN_API_TOKEN: its user may not view deployments (4403 forbidden)",
+    4404: "the Norn server at {where} does not know this deployment (4404)",
 }
 
 OPEN_TIMEOUT = 5.0
@@ -49,10 +52,12 @@ class StreamedEvent(NamedTuple):
 
 
 class Unavailable(Exception):
-    """No Norn server can serve this stream; the message is safe to print."""
+    """No Norn server can serve this stream; the message says what is wrong
+    (no token, a refused token, no server there) and is safe to print."""
 
-    def __init__(self, where: str, reason: str) -> None:
-        super().__init__(f"Norn server not reachable at {where} ({reason})")
+
+def _unreachable(where: str, reason: str) -> Unavailable:
+    return Unavailable(f"Norn server not reachable at {where} ({reason})")
 
 
 class _Reconnect(Exception):
@@ -116,11 +121,14 @@ class LiveStream:
 
     def __iter__(self) -> Iterator[StreamedEvent]:
         if not self.token:
-            raise Unavailable(self.where, "NORN_API_TOKEN is not set")
+            raise Unavailable(
+                f"NORN_API_TOKEN is not set, so the Norn server at {self.where} was not asked "
+                "(manage.py tokens create --user <you> --name cli makes one)"
+            )
         try:
             stream_url(self.base_url, self.public_id, 0)
         except ValueError as exc:
-            raise Unavailable(self.where, str(exc)) from None
+            raise Unavailable(str(exc)) from None
         failures = 0
         ever_connected = False
         while True:
@@ -133,13 +141,15 @@ class LiveStream:
                 # that is no Norn stream; later, a restarting server's proxy.
                 reason = f"it refused the WebSocket: HTTP {exc.status}"
                 if not ever_connected:
-                    raise Unavailable(self.where, reason) from None
+                    raise Unavailable(
+                        f"the server at {self.where} has no Norn live stream ({reason}): is NORN_URL Norn's?"
+                    ) from None
                 failures += 1
                 self._wait_before_retry(failures, reason)
                 continue
             except (OSError, wire.WebSocketError) as exc:
                 if not ever_connected:
-                    raise Unavailable(self.where, _describe(exc)) from None
+                    raise _unreachable(self.where, _describe(exc)) from None
                 failures += 1
                 self._wait_before_retry(failures, _describe(exc))
                 continue
@@ -157,7 +167,7 @@ class LiveStream:
             except wire.ConnectionClosed as exc:
                 code = exc.code
                 if code in REFUSALS:
-                    raise Unavailable(self.where, REFUSALS[code]) from None
+                    raise Unavailable(REFUSALS[code].format(where=self.where)) from None
                 reason = f"connection closed ({code})" if code else "connection lost"
             except _Reconnect as exc:
                 reason = str(exc)
@@ -168,7 +178,7 @@ class LiveStream:
 
     def _wait_before_retry(self, failures, reason):
         if failures > self.reconnects:
-            raise Unavailable(self.where, f"{reason}; {self.reconnects} reconnects failed")
+            raise _unreachable(self.where, f"{reason}; {self.reconnects} reconnects failed")
         delay = min(0.25 * 2 ** (failures - 1), MAX_BACKOFF)
         self.info(f"{reason[:1].upper()}{reason[1:]}; reconnecting in {delay:.2g}s after event #{self.last} "
                   f"(attempt {failures} of {self.reconnects})")
@@ -264,6 +274,49 @@ def describe(event: StreamedEvent) -> list[tuple[str, str | None]]:
     if event.kind == "deploy.cancelled":
         return [(f"Cancel requested by {payload['by']}", WARNING)]
     return []
+
+
+# Cursor up one line, then erase that line: what replaces a step's
+# "running" line with its outcome on a terminal.
+REDRAW = "\x1b[1A\x1b[2K"
+
+
+def redraws(stream: Any) -> bool:
+    """Whether a follower writing to `stream` updates steps in place: on a
+    terminal that understands ANSI (not TERM=dumb); plain lines otherwise."""
+    try:
+        return stream.isatty() and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
+
+
+class Progress:
+    """The lines a follower writes, as (prefix, text, style).
+
+    Plain lines (a pipe, a file, --json's readers) are describe()'s, byte
+    for byte. In place (a terminal), a step's outcome replaces its "running"
+    line, prefix REDRAW, when that line is still the last one written: one
+    line per step. The follower calls `moved()` when it writes anything else
+    (a warning, a note on stderr), after which the outcome goes on a line of
+    its own.
+    """
+
+    def __init__(self, in_place: bool) -> None:
+        self.in_place = in_place
+        self.running = None  # the step whose "running" line is the last one written
+
+    def render(self, event: StreamedEvent) -> list[tuple[str, str, str | None]]:
+        lines = describe(event)
+        if not lines:
+            return []
+        step = event.payload.get("step") if event.kind == "deploy.step" else None
+        prefix = REDRAW if self.in_place and step is not None and step == self.running else ""
+        status = event.payload.get("status") if step is not None else None
+        self.running = step if self.in_place and status == "running" else None
+        return [(prefix if n == 0 else "", text, style) for n, (text, style) in enumerate(lines)]
+
+    def moved(self) -> None:
+        self.running = None
 
 
 def still_queued(ahead: int) -> str:

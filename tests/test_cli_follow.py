@@ -294,7 +294,8 @@ def test_no_token_falls_back_to_the_database_and_says_so(make_app, tmp_path):
     nowhere = f"http://127.0.0.1:{free_port()}"
     stdout, stderr, returncode = follow_until_cancelled(
         running, cli_env(**norn_env(nowhere, None)), tmp_path,
-        wait_for_text=f"Norn server not reachable at {nowhere} (NORN_API_TOKEN is not set): following from the database",
+        wait_for_text=f"NORN_API_TOKEN is not set, so the Norn server at {nowhere} was not asked "
+                      "(manage.py tokens create --user <you> --name cli makes one): following from the database",
     )
     assert returncode == 1, stdout + stderr
     assert f"Deployment {running.public_id} failed: cancelled by tester" in stdout
@@ -303,9 +304,12 @@ def test_no_token_falls_back_to_the_database_and_says_so(make_app, tmp_path):
 @pytest.mark.parametrize(
     "make_token, reason",
     [
-        (lambda: "norn_" + "W" * 43, "NORN_API_TOKEN was not accepted (4401 not authenticated)"),
-        (lambda: user_token("nosy", view=False), "the API token's user may not view deployments (4403 forbidden)"),
-        (lambda: user_token("gone", active=False), "the API token's user may not view deployments (4403 forbidden)"),
+        (lambda: "norn_" + "W" * 43,
+         "refused NORN_API_TOKEN: no such token, or it was revoked (4401 not authenticated)"),
+        (lambda: user_token("nosy", view=False),
+         "refused NORN_API_TOKEN: its user may not view deployments (4403 forbidden)"),
+        (lambda: user_token("gone", active=False),
+         "refused NORN_API_TOKEN: its user may not view deployments (4403 forbidden)"),
     ],
     ids=["unknown token", "no view permission", "inactive user"],
 )
@@ -314,7 +318,7 @@ def test_refused_token_falls_back_with_a_clear_message(daphne, make_app, make_to
     bad_token = make_token()
     stdout, stderr, returncode = follow_until_cancelled(
         deployment, cli_env(**norn_env(daphne.url, bad_token)), tmp_path,
-        wait_for_text=f"Norn server not reachable at {daphne.url} ({reason}): following from the database",
+        wait_for_text=f"the Norn server at {daphne.url} {reason}: following from the database",
     )
     assert returncode == 1, stdout + stderr
     assert "Cancel requested by tester" in stdout

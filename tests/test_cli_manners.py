@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.db import transaction
 
@@ -20,31 +19,16 @@ from deployments import events, transitions
 from deployments.models import ApiToken, Deployment
 from norn_project import cli
 from tests.support.cluster import REPO_ROOT
-from tests.support.servers import Daphne, database_url_for_tests
+from tests.support.commands import HANG, command_env, manage
+from tests.support.servers import Daphne
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-# Generous: a command that hangs is what this catches.
-HANG = 60
-
-
-def env(**extra):
-    base = {k: v for k, v in os.environ.items() if k not in ("NORN_URL", "NORN_API_TOKEN")}
-    return {**base, "DATABASE_URL": database_url_for_tests(), "NORN_APPS_DIR": str(settings.NORN_APPS_DIR),
-            "PYTHONUNBUFFERED": "1", **extra}
-
-
-def manage(*args, extra_env=None, stdin=subprocess.DEVNULL):
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env(**(extra_env or {})),
-        stdin=stdin, capture_output=True, text=True, timeout=HANG,
-    )
 
 
 def piped_into_head(args, lines, extra_env=None):
     """`manage.py ARGS | head -n LINES`: (manage.py's exit code, its stderr, head's output)."""
     command = subprocess.Popen(
-        [sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env(**(extra_env or {})),
+        [sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=command_env(**(extra_env or {})),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     head = subprocess.Popen(["head", "-n", str(lines)], stdin=command.stdout, stdout=subprocess.PIPE)
@@ -121,7 +105,7 @@ def test_ctrl_c_while_following_prints_one_line_and_exits_130(app):
     deployment = transitions.create(app, "HEAD", name="tester")
     follower = subprocess.Popen(
         [sys.executable, "manage.py", "follow", str(deployment.public_id), "--db"],
-        cwd=REPO_ROOT, env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO_ROOT, env=command_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )
     first = follower.stdout.readline()
@@ -143,7 +127,7 @@ def test_ctrl_c_while_following_prints_one_line_and_exits_130(app):
 
 def test_ctrl_c_at_a_question_says_interrupted(app):
     asker = subprocess.Popen(
-        [sys.executable, "manage.py", "undeploy", "pipey"], cwd=REPO_ROOT, env=env(),
+        [sys.executable, "manage.py", "undeploy", "pipey"], cwd=REPO_ROOT, env=command_env(),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + HANG
@@ -234,7 +218,7 @@ manage.main()
 @pytest.mark.parametrize("args, code", [(["deployments"], 0), (["follow", "0123abcd"], cli.BAD_REQUEST), (["deploy", "--help"], 0)])
 def test_a_command_exits_with_its_code_after_threads_and_atexit_handlers(app, tmp_path, args, code):
     transitions.create(app, "HEAD", name="tester")
-    result = subprocess.run([sys.executable, "-c", EXIT_WITNESS, str(tmp_path), *args], cwd=REPO_ROOT, env=env(),
+    result = subprocess.run([sys.executable, "-c", EXIT_WITNESS, str(tmp_path), *args], cwd=REPO_ROOT, env=command_env(),
                             capture_output=True, text=True, timeout=HANG)
     assert result.returncode == code, result.stdout + result.stderr
     assert (tmp_path / "thread").read_text() == "finished"
@@ -249,6 +233,6 @@ def test_a_profiled_command_still_gets_its_profile_written(app, tmp_path):
     # cProfile writes its file after the program returns: no quick exit under it.
     profile = tmp_path / "deployments.prof"
     result = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "manage.py", "deployments"],
-                            cwd=REPO_ROOT, env=env(), capture_output=True, text=True, timeout=HANG)
+                            cwd=REPO_ROOT, env=command_env(), capture_output=True, text=True, timeout=HANG)
     assert result.returncode == 0, result.stderr
     assert profile.stat().st_size > 0

@@ -1,40 +1,71 @@
-"""`manage.py deployments`: the most recent deployments, newest first."""
+"""`manage.py deployments [--app APP] [--status S] [--kind K] [--limit N] [--json]`:
+the most recent deployments, newest first, as a table or one JSON object per line."""
 
-import argparse
+from django.core.management.base import CommandError
 
+from deployments.cli import BAD_REQUEST, find_app, iso, listed, one_of, positive
 from deployments.cli import Command as NornCommand
-from deployments.models import Deployment
+from deployments.models import Deployment, DeploymentKind, DeploymentStatus
 
 
-def positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
+def as_record(d: Deployment) -> dict:
+    """A deployment as `--json` prints it; the keys are stable (docs/cli.md)."""
+    took = d.finished_at - d.started_at if d.started_at and d.finished_at else None
+    return {
+        "id": str(d.public_id),
+        "app": d.app.name,
+        "kind": d.kind,
+        "status": d.status,
+        "ref": d.ref,
+        "commit": d.commit_sha or None,
+        "requested_by": d.requested_by.get_username() if d.requested_by else (d.requested_by_name or "system"),
+        "requested_via": d.requested_via,
+        "queued_at": iso(d.queued_at),
+        "started_at": iso(d.started_at),
+        "finished_at": iso(d.finished_at),
+        "duration": round(took.total_seconds(), 3) if took is not None else None,
+        "error": d.error or None,
+    }
 
 
 class Command(NornCommand):
-    help = "List recent deployments."
+    help = (
+        "List recent deployments, newest first: a table, or with --json one JSON object per line. "
+        "Exits 2 for a bad filter."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--app", help="Only this app.")
-        parser.add_argument("--limit", type=positive, default=20, help="How many (default 20).")
+        parser.add_argument("--app", help="Only this app's deployments.")
+        parser.add_argument("--status", type=one_of("status", DeploymentStatus.values),
+                            help=f"Only deployments in this status: {', '.join(DeploymentStatus.values)}.")
+        parser.add_argument("--kind", type=one_of("kind", DeploymentKind.values),
+                            help=f"Only this kind: {', '.join(DeploymentKind.values)}.")
+        parser.add_argument("--limit", type=positive, default=20, help="How many at most (default 20).")
+        parser.add_argument("--json", action="store_true",
+                            help="One JSON object per line (id, app, kind, status, ref, commit, requested_by, "
+                                 "requested_via, queued_at, started_at, finished_at, duration, error).")
 
-    def handle(self, *args, app=None, limit=20, **options):
+    def handle(self, *args, app=None, status=None, kind=None, limit=20, json=False, **options):
         qs = Deployment.objects.select_related("app", "requested_by")
-        if app:
-            qs = qs.filter(app__name=app)
+        if app is not None:
+            try:
+                qs = qs.filter(app=find_app(app))
+            except CommandError as exc:
+                raise CommandError(f"--app: {exc}", returncode=BAD_REQUEST) from None
+        if status:
+            qs = qs.filter(status=status)
+        if kind:
+            qs = qs.filter(kind=kind)
         rows = list(qs[:limit])
-        if not rows:
-            self.stdout.write("No deployments yet.")
+        empty = "No deployments match." if app or status or kind else "No deployments yet."
+        if listed(self, rows, as_json=json, record=as_record, empty=empty):
             return
-        self.stdout.write(f"{'ID':<36}  {'APP':<20} {'REF':<12} {'COMMIT':<12} {'STATUS':<12} {'QUEUED':<20} BY")
+        self.stdout.write(
+            f"{'ID':<36}  {'APP':<20} {'KIND':<8} {'REF':<12} {'COMMIT':<12} {'STATUS':<12} {'QUEUED':<20} BY"
+        )
         for d in rows:
             self.stdout.write(
-                f"{d.public_id!s:<36}  {d.app.name:<20} {d.ref[:12]:<12} {d.commit_sha[:12]:<12} "
+                f"{d.public_id!s:<36}  {d.app.name:<20} {d.kind:<8} {d.ref[:12]:<12} {d.commit_sha[:12]:<12} "
                 f"{d.status:<12} {d.queued_at:%Y-%m-%d %H:%M:%S}  {d.requested_by_label}"
             )
             if d.error:
