@@ -4,7 +4,10 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from norn_project import process
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "norn_project.settings")
+process.WEB = True  # before the settings load: web processes pool their connections
 
 # Django must be set up before anything imports models (consumers do).
 django_asgi_app = get_asgi_application()

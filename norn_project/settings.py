@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from norn_project import process
 from norn_project.envsettings import (
     addresses_from_env,
     database_from_env,
@@ -143,6 +144,14 @@ DATABASES = {
         "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/norn"
     )
 }
+# A web process (daphne) takes its connections from a pool of at most this
+# many (norn_project/process.py says why); 0: a new connection per request.
+NORN_DB_POOL_SIZE = envint("NORN_DB_POOL_SIZE", 8, minimum=0, maximum=100)
+if process.WEB and NORN_DB_POOL_SIZE:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django requires 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1, "max_size": NORN_DB_POOL_SIZE, "timeout": 10,
+    }
 # Lets two test runs on one machine use different test databases.
 if env("NORN_TEST_DATABASE_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": env("NORN_TEST_DATABASE_NAME")}

@@ -51,6 +51,7 @@ def run_manage(*args, **env):
         ("NORN_GIT_SSH_KEY", "/nonexistent/id_ed25519", "NORN_GIT_SSH_KEY='/nonexistent/id_ed25519' is not a readable file"),
         ("NORN_WORKERS", "lots", "NORN_WORKERS='lots' is not a whole number"),
         ("NORN_WORKERS", "0", "NORN_WORKERS='0' is out of range; use a number from 1 to 64"),
+        ("NORN_DB_POOL_SIZE", "-1", "NORN_DB_POOL_SIZE='-1' is out of range; use a number from 0 to 100"),
         ("NORN_LOG_LEVEL", "LOUD", "NORN_LOG_LEVEL='LOUD' is not valid"),
         ("NORN_APPS_DIR", "/etc/hostname", "NORN_APPS_DIR='/etc/hostname' exists but is not a directory"),
         ("NORN_TIMEOUT_BUILD", "soon", "NORN_TIMEOUT_BUILD='soon' is not a whole number"),
@@ -106,6 +107,49 @@ def test_values_are_read(monkeypatch):
     assert result.stdout.split("\n")[-2] == (
         f"False kubernetes 127.0.0.1:5000 ['norn.example.com', 'localhost'] {REPO_ROOT / 'examples'} norn"
     )
+
+
+# Twenty requests' worth of database use in a process started the way daphne
+# starts Norn (norn_project.asgi) or the way manage.py does: which server
+# process served each.
+POOL_PROBE = """
+import os, sys
+if sys.argv[1] == "web":
+    import norn_project.asgi
+else:
+    import django; django.setup()
+from django.db import close_old_connections, connection
+pids = []
+for _ in range(20):
+    close_old_connections()  # what Django does at each request's start and end
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pids.append(cursor.fetchone()[0])
+    connection.close()  # a web request's end: back to the pool, if there is one
+print(connection.settings_dict["OPTIONS"].get("pool"), len(set(pids)))
+"""
+
+
+@pytest.mark.parametrize("kind, pool_size, pool, most_connections", [
+    ("web", None, "{'min_size': 1, 'max_size': 8, 'timeout': 10}", 8),
+    ("web", "3", "{'min_size': 1, 'max_size': 3, 'timeout': 10}", 3),
+    ("web", "0", "None", 20),  # a connection per request, as Django does under ASGI
+    ("other", None, "None", 20),  # manage.py commands, the qcluster's forked workers
+])
+def test_web_processes_take_their_connections_from_a_pool(kind, pool_size, pool, most_connections):
+    result = subprocess.run(
+        [sys.executable, "-c", POOL_PROBE, kind], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": os.environ["PATH"], "SECRET_KEY": "x" * 50, "DJANGO_SETTINGS_MODULE": "norn_project.settings",
+             "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+             **({"NORN_DB_POOL_SIZE": pool_size} if pool_size is not None else {})},
+    )
+    assert result.returncode == 0, result.stderr
+    shown, connections = result.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert shown == pool
+    if pool == "None":
+        assert int(connections) == 20  # each request's connection closed at its end
+    else:
+        assert int(connections) <= most_connections  # handed back and used again
 
 
 def test_norn_url_must_be_a_server_url():
