@@ -20,7 +20,9 @@ from django.db import DatabaseError, connection
 
 from apps_registry import infraspec
 from apps_registry.spec import Spec
-from deployments import appdb, containers, events, gitauth, queue, retention, rollback, runner, states, transitions
+from deployments import (
+    appdb, containers, deferred, events, gitauth, queue, retention, rollback, runner, states, transitions,
+)
 from deployments.models import Deployment
 from deployments.outcomes import Outcome, Skip, StepFailed, cancel_message
 from deployments.outputwriter import OutputWriter
@@ -107,7 +109,7 @@ def execute(deployment_id: int) -> bool:
         _fail_crashed(deployment_id, owner, progress, exc)
     finally:
         heartbeat.stop()
-        _start_deferred(deployment_id, progress)
+        deferred.start(deployment_id, progress.deferred, progress.redact)
         _dispatch_next(deployment_id, progress.app_id)
         # Live listeners get the last events before this worker goes idle.
         events.publisher.flush()
@@ -198,62 +200,6 @@ def _fail_crashed(deployment_id, owner, progress, exc):
             containers.remove_for_deployment(progress.public_id)
         except Exception:
             log.exception("could not remove the containers of deployment %s", deployment_id)
-
-
-# The threads running the steps' deferred work in this process.
-_deferred: list[threading.Thread] = []
-_deferred_lock = threading.Lock()
-
-
-def _start_deferred(deployment_id, progress):
-    """Run the steps' deferred work (Context.defer) in a thread of its own:
-    the worker takes its next task meanwhile. Not a daemon thread, so the
-    worker process, told to stop or recycled, finishes it before it exits
-    (multiprocessing joins such threads). The next deploy of the same app
-    finishes what it finds unfinished (the Docker runtime's retirement)."""
-    if not progress.deferred:
-        return
-    thread = threading.Thread(
-        target=_run_deferred, args=(deployment_id, list(progress.deferred), progress.redact),
-        name=f"deferred-{deployment_id}",
-    )
-    with _deferred_lock:
-        _deferred[:] = [t for t in _deferred if t.is_alive()]
-        _deferred.append(thread)
-    thread.start()
-
-
-def wait_deferred(timeout: float | None = None) -> bool:
-    """Wait for this process's deferred work to end; False if some still runs after `timeout`."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    with _deferred_lock:
-        threads = list(_deferred)
-    for thread in threads:
-        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-    return not any(t.is_alive() for t in threads)
-
-
-def _run_deferred(deployment_id, deferred, redact):
-    """The deferred work, in order: what it logs goes to its step's output."""
-    try:
-        # Live listeners learn the end before this work starts.
-        events.publisher.flush()
-        for step, work in deferred:
-            def record(text, step=step):
-                text = redact(text if text.endswith("\n") else text + "\n")
-                try:
-                    transitions.append_output(deployment_id, step, text)
-                except DatabaseError:
-                    connection.close()  # reopened by the next write
-                    log.warning("deployment %s, %s step: %s", deployment_id, step, text.rstrip("\n"))
-            try:
-                work(record)
-            except Exception as exc:
-                log.exception("deferred work of the %s step of deployment %s failed", step, deployment_id)
-                record(f"{exc.__class__.__name__}: {exc}")
-        events.publisher.flush()
-    finally:
-        connection.close()  # this thread's own
 
 
 def _dispatch_next(deployment_id, app_id):

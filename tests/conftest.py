@@ -139,13 +139,13 @@ def make_app(apps_dir, write_spec):
 @pytest.fixture
 def deploy_now(norn_dirs):
     """Request a deployment and run its pipeline here, synchronously."""
-    from deployments import pipeline
+    from deployments import deferred, pipeline
     from deployments.requests import request_deployment
 
     def deploy(app, ref="HEAD", **kwargs):
         deployment = request_deployment(app, ref, **kwargs)
         pipeline.execute(deployment.pk)
-        pipeline.wait_deferred()  # as the worker's process would before it exits
+        deferred.wait()  # as the worker's process would before it exits
         deployment.refresh_from_db()
         return deployment
 

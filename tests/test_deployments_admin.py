@@ -5,7 +5,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 
 from apps_registry.models import App
-from deployments import pipeline
+from deployments import deferred, pipeline
 from deployments.models import Deployment
 from deployments.requests import request_deployment
 
@@ -67,7 +67,7 @@ def test_deployment_page_shows_steps_output_and_errors(admin_client, make_app, n
     make_app("web", "app: web\nrole: worker\nbuild:\n  test: echo visible-output; exit 1\n", {"Dockerfile": "FROM scratch\n"})
     deployment = request_deployment("web")
     pipeline.execute(deployment.pk)
-    pipeline.wait_deferred()
+    deferred.wait()
     listing = admin_client.get("/admin/deployments/deployment/").content.decode()
     assert deployment.short_id in listing and "Failed" in listing
     page = admin_client.get(f"/admin/deployments/deployment/{deployment.pk}/change/").content.decode()

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from deployments import ingress, pipeline
+from deployments import deferred, ingress, pipeline
 from deployments.models import Deployment
 from deployments.requests import request_deployment
 from deployments.runtimes import docker as runtime
@@ -65,7 +65,7 @@ def test_deployed_before_the_old_container_stops_which_finishes_its_request(make
     try:
         first = request_deployment(app)
         pipeline.execute(first.pk)
-        pipeline.wait_deferred()
+        deferred.wait()
         first.refresh_from_db()
         assert first.status == "deployed", first.error
         old_id = inspect(f"norn-{app}", "{{.Id}}")

@@ -289,7 +289,7 @@ PIPELINE_SPEC = ("app: kweb\nrole: webserver\nrepo:\n  url: {url}\nbuild: {{}}\n
 @pytest.mark.django_db(transaction=True)
 def test_an_automatic_rollback_restores_the_earlier_template_through_the_pipeline(
         minikube_cluster, make_app, deploy_now, busybox_image, tmp_path):
-    from deployments import pipeline
+    from deployments import deferred, pipeline
     from tests.support.git_servers import make_repo
 
     kube = minikube_cluster
@@ -311,7 +311,7 @@ def test_an_automatic_rollback_restores_the_earlier_template_through_the_pipelin
 
     rollback = Deployment.objects.get(app__name="kweb", kind="rollback")
     pipeline.execute(rollback.pk)
-    pipeline.wait_deferred()
+    deferred.wait()
     rollback.refresh_from_db()
 
     assert rollback.status == "deployed", rollback.error

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from deployments import pipeline
+from deployments import deferred, pipeline
 from deployments.models import Snapshot
 from deployments.requests import DeployRequestError, request_deployment, request_restore
 from tests.support.dashboard import user_with
@@ -34,7 +34,7 @@ def deploy(make_app, repo, db, migrate, version):
     repo.commit({"Dockerfile": DOCKERFILE + f"ENV V={version}\n"}, f"v{version}")
     deployment = request_deployment("keep")
     pipeline.execute(deployment.pk)
-    pipeline.wait_deferred()
+    deferred.wait()
     deployment.refresh_from_db()
     return deployment, Snapshot.objects.get(deployment=deployment)
 

@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 
 from apps_registry.models import App
 
-from deployments import pipeline, rollback
+from deployments import deferred, pipeline, rollback
 from deployments.models import Deployment, DeploymentStatus
 from deployments.requests import DeployRequestError, request_deployment, request_rollback
 from deployments.runtimes import docker as docker_runtime
@@ -41,7 +41,7 @@ def fetch(port):
 
 def run(deployment):
     pipeline.execute(deployment.pk)
-    pipeline.wait_deferred()
+    deferred.wait()
     deployment.refresh_from_db()
     return deployment
 

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from apps_registry.spec import Spec
-from deployments import appdb, pipeline, retention, transitions
+from deployments import appdb, deferred, pipeline, retention, transitions
 from deployments.models import CronJob, Deployment, Snapshot
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 from tests.support.fake_kube_controller import EXIT_AFTER_ENV
@@ -40,7 +40,7 @@ def fingerprint(db):
 
 def run(deployment):
     pipeline.execute(deployment.pk)
-    pipeline.wait_deferred()
+    deferred.wait()
     deployment.refresh_from_db()
     return deployment
 

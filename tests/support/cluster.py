@@ -98,12 +98,12 @@ def wait_for(predicate, timeout=60, interval=0.1, message="condition"):
 def execute_in_thread(deployment_id: int) -> threading.Thread:
     """Run the deployment's pipeline as a worker would, in a thread of this
     process (the test needs `transaction=True`); started, returned to join."""
-    from deployments import pipeline
+    from deployments import deferred, pipeline
 
     def work():
         try:
             pipeline.execute(deployment_id)
-            pipeline.wait_deferred()
+            deferred.wait()
         finally:
             connection.close()  # this thread's own connection
 
