@@ -3,7 +3,6 @@
 Ctrl-C prints one line and exits 130, and the same situation gives the same
 exit code in every command, as docs/cli.md's table says."""
 
-import os
 import re
 import signal
 import subprocess
