@@ -54,3 +54,16 @@ def get(path: str, timeout: float = TIMEOUT) -> tuple[int, object] | None:
 def name(value: str) -> str:
     """A container or network name for a URL path."""
     return quote(value, safe="")
+
+
+def image_exists(ref: str) -> bool | None:
+    """Whether the engine has the image `ref` (a name:tag or an id), or None
+    when the engine is not on a unix socket. Raises Unreachable."""
+    answer = get(f"/images/{name(ref)}/json")
+    if answer is None:
+        return None
+    status, data = answer
+    if status in (200, 404):
+        return status == 200
+    message = data.get("message") if isinstance(data, dict) else data
+    raise Unreachable(f"the Docker engine could not say whether it has {ref}: {message}")

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from apps_registry.models import App
-from deployments import appdb, appenv, containers, runner
+from deployments import appdb, appenv, containers, dockerapi, runner
 from deployments.appenv import StepContext
 from deployments.models import CronJob, CronRun
 from deployments.outcomes import StepFailed
@@ -57,12 +57,7 @@ def register(ctx: StepContext) -> CronJob:
         raise StepFailed("there is no image to schedule: the build step did not produce one")
     # Every tick runs the image from the local engine; find out now, not at
     # the first tick, when nobody is watching.
-    result = ctx.run(["docker", "image", "inspect", "--format", "{{.Id}}", ctx.image], check=False, timeout=60)
-    if result.returncode != 0:
-        raise StepFailed(
-            f"image {ctx.image} is not on the local Docker engine, so the schedule could not run it:\n"
-            + runner.tail_lines(result.tail, 5)
-        )
+    _check_image_is_local(ctx)
     # Stored without the database connection: run_job adds it at run time,
     # so the password is not kept in this table.
     database = appenv.database_env(ctx.spec)
@@ -92,6 +87,22 @@ def register(ctx: StepContext) -> CronJob:
         f"next run {timezone.localtime(entry.next_run):%Y-%m-%d %H:%M %Z}"
     )
     return job
+
+
+def _check_image_is_local(ctx: StepContext) -> None:
+    """StepFailed unless the local engine has ctx.image: asked of its API on
+    the unix socket (~2 ms), else of the docker CLI (a process, ~50 ms)."""
+    try:
+        local = dockerapi.image_exists(ctx.image)
+    except dockerapi.Unreachable as exc:
+        raise StepFailed(f"could not check that image {ctx.image} is on the local Docker engine: {exc}") from None
+    if local is None:
+        result = ctx.run(["docker", "image", "inspect", "--format", "{{.Id}}", ctx.image], check=False, timeout=60)
+        local, detail = result.returncode == 0, ":\n" + runner.tail_lines(result.tail, 5)
+    else:
+        detail = ""
+    if not local:
+        raise StepFailed(f"image {ctx.image} is not on the local Docker engine, so the schedule could not run it{detail}")
 
 
 def _upsert_schedule(job, app_name):

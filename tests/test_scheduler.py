@@ -11,7 +11,7 @@ from django_q.models import Schedule
 
 from apps_registry import infraspec
 from apps_registry.models import App
-from deployments import appdb, scheduler
+from deployments import appdb, dockerapi, scheduler
 from deployments.models import CronJob, CronRun, Deployment
 from deployments.steps import StepFailed
 from tests.support.contexts import step_context
@@ -105,7 +105,17 @@ def test_registering_again_updates_the_image_without_duplicating(cron_app, image
     assert (entries[0].next_run.astimezone(timezone.get_current_timezone()).hour, entries[0].next_run.minute) == (3, 0)
 
 
-def test_register_with_a_missing_image_fails_the_step(cron_app):
+def test_register_asks_the_docker_cli_when_the_engine_has_no_socket(cron_app, images, monkeypatch):
+    monkeypatch.setattr(dockerapi, "socket_path", lambda: None)
+    job = register(cron_app, images[0])
+    assert CronJob.objects.get(pk=job.pk).image == images[0]
+
+
+@pytest.mark.parametrize("asked_of", ["engine API", "docker CLI"])
+def test_register_with_a_missing_image_fails_the_step(cron_app, monkeypatch, asked_of):
+    if asked_of == "docker CLI":
+        # As when the engine is reached over TCP, ssh or TLS: no socket to ask.
+        monkeypatch.setattr(dockerapi, "socket_path", lambda: None)
     app, deployment = cron_app()
     missing = f"norn-test-missing-{uuid.uuid4().hex[:8]}:nope"
     with pytest.raises(StepFailed, match=f"image {missing} is not on the local Docker engine"):
