@@ -170,8 +170,10 @@
     if (details) details.hidden = false;
     // Follow the output only when the reader is already at its end.
     var atEnd = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 8;
-    // Event text is data, never markup.
-    if (text) pre.appendChild(document.createTextNode(text));
+    // Event text is data, never markup: logview.js writes it as numbered
+    // lines with their colours (text nodes); without it, as plain text.
+    if (text && window.NornLog) window.NornLog.append(pre, text);
+    else if (text) pre.appendChild(document.createTextNode(text));
     if (atEnd) pre.scrollTop = pre.scrollHeight;
   }
 
