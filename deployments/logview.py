@@ -205,12 +205,20 @@ def render(text: str, start: int, end: int, marks: Marks = ()) -> Rendered:
 
 
 def tail(text: str, marks=()) -> Rendered:
-    return render(text, window_start(text, len(text)), len(text), marks)
+    return render(text, window_start(text, len(text)), len(text), _matching(text, marks))
 
 
 def before(text: str, end: int, marks=()) -> Rendered:
     end = max(0, min(end, len(text)))
-    return render(text, window_start(text, end), end, marks)
+    return render(text, window_start(text, end), end, _matching(text, marks))
+
+
+def _matching(text: str, marks) -> Marks:
+    """The marks, if they account for all of the text: output written without
+    events (seeded, or older than them) gets no times rather than wrong ones.
+    More marks than text is a page read just before an append."""
+    marks = list(marks)
+    return marks if marks and marks[-1][1] >= len(text) else []
 
 
 def _styled(line: str, style: Style) -> tuple[str, Style]:
