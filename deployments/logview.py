@@ -151,6 +151,11 @@ class Rendered:
         return self.first_line + max(self.lines, 1) - 1
 
     @property
+    def digits(self) -> int:
+        """How wide the line numbers are: the gutter's width (logview.css)."""
+        return max(3, len(str(self.next_line)))
+
+    @property
     def earlier(self) -> bool:
         return self.start > 0
 

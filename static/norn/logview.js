@@ -167,6 +167,8 @@
       }
     });
     pre.dataset.nextLine = String(state.next);
+    var digits = Math.max(3, String(state.next).length);
+    if (pre.style.getPropertyValue("--digits") !== String(digits)) pre.style.setProperty("--digits", String(digits));
     scheduleSearch(pre);
   }
 
@@ -427,6 +429,20 @@
     paint();
     kept = {};
   });
+
+  // An open output shows its end: the last lines are what a failure or a
+  // running step is about.
+  function showEnds() {
+    document.querySelectorAll("details.output[open] pre.log").forEach(function (pre) {
+      pre.scrollTop = pre.scrollHeight;
+    });
+  }
+  document.addEventListener("toggle", function (evt) {
+    var pre = evt.target.open && evt.target.matches && evt.target.matches("details.output") && evt.target.querySelector("pre.log");
+    if (pre && pre.dataset.loaded !== "true") pre.scrollTop = pre.scrollHeight;
+  }, true); // toggle does not bubble
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", showEnds);
+  else showEnds();
 
   window.NornLog = { append: append };
 })();
