@@ -288,7 +288,8 @@ def earlier(step, value: str) -> HttpResponse:
     """The lines before character `value` of the step's output, as a <pre>
     whose data-start says where the next "Load earlier" goes on from."""
     text = step.output
-    if not (value.isascii() and value.isdigit()) or int(value) > len(text):
+    # Length first: int() refuses strings of over 4,300 digits with an error of its own.
+    if not (value.isascii() and value.isdigit() and len(value) <= 20) or int(value) > len(text):
         shown = value if len(value) <= 40 else value[:40] + "…"
         return HttpResponseBadRequest(
             f"before: expected a whole number from 0 to {len(text)} (the length of the {step.name} output), got {shown!r}",

@@ -8,6 +8,8 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from deployments import logview, transitions
@@ -156,15 +158,12 @@ def test_the_page_shows_the_tail_and_says_where_earlier_lines_are(operator, web)
     assert f'data-log-earlier="/deployments/{deployment.public_id}/steps/test/output"' in body
 
 
-def test_the_page_reads_the_times_in_one_query_however_many_steps_have_output(operator, web, django_assert_max_num_queries):
+def test_the_page_reads_the_times_in_one_query_however_many_steps_have_output(operator, web):
     deployment = make_deployment(web)
     for name in ("clone", "build", "test"):
         transitions.append_output(deployment.pk, name, f"{name} output\n")
     url = f"/deployments/{deployment.public_id}/_steps"
     operator.get(url)  # warm: session, permissions
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     with CaptureQueriesContext(connection) as queries:
         operator.get(url)
     assert sum("deployments_event" in q["sql"] for q in queries.captured_queries) == 1
@@ -241,7 +240,7 @@ def test_before_returns_the_lines_before_an_offset(operator, web):
     )
 
 
-@pytest.mark.parametrize("value", ["", "abc", "-1", "1.5", "1e3", "٣", " 12", "9" * 400, "x" * 10_000, "\u202e1"])
+@pytest.mark.parametrize("value", ["", "abc", "-1", "1.5", "1e3", "٣", " 12", "9" * 400, "9" * 5000, "0" * 30 + "1", "x" * 10_000, "7", "\u202e1"])
 def test_a_bad_before_is_a_clear_400(operator, web, value):
     deployment = make_deployment(web, steps={"test": (StepStatus.SUCCEEDED, 3, {"output": "short\n"})})
     response = operator.get(f"/deployments/{deployment.public_id}/steps/test/output", {"before": value})
