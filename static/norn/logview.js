@@ -80,12 +80,16 @@
     return state;
   }
 
+  // Read when the steps arrive (the page, or a swapped-in copy), not when a
+  // line does: data-now is the server's clock when it rendered them.
+  function syncClock() {
+    var steps = document.getElementById("deployment-steps");
+    var now = steps && Number(steps.dataset.now);
+    clockSkew = now ? now - Date.now() : 0;
+  }
+
   function timeLabel(el) {
-    if (clockSkew === null) {
-      var steps = document.getElementById("deployment-steps");
-      var now = steps && Number(steps.dataset.now);
-      clockSkew = now ? now - Date.now() : 0;
-    }
+    if (clockSkew === null) syncClock();
     var when = new Date(Date.now() + clockSkew);
     var iso = when.toISOString();
     el.dataset.t = iso.slice(11, 19);
@@ -391,7 +395,7 @@
 
   document.body.addEventListener("htmx:afterSwap", function (evt) {
     if (!evt.target || evt.target.id !== "deployment-steps") return;
-    clockSkew = null;
+    syncClock();
     Object.keys(kept).forEach(function (name) {
       var old = kept[name];
       var pre = document.getElementById("output-" + name);
@@ -441,8 +445,12 @@
     var pre = evt.target.open && evt.target.matches && evt.target.matches("details.output") && evt.target.querySelector("pre.log");
     if (pre && pre.dataset.loaded !== "true") pre.scrollTop = pre.scrollHeight;
   }, true); // toggle does not bubble
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", showEnds);
-  else showEnds();
+  function ready() {
+    syncClock();
+    showEnds();
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", ready);
+  else ready();
 
   window.NornLog = { append: append };
 })();
