@@ -206,3 +206,34 @@ def test_live_lines_are_numbered_coloured_and_found(page, daphne, operator, make
     expect(page.locator("#log-count-build")).to_have_text("1 of 2")
     assert build.locator(".ln").last.get_attribute("data-n") == "8"
     assert page.errors == []
+
+
+def test_earlier_lines_the_reader_loaded_stay_when_the_steps_are_swapped(page, daphne, operator, make_app):
+    make_app("web", "app: web\nrole: worker\n")
+    deployment = transitions.create(App.objects.get(name="web"), "HEAD", name="tester")
+    owner = transitions.owner_id()
+    assert transitions.claim(deployment.pk, owner)
+    publish(transitions.start_step, deployment.pk, owner, "clone")
+    publish(transitions.finish_step, deployment.pk, "clone", StepStatus.SUCCEEDED)
+    publish(transitions.start_step, deployment.pk, owner, "build")
+    publish(transitions.append_output, deployment.pk, "build", "".join(f"line {i}\n" for i in range(1, 5001)))
+    log_in(page, daphne, "operator", PASSWORD)
+    page.goto(f"{daphne.url}/deployments/{deployment.public_id}/")
+    expect(page.locator("#live-state .live-text")).to_have_text("live")
+    build = page.locator("#output-build")
+    page.locator("#step-build [data-log-earlier]").click()
+    expect(build.locator(".ln").first).to_have_attribute("data-n", "1001")
+    page.get_by_label("Search the output of build").fill("line 1500\n".strip())
+    expect(page.locator("#log-count-build")).to_have_text("1 of 1 in the lines shown")
+
+    publish(transitions.append_output, deployment.pk, "build", "line 5001\n")
+    publish(transitions.finish_step, deployment.pk, "build", StepStatus.FAILED)  # open, as a failed step's output is
+    expect(page.locator("#step-build")).to_have_attribute("data-status", "failed")
+    expect(build.locator(".ln").last).to_have_text("line 5001\n")
+    # The new copy's tail (3002-5001) and the lines loaded before it, each once, in order.
+    numbers = build.locator(".ln").evaluate_all("els => els.map(e => Number(e.dataset.n))")
+    assert numbers == list(range(1001, 5002))
+    assert build.text_content() == "".join(f"line {i}\n" for i in range(1001, 5002))
+    expect(page.locator("#step-build .log-range")).to_have_text("Showing lines 1001–5001.")
+    expect(page.locator("#log-count-build")).to_have_text("1 of 1 in the lines shown")
+    assert page.errors == []
