@@ -1,7 +1,8 @@
 /* Live updates for the deployment page (templates/deployments/deployment_detail.html).
  *
  * Listens on /ws/deployments/<uuid>/?after=<seq> (docs/live.md). Log events
- * are appended to their step's output as text; step and status events make
+ * are appended to their step's output as text (as numbered, coloured lines by
+ * logview.js, loaded before this script; docs/dashboard.md); step and status events make
  * the page fetch its server-rendered partials again through htmx (retried
  * with backoff when that fails). The socket reconnects with backoff and
  * resumes after the last event it saw. Without this script the page is
