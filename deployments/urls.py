@@ -18,6 +18,8 @@ urlpatterns = [
     path("deployments/<uuid:public_id>/_steps", views.deployment_partial, {"partial": "steps"}, name="deployment-steps"),
     path("deployments/<uuid:public_id>/_outcome", views.deployment_partial, {"partial": "outcome"}, name="deployment-outcome"),
     path("deployments/<uuid:public_id>/_status", views.deployment_partial, {"partial": "status"}, name="deployment-status"),
+    # A step's output: the raw download, and with ?before=N earlier lines for the log viewer.
+    path("deployments/<uuid:public_id>/steps/<str:step>/output", views.step_output, name="deployment-step-output"),
     path("simulator/", views.simulator, name="simulator"),
     # The command line's fast path (deployments/remote.py), by API token.
     path("api/deployments", api.deployments, name="api-deployments"),

@@ -414,3 +414,20 @@ def simulator(request):
     ctx = {"sim": sim, "stale": stale, "focus": _is_htmx(request)}
     template = "deployments/_simulator.html" if _is_htmx(request) else "deployments/simulator.html"
     return render(request, template, ctx)
+
+
+# --- a step's output: the raw download, and earlier lines for the log viewer ---
+
+
+@login_required
+@require_GET
+def step_output(request, public_id, step):
+    """One step's output, whole, as a plain-text download; with ?before=N, the
+    lines before character N as the log viewer renders them ("Load earlier")."""
+    from deployments import logview  # here, not above: this module is near its size limit
+
+    deployment = _get_deployment_for_user(request, public_id)
+    row = get_object_or_404(Step.objects.only("deployment_id", "name", "output"), deployment=deployment, name=step)
+    if "before" not in request.GET:
+        return logview.download(row, f"{deployment.app.name}-{deployment.short_id}-{row.name}.log")
+    return logview.earlier(row, request.GET["before"])

@@ -1,7 +1,8 @@
 /* Live updates for the deployment page (templates/deployments/deployment_detail.html).
  *
  * Listens on /ws/deployments/<uuid>/?after=<seq> (docs/live.md). Log events
- * are appended to their step's output as text; step and status events make
+ * are appended to their step's output as text (as numbered, coloured lines by
+ * logview.js, loaded before this script; docs/dashboard.md); step and status events make
  * the page fetch its server-rendered partials again through htmx (retried
  * with backoff when that fails). The socket reconnects with backoff and
  * resumes after the last event it saw. Without this script the page is
@@ -170,8 +171,10 @@
     if (details) details.hidden = false;
     // Follow the output only when the reader is already at its end.
     var atEnd = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 8;
-    // Event text is data, never markup.
-    if (text) pre.appendChild(document.createTextNode(text));
+    // Event text is data, never markup: logview.js writes it as numbered
+    // lines with their colours (text nodes); without it, as plain text.
+    if (text && window.NornLog) window.NornLog.append(pre, text);
+    else if (text) pre.appendChild(document.createTextNode(text));
     if (atEnd) pre.scrollTop = pre.scrollHeight;
   }
 
