@@ -261,6 +261,17 @@ def test_bad_bodies_get_clear_errors_never_a_500(web, repo, settings):
     assert Client().post("/hooks/bitbucket", b"{}", content_type="application/json").status_code in (302, 404)
 
 
+def test_a_body_bigger_than_djangos_form_limit_but_within_ours_is_read(web, repo, settings):
+    """Django refuses request.body over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB);
+    a push of many commits may be bigger, up to NORN_WEBHOOK_MAX_BYTES."""
+    assert settings.NORN_WEBHOOK_MAX_BYTES == 5 * 1024 * 1024
+    payload = github_push(repo.file_url, repo.second)
+    payload["padding"] = "x" * (3 * 1024 * 1024)
+    response = post("github", payload)
+    assert response.status_code == 202, response.content[:300]
+    assert response.json()["apps"][0]["result"] == "queued"
+
+
 def test_a_commit_the_repository_does_not_have_is_refused(web, repo):
     response = post("github", github_push(repo.file_url, "ab" * 20))
     assert response.status_code == 422
