@@ -86,13 +86,14 @@ def deploy_commit(app: App, push: Push, *, via: str) -> Outcome:
             live = Deployment.objects.live_for(app)
             if live is not None and live.commit_sha == push.after:
                 return Outcome("deployed", live, f"{push.after[:12]} is live already (deployment {live.short_id})")
-        spec = app.infraspec
-        if spec.repo:
-            # The commit must be there before anything is queued for it, as
-            # for a deploy someone asks for (outside any transaction).
-            requests.verify_ref_exists(spec.repo.url, push.after)
         queued = [d for d in pending if d.status == DeploymentStatus.QUEUED and d.requested_via in AUTO_VIA]
         if queued:
+            # The commit must be there before a deployment is pointed at it,
+            # as request_deployment checks it for a new one (outside any
+            # transaction: it may be a network call).
+            spec = requests.find_app(app.name).infraspec
+            if spec.repo:
+                requests.verify_ref_exists(spec.repo.url, push.after)
             retargeted = _retarget(queued[0].pk, push, via)
             if retargeted is not None:
                 return Outcome("retargeted", retargeted, f"queued deployment {retargeted.short_id} now deploys {push.after[:12]}")
@@ -179,7 +180,12 @@ def poll_due_apps():
         state = states.get(app.pk) or AutoDeployState(app=app)
         if state.next_check_at is not None and state.next_check_at > now:
             continue
-        polled[app.name] = poll_app(app, state, interval)
+        try:
+            polled[app.name] = poll_app(app, state, interval)
+        except Exception:
+            # One app's surprise (a database error) must not stop the others'.
+            log.exception("auto-deploy poll of %s failed", app.name)
+            polled[app.name] = "error: see the worker's log"
     return {"polled": len(polled), "results": polled}
 
 

@@ -28,6 +28,8 @@ from deployments.requests import DeployRequestError
 log = logging.getLogger(__name__)
 
 GLOBAL_SECRET = "NORN_WEBHOOK_SECRET"
+# Answers after which the same delivery is acted on again when re-sent.
+RETRYABLE = (400, 422)
 
 
 def secret_variable(app_name: str) -> str:
@@ -81,9 +83,12 @@ def receive(request, provider):
         return _answer(400, error=f"the body is not JSON: {exc}"[:300])
     if not isinstance(payload, dict):
         return _answer(400, error=f"the body must be a JSON object; got {type(payload).__name__}")
+    event = hooks.header(request, hooks.event_headers)
     try:
         urls = repository_urls(provider, payload)
     except BadPayload as exc:
+        if event and event not in hooks.push_events + hooks.ping_events:
+            return _answer(202, result="ignored", reason=f"event {event[:100]!r} is not a push; select push events only")
         return _answer(400, error=str(exc))
 
     discovery.ensure_fresh()
@@ -98,7 +103,6 @@ def receive(request, provider):
     if not apps:
         return _answer(202, result="ignored", reason=f"no app's repo.url is this repository ({urls[0][:200]})")
 
-    event = hooks.header(request, hooks.event_headers)
     if event in hooks.ping_events:
         return _answer(200, result="pong", apps=[app.name for app in apps])
     if event not in hooks.push_events:
@@ -109,9 +113,21 @@ def receive(request, provider):
             delivery = WebhookDelivery.objects.create(provider=provider, delivery_id=delivery_id)
     except IntegrityError:
         earlier = WebhookDelivery.objects.filter(provider=provider, delivery_id=delivery_id).first()
-        return _answer(200, result="already handled", delivery=delivery_id,
-                       outcome=earlier.outcome if earlier else "")
-    status, answer = _handle_push(provider, delivery_id, payload, apps)
+        # A delivery that was refused (a commit not found, an infraspec
+        # broken at the time) may be sent again once fixed: claim it back.
+        retry = earlier and WebhookDelivery.objects.filter(pk=earlier.pk, status_code__in=RETRYABLE).update(
+            status_code=None, outcome="")
+        if not retry:
+            return _answer(200, result="already handled", delivery=delivery_id,
+                           outcome=earlier.outcome if earlier else "")
+        delivery = earlier
+    try:
+        status, answer = _handle_push(provider, delivery_id, payload, apps)
+    except Exception:
+        # Not the sender's doing (a database error): forget the delivery so
+        # that the provider's retry is acted on.
+        WebhookDelivery.objects.filter(pk=delivery.pk).delete()
+        raise
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
         status_code=status, outcome=json.dumps(answer, sort_keys=True)[:4000]
     )

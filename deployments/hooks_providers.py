@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-ZERO_SHA = re.compile(r"^0+$")
-FULL_SHA = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
+ZERO_SHA = re.compile(r"^0{40}$")
+FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 class BadPayload(Exception):
@@ -168,7 +168,7 @@ def push_event(provider: str, payload: dict, max_commits: int) -> PushEvent:
     # was deleted); after is the same otherwise.
     after = payload.get("after")
     if not isinstance(after, str) or not (FULL_SHA.match(after) or ZERO_SHA.match(after)):
-        raise BadPayload(f"after must be a full commit SHA (40 or 64 hex digits); got {_shown(after)}")
+        raise BadPayload(f"after must be a full commit SHA (40 hex digits); got {_shown(after)}")
     before = payload.get("before") if isinstance(payload.get("before"), str) else ""
     listed = payload.get("commits", [])
     if not isinstance(listed, list):

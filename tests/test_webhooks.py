@@ -279,6 +279,31 @@ def test_a_commit_the_repository_does_not_have_is_refused(web, repo):
     assert Deployment.objects.count() == 0
 
 
+def test_a_refused_delivery_is_acted_on_when_sent_again(web, repo, tmp_path):
+    """The push arrived before the commit could be fetched: refused (422);
+    the same delivery sent again later deploys it."""
+    from tests.support.git_servers import run_git
+
+    work = tmp_path / "work"
+    run_git("clone", "--quiet", str(repo.bare_path), str(work))
+    run_git("commit", "--quiet", "--allow-empty", "-m", "not pushed yet", cwd=work)
+    sha = run_git("rev-parse", "HEAD", cwd=work).stdout.strip()
+    payload = github_push(repo.file_url, sha)
+    assert post("github", payload, delivery="late-1").status_code == 422
+    run_git("push", "--quiet", "origin", "HEAD:refs/heads/main", cwd=work)
+    response = post("github", payload, delivery="late-1")
+    assert response.status_code == 202 and response.json()["apps"][0]["result"] == "queued"
+    assert WebhookDelivery.objects.get().status_code == 202
+    assert post("github", payload, delivery="late-1").json()["result"] == "already handled"
+    assert Deployment.objects.get().ref == sha
+
+
+def test_other_events_without_a_repository_are_ignored(web):
+    body = {"zen": "Keep it logically awesome.", "hook_id": 1}
+    response = post("github", body, event="github_app_authorization")
+    assert response.status_code == 202 and "not a push" in response.json()["reason"]
+
+
 def test_repository_urls_match_across_https_ssh_and_scp_forms(make_app, monkeypatch):
     monkeypatch.setenv("NORN_WEBHOOK_SECRET", SECRET)
     # Nothing listens on port 9: the commit check cannot reach it and lets
