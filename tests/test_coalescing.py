@@ -121,3 +121,30 @@ def test_concurrent_pushes_of_one_app_make_one_deploy(make_app, repo):
     # The last one to get the app's turn decided the ref.
     last = AutoDeployTrigger.objects.order_by("-id").first()
     assert deployment.ref == last.after
+
+
+def test_the_admin_shows_the_pushes_a_deployment_covers_in_constant_queries(web, repo, admin_client):
+    from django.test.utils import CaptureQueriesContext
+
+    def list_queries():
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client.get("/admin/deployments/autodeploytrigger/")
+        assert response.status_code == 200
+        return len(queries), response.content.decode()
+
+    push = autodeploy.Push(branch="main", after=repo.shas[1], pusher="octocat", provider="github",
+                           commits=({"sha": repo.shas[1], "subject": "<b>fix</b> the thing"},), commits_total=3)
+    first = autodeploy.deploy_commit(web, push, via="webhook").deployment
+    few, page = list_queries()
+    assert "octocat" in page and first.short_id in page
+    for sha in repo.shas[2:4]:
+        autodeploy.deploy_commit(web, autodeploy.Push(branch="main", after=sha, pusher="hubot"), via="webhook")
+    Deployment.objects.filter(pk=first.pk).update(status=DeploymentStatus.FAILED)
+    autodeploy.deploy_commit(web, autodeploy.Push(branch="main", after=repo.shas[0]), via="poll")
+    many, page = list_queries()
+    assert AutoDeployTrigger.objects.count() == 4 and many == few
+    trigger = AutoDeployTrigger.objects.order_by("id").first()
+    detail = admin_client.get(f"/admin/deployments/autodeploytrigger/{trigger.pk}/change/").content.decode()
+    assert "&lt;b&gt;fix&lt;/b&gt; the thing" in detail and "and 2 earlier" in detail
+    assert admin_client.get("/admin/deployments/webhookdelivery/").status_code == 200
+    assert admin_client.get("/admin/deployments/autodeploystate/").status_code == 200
