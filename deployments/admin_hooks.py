@@ -57,7 +57,8 @@ class AutoDeployTriggerAdmin(ReadOnly):
 
     @admin.display(description="Commits (newest last)")
     def commit_list(self, obj):
-        shown = format_html_join("", "<li><code>{}</code> {}</li>", ((c["sha"][:12], c["subject"]) for c in obj.commits))
+        rows = ((c["sha"][:12], c["subject"]) for c in obj.commits)
+        shown = format_html_join("", "<li><code>{}</code> {}</li>", rows)
         more = obj.commits_total - len(obj.commits)
         note = format_html("<p>and {} earlier</p>", more) if more > 0 else ""
         return format_html("<ul>{}</ul>{}", shown, note)

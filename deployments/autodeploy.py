@@ -81,7 +81,8 @@ def deploy_commit(app: App, push: Push, *, via: str) -> Outcome:
         for deployment in pending:
             if push.after in (deployment.ref, deployment.commit_sha):
                 _record(deployment, push, via, "covered")
-                return Outcome("covered", deployment, f"deployment {deployment.short_id} already deploys {push.after[:12]}")
+                message = f"deployment {deployment.short_id} already deploys {push.after[:12]}"
+                return Outcome("covered", deployment, message)
         if not pending:
             live = Deployment.objects.live_for(app)
             if live is not None and live.commit_sha == push.after:
@@ -96,7 +97,8 @@ def deploy_commit(app: App, push: Push, *, via: str) -> Outcome:
                 requests.verify_ref_exists(spec.repo.url, push.after)
             retargeted = _retarget(queued[0].pk, push, via)
             if retargeted is not None:
-                return Outcome("retargeted", retargeted, f"queued deployment {retargeted.short_id} now deploys {push.after[:12]}")
+                message = f"queued deployment {retargeted.short_id} now deploys {push.after[:12]}"
+                return Outcome("retargeted", retargeted, message)
         deployment = requests.request_deployment(app.name, push.after, name=push.pusher[:150], via=via)
         _record(deployment, push, via, "queued")
         return Outcome("queued", deployment, f"queued deployment {deployment.short_id} of {push.after[:12]}")
@@ -165,9 +167,9 @@ class PollError(Exception):
 
 
 def poll_due_apps():
-    """The schedule's task (migration 0015, every minute): poll each autoDeploy
-    app whose turn it is. Safe to run twice at once: deploy_commit finds the
-    deployment the other run queued."""
+    """What the poll schedule runs (tasks.poll_autodeploy, every minute):
+    poll each autoDeploy app whose turn it is. Safe to run twice at once:
+    deploy_commit finds the deployment the other run queued."""
     interval = settings.NORN_POLL_INTERVAL
     if not interval:
         return {"polled": 0, "off": True}

@@ -6,6 +6,7 @@ These are the only views that need neither a login nor a CSRF token: the
 signature, made with a secret from the environment, is the login.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -88,7 +89,7 @@ def receive(request, provider):
         urls = repository_urls(provider, payload)
     except BadPayload as exc:
         if event and event not in hooks.push_events + hooks.ping_events:
-            return _answer(202, result="ignored", reason=f"event {event[:100]!r} is not a push; select push events only")
+            return _not_a_push(event)
         return _answer(400, error=str(exc))
 
     discovery.ensure_fresh()
@@ -106,7 +107,7 @@ def receive(request, provider):
     if event in hooks.ping_events:
         return _answer(200, result="pong", apps=[app.name for app in apps])
     if event not in hooks.push_events:
-        return _answer(202, result="ignored", reason=f"event {event[:100]!r} is not a push; select push events only")
+        return _not_a_push(event)
     delivery_id = hooks.header(request, hooks.delivery_headers)[:200] or _body_id(body)
     try:
         with transaction.atomic():
@@ -134,6 +135,10 @@ def receive(request, provider):
     return _answer(status, delivery=delivery_id, **answer)
 
 
+def _not_a_push(event):
+    return _answer(202, result="ignored", reason=f"event {event[:100]!r} is not a push; select push events only")
+
+
 def _check_signature(hooks, body, given, apps):
     """The refusal for a delivery not signed with the secret of every app it
     is for (the global secret when no app matches), else None."""
@@ -155,8 +160,6 @@ def _check_signature(hooks, body, given, apps):
 def _body_id(body: bytes) -> str:
     """For a sender without a delivery id header (GitLab before 17.4 may
     omit it): the same body is the same delivery."""
-    import hashlib
-
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 

@@ -12,7 +12,7 @@ from django.utils.module_loading import import_string
 from django_q.models import Schedule
 
 from apps_registry.models import App
-from deployments import autodeploy
+from deployments import autodeploy, tasks
 from deployments.models import AutoDeployState, AutoDeployTrigger, Deployment
 from tests.support.dashboard import make_deployment
 from tests.support.git_servers import GitHttpServer, make_repo
@@ -38,10 +38,11 @@ def due_again(app):
     AutoDeployState.objects.filter(app=app).update(next_check_at=timezone.now() - timedelta(seconds=1))
 
 
-def test_the_schedule_exists_and_names_the_poll_task():
+def test_the_schedule_exists_and_names_the_poll_task(polling):
     schedule = Schedule.objects.get(name="norn-autodeploy-poll")
     assert schedule.schedule_type == Schedule.MINUTES and schedule.minutes == 1 and schedule.repeats == -1
-    assert import_string(schedule.func) is autodeploy.poll_due_apps
+    assert import_string(schedule.func) is tasks.poll_autodeploy
+    assert tasks.poll_autodeploy() == {"polled": 0, "results": {}}
 
 
 def test_polling_off_polls_nothing(make_app, repo, settings):

@@ -14,7 +14,7 @@ def create_schedule(apps, schema_editor):
     apps.get_model("django_q", "Schedule").objects.update_or_create(
         name=POLL_SCHEDULE,
         defaults={
-            "func": "deployments.autodeploy.poll_due_apps",
+            "func": "deployments.tasks.poll_autodeploy",
             "schedule_type": "I",  # Schedule.MINUTES
             "minutes": 1,
             "repeats": -1,
