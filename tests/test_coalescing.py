@@ -148,3 +148,35 @@ def test_the_admin_shows_the_pushes_a_deployment_covers_in_constant_queries(web,
     assert "&lt;b&gt;fix&lt;/b&gt; the thing" in detail and "and 2 earlier" in detail
     assert admin_client.get("/admin/deployments/webhookdelivery/").status_code == 200
     assert admin_client.get("/admin/deployments/autodeploystate/").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_coalesced_deploy_builds_the_newest_commit(make_app, deploy_now, busybox_image, tmp_path, monkeypatch):
+    """End to end: two pushes while queued, then the worker's pipeline runs
+    the one deployment, and it is the second push's commit that goes live."""
+    import subprocess
+
+    from deployments import deferred, pipeline
+    from tests.test_webhooks import SECRET
+
+    monkeypatch.setenv("NORN_WEBHOOK_SECRET", SECRET)
+    dockerfile = "FROM norn-busybox:1\nCOPY . /app\n"
+    repo = make_repo(tmp_path / "repos", "hooked", {"Dockerfile": dockerfile, "v": "1\n"})
+    make_app("hooked", f"app: hooked\nrole: cron\nrepo:\n  url: {repo.file_url}\n  autoDeploy: true\n"
+                       "build:\n  dockerfile: Dockerfile\nschedule: '0 4 * * *'\ncommand: cat /app/v\n")
+    second = repo.commit({"v": "2\n"}, "two")
+    third = repo.commit({"v": "3\n"}, "three")
+    assert post("github", github_push(repo.file_url, second)).json()["apps"][0]["result"] == "queued"
+    assert post("github", github_push(repo.file_url, third)).json()["apps"][0]["result"] == "retargeted"
+    deployment = Deployment.objects.get()
+    try:
+        pipeline.execute(deployment.pk)
+        deferred.wait()
+        deployment.refresh_from_db()
+        assert deployment.status == DeploymentStatus.DEPLOYED, deployment.error
+        assert deployment.commit_sha == third
+        clone = deployment.steps.get(name="clone").output
+        assert third in clone and second not in clone
+    finally:
+        if deployment.image:
+            subprocess.run(["docker", "rmi", deployment.image], capture_output=True)
