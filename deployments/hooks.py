@@ -82,6 +82,8 @@ def receive(request, provider):
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         return _answer(400, error=f"the body is not JSON: {exc}"[:300])
+    except RecursionError:
+        return _answer(400, error="the body's JSON is nested too deeply")
     if not isinstance(payload, dict):
         return _answer(400, error=f"the body must be a JSON object; got {type(payload).__name__}")
     event = hooks.header(request, hooks.event_headers)

@@ -243,6 +243,8 @@ def test_bad_bodies_get_clear_errors_never_a_500(web, repo, settings):
     response = post("github", b"this is not json")
     assert response.status_code == 400 and "not JSON" in response.json()["error"]
     assert post("github", b"[1, 2]").status_code == 400
+    response = post("github", b"[" * 1020 + b"]" * 1020)
+    assert response.status_code == 400 and "nested too deeply" in response.json()["error"]
     response = post("github", {"ref": "refs/heads/main"})
     assert response.status_code == 400 and "repository" in response.json()["error"]
     bad_after = github_push(repo.file_url, "not-a-sha")
