@@ -76,7 +76,7 @@ def deploy_commit(app: App, push: Push, *, via: str) -> Outcome:
             Deployment.objects.filter(app=app, kind=DeploymentKind.DEPLOY)
             .unfinished()
             .order_by("-pk")
-            .only("pk", "ref", "commit_sha", "status", "requested_via")
+            .only("pk", "public_id", "ref", "commit_sha", "status", "requested_via")
         )
         for deployment in pending:
             if push.after in (deployment.ref, deployment.commit_sha):
