@@ -412,3 +412,6 @@ class AppWithDeploymentsAdmin(QuickCheckbox, AppAdmin):
                             deployment.get_kind_display().lower(), deployment.short_id, app.name),
                 messages.SUCCESS,
             )
+
+# Deploy on push (webhook deliveries, triggers, poll state): registered there.
+from deployments import admin_hooks  # noqa: E402,F401

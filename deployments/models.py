@@ -569,3 +569,97 @@ class DeploymentDay(models.Model):
 
     def __str__(self):
         return f"app {self.app_id} on {self.day}: {self.count}"
+
+
+# --- Deploy on push: webhooks, coalescing, polling (docs/autodeploy.md) -------
+
+
+class WebhookDelivery(models.Model):
+    """One push webhook received, by the provider's delivery id: a delivery
+    sent again (providers retry, people press "redeliver") finds its row and
+    queues nothing more. Holds no secret and no payload."""
+
+    provider = models.CharField(max_length=16)
+    delivery_id = models.CharField(max_length=200)
+    received_at = models.DateTimeField(auto_now_add=True)
+    # The HTTP status Norn answered with and what it did, as it said it then.
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    outcome = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        verbose_name = "webhook delivery"
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            # Also the index for "was this delivery handled already".
+            models.UniqueConstraint(fields=["provider", "delivery_id"], name="one_row_per_webhook_delivery"),
+        ]
+        indexes = [
+            # The admin's list, newest first.
+            models.Index(fields=["-received_at", "-id"], name="webhook_delivery_recent"),
+        ]
+
+    def __str__(self):
+        return f"{self.provider} {self.delivery_id}"
+
+
+class AutoDeployTrigger(models.Model):
+    """A push (or a poll that saw the branch move) that a deployment covers.
+
+    Several rows point at one deployment when pushes arrived while it was
+    still queued and it was retargeted to the newest commit (coalescing)."""
+
+    class Source(models.TextChoices):
+        WEBHOOK = "webhook", "Webhook"
+        POLL = "poll", "Poll"
+
+    # Most commits one trigger keeps (their SHAs and subjects); the count of
+    # all of them is kept in commits_total.
+    MAX_COMMITS = 50
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="autodeploy_triggers")
+    source = models.CharField(max_length=8, choices=Source.choices)
+    # github, gitlab or gitea (Gitea and Forgejo); empty for a poll.
+    provider = models.CharField(max_length=16, blank=True)
+    delivery_id = models.CharField(max_length=200, blank=True)
+    pusher = models.CharField(max_length=150, blank=True)
+    branch = models.CharField(max_length=255)
+    before = models.CharField(max_length=64, blank=True)
+    after = models.CharField(max_length=64)
+    # [{"sha": ..., "subject": ...}], oldest first, at most MAX_COMMITS.
+    commits = models.JSONField(default=list, blank=True)
+    commits_total = models.PositiveIntegerField(default=0)
+    # What happened: "queued" (a new deployment), "retargeted" (a queued one
+    # now deploys `after`) or "covered" (one queued or running has it already).
+    action = models.CharField(max_length=16)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        verbose_name = "auto-deploy trigger"
+        indexes = [
+            # A deployment's triggers (its page, the admin), in the order they came.
+            models.Index(fields=["deployment", "created_at"], name="autodeploy_trigger_deployment"),
+        ]
+
+    def __str__(self):
+        return f"{self.source} {self.after[:12]} -> deployment {self.deployment_id}"
+
+
+class AutoDeployState(models.Model):
+    """What the poller last saw of an autoDeploy app's branch, and when to
+    look again (later and later while the repository cannot be reached)."""
+
+    app = models.OneToOneField(App, on_delete=models.CASCADE, primary_key=True, related_name="autodeploy_state")
+    last_seen_sha = models.CharField(max_length=64, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    next_check_at = models.DateTimeField(null=True, blank=True)
+    # Consecutive failed polls; the wait before the next doubles with each.
+    failures = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name = "auto-deploy poll state"
+
+    def __str__(self):
+        return f"{self.app_id}: {self.last_seen_sha[:12] or 'not seen yet'}"

@@ -38,3 +38,11 @@ def on_worker_spawn(sender, proc_name=None, **kwargs):
             log.warning("%s recovered deployments %s", proc_name, recovered)
     except Exception:
         log.exception("crash recovery failed at worker start")
+
+
+def poll_autodeploy():
+    """The auto-deploy poll (schedule norn-autodeploy-poll, every minute):
+    `git ls-remote` of each autoDeploy app that is due (docs/autodeploy.md)."""
+    from deployments import autodeploy
+
+    return autodeploy.poll_due_apps()

@@ -25,3 +25,11 @@ urlpatterns = [
     path("api/deployments", api.deployments, name="api-deployments"),
     path("api/deployments/<str:text>", api.deployment, name="api-deployment"),
 ]
+
+# Push webhooks (deployments/hooks.py): signed by the git host, no login.
+from deployments import hooks  # noqa: E402
+
+urlpatterns += [
+    path(f"hooks/{provider}", hooks.receive, {"provider": provider}, name=f"webhook-{provider}")
+    for provider in ("github", "gitlab", "gitea")
+]

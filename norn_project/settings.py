@@ -437,9 +437,7 @@ LOGGING = {
     },
     "root": {
         "handlers": ["console"],
-        "level": envchoice(
-            "NORN_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
-        ),
+        "level": envchoice("NORN_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
     },
     "loggers": {
         "django": {"level": "INFO"},
@@ -448,3 +446,5 @@ LOGGING = {
         **{name: {"filters": ["one_line_refusals"]} for name in REFUSAL_LOGGERS},
     },
 }
+# Deploy on push (docs/autodeploy.md): largest webhook body; seconds between polls, 0 off (webhook secrets: deployments/hooks.py)
+NORN_WEBHOOK_MAX_BYTES, NORN_POLL_INTERVAL = envint("NORN_WEBHOOK_MAX_BYTES", 5 << 20, minimum=1024), envint("NORN_POLL_INTERVAL", 60, minimum=0, maximum=86400)
