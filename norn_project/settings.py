@@ -437,9 +437,7 @@ LOGGING = {
     },
     "root": {
         "handlers": ["console"],
-        "level": envchoice(
-            "NORN_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
-        ),
+        "level": envchoice("NORN_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
     },
     "loggers": {
         "django": {"level": "INFO"},
@@ -448,3 +446,5 @@ LOGGING = {
         **{name: {"filters": ["one_line_refusals"]} for name in REFUSAL_LOGGERS},
     },
 }
+
+from norn_project.notifysettings import *  # noqa: E402,F401,F403 -- notifications and mail: docs/notifications.md
