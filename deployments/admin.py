@@ -412,3 +412,5 @@ class AppWithDeploymentsAdmin(QuickCheckbox, AppAdmin):
                             deployment.get_kind_display().lower(), deployment.short_id, app.name),
                 messages.SUCCESS,
             )
+
+from deployments import admin_notifications  # noqa: E402,F401 (registers the notification deliveries' admin)

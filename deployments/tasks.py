@@ -38,3 +38,12 @@ def on_worker_spawn(sender, proc_name=None, **kwargs):
             log.warning("%s recovered deployments %s", proc_name, recovered)
     except Exception:
         log.exception("crash recovery failed at worker start")
+
+
+def send_notification(delivery_id, attempt=1):
+    """One attempt at telling a target of a deployment's end; a retryable
+    failure queues the next (deployments/notifications.py). Safe to run twice:
+    an attempt is claimed once."""
+    from deployments import notifications
+
+    return notifications.attempt(delivery_id, attempt)
