@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from apps_registry.models import App
 from deployments import notify_senders
-from deployments.models import Deployment, DeploymentKind, DeploymentStatus, NotificationDelivery, TERMINAL_STATUSES
+from deployments.models import Deployment, DeploymentKind, DeploymentStatus, NotificationDelivery
 from deployments.runner import Redactor
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,9 @@ def record(deployment_id: int) -> list[int]:
     """One delivery per target that asked for the deployment's event; a
     second call for the same end adds none. Returns the ids to send."""
     deployment = Deployment.objects.select_related("app").filter(pk=deployment_id).first()
-    if deployment is None or not _ended(deployment.status):
+    # Every way a deployment ends sets finished_at, whatever the terminal
+    # status (and one this module has not heard of is announced by its name).
+    if deployment is None or deployment.finished_at is None:
         return []
     event = event_for(deployment.status, deployment.kind)
     to_send = []
@@ -165,12 +167,6 @@ def record(deployment_id: int) -> list[int]:
         else:
             to_send.append(delivery.pk)
     return to_send
-
-
-def _ended(status):
-    # Compared by value: a terminal status another module adds later (and
-    # statuses this module has never heard of) count once TERMINAL_STATUSES has them.
-    return status in {str(s) for s in TERMINAL_STATUSES}
 
 
 # --- sending ------------------------------------------------------------------
