@@ -482,3 +482,23 @@ def test_a_real_deployment_ends_and_its_notice_arrives_without_waiting_for_the_t
     assert (body["event"], body["app"], body["deployment"]["id"]) == ("failed", "nfail", str(deployment.public_id))
     assert body["deployment"]["error"].startswith("test failed: sh exited with status 3")
     assert body["deployment"]["commit_sha"] == deployment.commit_sha
+
+
+def test_send_again_picks_up_a_target_configured_since(receiver, hook):
+    deployment = ended(registered_app())
+    assert notifications.record(deployment.pk) == []  # HOOK not configured yet
+    delivery = NotificationDelivery.objects.get(deployment=deployment)
+    assert delivery.status == "not_configured"
+    assert notifications.send_again([delivery]) == (0, 0)  # still not configured: nothing queued
+    r = receiver((200, "ok"))
+    hook(r.url)
+    assert notifications.send_again([NotificationDelivery.objects.get(pk=delivery.pk)]) == (1, 0)
+    assert tasks.send_notification(delivery.pk, 1) == "sent"
+    assert len(r.requests) == 1
+    # A pending delivery is left to its queued attempt.
+    NotificationDelivery.objects.filter(pk=delivery.pk).update(status="pending")
+    assert notifications.send_again([NotificationDelivery.objects.get(pk=delivery.pk)]) == (0, 1)
+
+
+def test_an_unknown_deployment_records_nothing():
+    assert notifications.record(10**9) == []
