@@ -502,3 +502,20 @@ def test_send_again_picks_up_a_target_configured_since(receiver, hook):
 
 def test_an_unknown_deployment_records_nothing():
     assert notifications.record(10**9) == []
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("NORN_NOTIFY_RETRY_DELAYS", "10,soon", "NORN_NOTIFY_RETRY_DELAYS: 'soon' is not a delay; use whole seconds "
+                                            "from 1 to 86400, comma-separated, e.g. 10,30,120,600"),
+    ("NORN_NOTIFY_RETRY_DELAYS", ",".join(["5"] * 11), "NORN_NOTIFY_RETRY_DELAYS lists 11 delays; at most 10 retries"),
+    ("NORN_NOTIFY_TIMEOUT", "0", "NORN_NOTIFY_TIMEOUT='0' is out of range"),
+    ("NORN_NOTIFY_EMAIL_FROM", "norn", "NORN_NOTIFY_EMAIL_FROM='norn' is not an email address"),
+    ("EMAIL_PORT", "smtp", "EMAIL_PORT='smtp' is not a whole number"),
+])
+def test_bad_notification_settings_stop_norn_naming_the_variable(name, value, expected):
+    from tests.test_settings import run_manage
+
+    result = run_manage("check", **{name: value})
+    assert result.returncode == 2
+    assert "Norn is misconfigured: " + expected in result.stderr
+    assert "Traceback" not in result.stderr
