@@ -25,7 +25,7 @@ from apps_registry.fieldchecks import (  # noqa: F401 (HEX_RE, branch_name_probl
     check_run_as_user, check_schedule, quantity_text, quantity_value, redact_url, repo_url_problem, shown,
     too_long,
 )
-from apps_registry.spec import Spec
+from apps_registry.spec import Spec, notify_problems
 
 FILENAME = "infraspec.yaml"
 # Past this many problems a file lists the first ones and how many more: a
@@ -141,6 +141,7 @@ SCHEMA = Mapping(
         "snapshots": Mapping({"retain": Field(INT, check=check_retain)}),
         "resources": Mapping({"requests": _resources(False), "limits": _resources(True)}),
         "security": Mapping({"runAsUser": Field(INT, check=check_run_as_user), "runAsNonRoot": Field(BOOL)}),
+        "notify": Field((list,)),
     }
 )
 
@@ -327,6 +328,10 @@ def _check_cross_fields(v, data, spec, directory_name):
     _check_resources(v, spec)
     _check_security(v, spec)
     _check_domains(v, role, spec)
+    if spec["notify"] is not None:  # target names only (docs/notifications.md)
+        spec["notify"], problems = notify_problems(spec["notify"])
+        for path, problem in problems:
+            v.error(("notify", *path), problem)
     if spec["healthcheck"] and data.get("port") is None and not data.get("domains"):
         v.error(("healthcheck",), "needs port or domains (the new version is probed on its $PORT); add one")
     env = spec["env"]

@@ -6,6 +6,8 @@ an App row's stored `spec` JSON, which may predate a field, and fills in every
 default here, in one place. docs/infraspec.md describes the fields.
 """
 
+import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +97,86 @@ class Security:
     run_as_non_root: bool = True
 
 
+# --- notify: who hears of a deployment's end (docs/notifications.md) ----------
+
+# The events a deployment's end is announced as: deployed (a deploy went live),
+# failed, rolled_back (a rollback went live), restored (a restore went live),
+# and any other terminal status by its name (cancelled), only when asked for.
+NOTIFY_EVENTS = ("deployed", "failed", "rolled_back", "restored", "cancelled")
+DEFAULT_NOTIFY_ON = ("deployed", "failed", "rolled_back", "restored")
+MAX_NOTIFY_TARGETS = 10
+# A target's name makes its environment variables (ops-slack: NORN_NOTIFY_OPS_SLACK_URL),
+# so '-' is the only separator: "ops_slack" would name the same variables.
+NOTIFY_TARGET_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
+
+
+@dataclass(frozen=True)
+class NotifyRule:
+    """notify[i]: tell the target `target` of the events in `events`."""
+
+    target: str
+    events: tuple[str, ...] = DEFAULT_NOTIFY_ON
+
+
+def notify_problems(value: list) -> tuple[list[dict], list[tuple[tuple, str]]]:
+    """notify as infraspec.yaml gives it (a list of {target, events} mappings,
+    or target names) -> (the normalized rules, [(field path, problem)]).
+
+    The key is `events`, not `on`: YAML 1.1 reads a bare `on` as true."""
+    rules, problems, seen = [], [], {}
+    if not value or len(value) > MAX_NOTIFY_TARGETS:
+        return [], [((), f"has {len(value)} targets; list from 1 to {MAX_NOTIFY_TARGETS}, or leave notify out")]
+    for index, item in enumerate(value):
+        item = {"target": item} if isinstance(item, str) else item
+        if not isinstance(item, dict):
+            problems.append(((index,), f"{_shown(item)} is not a mapping; give {{target: NAME, events: [EVENT, ...]}}"))
+            continue
+        for key in item:
+            if key is True:  # YAML 1.1 reads a bare `on` as true
+                problems.append(((index, "on"), "is not a key here; list the events under events"))
+            elif key not in ("target", "events"):
+                problems.append(((index, str(key)), f"unknown key {_shown(key)}; valid keys here are target, events"))
+        target, events = item.get("target"), item.get("events")
+        if target is None:
+            problems.append(((index, "target"), "is required: the name of a target configured in Norn's environment"))
+        elif not isinstance(target, str) or not NOTIFY_TARGET_RE.fullmatch(target):
+            problems.append(((index, "target"), f"{_shown(target)} is not a target name; use 1 to 40 lower-case "
+                             "letters, digits and '-', starting with a letter (e.g. ops-slack)"))
+            target = None
+        elif target in seen:
+            problems.append(((index, "target"), f"{_shown(target)} is listed twice (also notify[{seen[target]}]); "
+                             "keep one and list all its events there"))
+            target = None
+        else:
+            seen[target] = index
+        events = _notify_events(events, index, problems)
+        if target is not None and events is not None:
+            rules.append({"target": target, "events": events})
+    return rules, problems
+
+
+def _notify_events(given, index, problems):
+    valid = ", ".join(NOTIFY_EVENTS)
+    if given is None:
+        return list(DEFAULT_NOTIFY_ON)
+    if not isinstance(given, list) or not given:
+        problems.append(((index, "events"), f"{_shown(given)} is not a list of events; give some of {valid}"))
+        return None
+    events, bad = [], False
+    for position, event in enumerate(given):
+        if not isinstance(event, str) or event not in NOTIFY_EVENTS:
+            problems.append(((index, "events", position), f"{_shown(event)} is not an event; use one of {valid}"))
+            bad = True
+        elif event not in events:
+            events.append(event)
+    return None if bad else events
+
+
+def _shown(value):
+    text = reprlib.repr(value)  # a huge value is not built whole
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
 @dataclass(frozen=True)
 class Spec:
     app: str
@@ -123,6 +205,9 @@ class Spec:
     snapshots: Snapshots = field(default_factory=Snapshots)
     resources: Resources = field(default_factory=Resources)
     security: Security = field(default_factory=Security)
+    # Targets told of the deployment's end; only names: their URLs and secrets
+    # are in Norn's environment (deployments/notifications.py).
+    notify: tuple[NotifyRule, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "Spec":
@@ -183,6 +268,10 @@ class Spec:
                 run_as_user=security.get("runAsUser"),
                 run_as_non_root=security.get("runAsNonRoot") is not False,
             ),
+            notify=tuple(
+                NotifyRule(rule["target"], tuple(rule.get("events") or DEFAULT_NOTIFY_ON))
+                for rule in data.get("notify") or ()
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +300,8 @@ class Spec:
                 "limits": self.resources.limits.to_dict(),
             } if self.resources else None,
             "security": {"runAsUser": self.security.run_as_user, "runAsNonRoot": self.security.run_as_non_root},
+            # Only when given: specs stored before notify existed read the same.
+            **({"notify": [{"target": r.target, "events": list(r.events)} for r in self.notify]} if self.notify else {}),
         }
 
     @property

@@ -415,3 +415,5 @@ class AppWithDeploymentsAdmin(QuickCheckbox, AppAdmin):
 
 # Deploy on push (webhook deliveries, triggers, poll state): registered there.
 from deployments import admin_hooks  # noqa: E402,F401
+# Notification deliveries: registered there.
+from deployments import admin_notifications  # noqa: E402,F401

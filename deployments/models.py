@@ -663,3 +663,55 @@ class AutoDeployState(models.Model):
 
     def __str__(self):
         return f"{self.app_id}: {self.last_seen_sha[:12] or 'not seen yet'}"
+
+
+class NotificationDelivery(models.Model):
+    """One notice of a deployment's end to one target (deployments/notifications.py):
+    its status, attempts and the target's last answer.
+
+    Only the target's name is stored: its URL, secret or addresses stay in
+    Norn's environment (NORN_NOTIFY_<TARGET>_*), never in the database.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        NOT_CONFIGURED = "not_configured", "Not configured"
+
+    # X-Norn-Delivery: the same on every attempt, so a receiver can drop repeats.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="notifications")
+    target = models.CharField(max_length=64)
+    # webhook, slack or email; blank while the target is not configured.
+    kind = models.CharField(max_length=16, blank=True)
+    event = models.CharField(max_length=32)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    response_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Redacted and cut short (notifications.MAX_ERROR).
+    error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-pk"]
+        verbose_name = "notification delivery"
+        verbose_name_plural = "notification deliveries"
+        # The admin's Send again.
+        permissions = [("send_notification", "Can send a notification again")]
+        constraints = [
+            # deployment_ended may run twice for one end (the pipeline and
+            # crash recovery): each target is told once.
+            models.UniqueConstraint(fields=["deployment", "target"], name="notification_once_per_target"),
+        ]
+        indexes = [
+            # The admin's list filtered by status (failed ones first to look at), newest first.
+            models.Index(fields=["status", "-id"], name="notification_status_recent"),
+            # The admin's list filtered by target, newest first.
+            models.Index(fields=["target", "-id"], name="notification_target_recent"),
+        ]
+
+    def __str__(self):
+        return f"{self.event} of deployment {self.deployment_id} to {self.target}: {self.status}"

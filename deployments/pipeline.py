@@ -21,7 +21,8 @@ from django.db import DatabaseError, connection
 from apps_registry import infraspec
 from apps_registry.spec import Spec
 from deployments import (
-    appdb, containers, deferred, events, gitauth, queue, retention, rollback, runner, states, transitions,
+    appdb, containers, deferred, events, gitauth, notifications, queue, retention, rollback, runner, states,
+    transitions,
 )
 from deployments.models import Deployment
 from deployments.outcomes import Outcome, Skip, StepFailed, cancel_message
@@ -111,6 +112,8 @@ def execute(deployment_id: int) -> bool:
         heartbeat.stop()
         deferred.start(deployment_id, progress.deferred, progress.redact)
         _dispatch_next(deployment_id, progress.app_id)
+        # Its end (or crash) is committed: queue who is told of it (never raises).
+        notifications.deployment_ended(deployment_id)
         # Live listeners get the last events before this worker goes idle.
         events.publisher.flush()
     return True

@@ -46,3 +46,12 @@ def poll_autodeploy():
     from deployments import autodeploy
 
     return autodeploy.poll_due_apps()
+
+
+def send_notification(delivery_id, attempt=1):
+    """One attempt at telling a target of a deployment's end; a retryable
+    failure queues the next (deployments/notifications.py). Safe to run twice:
+    an attempt is claimed once."""
+    from deployments import notifications
+
+    return notifications.attempt(delivery_id, attempt)

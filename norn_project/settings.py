@@ -446,5 +446,5 @@ LOGGING = {
         **{name: {"filters": ["one_line_refusals"]} for name in REFUSAL_LOGGERS},
     },
 }
-# Deploy on push (docs/autodeploy.md): largest webhook body; seconds between polls, 0 off (webhook secrets: deployments/hooks.py)
-NORN_WEBHOOK_MAX_BYTES, NORN_POLL_INTERVAL = envint("NORN_WEBHOOK_MAX_BYTES", 5 << 20, minimum=1024), envint("NORN_POLL_INTERVAL", 60, minimum=0, maximum=86400)
+# Deploy on push and notifications (docs/autodeploy.md, docs/notifications.md).
+from norn_project.integrations import *  # noqa: E402,F401,F403
