@@ -29,8 +29,7 @@ from deployments.requests import DeployRequestError, request_deployment, request
 from deployments.templatetags.ids import ident_html
 from deployments.templatetags.norn import duration, status_badge
 
-# A step's output on the deployment's admin page: its end, folded away (the
-# dashboard's deployment page shows all of it, live).
+# A step's output on the deployment's admin page: its end, folded (the dashboard shows it all).
 OUTPUT_LINES = 200
 # The deployment's admin page, top to bottom (DeploymentAdmin.get_fields
 # leaves out what does not apply).
@@ -75,7 +74,8 @@ class StepInline(admin.TabularInline):
         if not lines:
             return "—"
         shown = lines[-OUTPUT_LINES:]
-        summary = f"{len(lines)} lines" if len(lines) == len(shown) else f"last {len(shown)} of {len(lines)} lines"
+        summary = (f"{len(lines)} line{'s' if len(lines) > 1 else ''}" if len(lines) == len(shown)
+                   else f"last {len(shown)} of {len(lines)} lines")
         return format_html('<details class="norn-output"><summary>{}</summary><pre>{}</pre></details>',
                            summary, "\n".join(shown))
 
@@ -132,9 +132,8 @@ class SameWayChangeList(ChangeList):
 
 @admin.register(Deployment)
 class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
-    # What an operator looks for, narrow enough for 1280 px with the filters
-    # beside it (tests/test_browser_pages.py); the status's position (5)
-    # and the queue time's (7) are the ?o= sorts that bookmarks keep.
+    # What an operator looks for, fitting 1280 px beside the filters (tests/test_browser_pages.py);
+    # status and queued_at keep their positions (5, 7): the ?o= sorts bookmarks have.
     list_display = ("short_id", "app", "kind", "ref_commit", "status", "requested_by_label", "queued_at", "took")
     # By date with a filter, not date_hierarchy: its year and month links
     # need a SELECT DISTINCT date_trunc(...) over the whole (filtered) table.
@@ -221,6 +220,10 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
         if obj is not None and not obj.error:
             left_out.add("error_text")
         return [name for name in DETAIL_FIELDS if name not in left_out]
+
+    @admin.display(description="ID")
+    def short_id(self, obj):
+        return obj.short_id
 
     @admin.display(description="Ref / commit")
     def ref_commit(self, obj):
