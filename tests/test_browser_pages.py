@@ -89,6 +89,14 @@ def test_admin_list_shows_every_column_at_1280_without_scrolling(browser, daphne
     assert ref.evaluate("e => e.scrollWidth > e.clientWidth")
     # No bulk delete among the actions.
     assert "delete_selected" not in page.locator("select[name=action]").inner_html()
+    # On a phone every row is a short paragraph: nothing to scroll sideways, every value there.
+    page.set_viewport_size(PHONE)
+    table_width, room = cells_fit(page)
+    assert table_width <= room, f"on a phone the list is {table_width} px wide in {room} px"
+    first = page.locator("#result_list tbody tr").first
+    for cell in ("short_id", "app", "kind", "ref_commit", "status", "requested_by_label", "queued_at", "took"):
+        expect(first.locator(f".field-{cell}")).to_be_visible()
+    page.set_viewport_size(DESKTOP)
     screenshots(page, "20-admin-deployment-list")
 
 
