@@ -150,6 +150,8 @@ def test_short_middle_keeps_both_ends_of_a_path():
     assert "…" in short
     assert shorten("web_db", 32, middle=True) == "web_db"
     assert shorten("abcdef", 3) == "abc"
+    heading = Template("{% load ids %}{{ value|middle:12 }}").render(Context({"value": "web_production_database"}))
+    assert heading == "web_…atabase"
 
 
 def test_identifiers_are_escaped_and_none_is_a_dash():

@@ -180,6 +180,8 @@ def test_restore_page_identifiers_stay_on_one_line_on_a_phone(browser, daphne, w
         page.goto(f"{daphne.url}/snapshots/{snapshot.pk}/restore")
         path = page.locator(f'.ident code[title="{snapshot.path}"]')
         expect(path).to_contain_text("…")
+        # The heading and the button name the database short, never broken mid-name.
+        expect(page.get_by_role("heading", level=1)).to_have_text("Restore database web_produ…th_a_long_name?")
         assert_one_line(page)
         assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
     screenshots(page, "23-restore-page")

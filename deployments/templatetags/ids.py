@@ -69,3 +69,10 @@ def short_id(value, length=8, copy=True):
 def short_middle(value, length=32, copy=True):
     """A path, an image reference or a database name: its ends, … between."""
     return mark_safe(ident_html(value, length, middle=True, copy=copy))
+
+
+@register.filter
+def middle(value, length=24):
+    """A long value as plain text with … in its middle, for a heading or a
+    button, where a copy button would not belong: `{{ snapshot.database|middle:24 }}`."""
+    return shorten("" if value is None else str(value), int(length), middle=True)
