@@ -47,15 +47,23 @@ def superuser():
     return User.objects.create_superuser("admin-with-a-long-name", password="x")
 
 
-def a_history(web):
-    """Deployments as an operator's list has them: long refs, every kind, failures, one running."""
+def a_history(web, make_app):
+    """Deployments as an operator's list has them: apps with longer names, long refs, people with long
+    names, every kind, failures, one running."""
+    from apps_registry.models import App
+
+    make_app("notifications-api", "app: notifications-api\nrole: worker\n")
+    other = App.objects.get(name="notifications-api")
+    someone = User.objects.create_user("margaret.hamilton-longname")
     made = []
     for i in range(12):
         status = [DeploymentStatus.DEPLOYED, DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK][i % 3]
         made.append(make_deployment(web, status, ref=LONG_REF if i % 2 else "main", commit=f"{i:x}" * 40,
                                     image=f"127.0.0.1:5000/norn/web:{f'{i:x}' * 40}", ago=100 - i,
                                     steps=all_succeeded(), kind="rollback" if i == 5 else "deploy"))
-    made.append(make_deployment(web, DeploymentStatus.MIGRATING, ref="main", commit="f" * 40))
+    made.append(make_deployment(other, DeploymentStatus.MIGRATING, ref="main", commit="f" * 40))
+    made.append(make_deployment(other, ref=LONG_REF, commit="e" * 40, kind="restore"))
+    Deployment.objects.filter(pk__in=[d.pk for d in made[::2]]).update(requested_by=someone)
     return made
 
 
@@ -67,8 +75,8 @@ def cells_fit(page):
     }""")
 
 
-def test_admin_list_shows_every_column_at_1280_without_scrolling(browser, daphne, web, superuser):
-    a_history(web)
+def test_admin_list_shows_every_column_at_1280_without_scrolling(browser, daphne, web, make_app, superuser):
+    a_history(web, make_app)
     page = logged_in_page(browser, daphne, superuser)
     page.goto(f"{daphne.url}{ADMIN}")
     headers = page.locator("#result_list thead th").evaluate_all("ths => ths.map(th => th.textContent.trim())")
@@ -87,6 +95,10 @@ def test_admin_list_shows_every_column_at_1280_without_scrolling(browser, daphne
     ref = page.locator("td.field-ref_commit code.ref", has_text="feature/").first
     assert ref.get_attribute("title") == LONG_REF
     assert ref.evaluate("e => e.scrollWidth > e.clientWidth")
+    # Statuses coloured as on the dashboard, the word kept.
+    failed = page.locator("#result_list td.field-status .status-failed").first
+    expect(failed).to_have_text("Failed")
+    assert failed.evaluate("e => getComputedStyle(e).color") == "rgb(207, 34, 46)"
     # No bulk delete among the actions.
     assert "delete_selected" not in page.locator("select[name=action]").inner_html()
     # On a phone every row is a short paragraph: nothing to scroll sideways, every value there.
