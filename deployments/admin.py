@@ -26,7 +26,7 @@ from deployments import transitions
 from deployments.models import CronJob, CronRun, Deployment, Event, Snapshot, Step
 from deployments.paging import BEFORE, AFTER, LongListPaginator
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
-from deployments.templatetags.ids import ident_html
+from deployments.templatetags.ids import ident_html, shorten_image
 from deployments.templatetags.norn import duration, status_badge
 
 # A step's output on the deployment's admin page: its end, folded (the dashboard shows it all).
@@ -255,7 +255,7 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
 
     @admin.display(description="Image")
     def image_ref(self, obj):
-        return mark_safe(ident_html(obj.image, 48, middle=True))
+        return mark_safe(ident_html(obj.image, short=shorten_image(obj.image)))
 
     @admin.display(description="Error")
     def error_text(self, obj):

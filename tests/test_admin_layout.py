@@ -154,6 +154,19 @@ def test_short_middle_keeps_both_ends_of_a_path():
     assert heading == "web_…atabase"
 
 
+def test_short_image_keeps_the_name_and_the_tags_start():
+    from deployments.templatetags.ids import shorten_image
+
+    assert shorten_image("127.0.0.1:5000/norn/web:" + "9" * 40) == "127.0.0.1:5000/norn/web:" + "9" * 12
+    assert shorten_image("web:1") == "web:1"
+    assert shorten_image("127.0.0.1:5000/web") == "127.0.0.1:5000/web"  # a registry's port, no tag
+    long_name = "registry.example.com:8443/" + "team/" * 10 + "web"
+    short = shorten_image(long_name + ":v1")
+    assert short.endswith("/web:v1") and "…" in short and len(short) == 40 + 3
+    html = Template("{% load ids %}{% short_image value %}").render(Context({"value": "reg/web:" + "a" * 40}))
+    assert '<code title="reg/web:' + "a" * 40 + '">reg/web:' + "a" * 12 + "</code>" in html
+
+
 def test_identifiers_are_escaped_and_none_is_a_dash():
     html = ident_html('<img src=x onerror="alert(1)">', 8)
     assert "<img" not in html and "&lt;img" in html and "&quot;" in html

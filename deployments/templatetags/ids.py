@@ -2,8 +2,10 @@
 
     {% short_id deployment.public_id %}        first 8 characters (UUIDs)
     {% short_id deployment.commit_sha 7 %}     a commit, as git abbreviates it
-    {% short_middle snapshot.path 32 %}        both ends of a path, an image
-                                               reference or a database name, … between
+    {% short_middle snapshot.path 32 %}        both ends of a path or a database
+                                               name, … between
+    {% short_image deployment.image %}         an image reference: its name whole
+                                               (up to 40), its tag's first 12 characters
 
 Each renders one unbreakable unit (CSS `.ident`, static/norn/norn.css):
 
@@ -44,13 +46,22 @@ def shorten(value: str, length: int, *, middle: bool = False) -> str:
     return f"{value[:head]}{ELLIPSIS}{value[-tail:]}"
 
 
-def ident_html(value, length: int = 8, *, middle: bool = False, copy: bool = True) -> str:
+def shorten_image(image: str, name_length: int = 40, tag_length: int = 12) -> str:
+    """`registry/name:tag` with the tag (Norn's are commit SHAs) cut to its
+    start and a long name cut in its middle: what tells images apart stays."""
+    name, colon, tag = image.rpartition(":")
+    if not colon or "/" in tag:  # no tag (the colon was a registry's port)
+        return shorten(image, name_length, middle=True)
+    return f"{shorten(name, name_length, middle=True)}:{shorten(tag, tag_length)}"
+
+
+def ident_html(value, length: int = 8, *, middle: bool = False, copy: bool = True, short: str | None = None) -> str:
     """The markup of one identifier (see the module's docstring); "—" for
     no value. Escaped here: callers may mark it safe."""
     full = "" if value is None else str(value)
     if not full.strip():
         return "—"
-    short = shorten(full, int(length), middle=middle)
+    short = short if short is not None else shorten(full, int(length), middle=middle)
     quoted = escape(full)
     button = (
         f'<button type="button" class="copy" data-copy="{quoted}" aria-label="Copy {quoted}">{COPY_ICON}</button>'
@@ -69,6 +80,13 @@ def short_id(value, length=8, copy=True):
 def short_middle(value, length=32, copy=True):
     """A path, an image reference or a database name: its ends, … between."""
     return mark_safe(ident_html(value, length, middle=True, copy=copy))
+
+
+@register.simple_tag
+def short_image(value, copy=True):
+    """An image reference: its name, and its tag's start."""
+    full = "" if value is None else str(value)
+    return mark_safe(ident_html(full, copy=copy, short=shorten_image(full)))
 
 
 @register.filter
