@@ -16,7 +16,6 @@ admin.site.site_title = "Norn"
 admin.site.index_title = "Deploy control plane"
 
 
-
 @login_not_required
 @require_safe
 @cache_control(max_age=86400, public=True)
