@@ -1,34 +1,51 @@
 """Deployments in the admin: history with steps, output and snapshots, and the
 operator actions (deploy an app, cancel a deployment), permission-checked."""
 
-import uuid
 from html import escape
 
 from django.contrib import admin, messages
 from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
 from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.core.paginator import Paginator
-from django.db.models import Q, Sum
+from django.db.models import Sum
 from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
 from django.utils import formats, timezone
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext
 
 from apps_registry.admin import AppAdmin
 from apps_registry.models import App
 from deployments import admin_ingress, admin_queue, admin_tokens  # noqa: F401 (register their admins)
-from deployments.admin_rows import QuickCheckbox, QuickRows
+from deployments.admin_rows import (
+    AppFilter, QuickCheckbox, QuickRows, RuntimeFilter, SnapshotChangeList, indexed_search,
+)
 from deployments import transitions
 from deployments.models import CronJob, CronRun, Deployment, Event, Snapshot, Step
 from deployments.paging import BEFORE, AFTER, LongListPaginator
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
+from deployments.templatetags.ids import ident_html, shorten_image
+from deployments.templatetags.norn import duration, status_badge
+
+# A step's output on the deployment's admin page: its end, folded (the dashboard shows it all).
+OUTPUT_LINES = 200
+# The deployment's admin page, top to bottom (DeploymentAdmin.get_fields
+# leaves out what does not apply).
+DETAIL_FIELDS = (
+    "deployment_id", "app", "kind", "status_shown", "ref", "commit", "image_ref", "error_text", "requested_by_label",
+    "runtime", "queued_at", "started_at", "finished_at", "took", "worker", "heartbeat_at", "cancel_requested_at",
+    "cancel_requested_by",
+)
 
 
 class StepInline(admin.TabularInline):
+    """The deployment page's steps, in order: status, duration, what went
+    wrong, and the output's end folded away."""
+
     model = Step
-    fields = ("name", "status", "started_at", "duration", "skip_reason", "error", "output_tail")
+    fields = ("name", "step_status", "started_at", "step_took", "outcome", "step_output")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -37,10 +54,30 @@ class StepInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None):
         return False
 
-    @admin.display(description="Output (last 40 lines)")
-    def output_tail(self, obj):
-        lines = obj.output.rstrip("\n").splitlines()[-40:]
-        return format_html('<pre style="white-space: pre-wrap; max-width: 60em">{}</pre>', "\n".join(lines)) if lines else "—"
+    @admin.display(description="Status")
+    def step_status(self, obj):
+        return status_badge(obj.status, obj.get_status_display())
+
+    @admin.display(description="Took")
+    def step_took(self, obj):
+        return duration(obj.duration)
+
+    @admin.display(description="Error or reason")
+    def outcome(self, obj):
+        if obj.error:
+            return format_html('<pre class="norn-error">{}</pre>', obj.error)
+        return obj.skip_reason or "—"
+
+    @admin.display(description="Output")
+    def step_output(self, obj):
+        lines = obj.output.rstrip("\n").splitlines()
+        if not lines:
+            return "—"
+        shown = lines[-OUTPUT_LINES:]
+        summary = (f"{len(lines)} line{'s' if len(lines) > 1 else ''}" if len(lines) == len(shown)
+                   else f"last {len(shown)} of {len(lines)} lines")
+        return format_html('<details class="norn-output"><summary>{}</summary><pre>{}</pre></details>',
+                           summary, "\n".join(shown))
 
 
 class SameWayChangeList(ChangeList):
@@ -93,32 +130,11 @@ class SameWayChangeList(ChangeList):
         return self.get_query_string({PAGE_VAR: page.next_page_number(), AFTER: page.after_cursor})
 
 
-class RuntimeFilter(admin.SimpleListFilter):
-    """The runtimes Norn has (settings.NORN_RUNTIME), named rather than
-    found with a SELECT DISTINCT over every deployment."""
-
-    title = "runtime"
-    parameter_name = "runtime__exact"
-
-    def lookups(self, request, model_admin):
-        return [("docker", "Docker"), ("kubernetes", "Kubernetes")]
-
-    def queryset(self, request, queryset):
-        return queryset.filter(runtime=self.value()) if self.value() else queryset
-
-
-class AppFilter(admin.RelatedFieldListFilter):
-    """The filter by app from the apps' ids and names alone: the admin's
-    reads every app's whole row (its infraspec's JSON too) for the links."""
-
-    def field_choices(self, field, request, model_admin):
-        ordering = self.field_admin_ordering(field, request, model_admin) or App._meta.ordering
-        return list(App.objects.order_by(*ordering).values_list("pk", "name"))
-
-
 @admin.register(Deployment)
 class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
-    list_display = ("short_id", "app", "ref", "short_commit", "status", "requested_by_label", "queued_at", "took")
+    # What an operator looks for, fitting 1280 px beside the filters (tests/test_browser_pages.py);
+    # status and queued_at keep their positions (5, 7): the ?o= sorts bookmarks have.
+    list_display = ("short_id", "app", "kind", "ref_commit", "status", "requested_by_label", "queued_at", "took")
     # By date with a filter, not date_hierarchy: its year and month links
     # need a SELECT DISTINCT date_trunc(...) over the whole (filtered) table.
     list_filter = ("status", RuntimeFilter, ("app", AppFilter), ("queued_at", admin.DateFieldListFilter))
@@ -134,12 +150,7 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
     search_fields = ("public_id", "app__name", "ref", "commit_sha", "image")
     search_help_text = "An id or its first characters (as listed), an app's name, a ref, a commit's first characters or an image."
     list_select_related = ("app", "requested_by")
-    readonly_fields = (
-        "public_id", "app", "ref", "commit_sha", "image", "status", "error", "requested_by",
-        "requested_via", "runtime", "queued_at", "started_at", "finished_at", "owner",
-        "heartbeat_at", "cancel_requested_at", "cancel_requested_by",
-    )
-    exclude = ("step_pgid", "workdir", "last_event_seq")
+    readonly_fields = DETAIL_FIELDS
     inlines = [StepInline]
     actions = ["cancel_deployments", "roll_back_to"]
 
@@ -159,15 +170,14 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
                     current_app=self.admin_site.name),
         )
         label = gettext("Select this object for an action - {}")
-        empty = self.get_empty_value_display()
         return [[
             f'<td class="action-checkbox"><input type="checkbox" name="{admin.helpers.ACTION_CHECKBOX_NAME}" '
             f'value="{obj.pk}" class="action-select" aria-label="{escape(label.replace("{}", str(obj)))}"></td>',
             f'<th class="field-short_id"><a href="{escape(change_url.replace(placeholder, str(obj.pk)))}">'
             f'{obj.short_id}</a></th>',
             f'<td class="field-app nowrap">{escape(str(obj.app))}</td>',
-            f'<td class="field-ref">{escape(obj.ref if obj.ref.strip() else empty)}</td>',
-            f'<td class="field-short_commit">{escape(self.short_commit(obj))}</td>',
+            f'<td class="field-kind">{escape(obj.get_kind_display())}</td>',
+            f'<td class="field-ref_commit">{self.ref_commit(obj)}</td>',
             f'<td class="field-status">{escape(obj.get_status_display())}</td>',
             f'<td class="field-requested_by_label">{escape(obj.requested_by_label)}</td>',
             f'<td class="field-queued_at nowrap">'
@@ -182,31 +192,14 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
         # The page's rows with only what the columns show (actions still get
         # whole rows: they use the changelist's queryset, not the page's).
         listed = queryset.only(
-            "public_id", "app__name", "ref", "commit_sha", "status", "requested_by__username",
+            "public_id", "app__name", "kind", "ref", "commit_sha", "status", "requested_by__username",
             "requested_by_name", "requested_via", "queued_at", "started_at", "finished_at",
         )
         return self.paginator(listed, per_page, orphans, allow_empty_first_page,
                               after=request.GET.get(AFTER), before=request.GET.get(BEFORE))
 
     def get_search_results(self, request, queryset, search_term):
-        """Every word must match: an id by its first characters, an app by its
-        name, a ref, a commit by its first characters, or an image, exactly.
-        The admin's own search (icontains on every field) reads every row."""
-        words = search_term.split()[:10]
-        app_ids = dict(App.objects.filter(name__in=words).values_list("name", "pk")) if words else {}
-        for word in words:
-            match = Q(ref=word) | Q(image=word)
-            if word in app_ids:
-                match |= Q(app_id=app_ids[word])
-            hex_digits = word.lower().replace("-", "")
-            if 1 <= len(hex_digits) <= 32 and all(c in "0123456789abcdef" for c in hex_digits):
-                low = uuid.UUID(hex_digits.ljust(32, "0"))
-                high = uuid.UUID(hex_digits.ljust(32, "f"))
-                match |= Q(public_id__range=(low, high))
-                if len(hex_digits) >= 4 and "-" not in word:
-                    match |= Q(commit_sha__startswith=word.lower())
-            queryset = queryset.filter(match)
-        return queryset, False
+        return indexed_search(queryset, search_term), False
 
     def has_add_permission(self, request):
         return False
@@ -214,15 +207,70 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-    @admin.display(description="Commit")
-    def short_commit(self, obj):
-        return obj.commit_sha[:12] or "—"
+    def has_delete_permission(self, request, obj=None):
+        # Deployments are the record of what happened: never deleted here.
+        return False
 
-    @admin.display(description="Took")
+    def get_fields(self, request, obj=None):
+        left_out = set()
+        if obj is None or obj.is_terminal:
+            left_out |= {"worker", "heartbeat_at"}  # bookkeeping of a run that ended
+        if obj is not None and not obj.cancel_requested_at:
+            left_out |= {"cancel_requested_at", "cancel_requested_by"}
+        if obj is not None and not obj.error:
+            left_out.add("error_text")
+        return [name for name in DETAIL_FIELDS if name not in left_out]
+
+    @admin.display(description="ID")
+    def short_id(self, obj):
+        return obj.short_id
+
+    @admin.display(description="Ref / commit")
+    def ref_commit(self, obj):
+        ref = escape(obj.ref) if obj.ref.strip() else "—"
+        commit = ident_html(obj.commit_sha, 7) if obj.commit_sha else ""
+        return mark_safe(f'<code class="ref" title="{ref}">{ref}</code> {commit}')
+
+    @admin.display(description="Requested by")
+    def requested_by_label(self, obj):
+        return obj.requested_by_label
+
+    @admin.display(description="Duration")
     def took(self, obj):
         if obj.started_at and obj.finished_at:
-            return f"{(obj.finished_at - obj.started_at).total_seconds():.1f} s"
+            return duration(obj.finished_at - obj.started_at)
         return "—"
+
+    @admin.display(description="Deployment")
+    def deployment_id(self, obj):
+        return mark_safe(ident_html(obj.public_id))
+
+    @admin.display(description="Status")
+    def status_shown(self, obj):
+        return status_badge(obj.status, obj.get_status_display())
+
+    @admin.display(description="Commit")
+    def commit(self, obj):
+        return mark_safe(ident_html(obj.commit_sha, 12))
+
+    @admin.display(description="Image")
+    def image_ref(self, obj):
+        return mark_safe(ident_html(obj.image, short=shorten_image(obj.image)))
+
+    @admin.display(description="Error")
+    def error_text(self, obj):
+        return format_html('<pre class="norn-error">{}</pre>', obj.error)
+
+    @admin.display(description="Run by")
+    def worker(self, obj):
+        """The worker running it, as "worker on host H, pid P", not its owner token."""
+        if not obj.owner:
+            return "no worker yet"
+        try:
+            host, pid, _ = transitions.parse_owner(obj.owner)
+        except ValueError:
+            return obj.owner
+        return f"worker on host {host}, pid {pid}"
 
     @admin.action(description="Cancel selected deployments", permissions=["cancel"])
     def cancel_deployments(self, request, queryset):
@@ -256,18 +304,6 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
                         rollback.short_id, target.app.name, target.image),
             messages.SUCCESS,
         )
-
-
-class SnapshotChangeList(ChangeList):
-    def get_results(self, request):
-        # The rows with only what the columns show (actions still get whole
-        # rows: cl.get_queryset()): reading the apps' infraspecs (JSON) and
-        # the deployments' other columns was a third of the list's time.
-        self.queryset = self.queryset.only(
-            "database", "app__name", "kind", "deployment__ref", "deployment__public_id", "deployment__app__name",
-            "path", "size", "sha256", "created_at",
-        )
-        super().get_results(request)
 
 
 @admin.register(Snapshot)

@@ -18,7 +18,7 @@ def test_rollback_page_puts_back_a_chosen_earlier_image(operator, web):
     previous = make_deployment(web, commit="2" * 40, image="web:222", ago=30)
     live = make_deployment(web, commit="3" * 40, image="web:333")
     html = page(operator, "/apps/web/rollback")
-    assert "In service now: <code>web:333</code>" in html
+    assert 'In service now: <span class="ident"><code title="web:333">web:333</code>' in html
     assert re.findall(r'name="to" value="([0-9a-f-]+)"', html) == [str(previous.public_id), str(older.public_id)]
     response = operator.post("/apps/web/rollback", {"to": str(older.public_id)})
     rollback = Deployment.objects.get(kind="rollback")

@@ -4,12 +4,15 @@
  * When a deployment shown in the list changes, its status cell is fetched
  * again from the dashboard (/deployments/<uuid>/_status, server-rendered);
  * a new deployment reloads the list, unless rows are selected for an action.
+ * The status cells are coloured by their value as the dashboard's are.
  */
 (function () {
   "use strict";
 
   var box = document.getElementById("norn-live");
-  if (!box || !("WebSocket" in window)) return;
+  if (!box) return;
+  colourStatuses();
+  if (!("WebSocket" in window)) return;
 
   var PERMANENT = { 4401: "not logged in", 4403: "not allowed" };
   var MAX_BACKOFF = 30000;
@@ -101,6 +104,21 @@
       setState("reconnecting…");
       setTimeout(connect, delay);
     };
+  }
+
+  // The list's status cells as the dashboard shows statuses: coloured by
+  // their value (admin.css), the word kept. Cells fetched later come so.
+  function colourStatuses() {
+    var cells = document.querySelectorAll("#result_list td.field-status");
+    for (var i = 0; i < cells.length; i++) {
+      if (cells[i].querySelector(".status")) continue;
+      var label = cells[i].textContent.trim();
+      var badge = document.createElement("span");
+      badge.className = "status status-" + label.toLowerCase().replace(/ /g, "_");
+      badge.textContent = label;
+      cells[i].textContent = "";
+      cells[i].appendChild(badge);
+    }
   }
 
   setState("connecting…");
