@@ -18,12 +18,13 @@ from django.utils.translation import gettext
 
 from apps_registry.admin import AppAdmin
 from apps_registry.models import App
-from deployments import admin_ingress, admin_queue, admin_tokens  # noqa: F401 (register their admins)
+from deployments import (  # noqa: F401 (the admin_* modules register their admins)
+    admin_hooks, admin_ingress, admin_notifications, admin_queue, admin_records, admin_tokens, transitions,
+)
 from deployments.admin_rows import (
     AppFilter, QuickCheckbox, QuickRows, RuntimeFilter, SnapshotChangeList, indexed_search,
 )
-from deployments import transitions
-from deployments.models import CronJob, CronRun, Deployment, Event, Snapshot, Step
+from deployments.models import Deployment, Snapshot, Step
 from deployments.paging import BEFORE, AFTER, LongListPaginator
 from deployments.requests import DeployRequestError, request_deployment, request_restore, request_rollback
 from deployments.templatetags.ids import ident_html, shorten_image
@@ -361,48 +362,6 @@ class SnapshotAdmin(QuickRows, admin.ModelAdmin):
         return None
 
 
-@admin.register(Event)
-class EventAdmin(QuickCheckbox, admin.ModelAdmin):
-    list_display = ("deployment", "seq", "kind", "created_at")
-    # Newest first by the primary key: the model's ordering (by deployment,
-    # which orders by its queue time) would sort every event there is.
-    ordering = ("-id",)
-    paginator = LongListPaginator
-    show_full_result_count = False
-    list_filter = ("kind",)
-    list_select_related = ("deployment__app",)
-    readonly_fields = ("deployment", "seq", "kind", "payload", "created_at")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-
-class CronRunInline(admin.TabularInline):
-    model = CronRun
-    fields = ("started_at", "finished_at", "exit_code", "image", "output")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    max_num = 0
-    ordering = ("-started_at",)
-
-
-@admin.register(CronJob)
-class CronJobAdmin(admin.ModelAdmin):
-    list_display = ("app", "schedule", "image", "updated_at")
-    readonly_fields = ("app", "deployment", "image", "schedule", "command", "env", "updated_at")
-    inlines = [CronRunInline]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-
 # The registry's app list, with what the deployments app adds to it: the
 # deploy and rollback actions and the snapshots' disk usage. Registered here
 # so the registry does not depend on the deployments app.
@@ -448,8 +407,3 @@ class AppWithDeploymentsAdmin(QuickCheckbox, AppAdmin):
                             deployment.get_kind_display().lower(), deployment.short_id, app.name),
                 messages.SUCCESS,
             )
-
-# Deploy on push (webhook deliveries, triggers, poll state): registered there.
-from deployments import admin_hooks  # noqa: E402,F401
-# Notification deliveries: registered there.
-from deployments import admin_notifications  # noqa: E402,F401
