@@ -322,7 +322,7 @@ def test_repository_urls_match_across_https_ssh_and_scp_forms(make_app, monkeypa
     assert normalize_repo_url("file:///srv/repos/web.git") == normalize_repo_url("/srv/repos/web")
 
 
-def test_only_the_webhooks_health_login_and_token_api_need_no_login_or_csrf_token():
+def test_only_the_webhooks_health_login_favicon_and_token_api_need_no_login_or_csrf_token():
     """Every view Django would serve without a session login or a CSRF token,
     by name: a new one must be added here on purpose."""
 
@@ -343,7 +343,8 @@ def test_only_the_webhooks_health_login_and_token_api_need_no_login_or_csrf_toke
             no_csrf.add(route)
     hooks = {"hooks/github", "hooks/gitlab", "hooks/gitea"}
     api = {"api/deployments", "api/deployments/<str:text>"}
-    assert no_login == {"healthz", "login/", *api, *hooks}
+    # The favicon: a browser asks for it on the login page too.
+    assert no_login == {"healthz", "login/", "favicon.ico", *api, *hooks}
     assert no_csrf == {*api, *hooks}
 
 
