@@ -269,6 +269,9 @@ def describe(event: StreamedEvent) -> list[tuple[str, str | None]]:
         else:
             text = f"Deployed {payload['app']} {payload['commit_sha'][:12]} as {payload['image']}"
         return [(text, SUCCESS)]
+    if event.kind == "deploy.failed" and payload.get("status") == "cancelled":
+        # Ended on request: "cancelled by alice", and a cancelled rollout's note.
+        return [(f"Deployment {payload['id']} cancelled: {payload['error']}", WARNING)]
     if event.kind == "deploy.failed":
         return [(f"Deployment {payload['id']} failed: {payload['error']}", ERROR)]
     if event.kind == "deploy.cancelled":

@@ -209,4 +209,4 @@ def test_a_deployment_waiting_in_the_queue_is_explained(server, deployer, make_a
                 follower.kill()
     text = out.read_text()
     assert "Still queued, waiting for a worker: is manage.py qcluster running?" in text
-    assert "failed: cancelled by tester" in text
+    assert "cancelled: cancelled by tester" in text
