@@ -412,3 +412,10 @@ class AppWithDeploymentsAdmin(QuickCheckbox, AppAdmin):
                             deployment.get_kind_display().lower(), deployment.short_id, app.name),
                 messages.SUCCESS,
             )
+
+
+# Issue 14 (commit context, failure reason): these columns are written by the
+# pipeline only, so the detail page shows them read-only, never as inputs.
+DeploymentAdmin.readonly_fields = (
+    *DeploymentAdmin.readonly_fields, "commit_subject", "commit_author", "commit_time", "failed_step",
+)

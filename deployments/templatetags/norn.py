@@ -165,7 +165,8 @@ def history_rows(deployments, live=None) -> str:
         if d.commit_subject:
             commit += f'<br><span class="subject">{clipped(d.commit_subject, SUBJECT_SHOWN)}</span>'
         reason = d.failure_reason
-        why = f'<span class="why">{clipped(reason, REASON_SHOWN)}</span>' if reason else ""
+        # A cancel is someone's choice, not an error: its reason is not red.
+        why = f'<span class="why why-{escape(d.status)}">{clipped(reason, REASON_SHOWN)}</span>' if reason else ""
         is_live = d.pk == live_id
         rows.append(
             (LIVE_ROW if is_live else "<tr>") + "\n"
