@@ -209,3 +209,37 @@ def test_recovery_names_the_step_that_was_running(make_app):
     deployment.refresh_from_db()
     assert (deployment.status, deployment.failed_step) == ("failed", "clone")
     assert deployment.failure_reason == "clone: norn restarted during deployment"
+
+
+def test_earlier_cancels_become_cancelled_and_failures_name_their_step(web):
+    """Migration 0013's backfill, on rows as earlier versions wrote them."""
+    import importlib
+
+    backfill = importlib.import_module("deployments.migrations.0013_truth_statuses_commit_context").BACKFILL
+    cancelled = make_deployment(web, DeploymentStatus.FAILED, error="cancelled by alice (cli)",
+                                steps={"build": ("failed", 1, {"error": "cancelled by alice (cli)"})})
+    Deployment.objects.filter(pk=cancelled.pk).update(cancel_requested_at=timezone.now(),
+                                                      cancel_requested_by="alice (cli)")
+    failed = make_deployment(web, DeploymentStatus.FAILED, error="test failed: exit 1",
+                             steps={"test": ("failed", 1), "cleanup": ("failed", 1)})
+    # Asked to cancel, but it failed for a reason of its own first: still failed.
+    raced = make_deployment(web, DeploymentStatus.FAILED, error="clone failed: no such branch",
+                            steps={"clone": ("failed", 1)})
+    Deployment.objects.filter(pk=raced.pk).update(cancel_requested_at=timezone.now(), cancel_requested_by="bob")
+    went_live(web, "web:1", ago=5)
+    with connection.cursor() as cursor:
+        cursor.execute(backfill)
+    found = {d.pk: (d.status, d.failed_step) for d in Deployment.objects.all()}
+    assert found[cancelled.pk] == ("cancelled", "build")
+    assert found[failed.pk] == ("failed", "test")
+    assert found[raced.pk] == ("failed", "clone")
+    assert {v for k, v in found.items() if k not in (cancelled.pk, failed.pk, raced.pk)} == {("deployed", "")}
+
+
+def test_the_admin_shows_the_commit_context_read_only(admin_client, web):
+    deployment = went_live(web, "web:1", ago=5, subject="Admin sees <this>")
+    Deployment.objects.filter(pk=deployment.pk).update(commit_author="Ada Lovelace")
+    html = page(admin_client, f"/admin/deployments/deployment/{deployment.pk}/change/")
+    assert "Admin sees &lt;this&gt;" in html and "Ada Lovelace" in html
+    for field in ("commit_subject", "commit_author", "commit_time", "failed_step"):
+        assert f'name="{field}"' not in html
