@@ -322,6 +322,16 @@ class Progress:
         self.running = None
 
 
+def commit_line(sha: str | None, subject: str, author: str) -> str | None:
+    """The line under a follower's header naming the commit being deployed:
+    "Commit 1a2b3c4d5e6f: Fix the login (Ada Lovelace)"; None until the
+    clone step has read its subject. The full command and the fast path
+    print the same."""
+    if not sha or not subject:
+        return None
+    return f"Commit {sha[:12]}: {subject}" + (f" ({author})" if author else "")
+
+
 def still_queued(ahead: int) -> str:
     """What a follower says when a deployment waits in the queue for long."""
     reason = f"{ahead} earlier deployment(s) of this app first" if ahead else "a worker: is manage.py qcluster running?"

@@ -13,6 +13,7 @@ from apps_registry.models import App
 from deployments import rollback
 from deployments.models import Deployment
 from deployments.steps import clone
+from tests.support.commands import manage
 from tests.support.contexts import step_context
 from tests.support.git_servers import git_env, make_repo, run_git
 
@@ -102,10 +103,13 @@ def test_the_pipeline_writes_the_context_with_the_sha_and_a_rollback_carries_it(
     assert (back.commit_sha, back.commit_subject, back.commit_author, back.commit_time) == \
         (sha, "Ship the new scheduler", "Ada Lovelace", deployment.commit_time)
 
-    # The deployment page shows it, and so does the API.
+    # The deployment page shows it, and so does the follower's header.
     client.force_login(admin_user)
     page = client.get(f"/deployments/{deployment.public_id}/").content.decode()
     assert "Ship the new scheduler" in page and "by Ada Lovelace" in page
+    followed = manage("follow", str(deployment.public_id), "--db")
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.splitlines()[1] == f"Commit {sha[:12]}: Ship the new scheduler (Ada Lovelace)"
 
 
 def test_bytes_that_are_not_utf8_are_replaced(tmp_path, monkeypatch):
