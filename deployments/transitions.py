@@ -161,7 +161,8 @@ def advance(deployment_id: int, owner: str, name: str, outcome, *, cut: list[str
             final: DeploymentStatus | None = None, error: str = "", failed_step: str = "", **fields) -> bool:
     """Step `name` ended with `outcome`; the steps in `cut` will never run;
     then step `then` starts, or (then=None) the deployment ends `final` with
-    `error` (and `failed_step`, the step that failed it). One transaction, in the order the events tell it: a boundary
+    `error` and `failed_step` (the step that failed it, for failure_reason).
+    One transaction, in the order the events tell it: a boundary
     between two steps is one commit and four statements (the deployment with
     its events' numbers, the step that ended, the one that starts, the
     events), where separate transitions took ten. `fields` are the
@@ -367,7 +368,8 @@ def next_queued(app_id: int) -> int | None:
 
 
 def mark_rolled_back(deployment_id: int, by: Deployment) -> bool:
-    """The deployment `by` (a successful rollback) replaced ends rolled_back."""
+    """The deployment `by` (a successful rollback) replaced ends rolled_back.
+    A cancelled one stays cancelled: someone stopped it, and its record says so."""
     with transaction.atomic():
         done = Deployment.objects.filter(
             pk=deployment_id, status__in=[DeploymentStatus.DEPLOYED, DeploymentStatus.FAILED]
