@@ -243,3 +243,18 @@ def test_the_admin_shows_the_commit_context_read_only(admin_client, web):
     assert "Admin sees &lt;this&gt;" in html and "Ada Lovelace" in html
     for field in ("commit_subject", "commit_author", "commit_time", "failed_step"):
         assert f'name="{field}"' not in html
+
+
+def test_a_rollout_stopped_by_a_cancel_can_be_rolled_back_and_stays_cancelled(web):
+    from deployments import rollback
+
+    live = went_live(web, "web:1", ago=50)
+    stopped = make_deployment(web, DeploymentStatus.CANCELLED, commit="2" * 40, image="web:2", ago=5,
+                              failed_step="deploy", error="cancelled by alice (cli)",
+                              steps={"deploy": ("failed", 3, {"error": "cancelled by alice (cli)"})})
+    # Kubernetes goes on with what it accepted: the rollback page treats it as a broken rollout.
+    assert rollback.failed_rollout(web) == stopped
+    assert rollback.choose(web) == (live, stopped)
+    back = rollback.queue(web, live, stopped, name="tester")
+    assert transitions.mark_rolled_back(stopped.pk, back) is False
+    assert Deployment.objects.get(pk=stopped.pk).status == "cancelled"
