@@ -32,10 +32,13 @@ from deployments.templatetags.norn import duration, status_badge
 
 # A step's output on the deployment's admin page: its end, folded (the dashboard shows it all).
 OUTPUT_LINES = 200
+# A commit's subject in the list: its start (the column fits 1280 px).
+SUBJECT_CHARS = 48
 # The deployment's admin page, top to bottom (DeploymentAdmin.get_fields
 # leaves out what does not apply).
 DETAIL_FIELDS = (
-    "deployment_id", "app", "kind", "status_shown", "ref", "commit", "image_ref", "error_text", "requested_by_label",
+    "deployment_id", "app", "kind", "status_shown", "ref", "commit", "commit_subject", "commit_author", "commit_time",
+    "image_ref", "reason", "error_text", "requested_by_label",
     "runtime", "queued_at", "started_at", "finished_at", "took", "worker", "heartbeat_at", "cancel_requested_at",
     "cancel_requested_by",
 )
@@ -193,7 +196,7 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
         # The page's rows with only what the columns show (actions still get
         # whole rows: they use the changelist's queryset, not the page's).
         listed = queryset.only(
-            "public_id", "app__name", "kind", "ref", "commit_sha", "status", "requested_by__username",
+            "public_id", "app__name", "kind", "ref", "commit_sha", "commit_subject", "status", "requested_by__username",
             "requested_by_name", "requested_via", "queued_at", "started_at", "finished_at",
         )
         return self.paginator(listed, per_page, orphans, allow_empty_first_page,
@@ -220,6 +223,10 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
             left_out |= {"cancel_requested_at", "cancel_requested_by"}
         if obj is not None and not obj.error:
             left_out.add("error_text")
+        if obj is not None and not obj.failure_reason:
+            left_out.add("reason")
+        if obj is not None and not obj.commit_subject:
+            left_out |= {"commit_subject", "commit_author", "commit_time"}  # not read (yet)
         return [name for name in DETAIL_FIELDS if name not in left_out]
 
     @admin.display(description="ID")
@@ -230,7 +237,11 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
     def ref_commit(self, obj):
         ref = escape(obj.ref) if obj.ref.strip() else "—"
         commit = ident_html(obj.commit_sha, 7) if obj.commit_sha else ""
-        return mark_safe(f'<code class="ref" title="{ref}">{ref}</code> {commit}')
+        subject = escape(obj.commit_subject)
+        if subject:  # one line of the list, the whole subject in its title
+            short = escape(obj.commit_subject[:SUBJECT_CHARS] + ("…" if len(obj.commit_subject) > SUBJECT_CHARS else ""))
+            subject = f'<br><span class="subject" title="{subject}">{short}</span>'
+        return mark_safe(f'<code class="ref" title="{ref}">{ref}</code> {commit}{subject}')
 
     @admin.display(description="Requested by")
     def requested_by_label(self, obj):
@@ -257,6 +268,10 @@ class DeploymentAdmin(QuickCheckbox, admin.ModelAdmin):
     @admin.display(description="Image")
     def image_ref(self, obj):
         return mark_safe(ident_html(obj.image, short=shorten_image(obj.image)))
+
+    @admin.display(description="Why it did not go live")
+    def reason(self, obj):
+        return obj.failure_reason
 
     @admin.display(description="Error")
     def error_text(self, obj):
@@ -407,3 +422,4 @@ class AppWithDeploymentsAdmin(QuickCheckbox, AppAdmin):
                             deployment.get_kind_display().lower(), deployment.short_id, app.name),
                 messages.SUCCESS,
             )
+

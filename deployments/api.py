@@ -54,6 +54,11 @@ def _described(deployment):
         "finished": deployment.is_terminal,
         "ahead": deployment.queued_ahead() if deployment.status == DeploymentStatus.QUEUED else 0,
         "url": reverse("deployment-detail", kwargs={"public_id": deployment.public_id}),
+        "commit_sha": deployment.commit_sha or None,
+        "commit_subject": deployment.commit_subject,
+        "commit_author": deployment.commit_author,
+        "commit_time": deployment.commit_time.isoformat().replace("+00:00", "Z") if deployment.commit_time else None,
+        "failure_reason": deployment.failure_reason,
     }
 
 

@@ -31,15 +31,19 @@ class DeploymentStatus(models.TextChoices):
     DEPLOYED = "deployed", "Deployed"
     FAILED = "failed", "Failed"
     ROLLED_BACK = "rolled_back", "Rolled back"
+    # Stopped on request, before it started or during a step: not a failure.
+    CANCELLED = "cancelled", "Cancelled"
 
 
-# The one place terminal states are named. The seed's crash-recovery SQL
-# ("WHERE status NOT IN ('deployed', 'failed', 'rolled_back')") and the
-# one-in-flight constraint below both depend on exactly these three.
+# The one place terminal states are named. Crash recovery (in_flight), the
+# one-in-flight constraint and the partial indexes below (deploy_unfinished,
+# deploy_app_finished_deploys) all depend on exactly these four; changing
+# them needs a migration (0013 added cancelled).
 TERMINAL_STATUSES = (
     DeploymentStatus.DEPLOYED,
     DeploymentStatus.FAILED,
     DeploymentStatus.ROLLED_BACK,
+    DeploymentStatus.CANCELLED,
 )
 # Claimed by a worker and not finished: at most one per app.
 NOT_IN_FLIGHT = (DeploymentStatus.QUEUED, *TERMINAL_STATUSES)
@@ -139,6 +143,25 @@ class DeploymentQuerySet(models.QuerySet):
             .first()
         )
 
+    def live_per_app(self):
+        """{app id: the deployment in service now} for every app that has one,
+        in one query: live_for's probe of the deploy_live index per app
+        (DISTINCT ON would sort every deployed deployment)."""
+        live = (
+            Deployment.objects.filter(app=OuterRef("pk"), kind__in=SERVICE_KINDS, status=DeploymentStatus.DEPLOYED)
+            .exclude(image="")
+            .order_by("-finished_at", "-id")
+            .values("pk")[:1]
+        )
+        rows = self.filter(pk__in=App.objects.values(live_pk=Subquery(live)))
+        return {deployment.app_id: deployment for deployment in rows}
+
+    def with_rollback_targets(self):
+        """Each row with `rollback_to_public_id` (Deployment.kind_label)
+        without a join: a probe of the primary key for each row returned."""
+        target = Deployment.objects.filter(pk=OuterRef("rollback_to_id")).values("public_id")[:1]
+        return self.annotate(rollback_to_public_id=Subquery(target))
+
     def rollback_candidates(self, app, exclude_image=""):
         """Earlier deployments whose image a rollback can put back, newest
         first: those that went live (went_live), without the image in service."""
@@ -179,9 +202,19 @@ class Deployment(models.Model):
     # What the user asked for: HEAD, a branch or a (possibly abbreviated) SHA.
     ref = models.CharField(max_length=255, default="HEAD")
     commit_sha = models.CharField(max_length=40, blank=True)
+    # The commit's context, read by the clone step with the SHA (a rollback
+    # carries its target's): the subject line, the author's name (no email)
+    # and the committer date.
+    commit_subject = models.CharField(max_length=300, blank=True)
+    commit_author = models.CharField(max_length=200, blank=True)
+    commit_time = models.DateTimeField(null=True, blank=True)
     image = models.CharField(max_length=512, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
+    # The step whose failure (or cancel) ended the deployment, written with
+    # its terminal status: failure_reason reads it and `error`, so the
+    # history needs no join with the steps.
+    failed_step = models.CharField(max_length=16, blank=True)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.DEPLOY)
     # Rollbacks and restores go before queued deploys of the same app (0 before
     # 1); within a priority the queue is first in, first out.
@@ -298,6 +331,55 @@ class Deployment(models.Model):
     @property
     def is_terminal(self):
         return self.status in TERMINAL_STATUSES
+
+    # Statuses whose deployment has a reason to show (failure_reason).
+    REASON_STATUSES = (DeploymentStatus.FAILED, DeploymentStatus.CANCELLED, DeploymentStatus.ROLLED_BACK)
+
+    @property
+    def failure_reason(self):
+        """Why it did not go live, in one line: the step and the first line of
+        its error ("test: sh exited with status 1"), or the error alone when
+        no step ran ("cancelled by alice"). "" unless it failed, was cancelled,
+        or was rolled back after a failure. Reads this row only."""
+        if self.status not in self.REASON_STATUSES or not (self.failed_step or self.error):
+            return ""
+        if self.status == DeploymentStatus.ROLLED_BACK and not self.failed_step:
+            return ""  # it went live, then a rollback replaced it: nothing failed
+        first = self.error.strip().splitlines()[0] if self.error.strip() else ""
+        if self.failed_step:
+            # The pipeline's error is "<step> failed: <the step's error>".
+            prefix = f"{self.failed_step} failed: "
+            first = first.removeprefix(prefix)
+            return f"{self.failed_step}: {first}" if first else self.failed_step
+        return first
+
+    @property
+    def kind_label(self):
+        """What the history shows for its kind: the ref of a deploy, "rollback
+        to <short id>" (with rollback_to_public_id annotated, or the related
+        row), "restore of snapshot N"."""
+        if self.kind == DeploymentKind.ROLLBACK:
+            target = getattr(self, "rollback_to_public_id", None)
+            if target is None and "rollback_to_public_id" not in self.__dict__ and self.rollback_to_id:
+                target = self.rollback_to.public_id
+            return f"rollback to {str(target)[:8]}" if target else "rollback"
+        if self.kind == DeploymentKind.RESTORE:
+            return f"restore of snapshot {self.snapshot_id}" if self.snapshot_id else "restore"
+        return self.ref
+
+    def live_state(self):
+        """{"is_live": its image serves the traffic now, "superseded_by": the
+        deployment that went live after it, if it went live and no longer
+        is}, for its page: two queries at most."""
+        if self.status != DeploymentStatus.DEPLOYED or self.kind not in SERVICE_KINDS or not self.image:
+            return {"is_live": False, "superseded_by": None}
+        live = Deployment.objects.live_for(self.app)
+        if live is not None and live.pk == self.pk:
+            return {"is_live": True, "superseded_by": None}
+        later = Deployment.objects.went_live(self.app).filter(
+            Q(finished_at__gt=self.finished_at) | Q(finished_at=self.finished_at, pk__gt=self.pk)
+        )
+        return {"is_live": False, "superseded_by": later.order_by("finished_at", "id").first()}
 
     def queued_ahead(self):
         """How many of this app's deployments are still to run before this one."""

@@ -312,6 +312,7 @@ def _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, outp
     steps = states.initial(deployment.kind)
     first = name = next(iter(steps))
     error = ""
+    cancelled = False  # the step that failed it was stopped by a cancel
     recorded = {"commit_sha": deployment.commit_sha, "image": deployment.image}
     if not transitions.start_step(deployment.pk, owner, first):
         log.warning("deployment %s was taken over (recovered?) before its first step", deployment.pk)
@@ -334,17 +335,18 @@ def _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, outp
         output.flush()  # the step's output comes before its end
         cut = states.apply(steps, name, outcome)
         if states.failed_step(steps) == name:
+            cancelled = outcome.is_cancel
             # An invalid infraspec is the reason, not the step it stopped.
             error = spec_error if name == first and spec_error else states.failure_error(name, outcome)
             if name == "deploy" and deployment.kind == Deployment.Kind.DEPLOY and not outcome.is_cancel:
                 error += _auto_rollback(deployment, ctx.spec)
         then = states.next_step(steps)
-        final = states.final_status(steps) if then is None else None
+        final = states.final_status(steps, cancelled=cancelled) if then is None else None
         # The step's end, the steps it cut short and the next one's start (or
         # the deployment's end): one transaction.
         fields = _learned(ctx, recorded)
         if not transitions.advance(deployment.pk, owner, name, outcome, cut=cut, then=then, final=final,
-                                   error=error, **fields):
+                                   error=error, failed_step=states.failed_step(steps) or "", **fields):
             log.warning("deployment %s was taken over (recovered?); stopping", deployment.pk)
             return
         progress.running, progress.finished = None, name
@@ -403,7 +405,11 @@ def _step_outcome(ctx: Context, name: str, heartbeat: Heartbeat) -> Outcome:
 def _learned(ctx, recorded):
     """The commit and the image, once a step learned them (written with the
     step's end, not again after every step)."""
-    return {
+    learned = {
         name: value for name, value in (("commit_sha", ctx.commit_sha), ("image", ctx.image))
         if value and recorded.get(name) != value
     }
+    if "commit_sha" in learned:
+        # The commit's subject, author and time, in the same write as its SHA.
+        learned.update(ctx.commit_context)
+    return learned

@@ -115,6 +115,10 @@ class _Session:
                 self.public_id = found["id"]
                 if not self.args.json:
                     self._out(f"Following {found['app']} at {found['ref']} (deployment {found['id']}, {found['status']})")
+                    commit = stream.commit_line(found.get("commit_sha"), found.get("commit_subject", ""),
+                                                found.get("commit_author", ""))
+                    if commit:
+                        self._out(commit)
                 if "events" in found:
                     # Ended: its whole record came with the answer.
                     return self._print_ended(found["events"])

@@ -22,7 +22,9 @@ def failed_rollout(app):
         .newest_first()
         .first()
     )
-    if latest and latest.status == DeploymentStatus.FAILED and latest.steps.filter(
+    # A deploy cancelled during its rollout (Kubernetes goes on with what it
+    # accepted) is as broken as one that failed it.
+    if latest and latest.status in (DeploymentStatus.FAILED, DeploymentStatus.CANCELLED) and latest.steps.filter(
         name="deploy", status="failed"
     ).exists():
         return latest
@@ -66,9 +68,13 @@ def never_live_reason(deployment):
 
 
 def queue(app, target, replaces, *, user=None, name="", via="cli"):
+    # The commit and its context are the target's: what goes back into
+    # service is known from the start.
     return transitions.create(
         app, target.commit_sha or "HEAD", user=user, name=name, via=via,
         runtime=target.runtime, kind=DeploymentKind.ROLLBACK, rollback_to=target, replaces=replaces,
+        commit_sha=target.commit_sha, commit_subject=target.commit_subject,
+        commit_author=target.commit_author, commit_time=target.commit_time,
     )
 
 

@@ -107,9 +107,12 @@ def failure_error(name: str, outcome: Outcome) -> str:
     return outcome.error if outcome.is_cancel else f"{name} failed: {outcome.error}"
 
 
-def final_status(steps: Steps) -> DeploymentStatus:
-    """The deployment's terminal status once next_step() is None."""
-    return DeploymentStatus.FAILED if failed_step(steps) else DeploymentStatus.DEPLOYED
+def final_status(steps: Steps, cancelled: bool = False) -> DeploymentStatus:
+    """The deployment's terminal status once next_step() is None; `cancelled`
+    when the step that failed it was stopped by a cancel (Outcome.is_cancel)."""
+    if failed_step(steps) is None:
+        return DeploymentStatus.DEPLOYED
+    return DeploymentStatus.CANCELLED if cancelled else DeploymentStatus.FAILED
 
 
 def recovery_options(steps: Steps, has_snapshot: bool) -> dict[str, bool]:

@@ -269,6 +269,9 @@ def describe(event: StreamedEvent) -> list[tuple[str, str | None]]:
         else:
             text = f"Deployed {payload['app']} {payload['commit_sha'][:12]} as {payload['image']}"
         return [(text, SUCCESS)]
+    if event.kind == "deploy.failed" and payload.get("status") == "cancelled":
+        # Ended on request: "cancelled by alice", and a cancelled rollout's note.
+        return [(f"Deployment {payload['id']} cancelled: {payload['error']}", WARNING)]
     if event.kind == "deploy.failed":
         return [(f"Deployment {payload['id']} failed: {payload['error']}", ERROR)]
     if event.kind == "deploy.cancelled":
@@ -317,6 +320,16 @@ class Progress:
 
     def moved(self) -> None:
         self.running = None
+
+
+def commit_line(sha: str | None, subject: str, author: str) -> str | None:
+    """The line under a follower's header naming the commit being deployed:
+    "Commit 1a2b3c4d5e6f: Fix the login (Ada Lovelace)"; None until the
+    clone step has read its subject. The full command and the fast path
+    print the same."""
+    if not sha or not subject:
+        return None
+    return f"Commit {sha[:12]}: {subject}" + (f" ({author})" if author else "")
 
 
 def still_queued(ahead: int) -> str:

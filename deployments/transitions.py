@@ -154,14 +154,15 @@ def _step_ended(name, status, duration, error, skip_reason) -> dict:
 
 
 # What advance() may set on the deployment besides its own columns.
-LEARNED = ("commit_sha", "image")
+LEARNED = ("commit_sha", "commit_subject", "commit_author", "commit_time", "image")
 
 
 def advance(deployment_id: int, owner: str, name: str, outcome, *, cut: list[str], then: str | None,
-            final: DeploymentStatus | None = None, error: str = "", **fields) -> bool:
+            final: DeploymentStatus | None = None, error: str = "", failed_step: str = "", **fields) -> bool:
     """Step `name` ended with `outcome`; the steps in `cut` will never run;
     then step `then` starts, or (then=None) the deployment ends `final` with
-    `error`. One transaction, in the order the events tell it: a boundary
+    `error` and `failed_step` (the step that failed it, for failure_reason).
+    One transaction, in the order the events tell it: a boundary
     between two steps is one commit and four statements (the deployment with
     its events' numbers, the step that ended, the one that starts, the
     events), where separate transitions took ten. `fields` are the
@@ -209,7 +210,7 @@ def advance(deployment_id: int, owner: str, name: str, outcome, *, cut: list[str
             numbered.append((events.STEP, {"step": then, "status": StepStatus.RUNNING}))
         events.write_numbered(deployment_id, public_id, app_name, last_seq - count + 1, numbered)
         if then is None:
-            return _finish(deployment_id, final, error, now)
+            return _finish(deployment_id, final, error, now, failed_step=failed_step)
     return True
 
 
@@ -246,22 +247,24 @@ def append_outputs(deployment_id: int, pieces: list[tuple[str, str]], **fields) 
             events.record(deployment_id, events.LOG, {"step": name, "text": text})
 
 
-def finish(deployment_id: int, status: DeploymentStatus, error: str = "") -> bool:
+def finish(deployment_id: int, status: DeploymentStatus, error: str = "", failed_step: str = "") -> bool:
     """Move an unfinished deployment to a terminal status. False if already terminal."""
     with transaction.atomic():
-        return _finish(deployment_id, status, error, timezone.now())
+        return _finish(deployment_id, status, error, timezone.now(), failed_step=failed_step)
 
 
-def _finish(deployment_id: int, status: DeploymentStatus, error: str, now) -> bool:
+def _finish(deployment_id: int, status: DeploymentStatus, error: str, now, failed_step: str = "") -> bool:
     assert status in TERMINAL_STATUSES
     done = (
         Deployment.objects.filter(pk=deployment_id)
         .unfinished()
-        .update(status=status, error=error, finished_at=now, step_pgid=None)
+        .update(status=status, error=error, finished_at=now, step_pgid=None, failed_step=failed_step)
     )
     if not done:
         return False
     deployment = Deployment.objects.select_related("app", "requested_by").get(pk=deployment_id)
+    # A cancelled deployment ends with deploy.failed too (its status says
+    # cancelled): followers stop on deploy.completed or deploy.failed.
     kind = events.COMPLETED if status == DeploymentStatus.DEPLOYED else events.FAILED
     events.record(deployment_id, kind, events.deployment_payload(deployment))
     return True
@@ -274,7 +277,7 @@ def request_cancel(deployment: Deployment, by: str) -> str:
     error = cancel_message(by)
     with transaction.atomic():
         if Deployment.objects.filter(pk=deployment.pk, status=DeploymentStatus.QUEUED).update(
-            status=DeploymentStatus.FAILED, error=error, finished_at=timezone.now(),
+            status=DeploymentStatus.CANCELLED, error=error, finished_at=timezone.now(),
             cancel_requested_at=timezone.now(), cancel_requested_by=by,
         ):
             Step.objects.filter(deployment_id=deployment.pk).update(
@@ -337,6 +340,8 @@ def _close_steps(deployment_id: int, error: str) -> None:
     deployment's deploy.failed event. Inside the caller's transaction."""
     now = timezone.now()
     for step in Step.objects.select_for_update().filter(deployment_id=deployment_id, status=StepStatus.RUNNING):
+        # The step that was running is the one that failed it (failure_reason).
+        Deployment.objects.filter(pk=deployment_id).update(failed_step=step.name)
         step.status = StepStatus.FAILED
         step.error = error
         step.finished_at = now
@@ -363,7 +368,8 @@ def next_queued(app_id: int) -> int | None:
 
 
 def mark_rolled_back(deployment_id: int, by: Deployment) -> bool:
-    """The deployment `by` (a successful rollback) replaced ends rolled_back."""
+    """The deployment `by` (a successful rollback) replaced ends rolled_back.
+    A cancelled one stays cancelled: someone stopped it, and its record says so."""
     with transaction.atomic():
         done = Deployment.objects.filter(
             pk=deployment_id, status__in=[DeploymentStatus.DEPLOYED, DeploymentStatus.FAILED]

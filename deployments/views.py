@@ -85,8 +85,14 @@ def overview(request):
     apps = list(App.objects.all())
     latest = Deployment.objects.newest_per_app().select_related("requested_by")
     latest_by_app = {deployment.app_id: deployment for deployment in latest}
+    # What serves each app's traffic: one query for every app (deploy_live).
+    live_by_app = Deployment.objects.live_per_app()
     for app in apps:
-        app.last_deployment = latest_by_app.get(app.pk)
+        app.live = live_by_app.get(app.pk)
+        last = latest_by_app.get(app.pk)
+        # The last deployment is shown beside the live one only when it is another.
+        app.last_deployment = last if last is None or app.live is None or last.pk != app.live.pk else None
+        app.never_deployed = last is None
     ctx = {"apps": apps, "can_start": request.user.has_perm(START)}
     return render(request, "deployments/overview.html", ctx)
 
@@ -102,9 +108,10 @@ def _history_page(history, params):
     counted exactly up to 10,000 deployments and estimated beyond."""
     # Only the columns the table shows (not the error text or the worker's fields).
     listed = history.only(
-        "public_id", "app", "kind", "status", "ref", "commit_sha", "queued_at", "started_at", "finished_at",
-        "requested_by__username", "requested_by_name", "requested_via",
-    )
+        "public_id", "app", "kind", "status", "ref", "commit_sha", "commit_subject", "queued_at", "started_at",
+        "finished_at", "requested_by__username", "requested_by_name", "requested_via", "error", "failed_step",
+        "rollback_to", "snapshot",
+    ).with_rollback_targets()
     paginator = LongListPaginator(
         listed.order_by("-queued_at", "-id"), HISTORY_PAGE_SIZE,
         after=params.get(AFTER), before=params.get(BEFORE),
@@ -122,7 +129,8 @@ def app_detail(request, name):
     page = _history_page(history, request.GET)
     for deployment in page:
         deployment.took = _took(deployment, now)
-    ctx = {"app": app, "history": page}
+    live = Deployment.objects.live_for(app)
+    ctx = {"app": app, "history": page, "live": live}
     if _is_htmx(request):
         # The pagination links swap only the history table.
         return render(request, "deployments/_history.html", ctx)
@@ -141,7 +149,6 @@ def app_detail(request, name):
     )
     recent.reverse()  # oldest on the left
 
-    live = Deployment.objects.live_for(app)
     usage = Snapshot.objects.filter(app=app).disk_usage()
     snapshots = list(
         Snapshot.objects.filter(app=app).select_related("deployment")[: SNAPSHOTS_SHOWN + 1]
@@ -226,6 +233,8 @@ def _outcome_context(deployment, steps):
 def _header_context(request, deployment):
     return {
         "deployment": deployment,
+        # Only the deployment in service says it is live (Deployment.live_state).
+        **deployment.live_state(),
         "took": _took(deployment, timezone.now()),
         "can_cancel": request.user.has_perm(CANCEL) and not deployment.is_terminal,
     }

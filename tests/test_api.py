@@ -49,6 +49,7 @@ def test_a_deploy_request_queues_it_for_the_tokens_user(api, deployer, make_app)
     assert answer == {
         "id": str(deployment.public_id), "app": "web", "ref": "HEAD", "kind": "deploy", "status": "queued",
         "finished": False, "ahead": 0, "url": f"/deployments/{deployment.public_id}/",
+        "commit_sha": None, "commit_subject": "", "commit_author": "", "commit_time": None, "failure_reason": "",
     }
     assert (deployment.requested_by, deployment.requested_by_name, deployment.requested_via) == (user, "alice", "cli")
 
@@ -121,6 +122,23 @@ def test_the_dashboards_permissions_apply(api, make_app):
     assert not Deployment.objects.exists()
 
 
+def test_a_deployment_carries_its_commit_context_and_why(api, make_app):
+    import datetime
+
+    make_app("web", "app: web\nrole: worker\n")
+    deployment = transitions.create(App.objects.get(name="web"), "main", name="tester")
+    Deployment.objects.filter(pk=deployment.pk).update(
+        status="failed", failed_step="test", error="test failed: sh exited with status 2:\nmore",
+        commit_sha="c" * 40, commit_subject="Tidy up", commit_author="Grace Hopper",
+        commit_time=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc))
+    _, viewer = token_for("viewer", "view_deployment")
+    found = api.get(f"/api/deployments/{deployment.public_id}", HTTP_AUTHORIZATION=f"Token {viewer}").json()
+    assert {key: found[key] for key in ("commit_sha", "commit_subject", "commit_author", "commit_time",
+                                        "failure_reason", "kind")} == {
+        "commit_sha": "c" * 40, "commit_subject": "Tidy up", "commit_author": "Grace Hopper",
+        "commit_time": "2026-01-02T03:04:05Z", "failure_reason": "test: sh exited with status 2:", "kind": "deploy"}
+
+
 def test_a_deployment_is_found_by_its_id_or_a_prefix(api, make_app):
     make_app("web", "app: web\nrole: worker\n")
     app = App.objects.get(name="web")
@@ -137,8 +155,10 @@ def test_a_deployment_is_found_by_its_id_or_a_prefix(api, make_app):
     transitions.request_cancel(first, "tester")
     ended = api.get(f"/api/deployments/{first.public_id}?events=1", **headers).json()
     assert ended["finished"] is True
+    assert (ended["status"], ended["failure_reason"]) == ("cancelled", "cancelled by tester")
     assert [(e["seq"], e["event"]) for e in ended["events"]] == [
         (1, "deploy.queued"), (2, "deploy.cancelled"), (3, "deploy.failed")]
+    assert ended["events"][-1]["payload"]["status"] == "cancelled"
 
     assert api.get("/api/deployments/0123abcd", **headers).status_code == 404
     assert "not a deployment id" in api.get("/api/deployments/abc", **headers).json()["error"]

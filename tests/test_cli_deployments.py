@@ -16,8 +16,10 @@ from tests.support.commands import manage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-KEYS = ["id", "app", "kind", "status", "ref", "commit", "requested_by", "requested_via", "queued_at", "started_at",
-        "finished_at", "duration", "error"]
+KEYS = ["id", "app", "kind", "status", "ref", "commit", "commit_subject", "commit_author", "commit_time",
+        "requested_by", "requested_via", "queued_at", "started_at", "finished_at", "duration", "error",
+        "failure_reason"]
+SUBJECT = "Fix the flaky login test when the clock jumps backwards across a daylight-saving change in Europe"
 
 
 @pytest.fixture
@@ -29,11 +31,13 @@ def history(make_app):
     start = timezone.now() - datetime.timedelta(hours=1)
     failed = transitions.create(web, "main", name="alice")
     Deployment.objects.filter(pk=failed.pk).update(
-        status="failed", error="build failed\nstep 3/5", commit_sha="a" * 40,
-        started_at=start, finished_at=start + datetime.timedelta(seconds=12.5))
+        status="failed", error="build failed: docker exited with status 1:\nstep 3/5", failed_step="build",
+        commit_sha="a" * 40, started_at=start, finished_at=start + datetime.timedelta(seconds=12.5))
     deployed = transitions.create(web, "v2", name="bob")
     Deployment.objects.filter(pk=deployed.pk).update(
-        status="deployed", commit_sha="b" * 40, started_at=start, finished_at=start + datetime.timedelta(seconds=3))
+        status="deployed", commit_sha="b" * 40, started_at=start, finished_at=start + datetime.timedelta(seconds=3),
+        commit_subject=SUBJECT, commit_author="Bob Builder",
+        commit_time=datetime.datetime(2026, 5, 4, 3, 2, 1, tzinfo=datetime.timezone.utc))
     rollback = transitions.create(web, "HEAD", name="carol", kind="rollback")
     restore = transitions.create(api, "HEAD", name="dave", via="dashboard", kind="restore")
     Deployment.objects.filter(pk=restore.pk).update(status="deployed")
@@ -45,18 +49,28 @@ def json_rows(result):
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def test_the_table_has_a_kind_column(history):
-    result = manage("deployments")
+def test_the_table_has_kind_and_subject_columns_and_says_why(history):
+    result = manage("deployments", extra_env={"COLUMNS": "160"})
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
-    assert header.split() == ["ID", "APP", "KIND", "REF", "COMMIT", "STATUS", "QUEUED", "BY"]
-    rows = {line.split()[0]: line.split() for line in lines if not line.startswith(" ")}
-    assert rows[str(history["rollback"].public_id)][1:3] == ["web", "rollback"]
-    assert rows[str(history["restore"].public_id)][1:3] == ["api", "restore"]
-    assert rows[str(history["failed"].public_id)][1:6] == ["web", "deploy", "main", "a" * 12, "failed"]
-    # The first line of the error, under its row.
-    assert lines[lines.index(next(x for x in lines if x.startswith(str(history["failed"].public_id)))) + 1].strip() \
-        == "build failed"
+    assert header.split() == ["ID", "APP", "KIND", "STATUS", "REF", "COMMIT", "QUEUED", "BY", "SUBJECT"]
+    rows = {line.split()[0]: line for line in lines if not line.startswith(" ")}
+    assert rows[history["rollback"].short_id].split()[1:4] == ["web", "rollback", "queued"]
+    assert rows[history["restore"].short_id].split()[1:3] == ["api", "restore"]
+    assert rows[history["failed"].short_id].split()[1:6] == ["web", "deploy", "failed", "main", "a" * 12]
+    # The subject, trimmed to what the 160 columns leave, ends the row.
+    deployed = rows[history["deployed"].short_id]
+    assert len(deployed) <= 160 and deployed.endswith("…")
+    assert SUBJECT[:40] in deployed
+    # Why it failed: the step and the first line of its error, under its row.
+    failed_at = lines.index(rows[history["failed"].short_id])
+    assert lines[failed_at + 1].strip() == "why: build: docker exited with status 1:"
+
+
+def test_a_narrow_terminal_still_shows_some_of_the_subject(history):
+    line = next(x for x in manage("deployments", extra_env={"COLUMNS": "80"}).stdout.splitlines()
+                if x.startswith(history["deployed"].short_id))
+    assert line.endswith(SUBJECT[:19] + "…")
 
 
 def test_json_is_one_object_per_line_with_stable_keys(history):
@@ -67,7 +81,12 @@ def test_json_is_one_object_per_line_with_stable_keys(history):
     assert failed["app"] == "web" and failed["kind"] == "deploy" and failed["status"] == "failed"
     assert failed["ref"] == "main" and failed["commit"] == "a" * 40
     assert failed["requested_by"] == "alice" and failed["requested_via"] == "cli"
-    assert failed["duration"] == 12.5 and failed["error"] == "build failed\nstep 3/5"
+    assert failed["duration"] == 12.5 and failed["error"] == "build failed: docker exited with status 1:\nstep 3/5"
+    assert failed["failure_reason"] == "build: docker exited with status 1:"
+    assert failed["commit_subject"] == "" and failed["commit_time"] is None
+    deployed = rows[2]
+    assert (deployed["commit_subject"], deployed["commit_author"]) == (SUBJECT, "Bob Builder")
+    assert deployed["commit_time"] == "2026-05-04T03:02:01Z" and deployed["failure_reason"] is None
     started = datetime.datetime.fromisoformat(failed["started_at"].replace("Z", "+00:00"))
     finished = datetime.datetime.fromisoformat(failed["finished_at"].replace("Z", "+00:00"))
     assert (finished - started).total_seconds() == 12.5
@@ -100,9 +119,20 @@ def test_filters(history, args, expected):
     assert table.returncode == 0, table.stderr
     if expected:
         assert [line.split()[0] for line in table.stdout.splitlines()[1:] if not line.startswith(" ")] == \
-            [r["id"] for r in rows]
+            [r["id"][:8] for r in rows]
     else:
         assert table.stdout == "No deployments match.\n"
+
+
+def test_cancelled_is_a_status_of_its_own(history):
+    queued = transitions.create(App.objects.get(name="api"), "HEAD", name="erin")
+    transitions.request_cancel(queued, "erin")
+    rows = json_rows(manage("deployments", "--status", "cancelled", "--json"))
+    assert [(r["id"], r["status"], r["failure_reason"]) for r in rows] == \
+        [(str(queued.public_id), "cancelled", "cancelled by erin")]
+    assert json_rows(manage("deployments", "--status", "failed", "--json"))[0]["id"] == str(history["failed"].public_id)
+    table = manage("deployments", "--status", "cancelled").stdout.splitlines()
+    assert table[1].split()[3] == "cancelled" and table[2].strip() == "why: cancelled by erin"
 
 
 def test_nothing_at_all_says_so_and_json_prints_nothing():

@@ -209,4 +209,20 @@ def test_a_deployment_waiting_in_the_queue_is_explained(server, deployer, make_a
                 follower.kill()
     text = out.read_text()
     assert "Still queued, waiting for a worker: is manage.py qcluster running?" in text
-    assert "failed: cancelled by tester" in text
+    assert "cancelled: cancelled by tester" in text
+
+
+def test_follow_names_the_commit_as_the_full_command_does(server, deployer, make_app):
+    """The header's commit line ("Commit <sha>: <subject> (<author>)") comes
+    from the API on the fast path and from the database otherwise: the same bytes."""
+    make_app("web", "app: web\nrole: worker\n")
+    deployment = transitions.create(App.objects.get(name="web"), "main", name="tester")
+    transitions.request_cancel(deployment, "tester")
+    Deployment.objects.filter(pk=deployment.pk).update(
+        commit_sha="d" * 40, commit_subject="Speed up the report", commit_author="Grace Hopper")
+    fast = manage("follow", str(deployment.public_id),
+                  env={**server.env, "NORN_URL": server.url, "NORN_API_TOKEN": deployer, "DATABASE_URL": NO_DATABASE})
+    full = manage("follow", str(deployment.public_id), "--db", env=server.env)
+    assert fast.returncode == full.returncode == cli.FAILED, fast.stderr + full.stderr
+    assert fast.stdout.splitlines()[1] == f"Commit {'d' * 12}: Speed up the report (Grace Hopper)"
+    assert fast.stdout == full.stdout

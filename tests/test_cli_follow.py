@@ -298,7 +298,7 @@ def test_no_token_falls_back_to_the_database_and_says_so(make_app, tmp_path):
                       "(manage.py tokens create --user <you> --name cli makes one): following from the database",
     )
     assert returncode == 1, stdout + stderr
-    assert f"Deployment {running.public_id} failed: cancelled by tester" in stdout
+    assert f"Deployment {running.public_id} cancelled: cancelled by tester" in stdout
 
 
 @pytest.mark.parametrize(
@@ -322,7 +322,7 @@ def test_refused_token_falls_back_with_a_clear_message(daphne, make_app, make_to
     )
     assert returncode == 1, stdout + stderr
     assert "Cancel requested by tester" in stdout
-    assert f"Deployment {deployment.public_id} failed: cancelled by tester" in stdout
+    assert f"Deployment {deployment.public_id} cancelled: cancelled by tester" in stdout
     assert bad_token not in stdout + stderr + daphne.output() + daphne.access_log()
 
 
@@ -380,7 +380,7 @@ def test_queued_deployment_warns_stops_on_ctrl_c_and_ends_when_cancelled(daphne,
             follower.kill()
     assert follower.returncode == 1, stdout + stderr
     assert "Cancel requested by tester" in stdout
-    assert f"Deployment {deployment.public_id} failed: cancelled by tester" in stdout
+    assert f"Deployment {deployment.public_id} cancelled: cancelled by tester" in stdout
     assert "following from the database" not in stderr
 
 

@@ -175,11 +175,11 @@ def test_cancel_command_stops_a_running_deploy(cluster, make_app):
     assert result.returncode == 0, result.stderr
     wait_for(lambda: Deployment.objects.get(pk=deployment.pk).is_terminal, timeout=20, message="cancel")
     deployment.refresh_from_db()
-    assert deployment.status == "failed"
+    assert (deployment.status, deployment.failed_step) == ("cancelled", "test")
     assert deployment.error.startswith("cancelled by ") and deployment.error.endswith(" (cli)")
     assert deployment.steps.get(name="cleanup").status == "succeeded"
     again = manage(cluster, "cancel", str(deployment.public_id))
-    assert again.returncode == 1 and "already ended: failed" in again.stderr
+    assert again.returncode == 1 and "already ended: cancelled" in again.stderr
 
 
 def test_different_apps_in_parallel_same_app_in_fifo_order(tmp_path, norn_dirs, apps_dir, busybox_image, make_app):

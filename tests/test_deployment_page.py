@@ -120,7 +120,7 @@ def test_cancel_needs_post_and_the_permission(client, web):
     response = client.post(url)
     assert response.status_code == 302 and response["Location"] == f"/deployments/{deployment.public_id}/"
     deployment.refresh_from_db()
-    assert (deployment.status, deployment.error) == ("failed", "cancelled by op (dashboard)")
+    assert (deployment.status, deployment.error) == ("cancelled", "cancelled by op (dashboard)")
     assert "Cancelled before it started." in page(client, response["Location"])
 
 

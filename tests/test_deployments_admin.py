@@ -59,7 +59,7 @@ def test_cancel_action_needs_the_permission(client, operator, make_app):
     grant(operator, "cancel_deployment")
     client.post("/admin/deployments/deployment/", data)
     deployment.refresh_from_db()
-    assert (deployment.status, deployment.error) == ("failed", "cancelled by op (admin)")
+    assert (deployment.status, deployment.error) == ("cancelled", "cancelled by op (admin)")
 
 
 @pytest.mark.django_db(transaction=True)

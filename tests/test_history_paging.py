@@ -292,11 +292,12 @@ def test_the_app_filter_offers_what_the_admins_does(admin_user, web, make_app):
 
 # The template markup the tags replace, kept here to compare with.
 OLD_HISTORY_ROWS = """{% load norn %}{% for deployment in history %}
-<tr>
-<th scope="row"><a href="{% url 'deployment-detail' deployment.public_id %}"><code>{{ deployment.short_id }}</code></a></th>
+<tr{% if deployment.pk == live.pk %} class="live"{% endif %}>
+<th scope="row"><a href="{% url 'deployment-detail' deployment.public_id %}"><code>{{ deployment.short_id }}</code></a>{% if deployment.pk == live.pk %} <span class="live-marker" title="Its image serves the traffic now">● Live</span>{% endif %}</th>
 <td data-label="Status">{% include "deployments/_status.html" with status=deployment.status label=deployment.get_status_display %}</td>
-<td data-label="Ref">{% if deployment.kind == "deploy" %}<code>{{ deployment.ref }}</code>{% else %}<span class="kind">{{ deployment.get_kind_display }}</span>{% endif %}</td>
-<td data-label="Commit">{% if deployment.commit_sha %}<code class="sha" title="{{ deployment.commit_sha }}">{{ deployment.commit_sha|slice:":12" }}</code>{% else %}—{% endif %}</td>
+<td data-label="What">{% if deployment.kind == "deploy" %}<code>{{ deployment.ref }}</code>{% else %}<span class="kind kind-{{ deployment.kind }}">{{ deployment.kind_label }}</span>{% endif %}</td>
+<td data-label="Commit">{% if deployment.commit_sha %}<code class="sha" title="{{ deployment.commit_sha }}">{{ deployment.commit_sha|slice:":12" }}</code>{% else %}—{% endif %}{% if deployment.commit_subject %}<br><span class="subject">{% if deployment.commit_subject|length > 60 %}<span title="{{ deployment.commit_subject }}">{{ deployment.commit_subject|slice:":59" }}…</span>{% else %}{{ deployment.commit_subject }}{% endif %}</span>{% endif %}</td>
+<td data-label="Why">{% with reason=deployment.failure_reason %}{% if reason %}<span class="why why-{{ deployment.status }}">{% if reason|length > 90 %}<span title="{{ reason }}">{{ reason|slice:":89" }}…</span>{% else %}{{ reason }}{% endif %}</span>{% endif %}{% endwith %}</td>
 <td data-label="Queued"><time datetime="{{ deployment.queued_at|date:'c' }}">{{ deployment.queued_at|date:"Y-m-d H:i" }}</time></td>
 <td data-label="Took">{{ deployment.took|duration }}</td>
 <td data-label="By">{{ deployment.requested_by_label }}</td>
@@ -335,17 +336,27 @@ def test_history_and_chart_tags_write_what_the_templates_did(web):
     from tests.support.dashboard import all_succeeded
 
     alice = User.objects.create_user("al'ice<")
-    one = make_deployment(web, ref="feat/<x>&'\"", commit="f" * 40, steps=all_succeeded(3), ago=30)
-    Deployment.objects.filter(pk=one.pk).update(requested_by=alice)
-    make_deployment(web, DeploymentStatus.FAILED, kind="rollback", ago=20, steps=all_succeeded(700))
+    one = make_deployment(web, ref="feat/<x>&'\"", commit="f" * 40, image="web:f", steps=all_succeeded(3), ago=30)
+    Deployment.objects.filter(pk=one.pk).update(requested_by=alice, commit_subject="Fix <b>bold</b> & 'quotes' " * 5)
+    make_deployment(web, DeploymentStatus.FAILED, kind="rollback", ago=20, steps=all_succeeded(700),
+                    rollback_to=one, error="deploy failed: the new container <x> died\nits log", failed_step="deploy")
+    make_deployment(web, DeploymentStatus.CANCELLED, ref="main", ago=15, error="cancelled by bob <b>")
+    make_deployment(web, kind="restore", ago=10)
+    make_deployment(web, DeploymentStatus.FAILED, ago=5, failed_step="test",
+                    error="test failed: " + "sh exited with status 1: a very long line " * 5)
     make_deployment(web, DeploymentStatus.BUILDING, ref="main", ago=1, steps=all_succeeded(12))
     now = timezone.now()
-    rows = list(Deployment.objects.filter(app=web).select_related("requested_by"))
+    rows = list(views._history_page(Deployment.objects.filter(app=web).select_related("requested_by"), {}))
     for deployment in rows:
         deployment.took = views._took(deployment, now)
+    live = Deployment.objects.live_for(web)
+    assert live.pk == one.pk
     engine = engines["django"]
-    assert squeeze(engine.from_string("{% load norn %}{% history_rows history %}").render({"history": rows})) == \
-        squeeze(engine.from_string(OLD_HISTORY_ROWS).render({"history": rows}))
+    ours = squeeze(engine.from_string("{% load norn %}{% history_rows history live %}").render(
+        {"history": rows, "live": live}))
+    assert ours == squeeze(engine.from_string(OLD_HISTORY_ROWS).render({"history": rows, "live": live}))
+    assert "rollback to " + one.short_id in ours[0] and "restore" in ours[0] and "● Live" in ours[0]
+    assert "deploy: the new container &lt;x&gt; died" in ours[0] and "cancelled by bob &lt;b&gt;" in ours[0]
     chart = duration_chart(reversed(rows))
     assert chart["bars"][0]["segments"] and any(bar["mark"] for bar in chart["bars"])
     assert squeeze(engine.from_string(NEW_CHART).render({"chart": chart})) == \

@@ -57,6 +57,10 @@ def test_failing_test_stops_the_pipeline_and_cleanup_still_runs(make_app, deploy
     assert deployment.status == "failed"
     assert deployment.error.startswith("test failed: sh exited with status 3")
     assert "testing" in deployment.error  # the tail of the failing output
+    # The history's "Why": the step and the first line of its error.
+    assert deployment.failed_step == "test"
+    assert deployment.failure_reason == "test: " + deployment.error.splitlines()[0].removeprefix("test failed: ")
+    assert deployment.failure_reason.startswith("test: sh exited with status 3")
     assert step_table(deployment) == {
         "clone": ("succeeded", ""),
         "build": ("succeeded", ""),
@@ -203,9 +207,12 @@ def test_cancel_a_running_deployment(make_app, norn_dirs, busybox_image, tmp_pat
     assert not worker.is_alive()
     assert time.monotonic() - cancelled_at < 10
     deployment.refresh_from_db()
-    assert deployment.status == "failed"
+    # Cancelled, not failed: the step it stopped and why, from its own columns.
+    assert (deployment.status, deployment.failed_step) == ("cancelled", "test")
     assert deployment.error == "cancelled by alice (cli)"
+    assert deployment.failure_reason == "test: cancelled by alice (cli)"
     assert step_table(deployment)["cleanup"] == ("succeeded", "")
+    assert deployment.events.order_by("-seq").first().payload["status"] == "cancelled"
     # The container is gone, not just the docker client that ran it.
     assert docker(["ps", "--all", "--quiet", "--filter", f"id={running[0]}"]).stdout.strip() == ""
     assert deployment.events.filter(kind="deploy.cancelled", payload__by="alice (cli)").exists()
@@ -214,9 +221,10 @@ def test_cancel_a_running_deployment(make_app, norn_dirs, busybox_image, tmp_pat
 def test_cancel_a_queued_deployment(make_app):
     make_app("queued", "app: queued\nrole: worker\n")
     deployment = request_deployment("queued")
-    assert transitions.request_cancel(deployment, "bob (admin)") == "failed"
+    assert transitions.request_cancel(deployment, "bob (admin)") == "cancelled"
     deployment.refresh_from_db()
-    assert deployment.error == "cancelled by bob (admin)"
+    assert (deployment.status, deployment.error, deployment.failed_step) == ("cancelled", "cancelled by bob (admin)", "")
+    assert deployment.failure_reason == "cancelled by bob (admin)" and deployment.finished_at is not None
     assert set(deployment.steps.values_list("status", flat=True)) == {"skipped"}
     # Its task, delivered later, finds nothing to do.
     assert pipeline.execute(deployment.pk) is False
@@ -345,9 +353,12 @@ def test_transition_rules():
     steps["deploy"] = "skipped"
     steps["cleanup"] = "failed"  # best-effort: does not change the outcome
     assert states.final_status(steps) == "failed"
+    # A step stopped by a cancel ends the deployment cancelled, not failed.
+    assert states.final_status(steps, cancelled=True) == "cancelled"
     ok = {name: "succeeded" for name in states.STEPS}
     ok["cleanup"] = "failed"
     assert states.final_status(ok) == "deployed"
+    assert states.final_status(ok, cancelled=True) == "deployed"  # a cancel that came too late changes nothing
     assert states.recovery_options({**ok, "deploy": "failed"}, False)["rollback"] is True
 
 

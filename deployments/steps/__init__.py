@@ -39,6 +39,9 @@ class Context:
     restore_snapshot: object = None
     # Set by steps as they learn them.
     commit_sha: str = ""
+    # The commit's {"commit_subject", "commit_author", "commit_time"} (clone),
+    # written with commit_sha.
+    commit_context: dict = field(default_factory=dict)
     image: str = ""
     snapshot: object = None
     # The snapshot step's appdb.ensure_database, started ahead (snapshot.prepare_ahead).

@@ -8,10 +8,12 @@ fails and the app has a local directory, that is copied instead (the output
 says so). Apps without a repo are always copied.
 """
 
+import datetime
 import hashlib
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 from apps_registry.infraspec import HEX_RE, redact_url
@@ -70,7 +72,8 @@ def clone(ctx: Context, spec_repo: Repo, source: Path) -> None:
     if is_sha(ref):
         checkout_sha(ctx, ref, source, env, shown)
     ctx.commit_sha = git_head(ctx, source, env)
-    ctx.log(f"Checked out {ctx.commit_sha}")
+    ctx.commit_context = commit_context(source, env)
+    ctx.log(f"Checked out {ctx.commit_sha}" + _described(ctx.commit_context))
 
 
 def checkout_sha(ctx: Context, ref: str, source: Path, env: dict[str, str], shown: str) -> None:
@@ -105,6 +108,58 @@ def git_head(ctx: Context, source: Path, env: dict[str, str]) -> str:
     return sha
 
 
+# One call reads the commit's subject, author name and committer date,
+# NUL-separated: no subject or name can hold a NUL, any other byte can.
+COMMIT_FORMAT = "%s%x00%an%x00%cI"
+# More than a subject and a name need: what a commit message could make
+# huge is cut here, before it is decoded.
+COMMIT_READ_LIMIT = 8192
+SUBJECT_MAX, AUTHOR_MAX = 300, 200  # Deployment.commit_subject, commit_author
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def commit_context(source: Path, env: dict[str, str]) -> dict:
+    """{"commit_subject", "commit_author", "commit_time"} of HEAD in `source`,
+    for Deployment's columns; {} when git cannot say (it never fails the
+    step: the SHA is what the deployment needs). The values come from the
+    repository, so they are bounded, invalid UTF-8 is replaced and control
+    characters (a terminal's escape sequences) become spaces."""
+    argv = ["git", "-C", str(source), "show", "-s", "--no-show-signature", f"--format={COMMIT_FORMAT}", "HEAD"]
+    try:
+        with subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL) as proc:
+            raw = proc.stdout.read(COMMIT_READ_LIMIT)
+            proc.kill()  # whatever is left unread (a subject past the limit)
+            proc.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    parts = raw.decode("utf-8", "replace").split("\x00")
+    if len(parts) != 3:
+        return {}
+    subject, author, when = (_CONTROL.sub(" ", part).strip() for part in parts)
+    try:
+        moment = datetime.datetime.fromisoformat(when)
+    except ValueError:
+        moment = None
+    return {
+        "commit_subject": _bounded(subject, SUBJECT_MAX),
+        "commit_author": _bounded(author, AUTHOR_MAX),
+        "commit_time": moment,
+    }
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _described(context: dict) -> str:
+    """ ": <subject> (<author>)" for the step's output, or ""."""
+    if not context.get("commit_subject"):
+        return ""
+    author = f" ({context['commit_author']})" if context.get("commit_author") else ""
+    return f": {context['commit_subject']}{author}"
+
+
 def copy_local(ctx: Context, source: Path) -> None:
     if not ctx.app_dir.is_dir():
         raise StepFailed(f"the app directory {ctx.app_dir} does not exist")
@@ -120,6 +175,7 @@ def copy_local(ctx: Context, source: Path) -> None:
                 f"commit {ctx.ref} was requested, but the local copy in {ctx.app_dir} is at {sha}"
             )
         ctx.commit_sha = sha
+        ctx.commit_context = commit_context(source, env)
     else:
         if ctx.ref != "HEAD":
             raise StepFailed(f"{ctx.ref} was requested, but the local copy in {ctx.app_dir} is not a git checkout")

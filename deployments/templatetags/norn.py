@@ -107,7 +107,7 @@ def chart_table_rows(chart) -> str:
 
 # A status's symbol: never shown by colour alone (templates/deployments/_status.html).
 STATUS_SYMBOLS = {
-    "deployed": "✓", "succeeded": "✓", "failed": "✗", "rolled_back": "↩", "skipped": "–",
+    "deployed": "✓", "succeeded": "✓", "failed": "✗", "rolled_back": "↩", "skipped": "–", "cancelled": "⊘",
     "pending": "○", "queued": "○",
 }
 
@@ -123,29 +123,59 @@ def status_badge(status: str, label: str) -> str:
     )
 
 
+def clipped(text: str, width: int) -> str:
+    """`text` escaped, cut to `width` characters ("…") with the whole of it
+    in the title when cut."""
+    if len(text) <= width:
+        return escape(text)
+    return f'<span title="{escape(text)}">{escape(text[: width - 1])}…</span>'
+
+
+LIVE_ROW = '<tr class="live">'
+LIVE_MARKER = ' <span class="live-marker" title="Its image serves the traffic now">● Live</span>'
+SUBJECT_SHOWN = 60  # characters of a commit subject in a history row
+REASON_SHOWN = 90  # characters of a failure reason
+
+
+def what_cell(d) -> str:
+    """A history row's "What": a deploy's ref, or the kind badge of a
+    rollback ("rollback to 1a2b3c4d") or a restore ("restore of snapshot 3")."""
+    if d.kind == "deploy":
+        return f"<code>{escape(d.ref)}</code>"
+    return f'<span class="kind kind-{escape(d.kind)}">{escape(d.kind_label)}</span>'
+
+
 @register.simple_tag
-def history_rows(deployments) -> str:
+def history_rows(deployments, live=None) -> str:
     """The history table's rows (templates/deployments/_history.html), one
     f-string each: the template's URL, date and display lookups per cell
     were a third of the app page's time. `deployment.took` is set by the
-    view; tests/test_history_paging.py checks the rows against the template
-    markup they replace."""
+    view; `live` is the deployment in service (its row is marked). Every
+    cell reads the row's own columns (failure_reason, kind_label with the
+    view's rollback_to_public_id): no query per row.
+    tests/test_history_paging.py checks the rows against template markup."""
     # One reverse for the page: the UUID is the URL's only variable part.
     url = reverse("deployment-detail", args=[_NO_ID])
+    live_id = live.pk if live is not None else None
     rows = []
     for d in deployments:
         queued = timezone.localtime(d.queued_at)
-        if d.kind == "deploy":
-            ref = f"<code>{escape(d.ref)}</code>"
-        else:
-            ref = f'<span class="kind">{escape(str(d.get_kind_display()))}</span>'
         commit = (f'<code class="sha" title="{escape(d.commit_sha)}">{escape(d.commit_sha[:12])}</code>'
                   if d.commit_sha else "—")
+        if d.commit_subject:
+            commit += f'<br><span class="subject">{clipped(d.commit_subject, SUBJECT_SHOWN)}</span>'
+        reason = d.failure_reason
+        # A cancel is someone's choice, not an error: its reason is not red.
+        why = f'<span class="why why-{escape(d.status)}">{clipped(reason, REASON_SHOWN)}</span>' if reason else ""
+        is_live = d.pk == live_id
         rows.append(
-            f'<tr>\n        <th scope="row"><a href="{url.replace(str(_NO_ID), str(d.public_id))}"><code>{d.short_id}</code></a></th>\n'
+            (LIVE_ROW if is_live else "<tr>") + "\n"
+            f'        <th scope="row"><a href="{url.replace(str(_NO_ID), str(d.public_id))}"><code>{d.short_id}</code></a>'
+            f'{LIVE_MARKER if is_live else ""}</th>\n'
             f'        <td data-label="Status">{status_badge(d.status, d.get_status_display())}</td>\n'
-            f'        <td data-label="Ref">{ref}</td>\n'
+            f'        <td data-label="What">{what_cell(d)}</td>\n'
             f'        <td data-label="Commit">{commit}</td>\n'
+            f'        <td data-label="Why">{why}</td>\n'
             f'        <td data-label="Queued"><time datetime="{queued.isoformat()}">{queued:%Y-%m-%d %H:%M}</time></td>\n'
             f'        <td data-label="Took">{escape(duration(d.took))}</td>\n'
             f'        <td data-label="By">{escape(d.requested_by_label)}</td>\n      </tr>'
