@@ -18,7 +18,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from deployments import containers, queue, runner, transitions
+from deployments import containers, notifications, queue, runner, transitions
 from deployments.models import Deployment
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def fail(deployment):
     # step_pgid and workdir as the dead owner left them: fail_abandoned clears the pgid.
     if not transitions.fail_abandoned(deployment, ERROR):
         return False
+    notifications.deployment_ended(deployment.pk)
     log.warning("recovered deployment %s of %s: %s", deployment.pk, deployment.app.name, ERROR)
     killed = _kill_leftovers(deployment)
     # Killing the docker client (above) leaves its container running: a

@@ -15,7 +15,7 @@ from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from deployments import events, states
+from deployments import events, notifications, states
 from deployments.models import NOT_IN_FLIGHT, TERMINAL_STATUSES, Deployment, DeploymentStatus, Step, StepStatus
 from deployments.outcomes import cancel_message
 
@@ -286,6 +286,7 @@ def request_cancel(deployment: Deployment, by: str) -> str:
             fresh = Deployment.objects.select_related("app", "requested_by").get(pk=deployment.pk)
             events.record(deployment.pk, events.CANCELLED, {"by": by})
             events.record(deployment.pk, events.FAILED, events.deployment_payload(fresh))
+            notifications.deployment_ended(deployment.pk)  # once this commits
             return fresh.status
         Deployment.objects.filter(pk=deployment.pk, cancel_requested_at__isnull=True).unfinished().update(
             cancel_requested_at=timezone.now(), cancel_requested_by=by

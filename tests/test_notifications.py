@@ -519,3 +519,30 @@ def test_bad_notification_settings_stop_norn_naming_the_variable(name, value, ex
     assert result.returncode == 2
     assert "Norn is misconfigured: " + expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_queued_deployment_cancelled_is_announced_as_cancelled(hook, django_capture_on_commit_callbacks):
+    from deployments import transitions
+
+    hook("http://127.0.0.1:9/")
+    app = registered_app(notify="  - target: hook\n    events: [cancelled, failed]\n")
+    deployment = transitions.create(app, "HEAD", name="alice", via="cli", runtime="docker")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert transitions.request_cancel(deployment, "bob") == "cancelled"
+    delivery = NotificationDelivery.objects.get(deployment=deployment)
+    assert (delivery.target, delivery.event) == ("hook", "cancelled")
+
+
+def test_a_deployment_crash_recovery_fails_is_announced(hook, django_capture_on_commit_callbacks):
+    from deployments import recovery, transitions
+
+    hook("http://127.0.0.1:9/")
+    app = registered_app()
+    deployment = transitions.create(app, "HEAD", name="alice", via="cli", runtime="docker")
+    # Claimed by a worker that then died (a pid no process has).
+    assert transitions.claim(deployment.pk, "elsewhere:999999:dead")
+    deployment.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert recovery.fail(deployment)
+    delivery = NotificationDelivery.objects.get(deployment=deployment)
+    assert (delivery.target, delivery.event) == ("hook", "failed")

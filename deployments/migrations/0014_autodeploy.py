@@ -30,7 +30,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('apps_registry', '0001_initial'),
-        ('deployments', '0012_deployment_days'),
+        ('deployments', '0013_truth_statuses_commit_context'),
         ('django_q', '0019_alter_task_options_alter_ormq_key_alter_ormq_lock_and_more'),
     ]
 

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0015_autodeploy'),
+        ('deployments', '0014_autodeploy'),
     ]
 
     operations = [
