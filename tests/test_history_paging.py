@@ -291,12 +291,12 @@ def test_the_app_filter_offers_what_the_admins_does(admin_user, web, make_app):
 # --- rows written by tags (deployments/templatetags/norn.py) ---------------------
 
 # The template markup the tags replace, kept here to compare with.
-OLD_HISTORY_ROWS = """{% load norn %}{% for deployment in history %}
+OLD_HISTORY_ROWS = """{% load norn ids %}{% for deployment in history %}
 <tr{% if deployment.pk == live.pk %} class="live"{% endif %}>
 <th scope="row"><a href="{% url 'deployment-detail' deployment.public_id %}"><code>{{ deployment.short_id }}</code></a>{% if deployment.pk == live.pk %} <span class="live-marker" title="Its image serves the traffic now">● Live</span>{% endif %}</th>
 <td data-label="Status">{% include "deployments/_status.html" with status=deployment.status label=deployment.get_status_display %}</td>
 <td data-label="What">{% if deployment.kind == "deploy" %}<code>{{ deployment.ref }}</code>{% else %}<span class="kind kind-{{ deployment.kind }}">{{ deployment.kind_label }}</span>{% endif %}</td>
-<td data-label="Commit">{% if deployment.commit_sha %}<code class="sha" title="{{ deployment.commit_sha }}">{{ deployment.commit_sha|slice:":12" }}</code>{% else %}—{% endif %}{% if deployment.commit_subject %}<br><span class="subject">{% if deployment.commit_subject|length > 60 %}<span title="{{ deployment.commit_subject }}">{{ deployment.commit_subject|slice:":59" }}…</span>{% else %}{{ deployment.commit_subject }}{% endif %}</span>{% endif %}</td>
+<td data-label="Commit">{% if deployment.commit_sha %}{% short_id deployment.commit_sha 12 %}{% else %}—{% endif %}{% if deployment.commit_subject %}<br><span class="subject">{% if deployment.commit_subject|length > 60 %}<span title="{{ deployment.commit_subject }}">{{ deployment.commit_subject|slice:":59" }}…</span>{% else %}{{ deployment.commit_subject }}{% endif %}</span>{% endif %}</td>
 <td data-label="Why">{% with reason=deployment.failure_reason %}{% if reason %}<span class="why why-{{ deployment.status }}">{% if reason|length > 90 %}<span title="{{ reason }}">{{ reason|slice:":89" }}…</span>{% else %}{{ reason }}{% endif %}</span>{% endif %}{% endwith %}</td>
 <td data-label="Queued"><time datetime="{{ deployment.queued_at|date:'c' }}">{{ deployment.queued_at|date:"Y-m-d H:i" }}</time></td>
 <td data-label="Took">{{ deployment.took|duration }}</td>

@@ -14,6 +14,8 @@ from django.urls import reverse
 from django.utils import dateformat, timezone
 from django.utils.safestring import mark_safe
 
+from deployments.templatetags.ids import ident_html
+
 register = template.Library()
 
 # A running clock's texts cover this many seconds; live.js fetches the page's
@@ -160,8 +162,7 @@ def history_rows(deployments, live=None) -> str:
     rows = []
     for d in deployments:
         queued = timezone.localtime(d.queued_at)
-        commit = (f'<code class="sha" title="{escape(d.commit_sha)}">{escape(d.commit_sha[:12])}</code>'
-                  if d.commit_sha else "—")
+        commit = ident_html(d.commit_sha, 12) if d.commit_sha else "—"
         if d.commit_subject:
             commit += f'<br><span class="subject">{clipped(d.commit_subject, SUBJECT_SHOWN)}</span>'
         reason = d.failure_reason
