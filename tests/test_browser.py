@@ -29,6 +29,7 @@ from apps_registry.models import App
 from deployments import appdb, events, transitions
 from deployments.models import Deployment, Event, Snapshot, Step, StepStatus
 from deployments.requests import request_deployment
+from deployments.templatetags.ids import shorten_image
 from tests.support.browser import DESKTOP, PHONE, browser, daphne, log_in  # noqa: F401 (fixtures)
 from tests.support.cluster import REPO_ROOT, Cluster, wait_for
 from tests.support.git_servers import make_repo
@@ -370,8 +371,11 @@ def test_log_in_deploy_from_the_dashboard_and_watch_every_step_live(
     assert headers[0] == "Queued" and "Testing" in headers and headers[-1] == "Deployed", headers
     outcome = page.locator("#deployment-outcome")
     expect(outcome.get_by_role("heading", name="Deployed")).to_be_visible()
-    expect(outcome).to_contain_text(f"Image {deployment.image} is live")
-    expect(page.locator("#deployment-header")).to_contain_text(deployment.commit_sha)
+    # The image as the page shortens it (its tag's start), whole in the title.
+    expect(outcome).to_contain_text(f"Image {shorten_image(deployment.image)} is live")
+    expect(outcome.locator(f'code[title="{deployment.image}"]')).to_have_count(1)
+    expect(page.locator("#deployment-header")).to_contain_text(deployment.commit_sha[:12])
+    expect(page.locator(f'#deployment-header code[title="{deployment.commit_sha}"]')).to_have_count(1)
     expect(page.get_by_role("button", name="Cancel deployment")).to_have_count(0)
     assert page.errors == []
     shots += screenshots(page, "07-deployment-finished")
