@@ -19,7 +19,9 @@ WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 DEFAULT_WINDOW = "30d"
 # A restore or rollback after a deploy that went live says it needed remediation.
 REMEDIATIONS = (DeploymentKind.ROLLBACK, DeploymentKind.RESTORE)
-FIELDS = ("id", "app_id", "kind", "status", "queued_at", "finished_at", "commit_time")
+# A row is a tuple (values_list: cheaper than dicts over a busy app's 90 days).
+FIELDS = ("app_id", "kind", "finished_at", "commit_time", "went_live")
+APP, KIND, FINISHED, COMMIT_TIME, WENT_LIVE = range(len(FIELDS))
 
 
 @dataclass
@@ -100,7 +102,7 @@ def _rows(queryset, since):
         .exclude(status__in=[DeploymentStatus.CANCELLED, DeploymentStatus.QUEUED])
         .annotate(went_live=went_live)
         .order_by("app_id", "queued_at", "id")
-        .values(*FIELDS, "went_live")
+        .values_list(*FIELDS)
     )
 
 
@@ -117,23 +119,23 @@ def figures(rows, window=DEFAULT_WINDOW, error=""):
     for index in range(len(rows) - 1, -1, -1):
         next_change[index], next_live[index] = change, live
         row = rows[index]
-        if row["went_live"]:
+        if row[WENT_LIVE]:
             live = row
-        if row["went_live"] or row["kind"] in REMEDIATIONS:
+        if row[WENT_LIVE] or row[KIND] in REMEDIATIONS:
             change = row
     for index, row in enumerate(rows):
-        if row["kind"] != DeploymentKind.DEPLOY or not row["went_live"]:
+        if row[KIND] != DeploymentKind.DEPLOY or not row[WENT_LIVE]:
             continue
         result.deploys_live += 1
-        if row["commit_time"] is not None:
-            lead_times.append(max((row["finished_at"] - row["commit_time"]).total_seconds(), 0))
+        if row[COMMIT_TIME] is not None:
+            lead_times.append(max((row[FINISHED] - row[COMMIT_TIME]).total_seconds(), 0))
         # A failed change: the next change to production was a rollback or a restore.
-        if next_change[index] is None or next_change[index]["kind"] not in REMEDIATIONS:
+        if next_change[index] is None or next_change[index][KIND] not in REMEDIATIONS:
             continue
         result.failed_changes += 1
         # Restored when a later deployment went live (a rollback, a restore or a fix).
         if next_live[index] is not None:
-            restore_times.append(max((next_live[index]["finished_at"] - row["finished_at"]).total_seconds(), 0))
+            restore_times.append(max((next_live[index][FINISHED] - row[FINISHED]).total_seconds(), 0))
     result.frequency = result.deploys_live / days
     if lead_times:
         result.lead_time = statistics.median(lead_times)
@@ -156,5 +158,5 @@ def per_app(now=None, window=DEFAULT_WINDOW):
     since = (now or timezone.now()) - timedelta(days=WINDOWS[window])
     by_app = {}
     for row in _rows(Deployment.objects.all(), since):
-        by_app.setdefault(row["app_id"], []).append(row)
+        by_app.setdefault(row[APP], []).append(row)
     return {app_id: figures(rows, window) for app_id, rows in by_app.items()}

@@ -216,3 +216,26 @@ def test_bad_metrics_settings_stop_norn_with_a_clear_message(env, expected):
     result = run_manage("check", **env)
     assert result.returncode == 2 and "Norn is misconfigured: " + expected in result.stderr
     assert "Traceback" not in result.stderr and TOKEN not in result.stderr
+
+
+def test_counting_again_from_the_rows_gives_what_the_triggers_kept(web, api):
+    """norn_metrics_recount() (migration 0016; for loads that bypass triggers)
+    agrees with the triggers row for row."""
+    for i in range(12):
+        make_deployment(web if i % 2 else api, DeploymentStatus.FAILED if i % 3 else DeploymentStatus.DEPLOYED,
+                        steps={"clone": (StepStatus.SUCCEEDED, i * 1.5), "build": (StepStatus.SUCCEEDED, 100 * i)},
+                        kind="restore" if i % 5 == 0 else "deploy")
+    WebhookDelivery.objects.create(provider="gitea", delivery_id="x", status_code=403)
+
+    def tables():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT family, app_id, label1, label2, count FROM deployments_metriccount ORDER BY 1, 2, 3, 4")
+            counts = cursor.fetchall()
+            cursor.execute("SELECT family, app_id, name, le, count, sum FROM deployments_durationbucket ORDER BY 1, 2, 3, 4")
+            return counts, cursor.fetchall()
+
+    kept = tables()
+    assert kept[0] and kept[1]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT norn_metrics_recount()")
+    assert tables() == kept

@@ -83,7 +83,11 @@ CREATE TRIGGER deployments_metrics_webhook AFTER INSERT OR UPDATE OF status_code
 CREATE TRIGGER deployments_metrics_notification AFTER INSERT OR UPDATE OF status
     ON deployments_notificationdelivery FOR EACH ROW EXECUTE FUNCTION deployments_metrics_notification();
 
--- What happened before this migration.
+-- Count everything again from the rows: what happened before this migration,
+-- and after a load that bypassed the triggers (session_replication_role = replica).
+CREATE FUNCTION norn_metrics_recount() RETURNS void LANGUAGE sql AS $$
+DELETE FROM deployments_metriccount;
+DELETE FROM deployments_durationbucket;
 INSERT INTO deployments_metriccount (family, app_id, label1, label2, count)
 SELECT 'deployments', app_id, kind, status, count(*) FROM deployments_deployment
 WHERE status IN {TERMINAL} GROUP BY app_id, kind, status;
@@ -104,6 +108,8 @@ SELECT 'step', app_id, name, le, count(*), sum(seconds) FROM (
            norn_metric_bucket(greatest(extract(epoch FROM s.duration)::float8, 0), {STEP_BOUNDS}) AS le
     FROM deployments_step s JOIN deployments_deployment d ON d.id = s.deployment_id
     WHERE s.duration IS NOT NULL) s GROUP BY app_id, name, le;
+$$;
+SELECT norn_metrics_recount();
 """
 
 UNDO = """
@@ -111,6 +117,7 @@ DROP TRIGGER deployments_metrics_notification ON deployments_notificationdeliver
 DROP TRIGGER deployments_metrics_webhook ON deployments_webhookdelivery;
 DROP TRIGGER deployments_metrics_step ON deployments_step;
 DROP TRIGGER deployments_metrics_deployment ON deployments_deployment;
+DROP FUNCTION norn_metrics_recount();
 DROP FUNCTION deployments_metrics_notification();
 DROP FUNCTION deployments_metrics_webhook();
 DROP FUNCTION deployments_metrics_step();
