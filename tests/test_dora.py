@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from deployments import dora, transitions
 from deployments.models import Deployment, DeploymentStatus, Step, StepStatus
+from tests.support.browser import browser, daphne  # noqa: F401 (fixtures)
 from tests.support.dashboard import operator, page, web  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
@@ -128,3 +129,29 @@ def test_the_app_page_costs_the_same_queries_with_a_longer_history(web, operator
         status = DeploymentStatus.ROLLED_BACK if i % 4 == 2 else DeploymentStatus.DEPLOYED
         record(web, kind, status, NOW - (i + 2) * DAY, lead=HOUR)
     assert count() == few
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_dora_block_fits_a_desktop_and_a_phone(web, browser, daphne):  # noqa: F811
+    """In a real browser on a real daphne: the window links switch the
+    figures; screenshots at 1280 and 390 px (test-artifacts/screenshots)."""
+    from django.contrib.auth.models import Permission, User
+
+    from tests.support.browser import logged_in_page
+    from tests.test_browser_pages import screenshots
+
+    record(web, "deploy", DeploymentStatus.ROLLED_BACK, NOW - 20 * DAY, lead=2 * HOUR)
+    record(web, "rollback", DeploymentStatus.DEPLOYED, NOW - 20 * DAY + HOUR, took=5 * MINUTE)
+    record(web, "deploy", DeploymentStatus.DEPLOYED, NOW - 3 * DAY, lead=40 * MINUTE)
+    record(web, "deploy", DeploymentStatus.DEPLOYED, NOW - DAY, lead=HOUR)
+    user = User.objects.create_user("dora-viewer", password="x")
+    user.user_permissions.add(*Permission.objects.filter(codename="view_deployment"))
+    page_ = logged_in_page(browser, daphne, user)
+    page_.goto(f"{daphne.url}/apps/web/")
+    block = page_.locator("#dora")
+    assert "2 of 3 needed" not in block.inner_text() and "1 of 3 needed a rollback or restore" in block.inner_text()
+    page_.locator("#dora").get_by_role("link", name="7d").click()
+    page_.wait_for_url(f"{daphne.url}/apps/web/?window=7d#dora")
+    assert "last 7 days" in block.inner_text() and "2 deploys went live" in block.inner_text()
+    block.scroll_into_view_if_needed()
+    screenshots(page_, "25-app-dora")

@@ -239,3 +239,27 @@ def test_counting_again_from_the_rows_gives_what_the_triggers_kept(web, api):
     with connection.cursor() as cursor:
         cursor.execute("SELECT norn_metrics_recount()")
     assert tables() == kept
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_scrape_over_http_from_another_process(web, tmp_path, apps_dir):
+    """Prometheus' view: a daphne of its own (another process than the one that
+    wrote the rows), with the token from its environment."""
+    import urllib.error
+    import urllib.request
+
+    from tests.support.servers import Daphne
+
+    make_deployment(web, steps={"clone": (StepStatus.SUCCEEDED, 3)})
+    env = {"NORN_APPS_DIR": str(apps_dir), "NORN_METRICS_TOKEN": TOKEN, "NORN_METRICS_PUBLIC": "false"}
+    with Daphne(tmp_path / "daphne.log", tmp_path / "access.log", extra_env=env) as server:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{server.url}/metrics", timeout=10)
+        assert refused.value.code == 401
+        request = urllib.request.Request(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("norn_deployments_total", labels(app="web", kind="deploy", status="deployed"))] == 1
+    assert samples[("norn_step_duration_seconds_sum", labels(app="web", step="clone"))] == 3
