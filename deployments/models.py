@@ -797,3 +797,54 @@ class NotificationDelivery(models.Model):
 
     def __str__(self):
         return f"{self.event} of deployment {self.deployment_id} to {self.target}: {self.status}"
+
+
+# --- Metrics for /metrics (deployments/metrics.py, docs/metrics.md) ----------
+
+
+class MetricCount(models.Model):
+    """A counter that /metrics reads instead of counting rows at each scrape
+    (a million deployments would be a GROUP BY over a million rows). Kept by
+    triggers (migration 0016) in the transaction that writes the row counted,
+    so several web processes and workers agree without any memory of their own:
+    - family "deployments": app_id, label1 = kind, label2 = the status a
+      deployment ended with (counted once, when it first reaches a terminal
+      status; a deploy later replaced by a rollback stays counted as deployed);
+    - "webhooks": app_id 0, label1 = provider, label2 = the HTTP status answered;
+    - "notifications": app_id 0, label1 = kind, label2 = the status a delivery
+      ended with (sent, failed, not_configured; each time it ends)."""
+
+    pk = models.CompositePrimaryKey("family", "app_id", "label1", "label2")
+    family = models.CharField(max_length=16)
+    # The app's id (no foreign key, like DeploymentDay); 0 when not per app.
+    app_id = models.BigIntegerField()
+    label1 = models.CharField(max_length=32)
+    label2 = models.CharField(max_length=32)
+    count = models.BigIntegerField()
+
+    def __str__(self):
+        return f"{self.family} {self.app_id} {self.label1} {self.label2}: {self.count}"
+
+
+class DurationBucket(models.Model):
+    """One bucket of a duration histogram for /metrics, kept by triggers
+    (migration 0016): family "step" (name = the step, counted when its
+    duration is written) or "wait" (name "", queued_at -> started_at, counted
+    when a worker starts the deployment). `le` is the bucket's upper bound
+    (Infinity for the last); count and sum (seconds) are the observations in
+    that bucket alone: /metrics adds them up into Prometheus' cumulative ones."""
+
+    # The buckets' upper bounds, seconds; migration 0016's triggers use the same.
+    STEP_BOUNDS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+    WAIT_BOUNDS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200)
+
+    pk = models.CompositePrimaryKey("family", "app_id", "name", "le")
+    family = models.CharField(max_length=8)
+    app_id = models.BigIntegerField()
+    name = models.CharField(max_length=16)
+    le = models.FloatField()
+    count = models.BigIntegerField()
+    sum = models.FloatField()
+
+    def __str__(self):
+        return f"{self.family} {self.app_id} {self.name} <= {self.le}: {self.count}"

@@ -33,3 +33,8 @@ urlpatterns += [
     path(f"hooks/{provider}", hooks.receive, {"provider": provider}, name=f"webhook-{provider}")
     for provider in ("github", "gitlab", "gitea")
 ]
+
+# Prometheus' scrape (deployments/metrics.py): a bearer token, no login.
+from deployments import metrics  # noqa: E402
+
+urlpatterns += [path("metrics", metrics.metrics, name="metrics")]

@@ -15,7 +15,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from apps_registry import discovery
 from apps_registry.models import App
-from deployments import appdb, rollback, states, transitions
+from deployments import appdb, dora, rollback, states, transitions
 from deployments.charts import chart_steps, duration_chart
 from deployments.forms import DeployForm, RollbackForm
 from deployments.models import TERMINAL_STATUSES, Deployment, DeploymentKind, Snapshot, Step
@@ -175,6 +175,7 @@ def app_detail(request, name):
             or Deployment.objects.rollback_candidates(app, exclude_image=live.image).exists()
         ),
         steps=states.STEPS,
+        dora=dora.for_app(app, request.GET.get("window"), now),
     )
     return render(request, "deployments/app_detail.html", ctx)
 

@@ -1,5 +1,5 @@
-"""Settings for deploy on push (docs/autodeploy.md) and deployment
-notifications (docs/notifications.md), read from
+"""Settings for deploy on push (docs/autodeploy.md), deployment
+notifications (docs/notifications.md) and /metrics (docs/metrics.md), read from
 the environment like the rest (norn_project/settings.py imports them).
 
 Only what every target shares is here: each target's own URL, secret or
@@ -17,6 +17,7 @@ __all__ = [
     "NORN_NOTIFY_RETRY_DELAYS", "NORN_NOTIFY_TIMEOUT", "NORN_NOTIFY_EMAIL_FROM",
     "EMAIL_BACKEND", "EMAIL_HOST", "EMAIL_PORT", "EMAIL_HOST_USER", "EMAIL_HOST_PASSWORD",
     "EMAIL_USE_TLS", "EMAIL_USE_SSL", "EMAIL_TIMEOUT",
+    "NORN_METRICS_TOKEN", "NORN_METRICS_PUBLIC",
 ]
 
 # Deploy on push. The webhook secrets (NORN_WEBHOOK_SECRET, and per app
@@ -71,3 +72,19 @@ if EMAIL_USE_TLS and EMAIL_USE_SSL:
         "EMAIL_USE_TLS and EMAIL_USE_SSL are both true; set one: TLS is STARTTLS (port 587), SSL is port 465"
     )
 EMAIL_TIMEOUT = NORN_NOTIFY_TIMEOUT
+
+# /metrics (deployments/metrics.py): scrapers send `Authorization: Bearer
+# <NORN_METRICS_TOKEN>`; without a token it answers 404 unless
+# NORN_METRICS_PUBLIC=true opens it to anyone who can reach Norn.
+NORN_METRICS_TOKEN = env("NORN_METRICS_TOKEN", "")
+NORN_METRICS_PUBLIC = envbool("NORN_METRICS_PUBLIC", False)
+if NORN_METRICS_TOKEN and NORN_METRICS_PUBLIC:
+    raise ImproperlyConfigured(
+        "NORN_METRICS_TOKEN is set and NORN_METRICS_PUBLIC is true; set one: the token keeps /metrics private, "
+        "NORN_METRICS_PUBLIC=true opens it to anyone"
+    )
+if NORN_METRICS_TOKEN and (len(NORN_METRICS_TOKEN) < 16 or any(c.isspace() for c in NORN_METRICS_TOKEN)):
+    raise ImproperlyConfigured(
+        "NORN_METRICS_TOKEN must be at least 16 characters without spaces, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    )

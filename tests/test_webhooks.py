@@ -344,7 +344,8 @@ def test_only_the_webhooks_health_login_favicon_and_token_api_need_no_login_or_c
     hooks = {"hooks/github", "hooks/gitlab", "hooks/gitea"}
     api = {"api/deployments", "api/deployments/<str:text>"}
     # The favicon: a browser asks for it on the login page too.
-    assert no_login == {"healthz", "login/", "favicon.ico", *api, *hooks}
+    # /metrics: Prometheus' scrape, by bearer token (NORN_METRICS_TOKEN), a GET only.
+    assert no_login == {"healthz", "login/", "favicon.ico", "metrics", *api, *hooks}
     assert no_csrf == {*api, *hooks}
 
 
