@@ -125,6 +125,8 @@ def _history_page(history, params):
 def app_detail(request, name):
     app = _get_app_for_user(request, name)
     now = timezone.now()
+    if request.GET.get("part") == "dora":  # fetched after the page: it reads a whole window of deployments
+        return render(request, "deployments/_dora.html", {"dora": dora.for_app(app, request.GET.get("window"), now)})
     history = Deployment.objects.filter(app=app).select_related("requested_by")
     page = _history_page(history, request.GET)
     for deployment in page:
@@ -175,7 +177,6 @@ def app_detail(request, name):
             or Deployment.objects.rollback_candidates(app, exclude_image=live.image).exists()
         ),
         steps=states.STEPS,
-        dora=dora.for_app(app, request.GET.get("window"), now),
     )
     return render(request, "deployments/app_detail.html", ctx)
 
