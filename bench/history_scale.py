@@ -210,7 +210,8 @@ INSERT INTO deployments_deployment (
     id, public_id, app_id, ref, commit_sha, image, status, error, kind, priority,
     rollback_to_id, replaces_id, snapshot_id, requested_by_id, requested_by_name, requested_via,
     runtime, queued_at, started_at, finished_at, owner, heartbeat_at, step_pgid, workdir,
-    cancel_requested_at, cancel_requested_by, last_event_seq)
+    cancel_requested_at, cancel_requested_by, last_event_seq,
+    commit_subject, commit_author, commit_time, failed_step)
 SELECT p.k, gen_random_uuid(), p.app_id,
     CASE WHEN p.kind <> 'deploy' OR p.r_ref < 0.7 THEN 'HEAD' WHEN p.r_ref < 0.9 THEN 'main' ELSE left(x.sha, 12) END,
     CASE WHEN p.kind = 'restore' OR (p.kind = 'deploy' AND p.fail_pos = 0) THEN '' ELSE x.sha END,
@@ -227,7 +228,18 @@ SELECT p.k, gen_random_uuid(), p.app_id,
     CASE WHEN p.r_who < 0.5 THEN 'dashboard' WHEN p.r_who < 0.8 THEN 'autodeploy' ELSE 'cli' END,
     p.runtime, p.queued_at, x.started_at, x.started_at + t.total * interval '1 second',
     'worker-1:4242:' || left(md5(p.k::text), 8), x.started_at + t.total * interval '1 second',
-    NULL, '', NULL, '', 2 + 3 * t.steps
+    NULL, '', NULL, '', 2 + 3 * t.steps,
+    -- The commit the clone step read: a subject, an author and a time, as git gives them.
+    CASE WHEN p.kind = 'restore' OR (p.kind = 'deploy' AND p.fail_pos = 0) THEN '' ELSE
+        (ARRAY['Fix the login redirect when the session expired', 'Bump dependencies',
+               'Add the monthly billing export', 'Retry the payment webhook on 502',
+               'Speed up the orders list (index on created_at)', 'Copy edits on the pricing page',
+               'Drop the unused legacy_customers table', 'Log the request id with each error'])[1 + p.k % 8] END,
+    CASE WHEN p.kind = 'restore' OR (p.kind = 'deploy' AND p.fail_pos = 0) THEN '' ELSE
+        (ARRAY['Alice Martin', 'Bob Chen', 'Carol Diaz', 'Dave Okafor'])[1 + p.k % 4] END,
+    CASE WHEN p.kind = 'restore' OR (p.kind = 'deploy' AND p.fail_pos = 0) THEN NULL ELSE
+        p.queued_at - (10 + p.k % 240) * interval '1 minute' END,
+    coalesce(f.name, '')
 FROM bench_plan p
 JOIN (SELECT k, sum(coalesce(dur + 0.05, 0)) AS total, count(*) AS steps FROM bench_steps GROUP BY k) t USING (k)
 LEFT JOIN (SELECT k, name, {STEP_ERRORS} AS error FROM bench_steps WHERE outcome = 'failed') f USING (k)
@@ -435,6 +447,9 @@ def pages():
         ("app page, middle, Older link", f"/apps/{app.name}/?{next_link(history, HISTORY_PAGE_SIZE, middle)}"),
         ("app page, last page", f"/apps/{app.name}/?page={last_page}"),
         ("app history partial (htmx)", f"/apps/{app.name}/?page={last_page}"),
+        # Fetched by the app page once shown: DORA over the app's last 30 and 90 days.
+        ("app DORA, 30 days (htmx)", f"/apps/{app.name}/?part=dora"),
+        ("app DORA, 90 days (htmx)", f"/apps/{app.name}/?part=dora&window=90d"),
         ("deployment page, newest", f"/deployments/{newest.public_id}/"),
         ("deployment page, oldest", f"/deployments/{oldest.public_id}/"),
         ("rollback page", f"/apps/{app.name}/rollback"),
