@@ -2,26 +2,20 @@
 defines each): on the app page (?window=7d|30d|90d) and in /metrics.
 
 The window holds the app's deployments queued in its last N days, read in
-one query through the deploy_app_recent index (app, -queued_at, -id), so
-the cost grows with the deployments in the window, never with the history.
+one query through the deploy_app_recent index (app, -queued_at, -id) and
+counted by PostgreSQL (FIGURES_SQL), so the cost grows with the deployments
+in the window, never with the history. A restore or rollback as the next
+change after a deploy that went live says that deploy needed remediation.
 """
 
-import statistics
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db.models import BooleanField, Case, Exists, OuterRef, Q, Value, When
+from django.db import connection
 from django.utils import timezone
-
-from deployments.models import Deployment, DeploymentKind, DeploymentStatus, Step, StepStatus
 
 WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
 DEFAULT_WINDOW = "30d"
-# A restore or rollback after a deploy that went live says it needed remediation.
-REMEDIATIONS = (DeploymentKind.ROLLBACK, DeploymentKind.RESTORE)
-# A row is a tuple (values_list: cheaper than dicts over a busy app's 90 days).
-FIELDS = ("app_id", "kind", "finished_at", "commit_time", "went_live")
-APP, KIND, FINISHED, COMMIT_TIME, WENT_LIVE = range(len(FIELDS))
 
 
 @dataclass
@@ -83,66 +77,69 @@ def parse_window(text):
     return DEFAULT_WINDOW, f"window={text[:20]!r} is not a window; use 7d, 30d or 90d (showing {DEFAULT_WINDOW})"
 
 
-def _rows(queryset, since):
-    """The finished, not cancelled deployments queued since `since`, oldest
-    first, each with `went_live`: a deploy or rollback whose deploy step
-    succeeded (deployed, or deployed and later replaced: rolled_back, the
-    only case that needs the step_went_live probe), a restore that ended
-    deployed (queryset.went_live's rule)."""
-    deploy_step_succeeded = Step.objects.filter(deployment=OuterRef("pk"), name="deploy", status=StepStatus.SUCCEEDED)
-    went_live = Case(
-        When(status=DeploymentStatus.DEPLOYED, then=Value(True)),
-        When(Q(status=DeploymentStatus.ROLLED_BACK) & ~Q(kind=DeploymentKind.RESTORE) & Q(Exists(deploy_step_succeeded)),
-             then=Value(True)),
-        default=Value(False),
-        output_field=BooleanField(),
-    )
-    return (
-        queryset.filter(queued_at__gte=since, finished_at__isnull=False)
-        .exclude(status__in=[DeploymentStatus.CANCELLED, DeploymentStatus.QUEUED])
-        .annotate(went_live=went_live)
-        .order_by("app_id", "queued_at", "id")
-        .values_list(*FIELDS)
-    )
+# The four figures of each app, over its finished, not cancelled deployments
+# queued since %(since)s (oldest first by queue time), in PostgreSQL: a busy
+# app's 30 days are ten thousand rows, which Python would read one by one.
+# went_live is queryset.went_live's rule: deployed (a restore too), or a
+# deploy or rollback whose deploy step succeeded and that a rollback later
+# replaced (rolled_back: the one case needing the step_went_live probe). A
+# change to production went live or tried to remedy one (a rollback or a
+# restore, whatever its end); a deploy that never went live changed nothing.
+FIGURES_SQL = """
+WITH r AS MATERIALIZED (
+    -- Newest first (age 1 is the newest), the order of the deploy_app_recent index.
+    SELECT d.app_id, d.kind, d.finished_at, d.commit_time,
+        (d.status = 'deployed' OR (d.status = 'rolled_back' AND d.kind <> 'restore' AND EXISTS (
+            SELECT 1 FROM deployments_step s
+            WHERE s.deployment_id = d.id AND s.name = 'deploy' AND s.status = 'succeeded'))) AS went_live,
+        row_number() OVER (PARTITION BY d.app_id ORDER BY d.queued_at DESC, d.id DESC) AS age
+    FROM deployments_deployment d
+    WHERE d.queued_at >= %(since)s AND d.finished_at IS NOT NULL
+        AND d.status NOT IN ('cancelled', 'queued') AND (%(app)s::bigint IS NULL OR d.app_id = %(app)s)
+), n AS (
+    -- Each row's next change and next deployment that went live: the nearest
+    -- of the rows queued after it (the frame only grows: one pass).
+    SELECT r.*,
+        max(age) FILTER (WHERE went_live OR kind IN ('rollback', 'restore')) OVER later AS next_change,
+        max(age) FILTER (WHERE went_live) OVER later AS next_live
+    FROM r
+    WINDOW later AS (PARTITION BY app_id ORDER BY age ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+)
+SELECT n.app_id,
+    count(*) AS deploys_live,
+    count(*) FILTER (WHERE c.kind IN ('rollback', 'restore')) AS failed_changes,
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(extract(epoch FROM n.finished_at - n.commit_time), 0))
+        FILTER (WHERE n.commit_time IS NOT NULL) AS lead_time,
+    -- A failed change is restored when a later deployment went live (a rollback, a restore or a fix).
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(extract(epoch FROM l.finished_at - n.finished_at), 0))
+        FILTER (WHERE c.kind IN ('rollback', 'restore') AND l.age IS NOT NULL) AS time_to_restore
+FROM n
+LEFT JOIN r c ON c.app_id = n.app_id AND c.age = n.next_change
+LEFT JOIN r l ON l.app_id = n.app_id AND l.age = n.next_live
+WHERE n.kind = 'deploy' AND n.went_live
+GROUP BY n.app_id
+"""
 
 
-def figures(rows, window=DEFAULT_WINDOW, error=""):
-    """The four figures from one app's rows (oldest first), as defined in docs/metrics.md."""
+def _figures_by_app(since, app_id=None):
+    """{app id: (deploys that went live, failed changes, median lead time, median time to restore)}."""
+    with connection.cursor() as cursor:
+        cursor.execute(FIGURES_SQL, {"since": since, "app": app_id})
+        return {row[0]: row[1:] for row in cursor.fetchall()}
+
+
+def figures(counted=None, window=DEFAULT_WINDOW, error=""):
+    """The Dora of one app from its row of FIGURES_SQL (None: nothing went live)."""
     days = WINDOWS[window]
     result = Dora(window=window, days=days, error=error)
-    lead_times, restore_times = [], []
-    # For each row, the next row that changed production (went live, or a
-    # remediation attempt: a deploy that never went live changed nothing)
-    # and the next that went live; one pass from the end.
-    next_change, next_live = [None] * len(rows), [None] * len(rows)
-    change = live = None
-    for index in range(len(rows) - 1, -1, -1):
-        next_change[index], next_live[index] = change, live
-        row = rows[index]
-        if row[WENT_LIVE]:
-            live = row
-        if row[WENT_LIVE] or row[KIND] in REMEDIATIONS:
-            change = row
-    for index, row in enumerate(rows):
-        if row[KIND] != DeploymentKind.DEPLOY or not row[WENT_LIVE]:
-            continue
-        result.deploys_live += 1
-        if row[COMMIT_TIME] is not None:
-            lead_times.append(max((row[FINISHED] - row[COMMIT_TIME]).total_seconds(), 0))
-        # A failed change: the next change to production was a rollback or a restore.
-        if next_change[index] is None or next_change[index][KIND] not in REMEDIATIONS:
-            continue
-        result.failed_changes += 1
-        # Restored when a later deployment went live (a rollback, a restore or a fix).
-        if next_live[index] is not None:
-            restore_times.append(max((next_live[index][FINISHED] - row[FINISHED]).total_seconds(), 0))
-    result.frequency = result.deploys_live / days
-    if lead_times:
-        result.lead_time = statistics.median(lead_times)
-    if result.deploys_live:
-        result.change_failure_rate = result.failed_changes / result.deploys_live
-    if restore_times:
-        result.time_to_restore = statistics.median(restore_times)
+    if counted is None:
+        return result
+    deploys_live, failed_changes, lead_time, time_to_restore = counted
+    result.deploys_live, result.failed_changes = deploys_live, failed_changes
+    result.frequency = deploys_live / days
+    result.lead_time = None if lead_time is None else float(lead_time)
+    result.change_failure_rate = failed_changes / deploys_live
+    result.time_to_restore = None if time_to_restore is None else float(time_to_restore)
     return result
 
 
@@ -150,13 +147,10 @@ def for_app(app, window_text=None, now=None):
     """The app page's figures for ?window= (one query)."""
     window, error = parse_window(window_text)
     since = (now or timezone.now()) - timedelta(days=WINDOWS[window])
-    return figures(list(_rows(Deployment.objects.filter(app=app), since)), window, error)
+    return figures(_figures_by_app(since, app.pk).get(app.pk), window, error)
 
 
 def per_app(now=None, window=DEFAULT_WINDOW):
-    """{app id: Dora} for every app with deployments in the window (one query): /metrics."""
+    """{app id: Dora} for every app a deploy of which went live in the window (one query): /metrics."""
     since = (now or timezone.now()) - timedelta(days=WINDOWS[window])
-    by_app = {}
-    for row in _rows(Deployment.objects.all(), since):
-        by_app.setdefault(row[APP], []).append(row)
-    return {app_id: figures(rows, window) for app_id, rows in by_app.items()}
+    return {app_id: figures(counted, window) for app_id, counted in _figures_by_app(since).items()}

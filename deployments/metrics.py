@@ -146,7 +146,7 @@ class NornCollector:
         )
         figures = dora.per_app(now, window)
         for app_id, name in sorted(apps.items(), key=lambda item: item[1]):
-            result = figures.get(app_id) or dora.figures([], window)
+            result = figures.get(app_id) or dora.figures(None, window)
             frequency.add_metric([name], result.frequency)
             # No data: no sample (a 0 would read as "instant" or "never fails").
             if result.lead_time is not None:
