@@ -214,7 +214,8 @@ class _Session:
         )
 
     def _idle(self, idle_for: float) -> None:
-        if self.warned_idle or self.args.json or idle_for <= IDLE_WARNING or self.last_kind not in (None, "deploy.queued"):
+        waiting = self.last_kind in (None, "deploy.queued", "deploy.retargeted")  # nothing started yet
+        if self.warned_idle or self.args.json or idle_for <= IDLE_WARNING or not waiting:
             return
         self.warned_idle = True
         try:

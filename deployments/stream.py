@@ -276,6 +276,10 @@ def describe(event: StreamedEvent) -> list[tuple[str, str | None]]:
         return [(f"Deployment {payload['id']} failed: {payload['error']}", ERROR)]
     if event.kind == "deploy.cancelled":
         return [(f"Cancel requested by {payload['by']}", WARNING)]
+    if event.kind == "deploy.retargeted":
+        # A newer push joined this deploy while it waited (docs/autodeploy.md).
+        return [(f"A newer push: deploying {payload.get('ref', '?')[:12]} instead of "
+                 f"{payload.get('previous_ref', '?')[:12]}", WARNING)]
     return []
 
 

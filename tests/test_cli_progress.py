@@ -156,3 +156,8 @@ def test_an_interruption_keeps_the_running_line():
     ]
     plain = stream.Progress(in_place=False)
     assert [p for p, _, _ in plain.render(start) + plain.render(end)] == ["", "", "", ""]
+
+
+def test_a_retargeted_deploy_says_which_commit_it_deploys_now():
+    event = stream.StreamedEvent(2, "deploy.retargeted", {"ref": "b" * 40, "previous_ref": "a" * 40})
+    assert stream.describe(event) == [(f"A newer push: deploying {'b' * 12} instead of {'a' * 12}", stream.WARNING)]
