@@ -110,7 +110,7 @@ def _history_page(history, params):
     listed = history.only(
         "public_id", "app", "kind", "status", "ref", "commit_sha", "commit_subject", "queued_at", "started_at",
         "finished_at", "requested_by__username", "requested_by_name", "requested_via", "error", "failed_step",
-        "rollback_to", "snapshot",
+        "rollback_to", "snapshot", "commit_author", "commit_time",
     ).with_rollback_targets()
     paginator = LongListPaginator(
         listed.order_by("-queued_at", "-id"), HISTORY_PAGE_SIZE,

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 import pytest
+from django.utils import timezone
 from django.contrib import admin
 from django.contrib.admin.templatetags.admin_list import items_for_result
 from django.db import connection
@@ -296,7 +297,7 @@ OLD_HISTORY_ROWS = """{% load norn ids %}{% for deployment in history %}
 <th scope="row"><a href="{% url 'deployment-detail' deployment.public_id %}"><code>{{ deployment.short_id }}</code></a>{% if deployment.pk == live.pk %} <span class="live-marker" title="Its image serves the traffic now">● Live</span>{% endif %}</th>
 <td data-label="Status">{% include "deployments/_status.html" with status=deployment.status label=deployment.get_status_display %}</td>
 <td data-label="What">{% if deployment.kind == "deploy" %}<code>{{ deployment.ref }}</code>{% else %}<span class="kind kind-{{ deployment.kind }}">{{ deployment.kind_label }}</span>{% endif %}</td>
-<td data-label="Commit">{% if deployment.commit_sha %}{% short_id deployment.commit_sha 12 %}{% else %}—{% endif %}{% if deployment.commit_subject %}<br><span class="subject">{% if deployment.commit_subject|length > 60 %}<span title="{{ deployment.commit_subject }}">{{ deployment.commit_subject|slice:":59" }}…</span>{% else %}{{ deployment.commit_subject }}{% endif %}</span>{% endif %}</td>
+<td data-label="Commit">{% if deployment.commit_sha %}{% short_id deployment.commit_sha 12 %}{% else %}—{% endif %}{% if deployment.commit_subject %}<br><span class="subject">{% if deployment.commit_subject|length > 60 %}<span title="{{ deployment.commit_subject }}">{{ deployment.commit_subject|slice:":59" }}…</span>{% else %}{{ deployment.commit_subject }}{% endif %}</span>{% endif %}{% if deployment.commit_author %} <span class="muted"{% if deployment.commit_time %} title="committed {{ deployment.commit_time|date:'Y-m-d H:i' }}"{% endif %}>by {{ deployment.commit_author }}</span>{% endif %}</td>
 <td data-label="Why">{% with reason=deployment.failure_reason %}{% if reason %}<span class="why why-{{ deployment.status }}">{% if reason|length > 90 %}<span title="{{ reason }}">{{ reason|slice:":89" }}…</span>{% else %}{{ reason }}{% endif %}</span>{% endif %}{% endwith %}</td>
 <td data-label="Queued"><time datetime="{{ deployment.queued_at|date:'c' }}">{{ deployment.queued_at|date:"Y-m-d H:i" }}</time></td>
 <td data-label="Took">{{ deployment.took|duration }}</td>
@@ -337,7 +338,8 @@ def test_history_and_chart_tags_write_what_the_templates_did(web):
 
     alice = User.objects.create_user("al'ice<")
     one = make_deployment(web, ref="feat/<x>&'\"", commit="f" * 40, image="web:f", steps=all_succeeded(3), ago=30)
-    Deployment.objects.filter(pk=one.pk).update(requested_by=alice, commit_subject="Fix <b>bold</b> & 'quotes' " * 5)
+    Deployment.objects.filter(pk=one.pk).update(requested_by=alice, commit_subject="Fix <b>bold</b> & 'quotes' " * 5,
+        commit_author="O'Brien <ob@example.com> & co", commit_time=timezone.now())
     make_deployment(web, DeploymentStatus.FAILED, kind="rollback", ago=20, steps=all_succeeded(700),
                     rollback_to=one, error="deploy failed: the new container <x> died\nits log", failed_step="deploy")
     make_deployment(web, DeploymentStatus.CANCELLED, ref="main", ago=15, error="cancelled by bob <b>")

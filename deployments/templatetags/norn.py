@@ -165,6 +165,10 @@ def history_rows(deployments, live=None) -> str:
         commit = ident_html(d.commit_sha, 12) if d.commit_sha else "—"
         if d.commit_subject:
             commit += f'<br><span class="subject">{clipped(d.commit_subject, SUBJECT_SHOWN)}</span>'
+        if d.commit_author:
+            # Who wrote the commit (the By column says who deployed it), and when.
+            when = f' title="committed {timezone.localtime(d.commit_time):%Y-%m-%d %H:%M}"' if d.commit_time else ""
+            commit += f' <span class="muted"{when}>by {escape(d.commit_author)}</span>'
         reason = d.failure_reason
         # A cancel is someone's choice, not an error: its reason is not red.
         why = f'<span class="why why-{escape(d.status)}">{clipped(reason, REASON_SHOWN)}</span>' if reason else ""
