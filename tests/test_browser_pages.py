@@ -15,7 +15,7 @@ from deployments.models import Deployment, DeploymentStatus, Snapshot, StepStatu
 from tests.support.browser import DESKTOP, PHONE, browser, daphne, logged_in_page  # noqa: F401 (fixtures)
 from tests.support.dashboard import web  # noqa: F401 (fixture)
 from tests.support.dashboard import all_succeeded, make_deployment, write_snapshot
-from tests.test_browser import SCREENSHOTS, check_png
+from tests.test_browser import screenshots
 
 try:
     from playwright.sync_api import expect
@@ -28,20 +28,6 @@ ADMIN = "/admin/deployments/deployment/"
 # Every column the list must show at 1280 px, by its title.
 COLUMNS = ["ID", "App", "Kind", "Ref / commit", "Status", "Requested by", "Queued at", "Duration"]
 LONG_REF = "feature/a-branch-name-long-enough-to-need-shortening-in-a-table"
-
-
-def screenshots(page, name):
-    """Full-page screenshots at 1280 and 390 px, checked to be pictures of a
-    page no wider than the screen."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for viewport in (DESKTOP, PHONE):
-        page.set_viewport_size(viewport)
-        path = SCREENSHOTS / f"{name}-{viewport['width']}x{viewport['height']}.png"
-        path.unlink(missing_ok=True)
-        page.screenshot(path=path, full_page=True, animations="disabled")
-        width, _ = check_png(path)
-        assert width == viewport["width"], f"{path.name}: {width} px wide, the page overflows sideways"
-    page.set_viewport_size(DESKTOP)
 
 
 @pytest.fixture

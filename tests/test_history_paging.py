@@ -330,7 +330,6 @@ def squeeze(markup):
 def test_history_and_chart_tags_write_what_the_templates_did(web):
     from django.contrib.auth.models import User
     from django.template import engines
-    from django.utils import timezone
 
     from deployments import views
     from deployments.charts import duration_chart
