@@ -9,12 +9,13 @@ deploy goes on, and clients catch up from the Event table.
 
 import asyncio
 import atexit
+import json
 import logging
 import queue
 import threading
-import uuid
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from deployments.models import Deployment, Event
 
@@ -64,7 +65,7 @@ def _iso(value):
     return value.isoformat() if value else None
 
 
-def record(deployment_id: int, kind: str, payload: dict) -> Event:
+def record(deployment_id: int, kind: str, payload: dict) -> None:
     """Append an event for the deployment; call inside the state change's transaction."""
     # The UPDATE takes the deployment's row lock until commit, so concurrent
     # writers (the worker and a cancel) get consecutive numbers, never equal.
@@ -76,23 +77,68 @@ def record(deployment_id: int, kind: str, payload: dict) -> Event:
             [deployment_id],
         )
         seq, public_id, app_name = cursor.fetchone()
-    return write_numbered(deployment_id, public_id, app_name, seq, [(kind, payload)])[0]
+    write_numbered(deployment_id, public_id, app_name, seq, [(kind, payload)])
 
 
 def write_numbered(deployment_id: int, public_id, app_name: str, first_seq: int,
-                   items: list[tuple[str, dict]]) -> list[Event]:
+                   items: list[tuple[str, dict]]) -> None:
     """Events (kind, payload) numbered from `first_seq`: numbers the caller
     took from the deployment's last_event_seq in the same transaction. Each
     is published once that transaction commits."""
     assert transaction.get_connection().in_atomic_block, "events are written with their state change"
-    rows = Event.objects.bulk_create(
-        Event(deployment_id=deployment_id, seq=first_seq + i, kind=kind, payload=payload)
-        for i, (kind, payload) in enumerate(items)
-    )
-    for event in rows:
-        body = message(event, public_id, app_name)
+    # One statement for all of them, without the ORM's per-row work: a step
+    # boundary writes two or three, and the worker waits for it.
+    seqs = list(range(first_seq, first_seq + len(items)))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO deployments_event (deployment_id, seq, kind, payload, created_at)"
+            " SELECT %s, t.seq, t.kind, t.payload::jsonb, %s"
+            " FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(seq, kind, payload)",
+            [deployment_id, timezone.now(), seqs, [kind for kind, _ in items],
+             [json.dumps(payload) for _, payload in items]],
+        )
+    published(public_id, app_name, [(seq, kind, payload) for seq, (kind, payload) in zip(seqs, items)])
+
+
+def published(public_id, app_name: str, numbered: list[tuple[int, str, dict]]) -> None:
+    """Publish these stored events (seq, kind, payload) once the transaction
+    that wrote them commits (at once outside one)."""
+    public_id = str(public_id)
+    for seq, kind, payload in numbered:
+        body = {**_message(public_id, seq, kind, payload), "app": app_name}
         transaction.on_commit(lambda body=body: publisher.send([GROUP], body))
-    return rows
+
+
+# What the output writer sets on the deployment with a batch of output.
+OUTPUT_FIELDS = ("step_pgid", "workdir")
+
+
+def append_log(deployment_id: int, name: str, text: str, fields: dict) -> None:
+    """transitions.append_outputs of one step's text: one statement, so one round trip
+    and its own transaction (the output writer's common case, written while
+    the step runs and waited for at its end). The deployment's row is
+    updated first, so its lock is taken in the same order as every other
+    state change takes it."""
+    assert set(fields) <= set(OUTPUT_FIELDS), fields
+    payload = {"step": name, "text": text}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH d AS (UPDATE deployments_deployment d SET last_event_seq = d.last_event_seq + 1"
+            + "".join(f", {column} = %s" for column in fields) +
+            " FROM apps_registry_app a WHERE d.id = %s AND a.id = d.app_id"
+            " RETURNING d.id, d.last_event_seq, d.public_id, a.name),"
+            " s AS (UPDATE deployments_step SET output = COALESCE(output, '') || %s"
+            " WHERE deployment_id = (SELECT id FROM d) AND name = %s),"
+            " e AS (INSERT INTO deployments_event (deployment_id, seq, kind, payload, created_at)"
+            " SELECT id, last_event_seq, %s, %s::jsonb, %s FROM d)"
+            " SELECT last_event_seq, public_id, name FROM d",
+            [*fields.values(), deployment_id, text, name, LOG, json.dumps(payload), timezone.now()],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise Deployment.DoesNotExist(f"deployment {deployment_id} does not exist")
+    seq, public_id, app_name = row
+    published(public_id, app_name, [(seq, LOG, payload)])
 
 
 # Every event goes to one channel-layer group, whoever watches it: a batch
@@ -116,11 +162,6 @@ def app_route(app_name: str) -> str:
 
 
 ALL_ROUTE = "all"
-
-
-def message(event: Event, public_id: uuid.UUID, app_name: str) -> dict:
-    """A committed event as published: it names its app, for the hubs to route it."""
-    return {**_message(str(public_id), event.seq, event.kind, event.payload), "app": app_name}
 
 
 def _message(public_id: str, seq: int, kind: str, payload: dict) -> dict:

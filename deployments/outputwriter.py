@@ -1,9 +1,9 @@
 """A deployment's step output, written to the database behind the step.
 
-Every piece of output is a transaction (the step's text and a `deploy.log`
-event, transitions.append_output): ~10 ms on this kind of machine, and a
-webserver deploy writes 30-40 of them, each one waited for by the step that
-produced it (issue 13). Here a thread of the worker writes them instead, with
+Every piece of output is a write (the step's text and a `deploy.log` event,
+transitions.append_outputs: one statement, events.append_log), and a
+webserver deploy writes 30-40 of them; waited for by the step that produced
+each, they added up (issue 13). Here a thread of the worker writes them instead, with
 a connection of its own: the step only hands the text over, and whatever
 piled up while one write was under way goes out together in the next.
 

@@ -232,10 +232,13 @@ def append_output(deployment_id: int, name: str, text: str) -> None:
 
 def append_outputs(deployment_id: int, pieces: list[tuple[str, str]], **fields) -> None:
     """Append each (step, text) to its step, with its deploy.log event, and set
-    the deployment's `fields` (step_pgid), in one transaction."""
+    the deployment's `fields` (step_pgid, workdir), in one transaction."""
     # PostgreSQL text cannot hold NUL, and a command may print one.
     pieces = [(name, text.replace("\x00", "\ufffd")) for name, text in pieces if text]
     if not pieces and not fields:
+        return
+    if len(pieces) == 1:
+        events.append_log(deployment_id, *pieces[0], fields)
         return
     with transaction.atomic():
         if fields:
