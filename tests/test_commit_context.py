@@ -117,7 +117,7 @@ def test_bytes_that_are_not_utf8_are_replaced(tmp_path, monkeypatch):
     the parser knows) becomes text with U+FFFD, never an error."""
     shims = tmp_path / "shims"
     shims.mkdir()
-    (shims / "git").write_text("#!/bin/sh\nprintf 'Bad \\377\\376 subject\\000N\\303\\000yesterday'\n")
+    (shims / "git").write_text("#!/bin/sh\nprintf '%040d\\000Bad \\377\\376 subject\\000N\\303\\000yesterday' 0\n")
     (shims / "git").chmod(0o755)
     context = clone.commit_context(tmp_path, {"PATH": f"{shims}:/usr/bin:/bin"})
     assert context == {"commit_subject": "Bad \ufffd\ufffd subject", "commit_author": "N\ufffd", "commit_time": None}

@@ -71,8 +71,8 @@ def clone(ctx: Context, spec_repo: Repo, source: Path) -> None:
         raise CloneFailed(f"git clone of {shown} branch {branch} exited with status {result.returncode}")
     if is_sha(ref):
         checkout_sha(ctx, ref, source, env, shown)
-    ctx.commit_sha = git_head(ctx, source, env)
-    ctx.commit_context = commit_context(source, env)
+    sha, ctx.commit_context = read_head(source, env)
+    ctx.commit_sha = sha or git_head(ctx, source, env)  # which says why HEAD has no SHA
     ctx.log(f"Checked out {ctx.commit_sha}" + _described(ctx.commit_context))
 
 
@@ -108,9 +108,9 @@ def git_head(ctx: Context, source: Path, env: dict[str, str]) -> str:
     return sha
 
 
-# One call reads the commit's subject, author name and committer date,
+# One call reads the commit's SHA, subject, author name and committer date,
 # NUL-separated: no subject or name can hold a NUL, any other byte can.
-COMMIT_FORMAT = "%s%x00%an%x00%cI"
+COMMIT_FORMAT = "%H%x00%s%x00%an%x00%cI"
 # More than a subject and a name need: what a commit message could make
 # huge is cut here, before it is decoded.
 COMMIT_READ_LIMIT = 8192
@@ -119,11 +119,18 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def commit_context(source: Path, env: dict[str, str]) -> dict:
-    """{"commit_subject", "commit_author", "commit_time"} of HEAD in `source`,
-    for Deployment's columns; {} when git cannot say (it never fails the
-    step: the SHA is what the deployment needs). The values come from the
-    repository, so they are bounded, invalid UTF-8 is replaced and control
-    characters (a terminal's escape sequences) become spaces."""
+    """{"commit_subject", "commit_author", "commit_time"} of HEAD in `source`
+    (read_head)."""
+    return read_head(source, env)[1]
+
+
+def read_head(source: Path, env: dict[str, str]) -> tuple[str | None, dict]:
+    """The SHA of HEAD in `source` and its {"commit_subject", "commit_author",
+    "commit_time"}, for Deployment's columns, from one git call; (None, {})
+    when git cannot say (the context never fails the step: the SHA is what
+    the deployment needs, and git_head says why there is none). The values
+    come from the repository, so they are bounded, invalid UTF-8 is replaced
+    and control characters (a terminal's escape sequences) become spaces."""
     argv = ["git", "-C", str(source), "show", "-s", "--no-show-signature", f"--format={COMMIT_FORMAT}", "HEAD"]
     try:
         with subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -132,16 +139,17 @@ def commit_context(source: Path, env: dict[str, str]) -> dict:
             proc.kill()  # whatever is left unread (a subject past the limit)
             proc.wait(timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None, {}
     parts = raw.decode("utf-8", "replace").split("\x00")
-    if len(parts) != 3:
-        return {}
-    subject, author, when = (_CONTROL.sub(" ", part).strip() for part in parts)
+    if len(parts) != 4 or not FULL_SHA_RE.match(parts[0]):
+        return None, {}
+    sha = parts[0]
+    subject, author, when = (_CONTROL.sub(" ", part).strip() for part in parts[1:])
     try:
         moment = datetime.datetime.fromisoformat(when)
     except ValueError:
         moment = None
-    return {
+    return sha, {
         "commit_subject": _bounded(subject, SUBJECT_MAX),
         "commit_author": _bounded(author, AUTHOR_MAX),
         "commit_time": moment,
@@ -169,13 +177,13 @@ def copy_local(ctx: Context, source: Path) -> None:
         # The copied checkout may be owned by another user: git's
         # safe.directory check would refuse to read it.
         env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="safe.directory", GIT_CONFIG_VALUE_0="*")
-        sha = git_head(ctx, source, env)
+        sha, ctx.commit_context = read_head(source, env)
+        sha = sha or git_head(ctx, source, env)
         if is_sha(ctx.ref) and not sha.startswith(ctx.ref):
             raise StepFailed(
                 f"commit {ctx.ref} was requested, but the local copy in {ctx.app_dir} is at {sha}"
             )
         ctx.commit_sha = sha
-        ctx.commit_context = commit_context(source, env)
     else:
         if ctx.ref != "HEAD":
             raise StepFailed(f"{ctx.ref} was requested, but the local copy in {ctx.app_dir} is not a git checkout")
