@@ -121,8 +121,13 @@ class Context:
         throwaway container of ctx.image (deployments/containers.py),
         streaming its output into the step; StepFailed when it exits non-zero
         or the image has no /bin/sh (`setting` names the infraspec key)."""
-        self.log(f"$ sh -c {shlex.quote(command)}")
-        self.log(f"  (in a throwaway container of {self.image} on the network {containers.network_name(self.app_name)})")
+        # One piece of output, so one write and one event, as the command starts.
+        self.log(
+            (f"Working directory {containers.WORKSPACE}: the checked-out tree, mounted read-write\n"
+             if workspace else "")
+            + f"$ sh -c {shlex.quote(command)}\n"
+            f"  (in a throwaway container of {self.image} on the network {containers.network_name(self.app_name)})"
+        )
         try:
             result = containers.run(
                 lambda argv, timeout: self.run(argv, check=False, echo=False, timeout=timeout),

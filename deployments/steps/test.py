@@ -5,7 +5,7 @@ built, the checked-out tree mounted as its working directory; skipped without on
 import os
 from pathlib import Path
 
-from deployments import appenv, containers
+from deployments import appenv
 from deployments.steps import Context, Skip
 
 
@@ -32,7 +32,6 @@ def run(ctx: Context) -> None:
     # passed as one argument to sh, never spliced into a string of ours. It
     # gets the app's environment but not its database: tests must not touch
     # the live data.
-    ctx.log(f"Working directory {containers.WORKSPACE}: the checked-out tree, mounted read-write")
     open_to_any_user(ctx.workdir / "src")
     ctx.run_in_container(
         "test", command,
