@@ -153,6 +153,11 @@ def main():
     parser.add_argument("--follows", type=int, default=10)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, common.on_sigterm)
+    # The bytecode scripts/bootstrap and deploy/install.sh leave, for the
+    # source as it is now: where PYTHONDONTWRITEBYTECODE is set, each command
+    # would otherwise compile Norn's modules again, which no installed Norn does.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "manage.py", "norn_project", "deployments",
+                    "apps_registry"], cwd=ROOT, check=True)
     tmp = Path(tempfile.mkdtemp(prefix="norn-bench-cli-"))
     env = common.bench_env(DB, tmp)
     env["NORN_CHANNEL_PREFIX"] = os.environ["NORN_CHANNEL_PREFIX"] = f"norn-bench-cli-{os.getpid()}"
