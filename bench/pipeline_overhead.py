@@ -25,7 +25,7 @@ Prints per app the medians, Norn over the script (target: <= 1.10x, aim
 1.05x), where Norn's time went (per step, from its own records), and the
 peak resident memory of the worker and of daphne (target: < 150 MB each).
 
-    .venv/bin/python bench/pipeline_overhead.py [--runs 5] [--apps webserver,cron]
+    .venv/bin/python bench/pipeline_overhead.py [--runs 5] [--apps webserver,cron] [--each]
 
 Needs the services from scripts/services (PostgreSQL, Redis, Docker, the
 apps' PostgreSQL, caddy); uses its own databases norn_bench, norn_bench_app
@@ -359,10 +359,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--apps", default=",".join(APPS), help="webserver,cron (the default) or one of them")
+    parser.add_argument("--each", action="store_true", help="print where each run's time went, as it ends")
     args = parser.parse_args()
     which_apps = [a for a in args.apps.split(",") if a]
     if not which_apps or set(which_apps) - set(APPS):
         parser.error(f"--apps: use {', '.join(APPS)}")
+    # The bytecode scripts/bootstrap and deploy/install.sh leave, for the
+    # source as it is now: where PYTHONDONTWRITEBYTECODE is set, each command
+    # would otherwise compile Norn's modules again, which no installed Norn does.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "manage.py", "norn_project", "deployments",
+                    "apps_registry"], cwd=ROOT, check=True)
     tmp = Path(tempfile.mkdtemp(prefix="norn-bench-"))
     if not os.environ.get("NORN_APP_DATABASES_URL"):
         url_file = Path(os.environ.get("NORN_SERVICES_STATE_DIR", "/var/lib/norn-services")) / "apps-database-url"
@@ -435,9 +441,14 @@ def main():
                 for side in order:
                     if side == "norn":
                         times["norn"].append(norn(which))
+                        if args.each:
+                            print("Norn  ", f"{times['norn'][-1]:.2f}", step_times(NAMES[which], last_cli[which]),
+                                  flush=True)
                     else:
                         elapsed, script_steps = run_script(tmp, which, script_ingress, script_port)
                         times["script"].append(elapsed)
+                        if args.each:
+                            print("script", f"{elapsed:.2f}", script_steps, flush=True)
             results[which] = (times, step_times(NAMES[which], last_cli[which]), script_steps)
 
         print(f"runs per side:        {args.runs} (interleaved), load average {os.getloadavg()[0]:.2f}")
