@@ -152,25 +152,10 @@ def run(argv, *, cwd=None, env=None, timeout=None, on_output=None, should_cancel
     thread.start()
 
     deadline = time.monotonic() + timeout if timeout else None
-    tail = []
-    captured = []
-    pending = []
-    last_flush = time.monotonic()
+    output = Batches(on_output, redact, capture)
+    flush = output.flush
     eof = False
     stop_error = None
-
-    def flush():
-        nonlocal pending, last_flush
-        if pending:
-            text = redact(b"".join(pending).decode("utf-8", "replace"))
-            pending = []
-            tail.append(text)
-            del tail[:-20]
-            if capture:
-                captured.append(text)
-            if on_output:
-                on_output(text)
-        last_flush = time.monotonic()
 
     exited_at = None
     while True:
@@ -188,10 +173,10 @@ def run(argv, *, cwd=None, env=None, timeout=None, on_output=None, should_cancel
                 if data is None:
                     eof = True
                 else:
-                    pending.append(data)
+                    output.add(data)
             except queue.Empty:
                 pass
-        if time.monotonic() - last_flush >= FLUSH_INTERVAL:
+        if output.due():
             flush()
         if proc.poll() is None and stop_error is None:
             reason = should_cancel() if should_cancel else None
@@ -215,7 +200,43 @@ def run(argv, *, cwd=None, env=None, timeout=None, on_output=None, should_cancel
     thread.join(timeout=1)
     if stop_error:
         raise stop_error
-    return Result(proc.returncode, "".join(tail), "".join(captured))
+    return Result(proc.returncode, output.tail_text(), "".join(output.captured))
+
+
+class Batches:
+    """A command's output as it comes: gathered, then every FLUSH_INTERVAL
+    redacted and handed to `on_output`; the last pieces are kept for error
+    messages (and all of it with `capture`)."""
+
+    def __init__(self, on_output=None, redact=None, capture=False):
+        self.on_output = on_output
+        self.redact = redact or Redactor()
+        self.capture = capture
+        self.pending: list[bytes] = []
+        self.tail: list[str] = []
+        self.captured: list[str] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, data: bytes) -> None:
+        self.pending.append(data)
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_flush >= FLUSH_INTERVAL
+
+    def flush(self) -> None:
+        if self.pending:
+            text = self.redact(b"".join(self.pending).decode("utf-8", "replace"))
+            self.pending = []
+            self.tail.append(text)
+            del self.tail[:-20]
+            if self.capture:
+                self.captured.append(text)
+            if self.on_output:
+                self.on_output(text)
+        self.last_flush = time.monotonic()
+
+    def tail_text(self) -> str:
+        return "".join(self.tail)
 
 
 def _terminate(proc):
