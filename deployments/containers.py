@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 
 from django.conf import settings
 
-from deployments import dockerapi, runner
-from deployments.appenv import env_file
+from deployments import dockerapi, enginerun, runner
+from deployments.appenv import env_file, env_problem
 from deployments.runner import host_env
 
 # The address an app's code reaches its database server (and nothing else of
@@ -32,6 +32,7 @@ COMMAND_TIMEOUT = 60
 _NO_SHELL = re.compile(r'exec: "?/bin/sh"?: (stat /bin/sh: )?no such file|exec /bin/sh failed: No such file', re.I)
 
 Run = Callable[[list[str], float], runner.Result]
+Engine = Callable[[str, dict, float | None], runner.Result | None]
 
 # Networks this process created or found, so each run does not ask again; one
 # removed behind its back (manage.py undeploy elsewhere) is created again when
@@ -119,13 +120,19 @@ def remove_network(app_name: str) -> bool:
 
 def run(execute: Run, *, name: str, app_name: str, purpose: str, deployment: str | None, image: str,
         command: list[str], env: Mapping[str, object], timeout: float | None,
-        workspace: str | None = None, shell: bool = False, labels: Mapping[str, object] | None = None) -> runner.Result:
+        workspace: str | None = None, shell: bool = False, labels: Mapping[str, object] | None = None,
+        engine: Engine | None = None) -> runner.Result:
     """Run `command` once in a throwaway container of `image` and remove it.
 
     `execute(argv, timeout)` runs the docker client (a step's ctx.run, which
     streams the output and obeys the step's cancel, or runner.run for cron).
+    `engine(name, body, timeout)`, when given, runs it through the engine's
+    API instead (enginerun.run, with the step's output and cancel), the same
+    container from the same settings; where it returns None (no unix socket,
+    an image to pull) the docker client runs it.
     The container: on the app's network, the image's own user, only `env`
-    (through a private env file), the limits(), labelled with the app, the
+    (in the API request's body, or a private env file for the client), the
+    limits(), labelled with the app, the
     purpose and the pipeline's `deployment` (so crash recovery finds it; None
     for cron runs, which belong to no deployment). `workspace`, a
     host directory, is mounted read-write as the working directory.
@@ -137,18 +144,32 @@ def run(execute: Run, *, name: str, app_name: str, purpose: str, deployment: str
     itself, and by recovery.fail when the worker itself is gone.
     """
     assert purpose in PURPOSES
-    argv = [
-        "docker", "run", "--rm", "--init",
-        "--name", name,
-        "--label", f"norn.app={app_name}",
-        "--label", f"norn.purpose={purpose}",
-        "--network", ensure_network(app_name), *ADD_HOST,
-        *limits(),
-    ]
-    if deployment:
-        argv += ["--label", f"norn.deployment={deployment}"]
-    for key, value in (labels or {}).items():
+    problem = env_problem(env)
+    if problem:
+        raise ValueError(problem)
+    network = ensure_network(app_name)
+    all_labels = {"norn.app": app_name, "norn.purpose": purpose,
+                  **({"norn.deployment": deployment} if deployment else {}), **(labels or {})}
+    if engine is not None:
+        body = {
+            "Image": image, "Cmd": ["-c", *command] if shell else list(command),
+            "Env": [f"{key}={value}" for key, value in env.items()],
+            "Labels": {key: str(value) for key, value in all_labels.items()},
+            "AttachStdout": True, "AttachStderr": True,
+            "HostConfig": enginerun.host_config(network, workspace, WORKSPACE),
+            **({"Entrypoint": ["/bin/sh"]} if shell else {}), **({"WorkingDir": WORKSPACE} if workspace else {}),
+        }
+        result = engine(name, body, timeout)
+        if result is not None and result.returncode == 125 and _NETWORK_MISSING.search(result.tail):
+            _known_networks.discard(network_name(app_name))
+            body["HostConfig"]["NetworkMode"] = ensure_network(app_name)
+            result = engine(name, body, timeout)
+        if result is not None:
+            return _checked(result, shell, image)
+    argv = ["docker", "run", "--rm", "--init", "--name", name]
+    for key, value in all_labels.items():
         argv += ["--label", f"{key}={value}"]
+    argv += ["--network", network, *ADD_HOST, *limits()]
     if workspace:
         argv += ["--volume", f"{workspace}:{WORKSPACE}", "--workdir", WORKSPACE]
     if shell:
@@ -167,6 +188,10 @@ def run(execute: Run, *, name: str, app_name: str, purpose: str, deployment: str
     finally:
         if not finished:
             remove(name)
+    return _checked(result, shell, image)
+
+
+def _checked(result: runner.Result, shell: bool, image: str) -> runner.Result:
     if shell and result.returncode in (126, 127) and _NO_SHELL.search(result.tail):
         raise NoShell(f"the image {image} has no /bin/sh")
     return result

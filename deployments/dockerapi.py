@@ -1,11 +1,12 @@
-"""The Docker Engine API on its unix socket, for Norn's quick read-only
-questions (is there such a container, such a network): a `docker inspect`
-costs a process start, ~60 ms, this ~2 ms, and a deploy asks several.
+"""The Docker Engine API on its unix socket, for Norn's quick questions (is
+there such a container, such a network): a `docker inspect` costs a process
+start, ~60 ms, this ~2 ms, and a deploy asks several; and for the steps'
+throwaway containers (deployments/enginerun.py).
 
-Commands a deploy shows (`$ docker create ...`, start, stop) stay docker CLI
-runs. Where the docker client would reach the engine some other way (DOCKER_HOST
-over TCP or ssh, a context, TLS), socket_path() is None and callers ask the
-CLI instead.
+The commands of an app's own container (`$ docker create ...`, start, stop)
+stay docker CLI runs, shown in the step's output. Where the docker client
+would reach the engine some other way (DOCKER_HOST over TCP or ssh, a
+context, TLS), socket_path() is None and callers ask the CLI instead.
 """
 
 import http.client
@@ -32,23 +33,33 @@ def socket_path() -> str | None:
 def get(path: str, timeout: float = TIMEOUT) -> tuple[int, object] | None:
     """GET `path` from the engine: (status, decoded JSON), or None when the
     engine is not on a unix socket. Raises Unreachable when it does not answer."""
+    return request("GET", path, timeout=timeout)
+
+
+def request(method: str, path: str, body: dict | None = None,
+            timeout: float = TIMEOUT) -> tuple[int, object] | None:
+    """`method` `path` with a JSON `body`: (status, decoded JSON), or None when
+    the engine is not on a unix socket. Raises Unreachable when it does not answer."""
     sock = socket_path()
     if sock is None:
         return None
     conn = services.SocketHTTPConnection(sock, timeout)
     try:
-        conn.request("GET", path)
+        if body is None:
+            conn.request(method, path)
+        else:
+            conn.request(method, path, json.dumps(body), {"Content-Type": "application/json"})
         response = conn.getresponse()
-        body = response.read()
+        data = response.read()
     except (OSError, http.client.HTTPException) as exc:
         raise Unreachable(f"cannot reach the Docker engine at unix://{sock}: {exc}") from None
     finally:
         conn.close()
     try:
-        data = json.loads(body) if body.strip() else None
+        decoded = json.loads(data) if data.strip() else None
     except ValueError:
-        data = {"message": body.decode(errors="replace")[:500]}
-    return response.status, data
+        decoded = {"message": data.decode(errors="replace")[:500]}
+    return response.status, decoded
 
 
 def name(value: str) -> str:

@@ -84,7 +84,12 @@ def test_sigkill_of_a_worker_mid_step_is_recovered(step, make_app, norn_dirs, bu
         wait_for(lambda: Step.objects.filter(deployment=deployment, name=step, status="running").exists(),
                  timeout=120, message=f"{step} to start")
         deployment.refresh_from_db()
-        if step not in ("cleanup", "deploy"):
+        if step in ("test", "migrate"):
+            # The worker runs these containers through the engine's API (no
+            # process of its own): wait until the step's container runs.
+            wait_for(lambda: docker(["ps", "--quiet", "--filter", f"label=norn.deployment={deployment.public_id}",
+                                     "--filter", "label=norn.purpose"]).stdout.strip(), message="step container")
+        elif step not in ("cleanup", "deploy"):
             # Wait until the step's command runs, so there is a tree to leave behind.
             wait_for(lambda: Deployment.objects.get(pk=deployment.pk).step_pgid, message="step command")
         deployment.refresh_from_db()
@@ -109,7 +114,7 @@ def test_sigkill_of_a_worker_mid_step_is_recovered(step, make_app, norn_dirs, bu
         if pgid:
             wait_for(lambda: not alive(pgid), timeout=10, message="the step's process group to die")
         # The test and migrate commands ran in throwaway containers, which
-        # outlive the killed docker client: recovery removes them too.
+        # outlive the killed worker: recovery removes them too.
         assert docker(["ps", "--all", "--quiet", "--filter", f"label=norn.deployment={deployment.public_id}",
                        "--filter", "label=norn.purpose"]).stdout.strip() == ""
         assert deployment.events.filter(kind="deploy.failed").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 from django.conf import settings
 
 from apps_registry.spec import Spec
-from deployments import containers, runner
+from deployments import containers, enginerun, runner
 from deployments.outcomes import Skip, StepFailed
 from deployments.runner import host_env
 
@@ -141,6 +141,10 @@ class Context:
                 timeout=self.timeout,
                 workspace=str(workspace) if workspace else None,
                 shell=True,
+                engine=lambda name, body, timeout: enginerun.run(
+                    name=name, body=body, timeout=timeout, on_output=self.output,
+                    should_cancel=self.cancel_reason, redact=self.redact,
+                ),
             )
         except containers.NoShell as exc:
             raise StepFailed(
