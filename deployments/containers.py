@@ -65,6 +65,32 @@ def limits() -> list[str]:
     ]
 
 
+_MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def host_config(network: str, workspace: str | None) -> dict:
+    """limits(), ADD_HOST, the network and the workspace's mount as the engine's
+    API spells them (a container's HostConfig, for enginerun), with --rm and
+    --init."""
+    size = re.fullmatch(r"(\d+)([kmg]?)", settings.NORN_CONTAINER_MEMORY)  # as settings.py checked it
+    memory = int(size[1]) * _MEMORY_UNITS[size[2]]
+    config = {
+        "AutoRemove": True,
+        "Init": True,
+        "NetworkMode": network,
+        "ExtraHosts": [f"{HOST_ALIAS}:host-gateway"],
+        "NanoCpus": round(float(settings.NORN_CONTAINER_CPUS) * 1e9),
+        "Memory": memory,
+        "MemorySwap": memory,
+        "PidsLimit": settings.NORN_CONTAINER_PIDS,
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+    }
+    if workspace:
+        config["Binds"] = [f"{workspace}:{WORKSPACE}"]
+    return config
+
+
 def docker(args: list[str], timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
     """`docker *args` outside any step's cancel probe: (returncode, output)."""
     captured = []
@@ -156,7 +182,7 @@ def run(execute: Run, *, name: str, app_name: str, purpose: str, deployment: str
             "Env": [f"{key}={value}" for key, value in env.items()],
             "Labels": {key: str(value) for key, value in all_labels.items()},
             "AttachStdout": True, "AttachStderr": True,
-            "HostConfig": enginerun.host_config(network, workspace, WORKSPACE),
+            "HostConfig": host_config(network, workspace),
             **({"Entrypoint": ["/bin/sh"]} if shell else {}), **({"WorkingDir": WORKSPACE} if workspace else {}),
         }
         result = engine(name, body, timeout)

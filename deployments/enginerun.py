@@ -24,37 +24,13 @@ import struct
 import threading
 import time
 
-from django.conf import settings
-
 from deployments import dockerapi, runner
 
-_MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 # What the docker client exits with when the container could not run (its
 # `docker run` exit codes): the command was not found, could not be
 # executed, or the engine refused.
 NOT_FOUND, NOT_EXECUTABLE, REFUSED = 127, 126, 125
 MAX_HEAD = 64 * 1024
-
-
-def host_config(network: str, workspace: str | None, mount: str) -> dict:
-    """The HostConfig of containers.limits() and ADD_HOST, as the API spells it."""
-    size = re.fullmatch(r"(\d+)([kmg]?)", settings.NORN_CONTAINER_MEMORY)
-    memory = int(size[1]) * _MEMORY_UNITS[size[2]]
-    config = {
-        "AutoRemove": True,
-        "Init": True,
-        "NetworkMode": network,
-        "ExtraHosts": ["host.docker.internal:host-gateway"],
-        "NanoCpus": round(float(settings.NORN_CONTAINER_CPUS) * 1e9),
-        "Memory": memory,
-        "MemorySwap": memory,
-        "PidsLimit": settings.NORN_CONTAINER_PIDS,
-        "CapDrop": ["ALL"],
-        "SecurityOpt": ["no-new-privileges"],
-    }
-    if workspace:
-        config["Binds"] = [f"{workspace}:{mount}"]
-    return config
 
 
 def run(*, name: str, body: dict, timeout: float | None, on_output, should_cancel,

@@ -96,7 +96,7 @@ def test_a_step_runs_its_container_without_a_docker_client(tmp_path, app, busybo
 
 def test_an_image_the_engine_does_not_have_is_left_to_the_client(app):  # noqa: F811
     """The client pulls a missing image; the API would only refuse it."""
-    body = {"Image": "norn-no-such-image:1", "Cmd": ["true"], "HostConfig": enginerun.host_config("bridge", None, "/w")}
+    body = {"Image": "norn-no-such-image:1", "Cmd": ["true"], "HostConfig": containers.host_config("bridge", None)}
     assert enginerun.run(name=f"{app}-missing", body=body, timeout=10, on_output=None, should_cancel=None,
                          redact=runner.Redactor()) is None
     assert docker(["ps", "--all", "--quiet", "--filter", f"name={app}-missing"]).stdout.split() == []
@@ -108,7 +108,7 @@ def test_a_refusal_reads_as_the_clients(app, busybox_image):  # noqa: F811
     taken = f"{app}-taken"
     docker(["create", "--name", taken, "--label", f"norn.app={app}", busybox_image, "true"])
     out = []
-    body = {"Image": busybox_image, "Cmd": ["true"], "HostConfig": enginerun.host_config("bridge", None, "/w")}
+    body = {"Image": busybox_image, "Cmd": ["true"], "HostConfig": containers.host_config("bridge", None)}
     result = enginerun.run(name=taken, body=body, timeout=10, on_output=out.append, should_cancel=None,
                            redact=runner.Redactor())
     assert result.returncode == 125
