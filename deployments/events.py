@@ -235,7 +235,7 @@ class Publisher:
     def _run(self):
         from channels.layers import get_channel_layer
 
-        loop = asyncio.new_event_loop()
+        loop = None
         while True:
             batch = [self._queue.get()]
             while len(batch) < MAX_BATCH:
@@ -249,7 +249,13 @@ class Publisher:
                 # such as a test pointing the layer elsewhere, take effect.
                 layer = get_channel_layer()
                 if events and layer is not None:
-                    loop.run_until_complete(self._send(layer, events))
+                    messages = _batches(events)
+                    direct = _direct_publish(layer)
+                    if direct is not None:
+                        direct(messages)
+                    else:
+                        loop = loop or asyncio.new_event_loop()
+                        loop.run_until_complete(self._send(layer, messages))
             except Exception as exc:  # Redis down or slow: the Event row is the truth.
                 if events:
                     first, last = events[0][1], events[-1][1]
@@ -261,16 +267,79 @@ class Publisher:
                     item.set()
 
     @staticmethod
-    async def _send(layer, events):
-        # One message per group for the whole batch, in commit order: a
-        # batch costs one round trip to Redis per group (record() uses one),
-        # not one per event, and each viewer's process wakes once for it.
-        batches = {}
-        for groups, body in events:
-            for group in groups:
-                batches.setdefault(group, []).append(body)
-        sends = [layer.group_send(group, {"type": BATCH, "events": bodies}) for group, bodies in batches.items()]
+    async def _send(layer, messages):
+        sends = [layer.group_send(group, message) for group, message in messages.items()]
         await asyncio.wait_for(asyncio.gather(*sends), timeout=SEND_TIMEOUT)
+
+
+def _batches(events) -> dict:
+    """One channel-layer message per group for the whole batch, in commit
+    order: a batch costs one round trip to Redis per group (record() uses
+    one), not one per event, and each viewer's process wakes once for it."""
+    batches = {}
+    for groups, body in events:
+        for group in groups:
+            batches.setdefault(group, []).append(body)
+    return {group: {"type": BATCH, "events": bodies} for group, bodies in batches.items()}
+
+
+class DirectPublish:
+    """What RedisPubSubChannelLayer.group_send does, without an event loop:
+    PUBLISH of the layer's own encoding of the message to the group's pub/sub
+    channel on the group's shard. A synchronous Redis client per shard, kept
+    for the process: the worker publishes a batch at every step boundary and
+    output flush, and an asyncio round per batch cost it more CPU than the
+    PUBLISH itself. Layers it does not know (another backend, Sentinel hosts)
+    keep the channel layer's own group_send."""
+
+    def __init__(self, layer, hosts, prefix):
+        import redis
+
+        self.layer = layer
+        self.prefix = prefix
+        self.shards = [
+            redis.Redis.from_url(host.pop("address"), socket_timeout=SEND_TIMEOUT,
+                                 socket_connect_timeout=SEND_TIMEOUT, **host)
+            if "address" in host else
+            redis.Redis(socket_timeout=SEND_TIMEOUT, socket_connect_timeout=SEND_TIMEOUT, **host)
+            for host in hosts
+        ]
+
+    @classmethod
+    def of(cls, layer):
+        from channels_redis.pubsub import RedisPubSubChannelLayer
+        from channels_redis.utils import decode_hosts
+
+        # vars(): the layer answers unknown attributes from its per-loop layer,
+        # which needs a running loop.
+        config = vars(layer)
+        if type(layer) is not RedisPubSubChannelLayer or config.get("_args"):
+            return None
+        kwargs = config.get("_kwargs", {})
+        hosts = [dict(host) for host in decode_hosts(kwargs.get("hosts"))]
+        if set(kwargs) - {"hosts", "prefix"} or any("master_name" in host for host in hosts):
+            return None
+        return cls(layer, hosts, kwargs.get("prefix", "asgi"))
+
+    def __call__(self, messages: dict) -> None:
+        from channels_redis.utils import _consistent_hash
+
+        for group, message in messages.items():
+            channel = f"{self.prefix}__group__{group}"
+            shard = self.shards[_consistent_hash(channel, len(self.shards))]
+            shard.publish(channel, self.layer.serialize(message))
+
+
+_direct = (None, None)  # (layer, its DirectPublish or None)
+
+
+def _direct_publish(layer):
+    """The DirectPublish of this layer object, made once per layer (None: use
+    its group_send); a new layer (settings changed) gets a new one."""
+    global _direct
+    if _direct[0] is not layer:
+        _direct = (layer, DirectPublish.of(layer))
+    return _direct[1]
 
 
 # The channel-layer message type of a batch.
