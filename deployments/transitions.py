@@ -6,6 +6,7 @@ recovery can never both win. No function here holds a transaction across a
 subprocess or network call.
 """
 
+import json
 import os
 import socket
 import uuid
@@ -162,55 +163,92 @@ def advance(deployment_id: int, owner: str, name: str, outcome, *, cut: list[str
     """Step `name` ended with `outcome`; the steps in `cut` will never run;
     then step `then` starts, or (then=None) the deployment ends `final` with
     `error` and `failed_step` (the step that failed it, for failure_reason).
-    One transaction, in the order the events tell it: a boundary
-    between two steps is one commit and four statements (the deployment with
-    its events' numbers, the step that ended, the one that starts, the
-    events), where separate transitions took ten. `fields` are the
-    deployment's columns learned during the step (LEARNED); the step's
-    process group is cleared.
+    `fields` are the deployment's columns learned during the step (LEARNED);
+    the step's process group is cleared.
+
+    A boundary between two steps is one statement (BOUNDARY), so one round
+    trip and its own transaction, where separate transitions took ten
+    statements and the worker waits for it at every boundary. The end of
+    the deployment adds its final status in the same transaction.
 
     False when this owner no longer holds the deployment (recovered or
     finished meanwhile): then nothing is written.
     """
     assert set(fields) <= set(LEARNED), fields
     now = timezone.now()
+    if then is not None:
+        return _boundary(deployment_id, owner, name, outcome, cut, then, now, fields)
+    with transaction.atomic():
+        return (_boundary(deployment_id, owner, name, outcome, cut, None, now, fields)
+                and _finish(deployment_id, final, error, now, failed_step=failed_step))
+
+
+# A step boundary, in the order its events tell it: the deployment (its next
+# step's status, its events' numbers; its row lock, taken first, orders this
+# against a cancel's event), the steps that ended (`name` and those cut
+# short), the one that starts, and a deploy.step event for each, with the
+# same payloads as _step_ended. The steps are counted first, so the numbers
+# stay without gaps even were a step's row missing.
+BOUNDARY = """
+WITH n AS (
+    SELECT count(*) AS n FROM deployments_step WHERE deployment_id = %(id)s AND name = ANY(%(all)s)
+), d AS (
+    UPDATE deployments_deployment d SET last_event_seq = d.last_event_seq + n.n, step_pgid = NULL,
+        heartbeat_at = %(now)s{changes}
+    FROM apps_registry_app a, n
+    WHERE d.id = %(id)s AND d.owner = %(owner)s AND NOT (d.status = ANY(%(not_in_flight)s)) AND a.id = d.app_id
+    RETURNING d.id, d.last_event_seq - n.n AS seq0, d.public_id, a.name
+), t AS (
+    SELECT * FROM unnest(%(names)s::text[], %(statuses)s::text[], %(errors)s::text[], %(reasons)s::text[])
+        WITH ORDINALITY AS t(name, status, error, skip_reason, ord)
+), ended AS (
+    UPDATE deployments_step s SET status = t.status, finished_at = %(now)s, duration = %(now)s - s.started_at,
+        error = t.error, skip_reason = t.skip_reason
+    FROM d, t WHERE s.deployment_id = d.id AND s.name = t.name
+    RETURNING t.ord, jsonb_build_object('step', t.name, 'status', t.status)
+        || CASE WHEN s.duration IS NULL THEN '{{}}'::jsonb
+           ELSE jsonb_build_object('duration', round(extract(epoch FROM s.duration), 3)) END
+        || CASE WHEN t.skip_reason = '' THEN '{{}}'::jsonb ELSE jsonb_build_object('reason', t.skip_reason) END
+        || CASE WHEN t.error = '' THEN '{{}}'::jsonb ELSE jsonb_build_object('error', t.error) END AS payload
+), started AS (
+    UPDATE deployments_step s SET status = %(running)s, started_at = %(now)s
+    FROM d WHERE s.deployment_id = d.id AND s.name = %(then)s
+    RETURNING cardinality(%(names)s::text[]) + 1 AS ord, jsonb_build_object('step', s.name, 'status', s.status) AS payload
+), e AS (
+    INSERT INTO deployments_event (deployment_id, seq, kind, payload, created_at)
+    SELECT d.id, d.seq0 + row_number() OVER (ORDER BY b.ord), %(kind)s, b.payload, %(now)s
+    FROM d, (SELECT * FROM ended UNION ALL SELECT * FROM started) b
+    RETURNING seq, payload
+)
+SELECT d.public_id, d.name, e.seq, e.payload FROM d LEFT JOIN e ON true ORDER BY e.seq
+"""
+
+
+def _boundary(deployment_id, owner, name, outcome, cut, then, now, fields) -> bool:
     ending = [(name, outcome.status, outcome.error, outcome.skip_reason)]
     ending += [(other, StepStatus.SKIPPED, "", f"{name} failed") for other in cut]
-    count = len(ending) + (then is not None)
     changes = {**fields, **({"status": str(states.IN_FLIGHT_STATUS[then])} if then is not None else {})}
-    with transaction.atomic(), connection.cursor() as cursor:
-        # The deployment's row lock, taken here, orders this against a cancel's event.
+    names = [step for step, *_ in ending]
+    with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE deployments_deployment d SET last_event_seq = d.last_event_seq + %s, step_pgid = NULL,"
-            " heartbeat_at = %s" + "".join(f", {column} = %s" for column in changes) +
-            " FROM apps_registry_app a WHERE d.id = %s AND d.owner = %s AND NOT (d.status = ANY(%s))"
-            " AND a.id = d.app_id RETURNING d.last_event_seq, d.public_id, a.name",
-            [count, now, *changes.values(), deployment_id, owner, [str(status) for status in NOT_IN_FLIGHT]],
+            BOUNDARY.format(changes="".join(f", {column} = %({column})s" for column in changes)),
+            {**changes, "id": deployment_id, "owner": owner, "now": now, "then": then,
+             "not_in_flight": [str(status) for status in NOT_IN_FLIGHT], "all": [*names, *([then] if then else [])],
+             "names": names, "statuses": [str(status) for _, status, *_ in ending],
+             "errors": [step_error for _, _, step_error, _ in ending],
+             "reasons": [reason for *_, reason in ending],
+             "running": str(StepStatus.RUNNING), "kind": events.STEP},
         )
-        held = cursor.fetchone()
-        if held is None:
-            return False
-        last_seq, public_id, app_name = held
-        numbered = []
-        for step, status, step_error, skip_reason in ending:
-            cursor.execute(
-                "UPDATE deployments_step SET status = %s, finished_at = %s, duration = %s - started_at,"
-                " error = %s, skip_reason = %s WHERE deployment_id = %s AND name = %s RETURNING duration",
-                [str(status), now, now, step_error, skip_reason, deployment_id, step],
-            )
-            ended = cursor.fetchone()
-            if ended is None:
-                raise Step.DoesNotExist(f"deployment {deployment_id} has no step {step}")
-            numbered.append((events.STEP, _step_ended(step, status, ended[0], step_error, skip_reason)))
-        if then is not None:
-            cursor.execute(
-                "UPDATE deployments_step SET status = %s, started_at = %s WHERE deployment_id = %s AND name = %s",
-                [str(StepStatus.RUNNING), now, deployment_id, then],
-            )
-            numbered.append((events.STEP, {"step": then, "status": StepStatus.RUNNING}))
-        events.write_numbered(deployment_id, public_id, app_name, last_seq - count + 1, numbered)
-        if then is None:
-            return _finish(deployment_id, final, error, now, failed_step=failed_step)
+        rows = cursor.fetchall()
+    if not rows:
+        return False  # not this owner's any more: nothing was written
+    public_id, app_name = rows[0][:2]
+    # Django has psycopg hand jsonb over as text.
+    numbered = [(seq, events.STEP, json.loads(payload)) for _, _, seq, payload in rows if seq is not None]
+    events.published(public_id, app_name, numbered)
+    if len(numbered) != len(ending) + (then is not None):
+        missing = set(names + [then]) - {payload["step"] for *_, payload in numbered} - {None}
+        raise Step.DoesNotExist(f"deployment {deployment_id} has no step {', '.join(sorted(missing))}")
     return True
 
 

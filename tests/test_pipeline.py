@@ -311,9 +311,12 @@ def test_deferred_work_runs_once_the_deployment_ended_and_logs_to_its_step(make_
     assert late == ["retired the old one\n", "RuntimeError: docker went away\n"]
 
 
-def test_a_boundary_is_written_only_by_the_owner_that_holds_the_deployment(make_app):
+def test_a_boundary_is_written_only_by_the_owner_that_holds_the_deployment(make_app, monkeypatch):
+    from deployments import events
     from deployments.outcomes import Outcome
 
+    published = []
+    monkeypatch.setattr(events.publisher, "send", lambda groups, body: published.append(body))
     make_app("held", spec("held"))
     deployment = request_deployment("held")
     assert transitions.claim(deployment.pk, "host:1:a")
@@ -334,11 +337,45 @@ def test_a_boundary_is_written_only_by_the_owner_that_holds_the_deployment(make_
         *[("deploy.step", name, "skipped") for name in ("build", "test", "snapshot", "migrate", "deploy")],
         ("deploy.step", "cleanup", "running"),
     ]
+    # Numbered without a gap, each payload what the step's row says (the
+    # duration to the millisecond; a step that never ran has none).
+    stored = list(deployment.events.order_by("seq").values_list("seq", "payload"))
+    assert [seq for seq, _ in stored] == list(range(1, deployment.last_event_seq + 1))
+    clone = deployment.steps.get(name="clone")
+    assert stored[-7][1] == {"step": "clone", "status": "failed", "error": "no such ref",
+                             "duration": round(clone.duration.total_seconds(), 3)}
+    assert stored[-6][1] == {"step": "build", "status": "skipped", "reason": "clone failed"}
+    assert stored[-1][1] == {"step": "cleanup", "status": "running"}
+    # What viewers were told is what was stored.
+    assert [(body["seq"], body["payload"]) for body in published[-7:]] == stored[-7:]
+    assert step_table(deployment)["cleanup"] == ("running", "")
     assert transitions.advance(deployment.pk, "host:1:a", "cleanup", Outcome.succeeded(), cut=[], then=None,
                                final="failed", error="clone failed: no such ref")
     deployment.refresh_from_db()
     assert (deployment.status, deployment.error, deployment.step_pgid) == ("failed", "clone failed: no such ref", None)
     assert event_kinds(deployment)[-2:] == [("deploy.step", "cleanup", "succeeded"), ("deploy.failed", None, None)]
+
+
+def test_a_boundary_over_a_missing_step_row_says_so_and_leaves_no_gap(make_app):
+    from deployments.models import Step
+    from deployments.outcomes import Outcome
+
+    make_app("gapless", spec("gapless"))
+    deployment = request_deployment("gapless")
+    assert transitions.claim(deployment.pk, "host:1:a")
+    assert transitions.start_step(deployment.pk, "host:1:a", "clone")
+    deployment.steps.filter(name="test").delete()  # by hand, behind Norn's back
+    with pytest.raises(Step.DoesNotExist, match=f"deployment {deployment.pk} has no step test"):
+        transitions.advance(deployment.pk, "host:1:a", "clone", Outcome.failed("no such ref"),
+                            cut=["build", "test", "snapshot", "migrate", "deploy"], then="cleanup")
+    deployment.refresh_from_db()
+    seqs = list(deployment.events.order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, deployment.last_event_seq + 1))
+    assert event_kinds(deployment)[-6:] == [
+        ("deploy.step", "clone", "failed"),
+        *[("deploy.step", name, "skipped") for name in ("build", "snapshot", "migrate", "deploy")],
+        ("deploy.step", "cleanup", "running"),
+    ]
 
 
 def test_transition_rules():
