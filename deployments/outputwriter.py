@@ -4,7 +4,7 @@ Every piece of output is a write (the step's text and a `deploy.log` event,
 transitions.append_outputs: one statement, events.append_log), and a
 webserver deploy writes 30-40 of them; waited for by the step that produced
 each, they added up (issue 13). Here a thread of the worker writes them instead, with
-a connection of its own: the step only hands the text over, and whatever
+a connection of its own (a resident thread, deployments/residents.py): the step only hands the text over, and whatever
 piled up while one write was under way goes out together in the next.
 
 The deployment's columns that crash recovery reads (the step's process
@@ -25,7 +25,7 @@ import threading
 
 from django.db import connection
 
-from deployments import transitions
+from deployments import residents, transitions
 
 
 class OutputWriter:
@@ -37,8 +37,8 @@ class OutputWriter:
         self._closed = False
         self._error: Exception | None = None
         self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name=f"output-{deployment_id}", daemon=True)
-        self._thread.start()
+        # A resident thread of the worker, with its connection (deployments/residents.py).
+        self._thread = residents.run(self._run, name=f"output-{deployment_id}")
 
     def append(self, step: str, text: str) -> None:
         """Queue `text` (already redacted) as output of `step`."""
@@ -65,8 +65,8 @@ class OutputWriter:
             self._raise_error()
 
     def close(self, quietly: bool = False) -> None:
-        """Flush what can be, then stop the thread (its connection closes with
-        it); `quietly` when another error is already on its way."""
+        """Flush what can be, then end the thread's job; `quietly` when
+        another error is already on its way."""
         try:
             self.flush()
         except Exception:
@@ -86,28 +86,25 @@ class OutputWriter:
             raise error
 
     def _run(self) -> None:
-        try:
-            while True:
+        while True:
+            with self._changed:
+                while not self._pending and not self._fields and not self._closed:
+                    self._changed.wait()
+                if not self._pending and not self._fields:
+                    return
+                batch, self._pending = self._pending, []
+                fields, self._fields = self._fields, {}
+                self._writing = True
+            try:
+                transitions.append_outputs(self.deployment_id, _merged(batch), **fields)
+            except Exception as exc:  # DatabaseError above all; raised in the step's thread
                 with self._changed:
-                    while not self._pending and not self._fields and not self._closed:
-                        self._changed.wait()
-                    if not self._pending and not self._fields:
-                        return
-                    batch, self._pending = self._pending, []
-                    fields, self._fields = self._fields, {}
-                    self._writing = True
-                try:
-                    transitions.append_outputs(self.deployment_id, _merged(batch), **fields)
-                except Exception as exc:  # DatabaseError above all; raised in the step's thread
-                    with self._changed:
-                        self._error = exc
-                    connection.close()  # a broken connection is no use for the next batch
-                finally:
-                    with self._changed:
-                        self._writing = False
-                        self._changed.notify_all()
-        finally:
-            connection.close()  # this thread's own
+                    self._error = exc
+                connection.close()  # a broken connection is no use for the next batch
+            finally:
+                with self._changed:
+                    self._writing = False
+                    self._changed.notify_all()
 
 
 def _merged(batch: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -21,8 +21,8 @@ from django.db import DatabaseError, connection
 from apps_registry import infraspec
 from apps_registry.spec import Spec
 from deployments import (
-    appdb, containers, deferred, events, gitauth, notifications, queue, retention, rollback, runner, states,
-    transitions,
+    appdb, containers, deferred, events, gitauth, notifications, queue, residents, retention, rollback, runner,
+    states, transitions,
 )
 from deployments.models import Deployment
 from deployments.outcomes import Outcome, Skip, StepFailed, cancel_message
@@ -43,48 +43,48 @@ def step_module(name: str):
     return importlib.import_module(f"deployments.steps.{name}")
 
 
-class Heartbeat(threading.Thread):
-    """Refreshes heartbeat_at and watches for a cancel request."""
+class Heartbeat:
+    """Refreshes heartbeat_at and watches for a cancel request, from a
+    resident thread of the worker (deployments/residents.py)."""
 
     def __init__(self, deployment_id, owner):
-        super().__init__(daemon=True, name=f"heartbeat-{deployment_id}")
         self.deployment_id = deployment_id
         self.owner = owner
         self.cancel_by = None
         self._stopping = threading.Event()
+        self._job = None
+
+    def start(self):
+        self._job = residents.run(self.run, name=f"heartbeat-{self.deployment_id}")
 
     def run(self):
-        try:
-            beat_due = 0.0
-            waited = 0.0
-            while not self._stopping.is_set():
-                try:
-                    if waited >= beat_due:
-                        by = transitions.heartbeat(self.deployment_id, self.owner)
-                        beat_due = waited + HEARTBEAT_INTERVAL
-                    else:
-                        by = Deployment.objects.filter(pk=self.deployment_id).values_list(
-                            "cancel_requested_by", flat=True
-                        ).first()
-                except DatabaseError:
-                    # A database blip must not silence the heartbeat for good
-                    # (recovery would then fail a deployment that is fine):
-                    # reconnect on the next beat.
-                    log.warning("heartbeat for deployment %s missed a beat", self.deployment_id, exc_info=True)
-                    connection.close()
-                    by = None
-                if by:
-                    self.cancel_by = by
-                self._stopping.wait(CANCEL_POLL_INTERVAL)
-                waited += CANCEL_POLL_INTERVAL
-        except Exception:
-            log.exception("heartbeat for deployment %s stopped", self.deployment_id)
-        finally:
-            connection.close()  # this thread's own connection
+        beat_due = 0.0
+        waited = 0.0
+        while not self._stopping.is_set():
+            try:
+                if waited >= beat_due:
+                    by = transitions.heartbeat(self.deployment_id, self.owner)
+                    beat_due = waited + HEARTBEAT_INTERVAL
+                else:
+                    by = Deployment.objects.filter(pk=self.deployment_id).values_list(
+                        "cancel_requested_by", flat=True
+                    ).first()
+            except DatabaseError:
+                # A database blip must not silence the heartbeat for good
+                # (recovery would then fail a deployment that is fine):
+                # reconnect on the next beat.
+                log.warning("heartbeat for deployment %s missed a beat", self.deployment_id, exc_info=True)
+                connection.close()
+                by = None
+            if by:
+                self.cancel_by = by
+            self._stopping.wait(CANCEL_POLL_INTERVAL)
+            waited += CANCEL_POLL_INTERVAL
 
     def stop(self):
         self._stopping.set()
-        self.join(timeout=5)
+        if self._job is not None:
+            self._job.join(timeout=5)
 
 
 def execute(deployment_id: int) -> bool:

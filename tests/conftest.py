@@ -40,6 +40,17 @@ def kube_cluster(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's, whose end drops the test database: the worker's
+    resident threads (deployments/residents.py) keep their connections
+    between deployments, so they let go of them first."""
+    yield
+    from deployments import residents
+
+    residents.disconnect()
+
+
+@pytest.fixture(scope="session")
 def ingress_service(tmp_path_factory):
     """Caddy running as its own service for the test session, as
     norn-ingress.service runs it: Norn's workers never start it. Stopped with
