@@ -21,7 +21,9 @@ from apps_registry import discovery
 from apps_registry.infraspec import redact_url
 from apps_registry.models import App
 from deployments import events, gitauth, requests, runner, workdirs
-from deployments.models import AutoDeployState, AutoDeployTrigger, Deployment, DeploymentKind, DeploymentStatus
+from deployments.models import (
+    AutoDeployState, AutoDeployTrigger, Deployment, DeploymentKind, DeploymentStatus, WebhookDelivery,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +191,22 @@ def poll_due_apps():
             log.exception("auto-deploy poll of %s failed", app.name)
             polled[app.name] = "error: see the worker's log"
     return {"polled": len(polled), "results": polled}
+
+
+# Push webhook deliveries are remembered this long (their ids answer a
+# provider's redelivery with "already handled"); providers redeliver within
+# days. The minute's poll task forgets older ones, at most FORGET_BATCH rows
+# a run, so a backlog never makes one long DELETE.
+KEEP_DELIVERIES = timedelta(days=30)
+FORGET_BATCH = 10_000
+
+
+def forget_old_deliveries() -> int:
+    """Delete WebhookDelivery rows older than KEEP_DELIVERIES; how many."""
+    cutoff = timezone.now() - KEEP_DELIVERIES
+    old = WebhookDelivery.objects.filter(received_at__lt=cutoff).order_by("received_at", "id")
+    deleted, _ = WebhookDelivery.objects.filter(pk__in=old.values("pk")[:FORGET_BATCH]).delete()
+    return deleted
 
 
 def poll_app(app: App, state: AutoDeployState, interval: int) -> str:

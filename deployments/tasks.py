@@ -42,10 +42,13 @@ def on_worker_spawn(sender, proc_name=None, **kwargs):
 
 def poll_autodeploy():
     """The auto-deploy poll (schedule norn-autodeploy-poll, every minute):
-    `git ls-remote` of each autoDeploy app that is due (docs/autodeploy.md)."""
+    `git ls-remote` of each autoDeploy app that is due (docs/autodeploy.md);
+    and webhook deliveries older than 30 days are forgotten."""
     from deployments import autodeploy
 
-    return autodeploy.poll_due_apps()
+    forgotten = autodeploy.forget_old_deliveries()
+    result = autodeploy.poll_due_apps()
+    return {**result, "forgotten_deliveries": forgotten} if forgotten else result
 
 
 def send_notification(delivery_id, attempt=1):

@@ -45,6 +45,21 @@ def test_the_schedule_exists_and_names_the_poll_task(polling):
     assert tasks.poll_autodeploy() == {"polled": 0, "results": {}}
 
 
+def test_the_poll_task_forgets_webhook_deliveries_after_30_days_a_batch_at_a_time(settings, monkeypatch):
+    from deployments.models import WebhookDelivery
+
+    settings.NORN_POLL_INTERVAL = 0  # polling off: the schedule still runs, and forgets
+    now = timezone.now()
+    for i, age in enumerate([31, 40, 400, 29, 0]):
+        row = WebhookDelivery.objects.create(provider="github", delivery_id=f"d{i}", status_code=200)
+        WebhookDelivery.objects.filter(pk=row.pk).update(received_at=now - timedelta(days=age))
+    monkeypatch.setattr(autodeploy, "FORGET_BATCH", 2)
+    assert tasks.poll_autodeploy() == {"polled": 0, "off": True, "forgotten_deliveries": 2}
+    assert tasks.poll_autodeploy() == {"polled": 0, "off": True, "forgotten_deliveries": 1}
+    assert tasks.poll_autodeploy() == {"polled": 0, "off": True}
+    assert sorted(WebhookDelivery.objects.values_list("delivery_id", flat=True)) == ["d3", "d4"]
+
+
 def test_polling_off_polls_nothing(make_app, repo, settings):
     settings.NORN_POLL_INTERVAL = 0
     make_app("web", spec(repo.file_url))
