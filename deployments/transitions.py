@@ -103,23 +103,11 @@ def set_fields(deployment_id: int, **fields) -> None:
 
 
 def start_step(deployment_id: int, owner: str, name: str) -> bool:
-    """Step `name` runs now; False when this owner no longer holds the
-    deployment in flight (recovered or finished by someone else meanwhile)."""
-    with transaction.atomic():
-        return _start_step(deployment_id, owner, name, timezone.now())
-
-
-def _start_step(deployment_id: int, owner: str, name: str, now) -> bool:
-    moved = (
-        Deployment.objects.filter(pk=deployment_id, owner=owner)
-        .in_flight()
-        .update(status=states.IN_FLIGHT_STATUS[name], heartbeat_at=now)
-    )
-    if not moved:
-        return False
-    Step.objects.filter(deployment_id=deployment_id, name=name).update(status=StepStatus.RUNNING, started_at=now)
-    events.record(deployment_id, events.STEP, {"step": name, "status": StepStatus.RUNNING})
-    return True
+    """Step `name` runs now, with no step ending before it (the first one);
+    False when this owner no longer holds the deployment in flight
+    (recovered or finished by someone else meanwhile). One statement, as a
+    boundary between two steps is (advance)."""
+    return _boundary(deployment_id, owner, [], name, timezone.now(), {})
 
 
 def finish_step(deployment_id: int, name: str, status: StepStatus, *, error: str = "", skip_reason: str = "") -> Step:
@@ -176,10 +164,12 @@ def advance(deployment_id: int, owner: str, name: str, outcome, *, cut: list[str
     """
     assert set(fields) <= set(LEARNED), fields
     now = timezone.now()
+    ending = [(name, outcome.status, outcome.error, outcome.skip_reason)]
+    ending += [(other, StepStatus.SKIPPED, "", f"{name} failed") for other in cut]
     if then is not None:
-        return _boundary(deployment_id, owner, name, outcome, cut, then, now, fields)
+        return _boundary(deployment_id, owner, ending, then, now, fields)
     with transaction.atomic():
-        return (_boundary(deployment_id, owner, name, outcome, cut, None, now, fields)
+        return (_boundary(deployment_id, owner, ending, None, now, fields)
                 and _finish(deployment_id, final, error, now, failed_step=failed_step))
 
 
@@ -224,9 +214,9 @@ SELECT d.public_id, d.name, e.seq, e.payload FROM d LEFT JOIN e ON true ORDER BY
 """
 
 
-def _boundary(deployment_id, owner, name, outcome, cut, then, now, fields) -> bool:
-    ending = [(name, outcome.status, outcome.error, outcome.skip_reason)]
-    ending += [(other, StepStatus.SKIPPED, "", f"{name} failed") for other in cut]
+def _boundary(deployment_id, owner, ending, then, now, fields) -> bool:
+    """BOUNDARY: the steps in `ending` (name, status, error, skip reason)
+    end, then step `then` (if any) starts."""
     changes = {**fields, **({"status": str(states.IN_FLIGHT_STATUS[then])} if then is not None else {})}
     names = [step for step, *_ in ending]
     with connection.cursor() as cursor:
