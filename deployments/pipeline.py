@@ -352,6 +352,10 @@ def _run_each_step(deployment, owner, heartbeat, progress, spec_error, ctx, outp
         progress.running, progress.finished = None, name
         recorded.update(fields)
         name = then
+    # The end is committed: its events go out before the work that follows
+    # (retention, the next deployment's dispatch) takes the interpreter from
+    # the publisher's thread, so followers learn of the end first.
+    events.publisher.flush()
     if final == Deployment.Status.DEPLOYED:
         rollback.after_success(deployment)
         if deployment.kind == Deployment.Kind.DEPLOY:
