@@ -227,8 +227,8 @@ def write_events(deployment_id, count, rate):
         stamp = []
         with transaction.atomic():
             transaction.on_commit(lambda: stamp.append(time.time()))
-            event = events.record(deployment_id, events.LOG, {"step": "build", "text": LINE})
-        committed[event.seq] = stamp[0]
+            seq = events.record(deployment_id, events.LOG, {"step": "build", "text": LINE})
+        committed[seq] = stamp[0]
     return committed, time.monotonic() - started
 
 

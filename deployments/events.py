@@ -65,8 +65,9 @@ def _iso(value):
     return value.isoformat() if value else None
 
 
-def record(deployment_id: int, kind: str, payload: dict) -> None:
-    """Append an event for the deployment; call inside the state change's transaction."""
+def record(deployment_id: int, kind: str, payload: dict) -> int:
+    """Append an event for the deployment; call inside the state change's
+    transaction. Returns its seq."""
     # The UPDATE takes the deployment's row lock until commit, so concurrent
     # writers (the worker and a cancel) get consecutive numbers, never equal.
     with connection.cursor() as cursor:
@@ -78,6 +79,7 @@ def record(deployment_id: int, kind: str, payload: dict) -> None:
         )
         seq, public_id, app_name = cursor.fetchone()
     write_numbered(deployment_id, public_id, app_name, seq, [(kind, payload)])
+    return seq
 
 
 def write_numbered(deployment_id: int, public_id, app_name: str, first_seq: int,
