@@ -727,6 +727,22 @@ class AutoDeployTrigger(models.Model):
     def __str__(self):
         return f"{self.source} {self.after[:12]} -> deployment {self.deployment_id}"
 
+    # What the deployment page lists of a push's commits: the newest few.
+    COMMITS_SHOWN = 3
+
+    @property
+    def newest_commits(self):
+        """The newest COMMITS_SHOWN commits kept, newest first."""
+        return list(reversed(self.commits[-self.COMMITS_SHOWN:])) if isinstance(self.commits, list) else []
+
+    @property
+    def provider_label(self):
+        return {"github": "GitHub", "gitlab": "GitLab", "gitea": "Gitea or Forgejo"}.get(self.provider, self.provider)
+
+    @property
+    def commits_not_shown(self):
+        return max(self.commits_total - len(self.newest_commits), 0)
+
 
 class AutoDeployState(models.Model):
     """What the poller last saw of an autoDeploy app's branch, and when to

@@ -239,6 +239,8 @@ def _header_context(request, deployment):
         **deployment.live_state(),
         "took": _took(deployment, timezone.now()),
         "can_cancel": request.user.has_perm(CANCEL) and not deployment.is_terminal,
+        # The pushes it deploys (auto-deploy), in the order they came.
+        "pushes": list(deployment.autodeploy_triggers.all()),
     }
 
 

@@ -131,3 +131,33 @@ def test_cancel_of_a_running_deployment_with_htmx_returns_the_header(operator, w
     assert html.lstrip().startswith('<section id="deployment-header"')
     assert "Cancel requested by op (dashboard)" in html
     assert Deployment.objects.get(pk=deployment.pk).cancel_requested_by == "op (dashboard)"
+
+
+def test_the_pushes_a_deployment_deploys_are_on_its_page_and_in_its_header(operator, web):
+    from deployments.models import AutoDeployTrigger
+
+    deployment = make_deployment(web, DeploymentStatus.QUEUED, ref="b" * 40)
+    html = page(operator, f"/deployments/{deployment.public_id}/")
+    assert "pushes-heading" not in html  # asked for by hand: no pushes
+    commits = [{"sha": f"{i:040x}", "subject": f"change {i}"} for i in range(1, 51)]
+    commits[-1]["subject"] = "<script>alert(1)</script> fix"
+    AutoDeployTrigger.objects.create(
+        deployment=deployment, source="webhook", provider="github", delivery_id="d-1", pusher="alice",
+        branch="main", before="a" * 40, after="c" * 40, commits=commits[:2], commits_total=2, action="queued")
+    AutoDeployTrigger.objects.create(
+        deployment=deployment, source="poll", branch="main", before="c" * 40, after="b" * 40,
+        commits=commits, commits_total=60, action="retargeted")
+    for path in (f"/deployments/{deployment.public_id}/", f"/deployments/{deployment.public_id}/_header"):
+        html = page(operator, path)
+        pushes = html.split('<section class="pushes"')[1].split("</section>")[0]
+        assert "The 2 pushes it deploys" in pushes
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", pushes))
+        assert "alice pushed main aaaaaaa → ccccccc (2 commits), a GitHub webhook" in text
+        assert ": queued this deployment" in text
+        assert "Someone pushed main ccccccc → bbbbbbb (60 commits), seen by the poll" in text
+        assert ": moved it, still queued, to this commit" in text
+        # The newest three of each push, newest first, then how many are left out.
+        assert text.index("change 2") < text.index("change 1")
+        assert text.index("fix") < text.index("change 49") < text.index("change 48") < text.index("and 57 older")
+        assert "change 47" not in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; fix" in pushes and "<script>alert" not in pushes
