@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 from django.conf import settings
 
-from deployments import dockerapi, enginerun, runner
+from deployments import dockerapi, runner
 from deployments.appenv import env_file, env_problem
 from deployments.runner import host_env
 
@@ -65,15 +65,11 @@ def limits() -> list[str]:
     ]
 
 
-_MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
 def host_config(network: str, workspace: str | None) -> dict:
     """limits(), ADD_HOST, the network and the workspace's mount as the engine's
     API spells them (a container's HostConfig, for enginerun), with --rm and
     --init."""
-    size = re.fullmatch(r"(\d+)([kmg]?)", settings.NORN_CONTAINER_MEMORY)  # as settings.py checked it
-    memory = int(size[1]) * _MEMORY_UNITS[size[2]]
+    memory = settings.NORN_CONTAINER_MEMORY_BYTES
     config = {
         "AutoRemove": True,
         "Init": True,

@@ -3,8 +3,9 @@
 Every piece of output is a write (the step's text and a `deploy.log` event,
 transitions.append_outputs: one statement, events.append_log), and a
 webserver deploy writes 30-40 of them; waited for by the step that produced
-each, they added up (issue 13). Here a thread of the worker writes them instead, with
-a connection of its own (a resident thread, deployments/residents.py): the step only hands the text over, and whatever
+each, they added up (issue 13). Here a thread of the worker writes them
+instead, with a connection of its own (a resident thread,
+deployments/residents.py): the step only hands the text over, and whatever
 piled up while one write was under way goes out together in the next.
 
 The deployment's columns that crash recovery reads (the step's process

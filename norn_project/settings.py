@@ -326,9 +326,9 @@ if not re.fullmatch(r"\d+(\.\d+)?", NORN_CONTAINER_CPUS) or float(NORN_CONTAINER
         f"NORN_CONTAINER_CPUS={NORN_CONTAINER_CPUS!r} is not a positive number of CPUs, e.g. 1 or 0.5"
     )
 NORN_CONTAINER_MEMORY = (env("NORN_CONTAINER_MEMORY") or "512m").lower()
-_memory = re.fullmatch(r"(\d+)([kmg]?)", NORN_CONTAINER_MEMORY)
-# 6 MiB is the least docker accepts.
-if not _memory or int(_memory[1]) * 1024 ** " kmg".index(_memory[2] or " ") < 6 * 1024 ** 2:
+_memory = re.fullmatch(r"(\d+)([kmg]?)", NORN_CONTAINER_MEMORY)  # in bytes below, for the engine's API
+NORN_CONTAINER_MEMORY_BYTES = int(_memory[1]) * 1024 ** " kmg".index(_memory[2] or " ") if _memory else 0
+if NORN_CONTAINER_MEMORY_BYTES < 6 * 1024 ** 2:  # the least docker accepts
     raise ImproperlyConfigured(
         f"NORN_CONTAINER_MEMORY={NORN_CONTAINER_MEMORY!r} is not a memory size of at least 6m, e.g. 512m or 1g"
     )
