@@ -1,11 +1,13 @@
 """DORA's four key metrics per app, over a window of days (docs/metrics.md
 defines each): on the app page (?window=7d|30d|90d) and in /metrics.
 
-The window holds the app's deployments queued in its last N days, read in
-one query through the deploy_app_recent index (app, -queued_at, -id) and
-counted by PostgreSQL (FIGURES_SQL), so the cost grows with the deployments
-in the window, never with the history. A restore or rollback as the next
-change after a deploy that went live says that deploy needed remediation.
+The window holds the app's changes to production queued in its last N days
+(models.DoraChange: the deployments that went live, and every rollback and
+restore), counted by PostgreSQL in one query (FIGURES_SQL), so the cost grows
+with the changes in the window, never with the history. A restore or
+rollback as the next change after a deploy that went live says that deploy
+needed remediation: the triggers that keep DoraChange (migration 0017) write
+that on the deploy's row when the next change ends.
 """
 
 from dataclasses import dataclass
@@ -77,54 +79,31 @@ def parse_window(text):
     return DEFAULT_WINDOW, f"window={text[:20]!r} is not a window; use 7d, 30d or 90d (showing {DEFAULT_WINDOW})"
 
 
-# The four figures of each app, over its finished, not cancelled deployments
-# queued since %(since)s (oldest first by queue time), in PostgreSQL: a busy
-# app's 30 days are ten thousand rows, which Python would read one by one.
-# went_live is queryset.went_live's rule: deployed (a restore too), or a
-# deploy or rollback whose deploy step succeeded and that a rollback later
-# replaced (rolled_back: the one case needing the step_went_live probe). A
-# change to production went live or tried to remedy one (a rollback or a
-# restore, whatever its end); a deploy that never went live changed nothing.
+# The four figures of each app over the deploys that went live, queued since
+# %(since)s: a window of DoraChange rows (kept by triggers, migration 0017),
+# read through dora_app_queued for one app or dora_queued for all, and counted
+# by PostgreSQL (a busy app's 90 days are thirty thousand rows).
 FIGURES_SQL = """
-WITH r AS MATERIALIZED (
-    -- Newest first (age 1 is the newest), the order of the deploy_app_recent index.
-    SELECT d.app_id, d.kind, d.finished_at, d.commit_time,
-        (d.status = 'deployed' OR (d.status = 'rolled_back' AND d.kind <> 'restore' AND EXISTS (
-            SELECT 1 FROM deployments_step s
-            WHERE s.deployment_id = d.id AND s.name = 'deploy' AND s.status = 'succeeded'))) AS went_live,
-        row_number() OVER (PARTITION BY d.app_id ORDER BY d.queued_at DESC, d.id DESC) AS age
-    FROM deployments_deployment d
-    WHERE d.queued_at >= %(since)s AND d.finished_at IS NOT NULL
-        AND d.status NOT IN ('cancelled', 'queued') AND (%(app)s::bigint IS NULL OR d.app_id = %(app)s)
-), n AS (
-    -- Each row's next change and next deployment that went live: the nearest
-    -- of the rows queued after it (the frame only grows: one pass).
-    SELECT r.*,
-        max(age) FILTER (WHERE went_live OR kind IN ('rollback', 'restore')) OVER later AS next_change,
-        max(age) FILTER (WHERE went_live) OVER later AS next_live
-    FROM r
-    WINDOW later AS (PARTITION BY app_id ORDER BY age ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-)
-SELECT n.app_id,
+SELECT app_id,
     count(*) AS deploys_live,
-    count(*) FILTER (WHERE c.kind IN ('rollback', 'restore')) AS failed_changes,
-    percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(extract(epoch FROM n.finished_at - n.commit_time), 0))
-        FILTER (WHERE n.commit_time IS NOT NULL) AS lead_time,
+    count(*) FILTER (WHERE failed) AS failed_changes,
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY lead_seconds) FILTER (WHERE lead_seconds IS NOT NULL) AS lead_time,
     -- A failed change is restored when a later deployment went live (a rollback, a restore or a fix).
-    percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(extract(epoch FROM l.finished_at - n.finished_at), 0))
-        FILTER (WHERE c.kind IN ('rollback', 'restore') AND l.age IS NOT NULL) AS time_to_restore
-FROM n
-LEFT JOIN r c ON c.app_id = n.app_id AND c.age = n.next_change
-LEFT JOIN r l ON l.app_id = n.app_id AND l.age = n.next_live
-WHERE n.kind = 'deploy' AND n.went_live
-GROUP BY n.app_id
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY restore_seconds)
+        FILTER (WHERE restore_seconds IS NOT NULL) AS time_to_restore
+FROM deployments_dorachange
+WHERE queued_at >= %(since)s AND kind = 'deploy' AND went_live {app}
+GROUP BY app_id
 """
 
 
 def _figures_by_app(since, app_id=None):
     """{app id: (deploys that went live, failed changes, median lead time, median time to restore)}."""
     with connection.cursor() as cursor:
-        cursor.execute(FIGURES_SQL, {"since": since, "app": app_id})
+        if app_id is None:
+            cursor.execute(FIGURES_SQL.format(app=""), {"since": since})
+        else:
+            cursor.execute(FIGURES_SQL.format(app="AND app_id = %(app)s"), {"since": since, "app": app_id})
         return {row[0]: row[1:] for row in cursor.fetchall()}
 
 

@@ -864,3 +864,40 @@ class DurationBucket(models.Model):
 
     def __str__(self):
         return f"{self.family} {self.app_id} {self.name} <= {self.le}: {self.count}"
+
+
+class DoraChange(models.Model):
+    """One change to production, for DORA's figures (deployments/dora.py): a
+    finished deployment that went live, or a rollback or restore whatever its
+    end. Kept by triggers (migration 0017) in the transaction that ends,
+    replaces or removes a deployment, so the app page reads a window of these
+    narrow rows instead of ordering and joining its deployments at each view.
+
+    For a deploy that went live, `failed` and `restore_seconds` say what came
+    after it: its next change (in queue order) was a rollback or a restore,
+    and the next change that went live came that many seconds after it did."""
+
+    deployment_id = models.BigIntegerField(primary_key=True)
+    # The app's id (no foreign key, like DeploymentDay).
+    app_id = models.BigIntegerField()
+    kind = models.CharField(max_length=16, choices=DeploymentKind.choices)
+    queued_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    # Deployment.objects.went_live's rule, a restore deployed too.
+    went_live = models.BooleanField()
+    # Commit time to finished (a deploy whose commit time is known).
+    lead_seconds = models.FloatField(null=True)
+    failed = models.BooleanField(default=False)
+    restore_seconds = models.FloatField(null=True)
+
+    class Meta:
+        indexes = [
+            # An app's changes in queue order: the window of the app page,
+            # and the next change after a deployment (or the last before it).
+            models.Index(fields=["app_id", "queued_at", "deployment_id"], name="dora_app_queued"),
+            # /metrics: every app's window at once.
+            models.Index(fields=["queued_at"], name="dora_queued"),
+        ]
+
+    def __str__(self):
+        return f"{self.kind} {self.deployment_id} of app {self.app_id}"
