@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 
 # Viewers a hub hands an event to before it lets the event loop write them out.
 SLICE = 50
+# The message a hub sends itself to learn that the layer delivers to it.
+READY = "norn.hub.ready"
+# How long the first viewer waits for that (then it goes on: whatever the
+# layer does not deliver, the viewers fill in from the database).
+READY_TIMEOUT = 2.0
 
 
 def frame(message):
@@ -62,9 +67,28 @@ class Hub:
         async with self.changing:
             if not self.subscribed:
                 self.channel = await self.layer.new_channel()
-                self.reader = asyncio.create_task(self.read(self.channel))
+                ready = asyncio.Event()
+                self.reader = asyncio.create_task(self.read(self.channel, ready))
                 await self.layer.group_add(events.GROUP, self.channel)
+                await self.until_delivered(ready)
                 self.subscribed = True
+
+    async def until_delivered(self, ready):
+        """Returns once the layer delivers to this hub's channel, so that the
+        viewer's `caught_up` (sent after join) means live events arrive at
+        once. channels-redis' pub/sub reader looks for a subscription every
+        0.1 s while it has none: a batch published right after group_add
+        waited up to 100 ms for it (bench/event_latency.py saw a p99 of 30 ms
+        from this alone). A message the hub sends itself, once back, proves
+        the reader awake; the group's messages arrive over the same
+        connection."""
+        try:
+            await self.layer.send(self.channel, {"type": READY})
+            await asyncio.wait_for(ready.wait(), READY_TIMEOUT)
+        except Exception as exc:  # TimeoutError, Redis errors: the database fills in
+            log.warning("the channel layer did not deliver to this process's live events channel "
+                        "within %.0f s (%s); viewers fill in from the database", READY_TIMEOUT,
+                        type(exc).__name__)
 
     async def leave(self, route, viewer):
         members = self.viewers.get(route)
@@ -85,7 +109,7 @@ class Hub:
             await self.layer.group_discard(events.GROUP, channel)
             reader.cancel()
 
-    async def read(self, channel):
+    async def read(self, channel, ready):
         while True:
             try:
                 message = await self.layer.receive(channel)
@@ -98,6 +122,8 @@ class Hub:
                 continue
             if message.get("type") == events.BATCH:
                 await self.hand_out(message["events"])
+            elif message.get("type") == READY:
+                ready.set()
 
     async def hand_out(self, batch):
         """Each event of the batch to the viewers of its routes, encoded once."""

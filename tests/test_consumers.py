@@ -9,6 +9,7 @@ commit, exactly as the worker does.
 import asyncio
 import re
 import threading
+import time
 import uuid
 
 import pytest
@@ -487,6 +488,9 @@ async def test_no_gaps_or_duplicates_while_a_writer_races_the_replay(open_socket
                     events.record(deployment.pk, events.LOG, {"line": i})
                 if i == 5:
                     started.set()
+                # Paced as a worker's output: the writing outlasts joining
+                # the live events (up to 0.1 s with Redis) and the replay.
+                time.sleep(0.01)
         finally:
             connection.close()
 
@@ -495,14 +499,17 @@ async def test_no_gaps_or_duplicates_while_a_writer_races_the_replay(open_socket
     try:
         await asyncio.to_thread(started.wait, TIMEOUT)
         socket = await open_socket(deployment_path(deployment), token_headers(token))
-        received = []
-        while not received or received[-1] < total + 1:
+        received, caught_up = [], None
+        while caught_up is None or not received or received[-1] < total + 1:
             [message] = await receive(socket, 1)
             if message["type"] == "event":
                 received.append(message["seq"])
+            elif message["type"] == "caught_up":
+                caught_up = message["seq"]
     finally:
         await asyncio.to_thread(thread.join, 30)
     assert received == list(range(1, total + 2))
+    assert caught_up < total + 1  # the writer did race the replay
     await asyncio.to_thread(events.publisher.flush)
     assert await socket.receive_nothing(0.3)
 
