@@ -159,3 +159,60 @@ def test_a_change_ended_out_of_queue_order_becomes_the_next_change(web):  # noqa
     Step.objects.filter(deployment=running, name="deploy").update(status=StepStatus.SUCCEEDED)
     assert not DoraChange.objects.get(deployment_id=live.pk).failed
     assert dora.for_app(web, "7d", NOW) == reference(web, "7d", NOW)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_changes_of_one_app_ending_at_once_take_turns(web):  # noqa: F811
+    """A deploy's end and the end of the rollback queued after it, in two
+    transactions at once: the rollback's trigger waits for the deploy's
+    transaction (an advisory lock per app), then sees the deploy and marks
+    it a failed change. Without the wait, neither would see the other."""
+    import threading
+
+    from django.db import connections
+
+    deploy = transitions.create(web, "HEAD", via="cli", runtime="docker")
+    rollback = transitions.create(web, "HEAD", via="cli", runtime="docker", kind="rollback")
+    for deployment, queued in ((deploy, NOW - 2 * DAY), (rollback, NOW - DAY)):
+        Deployment.objects.filter(pk=deployment.pk).update(queued_at=queued)
+        Step.objects.filter(deployment=deployment, name="deploy").update(status=StepStatus.SUCCEEDED)
+    deploy_ended, may_commit, errors = threading.Event(), threading.Event(), []
+
+    def end_deploy():
+        try:
+            with transaction.atomic():
+                Deployment.objects.filter(pk=deploy.pk).update(status=S.DEPLOYED, finished_at=NOW - 2 * DAY)
+                deploy_ended.set()
+                may_commit.wait(10)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def end_rollback():
+        try:
+            Deployment.objects.filter(pk=rollback.pk).update(status=S.DEPLOYED, finished_at=NOW - DAY)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    first = threading.Thread(target=end_deploy)
+    first.start()
+    assert deploy_ended.wait(10)
+    second = threading.Thread(target=end_rollback)
+    second.start()
+    waiting = 0
+    for _ in range(200):  # until the rollback's trigger waits for the lock
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            waiting = cursor.fetchone()[0]
+        if waiting:
+            break
+        second.join(0.02)
+    may_commit.set()
+    first.join(10)
+    second.join(10)
+    assert not errors and waiting == 1
+    assert DoraChange.objects.get(deployment_id=deploy.pk).failed
+    assert dora.for_app(web, "7d", NOW) == reference(web, "7d", NOW)

@@ -68,7 +68,7 @@ BEGIN
             IS NOT DISTINCT FROM (d.app_id, d.kind, d.queued_at, d.finished_at, live, lead) THEN
         RETURN;
     END IF;
-    PERFORM pg_advisory_xact_lock({LOCK_CLASS}, coalesce(d.app_id, app)::int);
+    PERFORM pg_advisory_xact_lock({LOCK_CLASS}, (coalesce(d.app_id, app) % 2147483647)::int);
     IF change THEN
         INSERT INTO deployments_dorachange
             (deployment_id, app_id, kind, queued_at, finished_at, went_live, lead_seconds, failed, restore_seconds)
