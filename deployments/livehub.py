@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # Viewers a hub hands an event to before it lets the event loop write them out.
 SLICE = 50
-# The message a hub sends itself to learn that the layer delivers to it.
+# The message a hub sends the group to learn that the layer delivers to it.
 READY = "norn.hub.ready"
 # How long the first viewer waits for that (then it goes on: whatever the
 # layer does not deliver, the viewers fill in from the database).
@@ -79,11 +79,11 @@ class Hub:
         once. channels-redis' pub/sub reader looks for a subscription every
         0.1 s while it has none: a batch published right after group_add
         waited up to 100 ms for it (bench/event_latency.py saw a p99 of 30 ms
-        from this alone). A message the hub sends itself, once back, proves
-        the reader awake; the group's messages arrive over the same
-        connection."""
+        from this alone). A message to the group, once back, proves the
+        reader of the group's shard awake (other processes' hubs get it too,
+        and ignore it)."""
         try:
-            await self.layer.send(self.channel, {"type": READY})
+            await self.layer.group_send(events.GROUP, {"type": READY})
             await asyncio.wait_for(ready.wait(), READY_TIMEOUT)
         except Exception as exc:  # TimeoutError, Redis errors: the database fills in
             log.warning("the channel layer did not deliver to this process's live events channel "

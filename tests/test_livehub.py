@@ -65,7 +65,7 @@ def test_a_layer_that_never_delivers_delays_the_first_viewer_boundedly(monkeypat
 
 
 def test_with_redis_the_hub_joins_without_waiting_out_the_timeout(caplog, settings):
-    """The real pub/sub layer delivers the hub's message to itself: no warning."""
+    """The real pub/sub layer delivers the hub its message to the group: no warning."""
     async def scenario():
         layer = get_channel_layer()
         hub = livehub.Hub(layer)
