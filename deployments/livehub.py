@@ -82,9 +82,12 @@ class Hub:
         from this alone). A message to the group, once back, proves the
         reader of the group's shard awake (other processes' hubs get it too,
         and ignore it)."""
-        try:
+        async def sent_and_back():
             await self.layer.group_send(events.GROUP, {"type": READY})
-            await asyncio.wait_for(ready.wait(), READY_TIMEOUT)
+            await ready.wait()
+
+        try:  # a Redis that does not answer the send is waited for as long
+            await asyncio.wait_for(sent_and_back(), READY_TIMEOUT)
         except Exception as exc:  # TimeoutError, Redis errors: the database fills in
             log.warning("the channel layer did not deliver to this process's live events channel "
                         "within %.0f s (%s); viewers fill in from the database", READY_TIMEOUT,

@@ -64,6 +64,23 @@ def test_a_layer_that_never_delivers_delays_the_first_viewer_boundedly(monkeypat
     assert "did not deliver to this process's live events channel within 0 s (TimeoutError)" in caplog.text
 
 
+def test_a_send_that_hangs_delays_the_first_viewer_boundedly(monkeypatch, caplog):
+    monkeypatch.setattr(livehub, "READY_TIMEOUT", 0.05)
+
+    class HangingLayer(InMemoryChannelLayer):
+        async def group_send(self, group, message):
+            await asyncio.Event().wait()  # a Redis that never answers
+
+    async def scenario():
+        hub = livehub.Hub(HangingLayer())
+        await asyncio.wait_for(hub.join(events.deployment_route("a"), "viewer"), 1)
+        assert hub.subscribed
+
+    with caplog.at_level(logging.WARNING, logger="deployments.livehub"):
+        asyncio.run(scenario())
+    assert "(TimeoutError); viewers fill in from the database" in caplog.text
+
+
 def test_with_redis_the_hub_joins_without_waiting_out_the_timeout(caplog, settings):
     """The real pub/sub layer delivers the hub its message to the group: no warning."""
     async def scenario():
