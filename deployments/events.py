@@ -67,9 +67,12 @@ def _iso(value):
 
 def record(deployment_id: int, kind: str, payload: dict) -> int:
     """Append an event for the deployment; call inside the state change's
-    transaction. Returns its seq."""
+    transaction. Returns its seq; the event is published once that
+    transaction commits."""
+    assert transaction.get_connection().in_atomic_block, "events are written with their state change"
     # The UPDATE takes the deployment's row lock until commit, so concurrent
     # writers (the worker and a cancel) get consecutive numbers, never equal.
+    # Raw SQL, without the ORM's per-row work: the worker waits for it.
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE deployments_deployment d SET last_event_seq = last_event_seq + 1"
@@ -78,28 +81,13 @@ def record(deployment_id: int, kind: str, payload: dict) -> int:
             [deployment_id],
         )
         seq, public_id, app_name = cursor.fetchone()
-    write_numbered(deployment_id, public_id, app_name, seq, [(kind, payload)])
-    return seq
-
-
-def write_numbered(deployment_id: int, public_id, app_name: str, first_seq: int,
-                   items: list[tuple[str, dict]]) -> None:
-    """Events (kind, payload) numbered from `first_seq`: numbers the caller
-    took from the deployment's last_event_seq in the same transaction. Each
-    is published once that transaction commits."""
-    assert transaction.get_connection().in_atomic_block, "events are written with their state change"
-    # One statement for all of them, without the ORM's per-row work: a step
-    # boundary writes two or three, and the worker waits for it.
-    seqs = list(range(first_seq, first_seq + len(items)))
-    with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO deployments_event (deployment_id, seq, kind, payload, created_at)"
-            " SELECT %s, t.seq, t.kind, t.payload::jsonb, %s"
-            " FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(seq, kind, payload)",
-            [deployment_id, timezone.now(), seqs, [kind for kind, _ in items],
-             [json.dumps(payload) for _, payload in items]],
+            " VALUES (%s, %s, %s, %s::jsonb, %s)",
+            [deployment_id, seq, kind, json.dumps(payload), timezone.now()],
         )
-    published(public_id, app_name, [(seq, kind, payload) for seq, (kind, payload) in zip(seqs, items)])
+    published(public_id, app_name, [(seq, kind, payload)])
+    return seq
 
 
 def published(public_id, app_name: str, numbered: list[tuple[int, str, dict]]) -> None:

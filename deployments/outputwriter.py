@@ -39,7 +39,7 @@ class OutputWriter:
         self._error: Exception | None = None
         self._changed = threading.Condition()
         # A resident thread of the worker, with its connection (deployments/residents.py).
-        self._thread = residents.run(self._run, name=f"output-{deployment_id}")
+        self._job = residents.run(self._run, name=f"output-{deployment_id}")
 
     def append(self, step: str, text: str) -> None:
         """Queue `text` (already redacted) as output of `step`."""
@@ -61,7 +61,7 @@ class OutputWriter:
         """Return once everything appended so far is written; raise the error
         (a DatabaseError, as a rule) that kept it from being written."""
         with self._changed:
-            while (self._pending or self._fields or self._writing) and self._error is None and self._thread.is_alive():
+            while (self._pending or self._fields or self._writing) and self._error is None and self._job.is_alive():
                 self._changed.wait(1.0)
             self._raise_error()
 
@@ -77,7 +77,7 @@ class OutputWriter:
             with self._changed:
                 self._closed = True
                 self._changed.notify_all()
-            self._thread.join(timeout=10)
+            self._job.join(timeout=10)
 
     def _raise_error(self) -> None:
         if self._error is not None:

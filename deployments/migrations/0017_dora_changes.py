@@ -119,12 +119,17 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER deployments_dora_added AFTER INSERT OR DELETE ON deployments_deployment
-    FOR EACH ROW EXECUTE FUNCTION deployments_dora_deployment();
+-- Only a deployment that has ended is, or was, a change: a queued or running
+-- one (every step boundary updates its row) costs no call.
+CREATE TRIGGER deployments_dora_added AFTER INSERT ON deployments_deployment
+    FOR EACH ROW WHEN (NEW.finished_at IS NOT NULL) EXECUTE FUNCTION deployments_dora_deployment();
+CREATE TRIGGER deployments_dora_removed AFTER DELETE ON deployments_deployment
+    FOR EACH ROW WHEN (OLD.finished_at IS NOT NULL) EXECUTE FUNCTION deployments_dora_deployment();
 -- Django's save() writes every column: only a change of what DORA reads counts.
 CREATE TRIGGER deployments_dora_changed
     AFTER UPDATE OF status, finished_at, kind, queued_at, app_id, commit_time ON deployments_deployment
-    FOR EACH ROW WHEN ((OLD.status, OLD.finished_at, OLD.kind, OLD.queued_at, OLD.app_id, OLD.commit_time)
+    FOR EACH ROW WHEN ((OLD.finished_at IS NOT NULL OR NEW.finished_at IS NOT NULL)
+        AND (OLD.status, OLD.finished_at, OLD.kind, OLD.queued_at, OLD.app_id, OLD.commit_time)
         IS DISTINCT FROM (NEW.status, NEW.finished_at, NEW.kind, NEW.queued_at, NEW.app_id, NEW.commit_time))
     EXECUTE FUNCTION deployments_dora_deployment();
 CREATE TRIGGER deployments_dora_step AFTER INSERT OR UPDATE OF status ON deployments_step
@@ -161,6 +166,7 @@ UNDO = """
 DROP TRIGGER deployments_dora_forget ON deployments_deployment;
 DROP TRIGGER deployments_dora_step ON deployments_step;
 DROP TRIGGER deployments_dora_changed ON deployments_deployment;
+DROP TRIGGER deployments_dora_removed ON deployments_deployment;
 DROP TRIGGER deployments_dora_added ON deployments_deployment;
 DROP FUNCTION deployments_dora_rebuild();
 DROP FUNCTION deployments_dora_forget();
